@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, starts a private
+# PostgreSQL, an S3 server and an SMTP server on loopback, runs every test
+# against them (one dev build), and stops them. Extra arguments go to
+# `cargo test` (e.g. `scripts/test.sh validate`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+ensure_packages
+ensure_python_tools
+export_cargo_target
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
+chmod 755 "$work"
+cleanup() {
+    stop_postgres "$work/pg"
+    [ -n "${S3_PID:-}" ] && kill "$S3_PID" 2>/dev/null
+    [ -n "${SMTP_PID:-}" ] && kill "$SMTP_PID" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+log "starting PostgreSQL, S3 and SMTP servers under $work"
+start_postgres "$work/pg" "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+start_s3 "$work"
+start_smtp "$work"
+
+export SLUICE_TEST_DATABASE_URL="$PG_URL"
+export SLUICE_TEST_S3_ENDPOINT="$S3_ENDPOINT"
+export SLUICE_TEST_SMTP_PORT="$SMTP_PORT"
+export SLUICE_TEST_MAILDIR="$work/Maildir"
+
+log "cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --locked "$@"

@@ -1,0 +1,205 @@
+//! `sluice dags ...`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use comfy_table::{Table, presets};
+
+use super::{App, EXIT_CONFIG};
+use crate::dag::graph;
+
+#[derive(Subcommand, Debug)]
+pub enum DagsCmd {
+    /// List the DAGs: id, schedule, task count, file, paused.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check DAG files and report every problem with file:line:column.
+    /// Exits with 78 (EX_CONFIG) when any DAG is invalid.
+    Validate {
+        /// DAG files or folders. Default: the DAGs folder.
+        paths: Vec<PathBuf>,
+        /// Do not look at the environment: connections are checked against
+        /// config/connections.yaml only.
+        #[arg(long)]
+        no_environment: bool,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a DAG's graph.
+    Show {
+        dag: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ShowFormat,
+    },
+    /// Print the JSON Schema of DAG files (for editors using yaml-language-server).
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShowFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
+    match cmd {
+        DagsCmd::List { json } => list(app, json).await,
+        DagsCmd::Validate { paths, no_environment, json } => validate(app, paths, no_environment, json),
+        DagsCmd::Show { dag, format } => {
+            let (bag, _) = app.load(true)?;
+            let dag = match bag.get(&dag) {
+                Ok(d) => d,
+                Err(e) => return Ok(super::config_exit(&e)),
+            };
+            let out = match format {
+                ShowFormat::Text => graph::to_text(&dag),
+                ShowFormat::Dot => graph::to_dot(&dag),
+                ShowFormat::Mermaid => graph::to_mermaid(&dag),
+            };
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        DagsCmd::Schema => {
+            println!("{}", serde_json::to_string_pretty(&dag_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn list(app: &App, json: bool) -> Result<ExitCode> {
+    let (bag, _) = app.load(true)?;
+    // Paused flags live in the state store; listing works without one.
+    let paused = match &app.global.database_url {
+        None => None,
+        Some(_) => match app.store().await {
+            Ok(store) => {
+                let dags: Vec<&crate::dag::Dag> = bag.dags.values().map(|d| d.as_ref()).collect();
+                store.sync_dags(&dags).await.ok();
+                store.paused_dags().await.ok()
+            }
+            Err(e) => {
+                eprintln!("warning: {e:#}; the paused column is unknown");
+                None
+            }
+        },
+    };
+    let paused_of = |id: &str| paused.as_ref().map(|p| p.get(id).copied().unwrap_or(false));
+    if json {
+        let items: Vec<serde_json::Value> = bag
+            .dags
+            .values()
+            .map(|d| {
+                serde_json::json!({
+                    "dag_id": d.dag_id,
+                    "schedule": d.schedule.as_ref().map(|s| s.expr.clone()),
+                    "timezone": d.timezone.name(),
+                    "tasks": d.tasks.len(),
+                    "file": d.file.display().to_string(),
+                    "paused": paused_of(&d.dag_id),
+                    "tags": d.tags,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+    } else {
+        let mut t = Table::new();
+        t.load_preset(presets::ASCII_MARKDOWN);
+        t.set_header(["dag_id", "schedule", "tasks", "file", "paused"]);
+        for d in bag.dags.values() {
+            let sched = match &d.schedule {
+                Some(s) if d.timezone != chrono_tz::UTC => format!("{} ({})", s.expr, d.timezone),
+                Some(s) => s.expr.clone(),
+                None => "None".into(),
+            };
+            let p = paused_of(&d.dag_id).map_or("?".to_string(), |p| p.to_string());
+            t.add_row([d.dag_id.clone(), sched, d.tasks.len().to_string(), d.file.display().to_string(), p]);
+        }
+        println!("{t}");
+    }
+    let failed = bag.failed.len();
+    if failed > 0 {
+        eprintln!(
+            "warning: {failed} DAG file{} did not load: {}; `sluice dags validate` shows why",
+            if failed == 1 { "" } else { "s" },
+            bag.failed.keys().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate(app: &App, paths: Vec<PathBuf>, no_environment: bool, json: bool) -> Result<ExitCode> {
+    let paths = if paths.is_empty() { vec![app.project.dags_dir.clone()] } else { paths };
+    let (conns, conn_diags) = crate::connections::Connections::load(&app.project.root, !no_environment);
+    let files = crate::loader::dag_files(&paths).map_err(anyhow::Error::msg)?;
+    let mut bag = crate::loader::load(&files, &app.project.root, &conns, &app.templates);
+    bag.diagnostics.extend(conn_diags);
+    crate::diag::sort(&mut bag.diagnostics);
+    let errors = bag.errors().count();
+    let warnings = bag.diagnostics.len() - errors;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&bag.diagnostics)?);
+    } else {
+        for d in &bag.diagnostics {
+            println!("{}", crate::secrets::mask(&d.to_string()));
+        }
+        let files_n = files.len();
+        let bad = bag.failed.len();
+        println!(
+            "{files_n} file{} checked: {} valid, {bad} invalid ({errors} error{}, {warnings} warning{})",
+            if files_n == 1 { "" } else { "s" },
+            files_n - bad,
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+        );
+    }
+    Ok(if errors > 0 { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS })
+}
+
+/// The JSON Schema of DAG files: the top level from [`crate::dag::spec::DagSpec`],
+/// and each task as one of the task types (its head, run policy and type keys).
+pub fn dag_schema() -> serde_json::Value {
+    use crate::dag::spec::{DagSpec, TaskArgs, TaskHead};
+    use serde_json::{Value, json};
+    let settings = schemars::generate::SchemaSettings::draft07().with(|s| s.inline_subschemas = true);
+    let mut generator = settings.into_generator();
+    let head = generator.subschema_for::<TaskHead>().to_value();
+    let args = generator.subschema_for::<TaskArgs>().to_value();
+    let mut variants = Vec::new();
+    for (name, schema) in crate::tasks::TaskConfig::schemas(&mut generator) {
+        let schema = schema.to_value();
+        let mut props = serde_json::Map::new();
+        for part in [&head, &args, &schema] {
+            if let Some(p) = part.get("properties").and_then(Value::as_object) {
+                props.extend(p.clone());
+            }
+        }
+        props.insert("type".into(), json!({ "const": name, "description": "The task type." }));
+        let mut required: Vec<Value> = vec![json!("id"), json!("type")];
+        if let Some(r) = schema.get("required").and_then(Value::as_array) {
+            required.extend(r.iter().cloned());
+        }
+        variants.push(json!({
+            "title": format!("{name} task"),
+            "description": schema.get("description").cloned().unwrap_or(Value::Null),
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "additionalProperties": false,
+        }));
+    }
+    let mut root = generator.into_root_schema_for::<DagSpec>().to_value();
+    root["title"] = json!("sluice DAG");
+    if let Some(tasks) = root.pointer_mut("/properties/tasks") {
+        tasks["items"] = json!({ "oneOf": variants });
+        tasks["minItems"] = json!(1);
+    }
+    root["required"] = json!(["tasks"]);
+    root
+}

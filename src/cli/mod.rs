@@ -1,0 +1,186 @@
+//! The command line.
+//!
+//! Each command is a function in one of the submodules; they share [`App`],
+//! which knows where the project is and how to reach the state store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::connections::Connections;
+use crate::loader::{DagBag, Project};
+use crate::logging::LogFormat;
+use crate::state::Store;
+use crate::template::Templates;
+
+mod dags;
+mod progress;
+mod run;
+mod runs;
+
+/// EX_CONFIG from sysexits.h: a configuration file is invalid.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "A batch ETL orchestrator: YAML DAGs, Postgres state, one small binary.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The folder holding the DAG files; the project root is its parent.
+    #[arg(long, global = true, env = "SLUICE_DAGS_DIR", default_value = "dags")]
+    pub dags_dir: PathBuf,
+    /// The state store: a PostgreSQL URL.
+    #[arg(long, global = true, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The schema holding sluice's tables in the state database.
+    #[arg(long, global = true, env = "SLUICE_SCHEMA", default_value = crate::state::DEFAULT_SCHEMA)]
+    pub schema: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List, check and draw DAGs.
+    #[command(subcommand)]
+    Dags(dags::DagsCmd),
+    /// Run one DAG run in the foreground.
+    Run(run::RunArgs),
+    /// Test or clear tasks.
+    #[command(subcommand)]
+    Tasks(run::TasksCmd),
+    /// Look at past runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCmd),
+    /// Show a task try's log.
+    Logs(runs::LogsArgs),
+    /// Manage the state database.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCmd {
+    /// Create or upgrade sluice's tables (also done automatically on first use).
+    Migrate,
+}
+
+/// What every command can use.
+pub struct App {
+    pub global: Global,
+    pub project: Project,
+    pub templates: Arc<Templates>,
+}
+
+impl App {
+    pub fn new(global: Global) -> App {
+        let project = Project::new(global.dags_dir.clone());
+        App { global, project, templates: Arc::new(Templates::new()) }
+    }
+
+    /// Loads the project's connections and DAGs.
+    pub fn load(&self, use_env: bool) -> Result<(DagBag, Arc<Connections>)> {
+        let (conns, conn_diags) = Connections::load(&self.project.root, use_env);
+        let files = crate::loader::dag_files(std::slice::from_ref(&self.project.dags_dir)).map_err(|e| {
+            anyhow::anyhow!("{e}; pass --dags-dir or set SLUICE_DAGS_DIR to the folder holding your DAG files")
+        })?;
+        let mut bag = crate::loader::load(&files, &self.project.root, &conns, &self.templates);
+        bag.diagnostics.extend(conn_diags);
+        crate::diag::sort(&mut bag.diagnostics);
+        Ok((bag, Arc::new(conns)))
+    }
+
+    /// Connects to the state store (migrating it on first use).
+    pub async fn store(&self) -> Result<Store> {
+        let Some(url) = &self.global.database_url else {
+            bail!(
+                "no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url"
+            );
+        };
+        Ok(Store::connect(url, &self.global.schema).await?)
+    }
+
+    pub fn resources(&self, conns: Arc<Connections>) -> Arc<crate::resources::Resources> {
+        Arc::new(crate::resources::Resources::new(self.project.root.clone(), conns, self.templates.clone()))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.global.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    crate::logging::init(cli.global.log_format, default_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(dispatch(cli));
+    // Do not wait for detached background work (pool reapers...).
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", crate::secrets::mask(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let app = App::new(cli.global);
+    match cli.command {
+        Command::Dags(cmd) => dags::run(&app, cmd).await,
+        Command::Run(args) => run::run(&app, args).await,
+        Command::Tasks(cmd) => run::tasks(&app, cmd).await,
+        Command::Runs(cmd) => runs::run(&app, cmd).await,
+        Command::Logs(args) => runs::logs(&app, args).await,
+        Command::Db(DbCmd::Migrate) => {
+            let store = app.store().await.context("migrating the state database")?;
+            println!("state database is up to date (schema `{}`)", store.schema());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Parses `--date YYYY-MM-DD` / `--logical-date RFC3339` into a manual run date.
+pub fn manual_when(date: Option<&str>, logical: Option<&str>) -> Result<crate::dag::ManualWhen> {
+    use crate::dag::ManualWhen;
+    match (date, logical) {
+        (Some(_), Some(_)) => bail!("give --date or --logical-date, not both"),
+        (Some(d), None) => {
+            let d = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").with_context(|| format!("--date {d}: expected YYYY-MM-DD"))?;
+            Ok(ManualWhen::Date(d))
+        }
+        (None, Some(t)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(t)
+                .with_context(|| format!("--logical-date {t}: expected an RFC 3339 timestamp such as 2024-01-05T00:00:00Z"))?;
+            Ok(ManualWhen::Logical(t.with_timezone(&chrono::Utc)))
+        }
+        (None, None) => Ok(ManualWhen::Now),
+    }
+}
+
+/// A fatal config problem with a DAG: print it and exit with EX_CONFIG.
+pub fn config_exit(msg: &str) -> ExitCode {
+    eprintln!("error: {}", crate::secrets::mask(msg));
+    ExitCode::from(EXIT_CONFIG)
+}

@@ -1,0 +1,558 @@
+//! From a DAG file's text to a [`Dag`], reporting every problem at once.
+//!
+//! serde stops at the first error, so the file is not deserialized in one
+//! go. Instead:
+//!
+//! 1. the YAML is parsed to a `serde_yaml::Value` (syntax errors stop here);
+//! 2. unknown keys are found by comparing each mapping's keys with the
+//!    property names of its struct's JSON Schema, all of them reported, with
+//!    "did you mean" hints, and removed;
+//! 3. the top level and each task's three key groups are deserialized
+//!    separately; when serde fails at a key, the error is reported at that
+//!    key's position and the key removed, and deserialization is retried;
+//! 4. cross-task checks (duplicate ids, unknown dependencies, cycles) and
+//!    each task type's own checks run on whatever parsed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::de::DeserializeOwned;
+use serde_yaml::{Mapping, Value};
+
+use super::spec::{DagSpec, TaskArgs, TaskHead};
+use super::{Dag, Task, graph, schedule};
+use crate::connections::strip_location;
+use crate::diag::{At, Diagnostic, Diagnostics, Pos, hint, index, join};
+use crate::tasks::{TaskConfig, ValidateCx, ValidationEnv, schema_keys};
+use crate::template::Templates;
+
+/// The result of parsing one DAG file.
+pub struct Parsed {
+    /// The DAG, when the file has no errors.
+    pub dag: Option<Dag>,
+    /// The DAG's id, when it could be determined (for error listings).
+    pub dag_id: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Task ids: letters, digits, `_`, `-`, `.`; the same for DAG ids.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 250 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+struct ParsedTask {
+    path: String,
+    head: Option<TaskHead>,
+    args: TaskArgs,
+    config: Option<TaskConfig>,
+    kind: Option<&'static str>,
+    raw: Mapping,
+}
+
+pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Templates) -> Parsed {
+    let spans = super::spans::Spans::index(source);
+    let mut d = Diagnostics::new(file, &spans);
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("dag").to_string();
+
+    let mut value: Value = match serde_yaml::from_str(source) {
+        Ok(v) => v,
+        Err(e) => {
+            let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() }).unwrap_or(Pos::START);
+            let (pos, msg) = yaml_syntax_message(&e.to_string(), pos);
+            d.error(At::Pos(pos), msg);
+            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
+        }
+    };
+    if let Err(e) = value.apply_merge() {
+        d.error(At::Pos(Pos::START), format!("YAML merge key error: {e}"));
+    }
+    let mut top = match value {
+        Value::Mapping(m) => m,
+        Value::Null => {
+            d.error(At::Pos(Pos::START), "the file is empty; a DAG file is a mapping with at least `tasks:`");
+            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
+        }
+        other => {
+            d.error(
+                At::Pos(Pos::START),
+                format!("a DAG file must be a mapping (dag_id, schedule, tasks, ...), not {}", kind_of(&other)),
+            );
+            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
+        }
+    };
+
+    // Top level.
+    let dag_keys = schema_keys::<DagSpec>();
+    remove_unknown_keys(&mut top, "", &dag_keys, "a DAG file", &mut d);
+    let tasks_value = top.remove("tasks");
+    let spec: DagSpec = deserialize_collect(top, "", &mut d).unwrap_or_default();
+    let dag_id = spec.dag_id.clone().unwrap_or_else(|| stem.clone());
+    if !valid_id(&dag_id) {
+        let at = if spec.dag_id.is_some() { At::Value("dag_id") } else { At::Pos(Pos::START) };
+        d.error(at, format!("invalid DAG id `{dag_id}`: use letters, digits, `_`, `-` and `.`"));
+    }
+
+    let timezone = match spec.timezone.as_deref() {
+        None => chrono_tz::UTC,
+        Some(name) => schedule::parse_tz(name).unwrap_or_else(|e| {
+            d.error(At::Value("timezone"), e);
+            chrono_tz::UTC
+        }),
+    };
+    let sched = spec.schedule.as_deref().and_then(|s| match schedule::Schedule::parse(s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            d.error(At::Value("schedule"), e);
+            None
+        }
+    });
+    let start_date = spec.start_date.as_deref().and_then(|s| parse_date(s, timezone, "start_date", &mut d));
+    let end_date = spec.end_date.as_deref().and_then(|s| parse_date(s, timezone, "end_date", &mut d));
+    if let (Some(a), Some(b)) = (start_date, end_date) {
+        if b < a {
+            d.error(At::Value("end_date"), "end_date is before start_date");
+        }
+    }
+    if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
+        d.error(
+            At::Key("schedule"),
+            "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`",
+        );
+    }
+    for (key, v) in [("max_active_runs", spec.max_active_runs), ("max_active_tasks", spec.max_active_tasks)] {
+        if v == Some(0) {
+            d.error(At::Value(key), format!("{key} must be at least 1"));
+        }
+    }
+
+    // Tasks.
+    let items = match tasks_value {
+        None => {
+            d.error(At::Pos(Pos::START), "a DAG needs `tasks:`, a list of tasks each with an `id` and a `type`");
+            Vec::new()
+        }
+        Some(Value::Sequence(s)) => {
+            if s.is_empty() {
+                d.error(At::Value("tasks"), "`tasks` is empty; a DAG needs at least one task");
+            }
+            s
+        }
+        Some(other) => {
+            d.error(At::Value("tasks"), format!("`tasks` must be a list of tasks, not {}", kind_of(&other)));
+            Vec::new()
+        }
+    };
+    let head_keys = schema_keys::<TaskHead>();
+    let args_keys = schema_keys::<TaskArgs>();
+    let mut tasks: Vec<ParsedTask> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = index("tasks", i);
+        let Value::Mapping(map) = item else {
+            d.error(At::Value(&path), format!("a task must be a mapping with `id` and `type`, not {}", kind_of(&item)));
+            continue;
+        };
+        tasks.push(parse_task(path, map, &head_keys, &args_keys, &spec.default_args, &mut d));
+    }
+
+    // Ids.
+    let mut first_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let Some(head) = &t.head else { continue };
+        let id_path = join(&t.path, "id");
+        if !valid_id(&head.id) {
+            d.error(At::Value(&id_path), format!("invalid task id `{}`: use letters, digits, `_`, `-` and `.`", head.id));
+        }
+        if let Some(&j) = first_at.get(&head.id) {
+            let line = spans_line(&spans, &join(&tasks[j].path, "id"));
+            d.error(At::Value(&id_path), format!("duplicate task id `{}` (first defined on line {line})", head.id));
+        } else {
+            first_at.insert(head.id.clone(), i);
+        }
+    }
+    let task_ids: BTreeSet<String> = first_at.keys().cloned().collect();
+
+    // Edges: explicit depends_on and implicit inputs.
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    let mut edge_at: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let Some(head) = &t.head else { continue };
+        for (k, dep) in head.depends_on.iter().enumerate() {
+            let p = index(&join(&t.path, "depends_on"), k);
+            match first_at.get(dep) {
+                Some(&j) if j == i => d.error(At::Value(&p), format!("task `{dep}` depends on itself")),
+                Some(&j) => {
+                    edges.push((j, i));
+                    edge_at.entry((j, i)).or_insert(p);
+                }
+                None => d.error(
+                    At::Value(&p),
+                    format!("`{}` depends on `{dep}`, which is not a task of this DAG{}", head.id, hint(dep, task_ids.iter().map(String::as_str))),
+                ),
+            }
+        }
+        if let Some(cfg) = &t.config {
+            for input in cfg.inputs() {
+                if let Some(&j) = first_at.get(&input) {
+                    if j != i {
+                        edges.push((j, i));
+                        edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
+                    }
+                }
+            }
+        }
+    }
+    edges.sort_unstable();
+    edges.dedup();
+    for cycle in graph::cycles(tasks.len(), &edges) {
+        let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].head.as_ref().map_or("?", |h| h.id.as_str())).collect();
+        // Report at the edge that closes the cycle.
+        let n = cycle.len();
+        let closing = (cycle[n - 2], cycle[n - 1]);
+        let at = edge_at.get(&closing).cloned().unwrap_or_else(|| tasks[cycle[0]].path.clone());
+        d.error(At::Value(&at), format!("dependency cycle: {}", names.join(" -> ")));
+    }
+
+    // Templates and each type's own checks.
+    let param_names: BTreeSet<String> = spec.params.keys().cloned().collect();
+    let conn_ids = env.connections().ids();
+    for t in &tasks {
+        check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, &mut d);
+        if let Some(cfg) = &t.config {
+            let mut cx = ValidateCx {
+                diags: &mut d,
+                path: t.path.clone(),
+                env,
+                templates,
+                params: &param_names,
+                task_ids: &task_ids,
+            };
+            cfg.validate(&mut cx);
+        }
+    }
+
+    if d.has_errors() {
+        return Parsed { dag: None, dag_id: Some(dag_id), diagnostics: d.into_vec() };
+    }
+
+    // Everything parsed: build the model.
+    let n = tasks.len();
+    let mut built = Vec::with_capacity(n);
+    for t in tasks {
+        let head = t.head.expect("no errors, so every task parsed");
+        let args = t.args;
+        built.push(Task {
+            id: head.id,
+            kind: t.kind.expect("no errors"),
+            description: head.description,
+            config: t.config.expect("no errors"),
+            raw: Value::Mapping(t.raw),
+            upstream: Vec::new(),
+            downstream: Vec::new(),
+            trigger_rule: args.trigger_rule.unwrap_or_default(),
+            retries: args.retries.unwrap_or(0),
+            retry_delay: args.retry_delay.map_or(super::DEFAULT_RETRY_DELAY, |d| d.0),
+            retry_exponential_backoff: args.retry_exponential_backoff.unwrap_or(false),
+            max_retry_delay: args.max_retry_delay.map_or(super::DEFAULT_MAX_RETRY_DELAY, |d| d.0),
+            execution_timeout: args.execution_timeout.map(|d| d.0),
+            email_on_failure: args.email_on_failure.unwrap_or_default(),
+            email_on_retry: args.email_on_retry.unwrap_or_default(),
+            path: t.path,
+        });
+    }
+    for &(a, b) in &edges {
+        built[a].downstream.push(b);
+        built[b].upstream.push(a);
+    }
+    let topo = graph::topo_order(n, &edges);
+    let mut dag = Dag {
+        dag_id: dag_id.clone(),
+        file: file.to_path_buf(),
+        file_hash: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(source.as_bytes()))
+        },
+        description: spec.description,
+        schedule: sched,
+        timezone,
+        start_date,
+        end_date,
+        catchup: spec.catchup,
+        max_active_runs: spec.max_active_runs.unwrap_or(super::DEFAULT_MAX_ACTIVE_RUNS),
+        max_active_tasks: spec.max_active_tasks.unwrap_or(super::DEFAULT_MAX_ACTIVE_TASKS),
+        params: spec.params.into_iter().collect(),
+        tags: spec.tags,
+        tasks: built,
+        topo,
+        index: Default::default(),
+    };
+    dag.index_tasks();
+    Parsed { dag: Some(dag), dag_id: Some(dag_id), diagnostics: d.into_vec() }
+}
+
+fn parse_task(
+    path: String,
+    map: Mapping,
+    head_keys: &[String],
+    args_keys: &[String],
+    defaults: &TaskArgs,
+    d: &mut Diagnostics<'_>,
+) -> ParsedTask {
+    // The type decides which keys are valid.
+    let type_path = join(&path, "type");
+    let kind: Option<&'static str> = match map.get("type") {
+        None => {
+            d.error(
+                At::Value(&path),
+                format!("task has no `type`; one of: {}", crate::tasks::TYPES.join(", ")),
+            );
+            None
+        }
+        Some(Value::String(s)) => match crate::tasks::TYPES.iter().find(|t| **t == s) {
+            Some(t) => Some(*t),
+            None => {
+                d.error(
+                    At::Value(&type_path),
+                    format!(
+                        "unknown task type `{s}`{}; types are: {}",
+                        hint(s, crate::tasks::TYPES.iter().copied()),
+                        crate::tasks::TYPES.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            d.error(At::Value(&type_path), format!("`type` must be a string, not {}", kind_of(other)));
+            None
+        }
+    };
+    let type_keys = kind.and_then(TaskConfig::keys);
+
+    let mut head_map = Mapping::new();
+    let mut args_map = Mapping::new();
+    let mut type_map = Mapping::new();
+    let mut all_known: Vec<&str> = head_keys.iter().chain(args_keys).map(String::as_str).collect();
+    if let Some(k) = &type_keys {
+        all_known.extend(k.iter().map(String::as_str));
+    }
+    for (k, v) in map {
+        let key = match &k {
+            Value::String(s) => s.clone(),
+            other => {
+                d.error(At::Value(&path), format!("task keys must be strings, not {}", kind_of(other)));
+                continue;
+            }
+        };
+        if head_keys.contains(&key) {
+            head_map.insert(k, v);
+        } else if args_keys.contains(&key) {
+            args_map.insert(k, v);
+        } else if type_keys.as_ref().is_some_and(|tk| tk.contains(&key)) {
+            type_map.insert(k, v);
+        } else if type_keys.is_some() {
+            let what = kind.map_or("a task".to_string(), |k| format!("a `{k}` task"));
+            d.error(At::Key(&join(&path, &key)), format!("unknown key `{key}` for {what}{}", hint(&key, all_known.iter().copied())));
+        }
+        // With an unknown type, the type's keys cannot be told from typos;
+        // the type error is enough.
+    }
+
+    // A missing or non-string `type` is reported above; keep serde quiet about it.
+    if kind.is_none() {
+        head_map.insert(Value::from("type"), Value::from("?"));
+    }
+    let head: Option<TaskHead> = deserialize_collect(head_map, &path, d);
+    let args: TaskArgs = deserialize_collect::<TaskArgs>(args_map, &path, d).unwrap_or_default().or(defaults);
+    let config = kind.and_then(|k| {
+        let mut m = type_map.clone();
+        collect_errors(&mut m, &path, d, |v| TaskConfig::parse(k, v).expect("known type"))
+    });
+    ParsedTask { path, head, args, config, kind, raw: type_map }
+}
+
+/// Reports keys of `map` not in `known` and removes them.
+fn remove_unknown_keys(map: &mut Mapping, path: &str, known: &[String], what: &str, d: &mut Diagnostics<'_>) {
+    let unknown: Vec<Value> = map.keys().filter(|k| !k.as_str().is_some_and(|s| known.iter().any(|x| x == s))).cloned().collect();
+    for k in unknown {
+        let name = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
+        d.error(
+            At::Key(&join(path, &name)),
+            format!("unknown key `{name}` in {what}{}", hint(&name, known.iter().map(String::as_str))),
+        );
+        map.remove(&k);
+    }
+}
+
+fn deserialize_collect<T: DeserializeOwned>(mut map: Mapping, path: &str, d: &mut Diagnostics<'_>) -> Option<T> {
+    collect_errors(&mut map, path, d, serde_path_to_error::deserialize)
+}
+
+/// Deserializes `map`, reporting each failing key and retrying without it,
+/// so that every bad key of one mapping is reported.
+fn collect_errors<T>(
+    map: &mut Mapping,
+    path: &str,
+    d: &mut Diagnostics<'_>,
+    de: impl Fn(Value) -> Result<T, serde_path_to_error::Error<serde_yaml::Error>>,
+) -> Option<T> {
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let mut failed = false;
+    for _ in 0..=map.len() {
+        match de(Value::Mapping(map.clone())) {
+            Ok(v) => return (!failed).then_some(v),
+            Err(e) => {
+                let rel = e.path().to_string();
+                let raw = strip_location(&e.inner().to_string());
+                let msg = friendly_serde_message(&raw);
+                if let Some(field) = missing_field(&raw) {
+                    if removed.contains(field) {
+                        return None; // already reported as invalid
+                    }
+                }
+                failed = true;
+                let full = if rel == "." { path.to_string() } else { join(path, &rel) };
+                d.error(At::Value(&full), msg);
+                let first = rel.split(['.', '[']).next().unwrap_or_default().to_string();
+                if rel == "." || first.is_empty() || map.remove(first.as_str()).is_none() {
+                    return None;
+                }
+                removed.insert(first);
+            }
+        }
+    }
+    None
+}
+
+fn missing_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("missing field `")?;
+    rest.split('`').next()
+}
+
+/// Makes serde's messages read better: names types the way a YAML writer
+/// thinks of them, and adds "did you mean" to unknown variants and fields.
+pub fn friendly_serde_message(msg: &str) -> String {
+    let mut m = msg.to_string();
+    if let Some(rest) = m.strip_prefix("missing field `") {
+        m = format!("missing required key `{rest}");
+    }
+    for (from, to) in [
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 or more)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a mapping"),
+        ("expected a string", "expected a string"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        if let Some(i) = m.find(from) {
+            m.replace_range(i..i + from.len(), to);
+        }
+    }
+    for kind in ["unknown variant `", "unknown field `"] {
+        if let Some(rest) = m.strip_prefix(kind) {
+            let word = rest.split('`').next().unwrap_or_default().to_string();
+            let candidates: Vec<String> =
+                rest.split("expected ").nth(1).map(|l| l.split('`').skip(1).step_by(2).map(str::to_string).collect()).unwrap_or_default();
+            let h = hint(&word, candidates.iter().map(String::as_str));
+            if !h.is_empty() {
+                m = format!("{kind}{word}`{h}; expected {}", rest.split("expected ").nth(1).unwrap_or_default());
+            }
+        }
+    }
+    m
+}
+
+fn check_templates(
+    v: &Value,
+    path: &str,
+    templates: &Templates,
+    params: &BTreeSet<String>,
+    conns: &BTreeSet<String>,
+    d: &mut Diagnostics<'_>,
+) {
+    match v {
+        Value::String(s) => {
+            for problem in templates.check(s, params, Some(conns)) {
+                d.error(At::Value(path), problem);
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, x) in items.iter().enumerate() {
+                check_templates(x, &index(path, i), templates, params, conns, d);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, x) in m {
+                check_templates(x, &join(path, k.as_str().unwrap_or("?")), templates, params, conns, d);
+            }
+        }
+        Value::Tagged(t) => check_templates(&t.value, path, templates, params, conns, d),
+        _ => {}
+    }
+}
+
+/// libyaml reports where it gave up ("found unexpected end of stream at
+/// line 9 column 1") and, often, where the construct it was reading began
+/// (", while scanning a quoted scalar at line 5 column 14"). The second is
+/// usually where the mistake is, so the error points there.
+pub fn yaml_syntax_message(raw: &str, pos: Pos) -> (Pos, String) {
+    static RE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^(?s)(.*) at line (\d+) column (\d+), while (.*) at line (\d+) column (\d+)$").expect("valid regex")
+    });
+    if let Some(c) = RE.captures(raw) {
+        let n = |i: usize| c[i].parse::<usize>().unwrap_or(1);
+        return (
+            Pos { line: n(5), col: n(6) },
+            format!("YAML syntax error: while {} that starts here, {} (at line {} column {})", &c[4], &c[1], n(2), n(3)),
+        );
+    }
+    (pos, format!("YAML syntax error: {}", strip_location(raw)))
+}
+
+fn parse_date(s: &str, tz: chrono_tz::Tz, key: &str, d: &mut Diagnostics<'_>) -> Option<DateTime<Utc>> {
+    if let Ok(date) = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d") {
+        return Some(schedule::local_midnight(date, tz));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s.trim()) {
+        return Some(t.with_timezone(&Utc));
+    }
+    d.error(At::Value(key), format!("invalid {key} `{s}`: write a date (2024-01-01) or an RFC 3339 timestamp (2024-01-01T09:00:00+09:00)"));
+    None
+}
+
+fn spans_line(spans: &super::spans::Spans, path: &str) -> usize {
+    use crate::diag::SpanLookup;
+    spans.value_pos(path).map_or(0, |p| p.line)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn friendlier_messages() {
+        assert_eq!(
+            friendly_serde_message("invalid type: string \"x\", expected u32"),
+            "invalid type: string \"x\", expected a whole number (0 or more)"
+        );
+        let m = friendly_serde_message("unknown variant `all_sucess`, expected one of `all_success`, `all_failed`");
+        assert!(m.contains("did you mean `all_success`"), "{m}");
+    }
+}

@@ -1,0 +1,247 @@
+//! Schedules and data intervals.
+//!
+//! A schedule is a 5-field cron expression or a preset (`@hourly`, `@daily`,
+//! `@weekly`, `@monthly`, `@yearly`), evaluated in the DAG's IANA time zone
+//! so that `0 9 * * 1` in `Asia/Seoul` means 09:00 Seoul time across DST
+//! changes in any zone. Following Airflow 2, the run for the interval
+//! `[tick, next tick)` has `logical_date = tick` and is due once the interval
+//! has ended.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// As written in the DAG file.
+    pub expr: String,
+    cron: Cron,
+}
+
+/// A half-open interval `[start, end)` of data a run processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DataInterval {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+const PRESETS: [(&str, &str); 7] = [
+    ("@hourly", "0 * * * *"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@monthly", "0 0 1 * *"),
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+];
+
+impl Schedule {
+    pub fn parse(expr: &str) -> Result<Schedule, String> {
+        let trimmed = expr.trim();
+        let pattern = if trimmed.starts_with('@') {
+            match PRESETS.iter().find(|(name, _)| *name == trimmed) {
+                Some((_, p)) => *p,
+                None => {
+                    let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+                    return Err(format!(
+                        "unknown schedule preset `{trimmed}`{}; presets are {}",
+                        crate::diag::hint(trimmed, names.iter().copied()),
+                        names.join(", ")
+                    ));
+                }
+            }
+        } else {
+            let fields = trimmed.split_whitespace().count();
+            if fields != 5 {
+                return Err(format!(
+                    "invalid cron expression `{trimmed}`: it has {fields} fields, a schedule needs 5 (minute hour day-of-month month day-of-week), e.g. `0 9 * * 1`"
+                ));
+            }
+            trimmed
+        };
+        check_fields(trimmed, pattern)?;
+        // Classic cron ORs day-of-month and day-of-week when both are set.
+        let parser = CronParser::builder()
+            .seconds(Seconds::Disallowed)
+            .year(Year::Disallowed)
+            .dom_and_dow(false)
+            .build();
+        let cron = parser
+            .parse(pattern)
+            .map_err(|e| format!("invalid cron expression `{trimmed}`: {e}"))?;
+        Ok(Schedule { expr: trimmed.to_string(), cron })
+    }
+
+    /// The first tick strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&t.with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The first tick at or after `t`.
+    pub fn next_at_or_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&t.with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The last tick at or before `t`.
+    pub fn prev_at_or_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.cron.find_previous_occurrence(&t.with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The last tick strictly before `t`.
+    pub fn prev_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        self.cron.find_previous_occurrence(&t.with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+    }
+
+    pub fn is_tick(&self, t: DateTime<Utc>, tz: Tz) -> bool {
+        self.next_at_or_after(t, tz) == Some(t)
+    }
+
+    /// The interval that starts at tick `start`.
+    pub fn interval_starting(&self, start: DateTime<Utc>, tz: Tz) -> Option<DataInterval> {
+        self.next_after(start, tz).map(|end| DataInterval { start, end })
+    }
+
+    /// The latest interval that has fully ended by `now`.
+    pub fn latest_complete_interval(&self, now: DateTime<Utc>, tz: Tz) -> Option<DataInterval> {
+        let end = self.prev_at_or_before(now, tz)?;
+        let start = self.prev_before(end, tz)?;
+        Some(DataInterval { start, end })
+    }
+
+    /// The interval whose logical date falls on calendar day `date` (in `tz`):
+    /// the first tick of that day. Errors name the nearest ticks when the
+    /// schedule has none on that day (e.g. a weekly DAG and a Wednesday).
+    pub fn interval_on_date(&self, date: NaiveDate, tz: Tz) -> Result<DataInterval, String> {
+        let day_start = local_midnight(date, tz);
+        let next_day = local_midnight(date.succ_opt().unwrap_or(date), tz);
+        let first = self.next_at_or_after(day_start, tz);
+        match first {
+            Some(t) if t < next_day => self.interval_starting(t, tz).ok_or_else(|| "the schedule has no later tick".to_string()),
+            _ => {
+                let before = self.prev_before(day_start, tz).map(|t| fmt_local(t, tz));
+                let after = first.map(|t| fmt_local(t, tz));
+                Err(format!(
+                    "schedule `{}` has no interval starting on {date}; the nearest start on or before it is {} and after it {}; pass one of those with --date or --logical-date",
+                    self.expr,
+                    before.unwrap_or_else(|| "none".into()),
+                    after.unwrap_or_else(|| "none".into())
+                ))
+            }
+        }
+    }
+}
+
+/// Names the field and value when a number is out of range: croner's own
+/// message does not say which.
+fn check_fields(expr: &str, pattern: &str) -> Result<(), String> {
+    const FIELDS: [(&str, u32, u32); 5] =
+        [("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12), ("day-of-week", 0, 7)];
+    for (field, (name, lo, hi)) in pattern.split_whitespace().zip(FIELDS) {
+        for part in field.split(',') {
+            let (range, step) = match part.split_once('/') {
+                Some((r, s)) => (r, Some(s)),
+                None => (part, None),
+            };
+            if let Some(step) = step {
+                if step.parse::<u32>().map_or(true, |s| s == 0) {
+                    return Err(format!("invalid cron expression `{expr}`: the {name} step `/{step}` must be a positive number"));
+                }
+            }
+            for n in range.split('-') {
+                if let Ok(v) = n.parse::<u32>() {
+                    if v < lo || v > hi {
+                        return Err(format!("invalid cron expression `{expr}`: {name} {v} is out of range {lo}-{hi}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Midnight of `date` in `tz`, in UTC. On a day whose midnight does not
+/// exist (a DST gap at 00:00), the first valid instant after it.
+pub fn local_midnight(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    let naive = date.and_hms_opt(0, 0, 0).expect("midnight is valid");
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(a, _) => a.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            let later = naive + chrono::Duration::hours(1);
+            tz.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc)).unwrap_or_else(|| Utc.from_utc_datetime(&naive))
+        }
+    }
+}
+
+/// `2026-11-16 09:00 KST` style, for messages.
+pub fn fmt_local(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()
+}
+
+/// Parses an IANA time zone name with a "did you mean" on failure.
+pub fn parse_tz(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        let hint = crate::diag::hint(name, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+        format!("unknown time zone `{name}`{hint}; use an IANA name such as `UTC` or `Asia/Seoul`")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn presets_and_cron() {
+        let s = Schedule::parse("@daily").unwrap();
+        assert_eq!(s.next_after(utc("2024-01-05T10:00:00Z"), Tz::UTC), Some(utc("2024-01-06T00:00:00Z")));
+        assert!(Schedule::parse("*/10 * * * *").is_ok());
+        assert!(Schedule::parse("0 0 * * * *").unwrap_err().contains("6 fields"));
+        assert!(Schedule::parse("@dayly").unwrap_err().contains("did you mean `@daily`"));
+        assert!(Schedule::parse("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn intervals_follow_airflow() {
+        let s = Schedule::parse("@daily").unwrap();
+        let i = s.latest_complete_interval(utc("2024-01-05T10:00:00Z"), Tz::UTC).unwrap();
+        assert_eq!(i.start, utc("2024-01-04T00:00:00Z"));
+        assert_eq!(i.end, utc("2024-01-05T00:00:00Z"));
+        let d = s.interval_on_date(NaiveDate::from_ymd_opt(2024, 1, 5).unwrap(), Tz::UTC).unwrap();
+        assert_eq!((d.start, d.end), (utc("2024-01-05T00:00:00Z"), utc("2024-01-06T00:00:00Z")));
+    }
+
+    #[test]
+    fn weekly_seoul_and_wrong_day() {
+        let s = Schedule::parse("0 9 * * 1").unwrap();
+        let tz: Tz = "Asia/Seoul".parse().unwrap();
+        let d = s.interval_on_date(NaiveDate::from_ymd_opt(2026, 11, 16).unwrap(), tz).unwrap();
+        assert_eq!(d.start, utc("2026-11-16T00:00:00Z")); // 09:00 KST
+        assert_eq!(d.end, utc("2026-11-23T00:00:00Z"));
+        let e = s.interval_on_date(NaiveDate::from_ymd_opt(2026, 11, 18).unwrap(), tz).unwrap_err();
+        assert!(e.contains("2026-11-16 09:00 KST") && e.contains("2026-11-23 09:00 KST"), "{e}");
+    }
+
+    #[test]
+    fn dst_is_followed() {
+        // 02:30 daily in New York: after the spring-forward day the UTC offset changes.
+        let s = Schedule::parse("0 12 * * *").unwrap();
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let before = s.next_after(utc("2024-03-09T00:00:00Z"), tz).unwrap();
+        let after = s.next_after(utc("2024-03-11T00:00:00Z"), tz).unwrap();
+        assert_eq!(before, utc("2024-03-09T17:00:00Z")); // EST, UTC-5
+        assert_eq!(after, utc("2024-03-11T16:00:00Z")); // EDT, UTC-4
+    }
+
+    #[test]
+    fn timezone_hint() {
+        assert!(parse_tz("Asia/Seul").unwrap_err().contains("Asia/Seoul"));
+    }
+}

@@ -1,0 +1,116 @@
+//! The DAG file format, as written: what YAML says, nothing resolved.
+//!
+//! A task's keys are split in three groups, each with its own struct so that
+//! every struct can deny unknown fields: [`TaskHead`] (identity and edges),
+//! [`TaskArgs`] (the run policy, also allowed in `default_args`), and the
+//! type-specific config (see [`crate::tasks`]).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::duration::Dur;
+use super::trigger_rule::TriggerRule;
+
+/// A DAG file.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DagSpec {
+    /// The DAG's id. Defaults to the file name without `.yaml`.
+    pub dag_id: Option<String>,
+    /// What the DAG does.
+    pub description: Option<String>,
+    /// When runs are created: a 5-field cron expression (`0 9 * * 1`) or a
+    /// preset (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
+    /// Leave it out or set it to null for a DAG that only runs by hand.
+    pub schedule: Option<String>,
+    /// The IANA time zone the schedule and `ds` are evaluated in. Default `UTC`.
+    pub timezone: Option<String>,
+    /// The first interval starts here: a date (`2024-01-01`, midnight in the
+    /// DAG's time zone) or an RFC 3339 timestamp. Required with a schedule.
+    pub start_date: Option<String>,
+    /// No interval starts after this date or timestamp.
+    pub end_date: Option<String>,
+    /// Whether the scheduler creates a run for every missed interval since
+    /// `start_date` (true) or only for the latest one (false, the default).
+    #[serde(default)]
+    pub catchup: bool,
+    /// How many runs of this DAG may be active at once. Default 16.
+    pub max_active_runs: Option<u32>,
+    /// How many tasks of one run may run at once. Default 16.
+    pub max_active_tasks: Option<u32>,
+    /// Typed parameters with defaults, available as `{{ params.NAME }}` and
+    /// overridable with `--conf NAME=VALUE` (the value must parse as the
+    /// default's type).
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Defaults for every task's run policy.
+    #[serde(default)]
+    pub default_args: TaskArgs,
+    /// Free-form labels, shown by `sluice dags list`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The tasks. Each has an `id`, a `type`, and the keys of its type.
+    #[serde(default)]
+    #[schemars(with = "Vec<serde_json::Value>")]
+    pub tasks: Vec<serde_yaml::Value>,
+}
+
+/// A task's identity and edges.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskHead {
+    /// The task's id, unique in the DAG: letters, digits, `_`, `-`, `.`.
+    pub id: String,
+    /// The task type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the task does.
+    pub description: Option<String>,
+    /// Tasks that must finish before this one (see `trigger_rule`). Tasks
+    /// named in `inputs` are dependencies already and need not be repeated.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+/// A task's run policy. Every key may also be set for all tasks in the DAG's
+/// `default_args`.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskArgs {
+    /// When the task runs given its upstream tasks' states. Default `all_success`.
+    pub trigger_rule: Option<TriggerRule>,
+    /// How many times a failed try is retried. Default 0.
+    pub retries: Option<u32>,
+    /// The wait before a retry. Default `5m`.
+    pub retry_delay: Option<Dur>,
+    /// Double the wait after each failed try (with Airflow's deterministic
+    /// jitter). Default false.
+    pub retry_exponential_backoff: Option<bool>,
+    /// The longest wait between tries with exponential backoff. Default `24h`.
+    pub max_retry_delay: Option<Dur>,
+    /// A try running longer than this is cancelled (its processes killed) and
+    /// counts as failed.
+    pub execution_timeout: Option<Dur>,
+    /// Addresses mailed when a try fails for good.
+    pub email_on_failure: Option<Vec<String>>,
+    /// Addresses mailed when a try fails and will be retried.
+    pub email_on_retry: Option<Vec<String>>,
+}
+
+impl TaskArgs {
+    /// This task's args, falling back to the DAG's `default_args`.
+    pub fn or(&self, defaults: &TaskArgs) -> TaskArgs {
+        TaskArgs {
+            trigger_rule: self.trigger_rule.or(defaults.trigger_rule),
+            retries: self.retries.or(defaults.retries),
+            retry_delay: self.retry_delay.or(defaults.retry_delay),
+            retry_exponential_backoff: self.retry_exponential_backoff.or(defaults.retry_exponential_backoff),
+            max_retry_delay: self.max_retry_delay.or(defaults.max_retry_delay),
+            execution_timeout: self.execution_timeout.or(defaults.execution_timeout),
+            email_on_failure: self.email_on_failure.clone().or_else(|| defaults.email_on_failure.clone()),
+            email_on_retry: self.email_on_retry.clone().or_else(|| defaults.email_on_retry.clone()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! sluice: a batch ETL orchestrator. See `docs/ARCHITECTURE.md` for the map.
+
+pub mod cli;
+pub mod connections;
+pub mod dag;
+pub mod datasets;
+pub mod diag;
+pub mod loader;
+pub mod logging;
+pub mod resources;
+pub mod runner;
+pub mod secrets;
+pub mod state;
+pub mod tasks;
+pub mod template;

@@ -1,0 +1,276 @@
+//! One try of one task: render, build, run under the timeout, record.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Runner;
+use crate::dag::{Dag, Task};
+use crate::datasets::DatasetRef;
+use crate::state::{Claimed, RunRow, TiState, TryEnd};
+use crate::tasks::{Outcome, TaskConfig, TaskCtx, TaskError, TryLog};
+use crate::template::RenderVars;
+
+/// How a try ended, for observers.
+#[derive(Debug, Clone)]
+pub struct TryReport {
+    pub task_id: String,
+    pub try_number: i32,
+    pub max_tries: i32,
+    /// The instance's state after the try (up_for_retry when it will be retried).
+    pub state: TiState,
+    pub elapsed: Duration,
+    pub note: Option<String>,
+    pub error: Option<String>,
+    pub retry_in: Option<Duration>,
+    pub warnings: Vec<String>,
+    /// True when the try was interrupted and put back in the queue.
+    pub interrupted: bool,
+}
+
+pub struct TryJob {
+    pub runner: Runner,
+    pub dag: Arc<Dag>,
+    pub run: Arc<RunRow>,
+    pub claimed: Claimed,
+    pub interrupt: CancellationToken,
+    pub test_mode: bool,
+}
+
+impl TryJob {
+    pub async fn run(self) -> TryReport {
+        let TryJob { runner, dag, run, claimed, interrupt, .. } = self;
+        let task = dag.task(&claimed.task_id).expect("claimed tasks exist in the DAG");
+        let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
+        let key = (run.run_id, task.id.clone(), claimed.try_number);
+        runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), log.clone());
+        let guard = crate::logging::capture(&log);
+        let span = tracing::info_span!(
+            "try",
+            log_key = guard.0,
+            dag = %dag.dag_id,
+            run = run.run_id,
+            task = %task.id,
+            try_number = claimed.try_number
+        );
+        let started = Instant::now();
+        let result = async {
+            tracing::info!(
+                "starting try {}/{} of {} (run {}, worker {})",
+                claimed.try_number,
+                claimed.max_tries,
+                task.id,
+                run.run_id,
+                runner.worker.id
+            );
+            let inputs = match runner.store.outputs(run.run_id).await {
+                Ok(o) => datasets_of(task, &dag, o),
+                Err(e) => return Err(TaskError::Failed(format!("cannot read upstream outputs: {e}"))),
+            };
+            let ctx = task_ctx(&runner, &dag, task, &run, claimed.try_number, inputs, log.clone(), false);
+            tokio::select! {
+                r = run_with_timeout(task, &ctx) => r,
+                _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let elapsed = started.elapsed();
+        let _enter = span.enter();
+        let report = record(&runner, &dag, task, &run, &claimed, result, elapsed, &log).await;
+        drop(_enter);
+        runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        drop(guard);
+        report
+    }
+}
+
+async fn record(
+    runner: &Runner,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    claimed: &Claimed,
+    result: Result<Outcome, TaskError>,
+    elapsed: Duration,
+    log: &TryLog,
+) -> TryReport {
+    let mut report = TryReport {
+        task_id: task.id.clone(),
+        try_number: claimed.try_number,
+        max_tries: claimed.max_tries,
+        state: TiState::Success,
+        elapsed,
+        note: None,
+        error: None,
+        retry_in: None,
+        warnings: Vec::new(),
+        interrupted: false,
+    };
+    let took = crate::dag::duration::format_elapsed(elapsed);
+    let end = match result {
+        Ok(outcome) => {
+            let state = if outcome.skipped { TiState::Skipped } else { TiState::Success };
+            for w in &outcome.warnings {
+                tracing::warn!("{w}");
+            }
+            tracing::info!("{} in {took}{}", state, outcome.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default());
+            report.state = state;
+            report.note = outcome.note.clone();
+            report.warnings = outcome.warnings.clone();
+            TryEnd {
+                state,
+                error: None,
+                output: serde_json::to_value(&outcome).ok(),
+                exit_code: outcome.metrics.get("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32),
+                next_try_at: None,
+                log: String::new(),
+            }
+        }
+        Err(TaskError::Cancelled(why)) => {
+            tracing::warn!("try interrupted ({why}) after {took}; it will run again when the run resumes");
+            if let Err(e) = runner.store.requeue_interrupted(run.run_id, &task.id, claimed.try_number, &runner.worker.id).await {
+                tracing::error!(error = %e, "could not requeue the interrupted try");
+            }
+            report.state = TiState::Queued;
+            report.interrupted = true;
+            report.error = Some(format!("interrupted ({why})"));
+            return report;
+        }
+        Err(e) => {
+            let msg = crate::secrets::mask(&e.to_string());
+            let will_retry = claimed.try_number < claimed.max_tries;
+            let (state, next) = if will_retry {
+                let wait = task.retry_wait(&dag.dag_id, run.logical_date, claimed.try_number);
+                report.retry_in = Some(wait);
+                (TiState::UpForRetry, Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()))
+            } else {
+                (TiState::Failed, None)
+            };
+            match report.retry_in {
+                Some(w) => tracing::error!(
+                    "try {}/{} failed after {took}: {msg}; retrying in {}",
+                    claimed.try_number,
+                    claimed.max_tries,
+                    crate::dag::duration::format(w)
+                ),
+                None => tracing::error!("try {}/{} failed after {took}: {msg}", claimed.try_number, claimed.max_tries),
+            }
+            report.state = state;
+            report.error = Some(msg.clone());
+            TryEnd {
+                state,
+                error: Some(msg),
+                output: None,
+                exit_code: match &e {
+                    TaskError::Exit { code, .. } => Some(*code),
+                    _ => None,
+                },
+                next_try_at: next,
+                log: String::new(),
+            }
+        }
+    };
+    let end = TryEnd { log: log.text(), ..end };
+    match runner.store.finish_try(run.run_id, &task.id, claimed.try_number, &runner.worker.id, &end).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("this try's claim was lost meanwhile (cleared or declared a zombie); its result was not applied"),
+        Err(e) => tracing::error!(error = %e, "could not record the end of the try"),
+    }
+    report
+}
+
+/// Datasets of the task's upstream tasks, from their recorded outputs.
+pub fn datasets_of(task: &Task, dag: &Dag, outputs: std::collections::HashMap<String, serde_json::Value>) -> BTreeMap<String, DatasetRef> {
+    let mut out = BTreeMap::new();
+    for &u in &task.upstream {
+        let id = &dag.tasks[u].id;
+        if let Some(ds) = outputs.get(id).and_then(|o| o.get("dataset")).and_then(|d| serde_json::from_value(d.clone()).ok()) {
+            out.insert(id.clone(), ds);
+        }
+    }
+    out
+}
+
+/// The context of one try.
+#[allow(clippy::too_many_arguments)]
+pub fn task_ctx(
+    runner: &Runner,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    try_number: i32,
+    inputs: BTreeMap<String, DatasetRef>,
+    log: TryLog,
+    test_mode: bool,
+) -> TaskCtx {
+    let params = run.conf.as_object().cloned().unwrap_or_default();
+    let vars = RenderVars {
+        dag_id: dag.dag_id.clone(),
+        task_id: task.id.clone(),
+        run_id: run.run_id.to_string(),
+        try_number,
+        tz: dag.timezone,
+        logical_date: run.logical_date,
+        interval_start: run.data_interval_start,
+        interval_end: run.data_interval_end,
+        params,
+        connections: runner.res.connections.clone(),
+    };
+    TaskCtx {
+        dag_id: dag.dag_id.clone(),
+        task_id: task.id.clone(),
+        run_id: run.run_id,
+        try_number,
+        logical_date: run.logical_date,
+        interval: run.interval(),
+        tz: dag.timezone,
+        vars: vars.to_value(),
+        res: runner.res.clone(),
+        inputs,
+        deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
+        log,
+        test_mode,
+    }
+}
+
+/// Renders the task's config, parses it, and runs it under its
+/// execution_timeout. Dropping the future (timeout, interruption) cancels
+/// the task; task types clean up on drop (e.g. kill their process group).
+pub async fn run_with_timeout(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+    let fut = render_and_execute(task, ctx);
+    match task.execution_timeout {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(TaskError::Timeout(crate::dag::duration::format(t))),
+        },
+        None => fut.await,
+    }
+}
+
+async fn render_and_execute(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+    let raw_keys = TaskConfig::raw_keys(task.kind);
+    let serde_yaml::Value::Mapping(map) = &task.raw else {
+        return Err(TaskError::Config("the task's config is not a mapping".into()));
+    };
+    let mut rendered = serde_yaml::Mapping::new();
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let v = if raw_keys.contains(&key) { v.clone() } else { ctx.res.templates.render_yaml(v, &ctx.vars, key)? };
+        rendered.insert(k.clone(), v);
+    }
+    let config = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered))
+        .expect("the task's type is known")
+        .map_err(|e| {
+            TaskError::Config(format!(
+                "{}: {}",
+                e.path(),
+                crate::dag::parse::friendly_serde_message(&crate::connections::strip_location(&e.inner().to_string()))
+            ))
+        })?;
+    config.execute(ctx).await
+}

@@ -1,0 +1,288 @@
+//! Running a DAG run.
+//!
+//! [`Runner::drive`] takes a run to completion from this process: it
+//! evaluates trigger rules for pending task instances, claims ready tries
+//! through the state store (so that other processes driving the same run
+//! never start the same try), runs them concurrently within the DAG's
+//! `max_active_tasks` and the process's parallelism, and finishes the run
+//! when every instance is terminal.
+//!
+//! The state store is the truth; the driver re-reads the run's instances
+//! each time it wakes. Decisions are conditional updates, so a stale view
+//! costs a wasted query, never a duplicate try.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::dag::Dag;
+use crate::dag::trigger_rule::{Decision, UpstreamCounts, evaluate};
+use crate::resources::Resources;
+use crate::state::{StateError, Store, TiRow, TiState, Worker};
+use crate::tasks::TryLog;
+
+pub mod exec;
+pub use exec::TryReport;
+
+/// Something that wants to know what a run is doing (the terminal progress
+/// display, the daemon's metrics).
+pub trait Observer: Send {
+    fn event(&mut self, ev: &RunEvent);
+}
+
+/// A no-op observer.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&mut self, _: &RunEvent) {}
+}
+
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A try started in this process.
+    Started { task: String, try_number: i32, max_tries: i32 },
+    /// A try ended in this process.
+    Finished(TryReport),
+    /// A pending task was marked skipped or upstream_failed.
+    Decided { task: String, state: TiState },
+    /// The run reached a final state.
+    RunFinished { state: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Success,
+    Failed,
+    /// Stopped before the end (Ctrl-C, shutdown); resumable.
+    Interrupted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("run {0} does not exist")]
+    NoRun(i64),
+}
+
+/// A process that runs tasks.
+#[derive(Clone)]
+pub struct Runner {
+    pub store: Store,
+    pub res: Arc<Resources>,
+    pub worker: Arc<Worker>,
+    /// Tries this process runs at once, across runs.
+    pub parallelism: usize,
+    pub heartbeat_every: Duration,
+    /// A running try whose heartbeat is older than this is a zombie.
+    pub zombie_timeout: Duration,
+    /// Logs of tries running in this process, flushed with each heartbeat.
+    pub live_logs: Arc<Mutex<HashMap<(i64, String, i32), TryLog>>>,
+    /// Whether task logs are echoed to stderr as they are written.
+    pub echo_logs: bool,
+}
+
+impl Runner {
+    pub fn new(store: Store, res: Arc<Resources>) -> Runner {
+        Runner {
+            store,
+            res,
+            worker: Arc::new(Worker::new()),
+            parallelism: 32,
+            heartbeat_every: Duration::from_secs(5),
+            zombie_timeout: Duration::from_secs(60),
+            live_logs: Default::default(),
+            echo_logs: false,
+        }
+    }
+
+    /// Starts the background heartbeat: the worker row, running tries'
+    /// heartbeats, and running tries' logs so far. Stops with `stop`.
+    pub fn spawn_heartbeat(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.heartbeat_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = me.store.heartbeat(&me.worker).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                let dirty: Vec<((i64, String, i32), String)> = {
+                    let logs = me.live_logs.lock().unwrap_or_else(|e| e.into_inner());
+                    logs.iter().filter(|(_, l)| l.take_dirty()).map(|(k, l)| (k.clone(), l.text())).collect()
+                };
+                for ((run, task, try_number), text) in dirty {
+                    let _ = me.store.update_try_log(run, &task, try_number, &text).await;
+                }
+            }
+        })
+    }
+
+    /// Drives a run until every task instance is terminal, or until `stop`
+    /// is cancelled (running tries are then interrupted and requeued).
+    pub async fn drive(
+        &self,
+        dag: Arc<Dag>,
+        run_id: i64,
+        observer: &mut dyn Observer,
+        stop: CancellationToken,
+    ) -> Result<RunOutcome, RunnerError> {
+        let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+        self.store.start_run(run_id).await?;
+        self.store.sync_task_instances(run_id, &dag).await?;
+        let run = Arc::new(run);
+        let max_tries: HashMap<String, i32> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32 + 1)).collect();
+        let interrupt = CancellationToken::new();
+        let mut tries: JoinSet<TryReport> = JoinSet::new();
+        let mut local: HashSet<String> = HashSet::new();
+        let mut stopping = false;
+        let mut last_reap = tokio::time::Instant::now() - self.heartbeat_every;
+
+        loop {
+            if last_reap.elapsed() >= self.heartbeat_every {
+                last_reap = tokio::time::Instant::now();
+                for (r, task, try_number, state) in self.store.reap(self.zombie_timeout).await? {
+                    tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
+                }
+            }
+            let tis = self.store.task_instances(run_id).await?;
+            let decisions = decide(&dag, &tis);
+            if !decisions.is_empty() {
+                self.store.decide(run_id, &decisions).await?;
+                for (task, state) in &decisions {
+                    if *state != TiState::Queued {
+                        observer.event(&RunEvent::Decided { task: task.clone(), state: *state });
+                    }
+                }
+                continue;
+            }
+            let now = Utc::now();
+            let all_done = tis.iter().all(|t| t.state().is_terminal());
+            if all_done && tries.is_empty() {
+                let ok = tis.iter().all(|t| matches!(t.state(), TiState::Success | TiState::Skipped | TiState::Removed));
+                let state = if ok { "success" } else { "failed" };
+                self.store.finish_run(run_id, state).await?;
+                observer.event(&RunEvent::RunFinished { state: state.into() });
+                return Ok(if ok { RunOutcome::Success } else { RunOutcome::Failed });
+            }
+            if stopping && tries.is_empty() {
+                return Ok(RunOutcome::Interrupted);
+            }
+
+            let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
+            let ready = tis.iter().any(|t| is_ready(t, now));
+            let mut claimed_any = false;
+            if ready && !stopping {
+                let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(self.parallelism.saturating_sub(local.len()));
+                let claimed = self.store.claim(run_id, &self.worker.id, slots as i64, &max_tries).await?;
+                for c in claimed {
+                    claimed_any = true;
+                    observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
+                    local.insert(c.task_id.clone());
+                    let job = exec::TryJob {
+                        runner: self.clone(),
+                        dag: dag.clone(),
+                        run: run.clone(),
+                        claimed: c,
+                        interrupt: interrupt.clone(),
+                        test_mode: false,
+                    };
+                    tries.spawn(job.run());
+                }
+            }
+            if claimed_any {
+                continue;
+            }
+
+            // Nothing to start now: wait for a try to end, a retry to come
+            // due, or other workers to move the run on.
+            let next_retry = tis
+                .iter()
+                .filter(|t| t.state() == TiState::UpForRetry)
+                .filter_map(|t| t.next_try_at)
+                .min();
+            let others_running = running_total > local.len();
+            let mut wait = if others_running || ready { Duration::from_millis(500) } else { self.heartbeat_every };
+            if let Some(at) = next_retry {
+                wait = wait.min(until(at));
+            }
+            tokio::select! {
+                r = tries.join_next(), if !tries.is_empty() => {
+                    let mut results = vec![r];
+                    while let Some(more) = tries.try_join_next() {
+                        results.push(Some(more));
+                    }
+                    for r in results.into_iter().flatten() {
+                        match r {
+                            Ok(report) => {
+                                local.remove(&report.task_id);
+                                observer.event(&RunEvent::Finished(report));
+                            }
+                            Err(e) => tracing::error!(error = %e, "a try panicked; this is a bug in sluice"),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    interrupt.cancel();
+                }
+            }
+        }
+    }
+}
+
+fn until(t: DateTime<Utc>) -> Duration {
+    (t - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}
+
+fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {
+    match t.state() {
+        TiState::Queued => true,
+        TiState::UpForRetry => t.next_try_at.is_none_or(|at| at <= now),
+        _ => false,
+    }
+}
+
+/// Trigger-rule decisions for pending instances, applied in topological
+/// order so that a skip or failure propagates down the graph in one pass.
+pub fn decide(dag: &Dag, tis: &[TiRow]) -> Vec<(String, TiState)> {
+    let by_id: HashMap<&str, TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state())).collect();
+    let mut state: Vec<Option<TiState>> = dag.tasks.iter().map(|t| by_id.get(t.id.as_str()).copied()).collect();
+    let mut out = Vec::new();
+    for &i in &dag.topo {
+        if state[i] != Some(TiState::Pending) {
+            continue;
+        }
+        let task = &dag.tasks[i];
+        let mut c = UpstreamCounts::default();
+        for &u in &task.upstream {
+            match state[u] {
+                Some(TiState::Removed) | None => continue,
+                Some(TiState::Success) => c.success += 1,
+                Some(TiState::Skipped) => c.skipped += 1,
+                Some(TiState::Failed) => c.failed += 1,
+                Some(TiState::UpstreamFailed) => c.upstream_failed += 1,
+                Some(_) => {}
+            }
+            c.total += 1;
+        }
+        let new = match evaluate(task.trigger_rule, c) {
+            Decision::Wait => continue,
+            Decision::Run => TiState::Queued,
+            Decision::Skip => TiState::Skipped,
+            Decision::UpstreamFailed => TiState::UpstreamFailed,
+        };
+        state[i] = Some(new);
+        out.push((task.id.clone(), new));
+    }
+    out
+}

@@ -1,0 +1,743 @@
+//! The state store: DAGs, runs, task instances and their tries, in
+//! PostgreSQL.
+//!
+//! Designed for several worker processes on several machines sharing one
+//! database:
+//!
+//! * a run is unique per DAG and logical date (a constraint, not a check);
+//! * a task try is *claimed* with `SELECT ... FOR UPDATE SKIP LOCKED` and a
+//!   conditional `UPDATE`, so two workers never start the same try;
+//! * a claim carries a worker id and a heartbeat; tries whose worker stopped
+//!   heartbeating are failed (and retried by their retry rules) by whoever
+//!   notices;
+//! * every state change is a conditional `UPDATE` (`WHERE state = ...`), so
+//!   stale views only delay decisions, never duplicate work.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool, Row};
+
+use crate::dag::Dag;
+use crate::dag::schedule::DataInterval;
+
+pub mod worker;
+pub use worker::Worker;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations");
+
+pub const DEFAULT_SCHEMA: &str = "sluice";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot connect to the state database ({target}): {reason}")]
+    Connect { target: String, reason: String },
+    #[error("migrating the state database failed: {0}")]
+    Migrate(String),
+    #[error("{}", describe_sqlx(.0))]
+    Sql(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Formats a sqlx error with the server's detail and hint when it has them.
+pub fn describe_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => {
+            let mut s = db.message().to_string();
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                if let Some(d) = pg.detail() {
+                    s.push_str(&format!(" ({d})"));
+                }
+                if let Some(h) = pg.hint() {
+                    s.push_str(&format!("; hint: {h}"));
+                }
+                if let Some(w) = pg.r#where() {
+                    let first = w.lines().next().unwrap_or_default();
+                    s.push_str(&format!(" [at: {first}]"));
+                }
+            }
+            crate::secrets::mask(&s)
+        }
+        other => crate::secrets::mask(&other.to_string()),
+    }
+}
+
+/// The state of a task instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TiState {
+    Pending,
+    Queued,
+    Running,
+    UpForRetry,
+    Success,
+    Failed,
+    Skipped,
+    UpstreamFailed,
+    Removed,
+}
+
+impl TiState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TiState::Pending => "pending",
+            TiState::Queued => "queued",
+            TiState::Running => "running",
+            TiState::UpForRetry => "up_for_retry",
+            TiState::Success => "success",
+            TiState::Failed => "failed",
+            TiState::Skipped => "skipped",
+            TiState::UpstreamFailed => "upstream_failed",
+            TiState::Removed => "removed",
+        }
+    }
+
+    /// Finished: no further try will start without a clear.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TiState::Success | TiState::Failed | TiState::Skipped | TiState::UpstreamFailed | TiState::Removed)
+    }
+}
+
+impl FromStr for TiState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "pending" => TiState::Pending,
+            "queued" => TiState::Queued,
+            "running" => TiState::Running,
+            "up_for_retry" => TiState::UpForRetry,
+            "success" => TiState::Success,
+            "failed" => TiState::Failed,
+            "skipped" => TiState::Skipped,
+            "upstream_failed" => TiState::UpstreamFailed,
+            "removed" => TiState::Removed,
+            other => return Err(format!("unknown task state `{other}`")),
+        })
+    }
+}
+
+impl std::fmt::Display for TiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A DAG run.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct RunRow {
+    pub run_id: i64,
+    pub dag_id: String,
+    pub run_type: String,
+    pub logical_date: DateTime<Utc>,
+    pub data_interval_start: DateTime<Utc>,
+    pub data_interval_end: DateTime<Utc>,
+    pub conf: Value,
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl RunRow {
+    pub fn interval(&self) -> DataInterval {
+        DataInterval { start: self.data_interval_start, end: self.data_interval_end }
+    }
+}
+
+/// A task instance.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct TiRow {
+    pub task_id: String,
+    pub state: String,
+    pub try_number: i32,
+    pub max_tries: i32,
+    pub worker_id: Option<String>,
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub output: Option<Value>,
+}
+
+impl TiRow {
+    pub fn state(&self) -> TiState {
+        self.state.parse().unwrap_or(TiState::Pending)
+    }
+}
+
+/// One try of a task instance.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct TryRow {
+    pub task_id: String,
+    pub try_number: i32,
+    pub worker_id: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// A try this worker claimed.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub task_id: String,
+    pub try_number: i32,
+    pub max_tries: i32,
+}
+
+/// How a try ended.
+#[derive(Debug, Clone)]
+pub struct TryEnd {
+    pub state: TiState,
+    pub error: Option<String>,
+    pub output: Option<Value>,
+    pub exit_code: Option<i32>,
+    pub next_try_at: Option<DateTime<Utc>>,
+    pub log: String,
+}
+
+/// A run that already exists for the DAG and logical date.
+#[derive(Debug)]
+pub struct RunExists(pub RunRow);
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    schema: String,
+}
+
+impl Store {
+    /// Connects, creates the schema and applies migrations (safe to call from
+    /// several processes at once: migrations hold an advisory lock).
+    pub async fn connect(url: &str, schema: &str) -> Result<Store, StateError> {
+        crate::secrets::register_uri(url);
+        if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
+            return Err(StateError::Invalid(format!("invalid state schema name `{schema}`: use letters, digits and `_`")));
+        }
+        let target = describe_target(url);
+        let connect_err = |e: sqlx::Error| StateError::Connect { target: target.clone(), reason: describe_sqlx(&e) };
+        let base = PgConnectOptions::from_str(url).map_err(connect_err)?;
+        // Create the schema first: the migrations table is created in it.
+        {
+            let mut conn = sqlx::PgConnection::connect_with(&base).await.map_err(connect_err)?;
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-schema'))").execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))).execute(&mut *tx).await?;
+            tx.commit().await?;
+            conn.close().await.ok();
+        }
+        let opts = base.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(connect_err)?;
+        MIGRATOR.run(&pool).await.map_err(|e| StateError::Migrate(e.to_string()))?;
+        Ok(Store { pool, schema: schema.to_string() })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    // ---- DAGs ----
+
+    /// Records the DAGs seen in the DAG folder (file and hash).
+    pub async fn sync_dags(&self, dags: &[&Dag]) -> Result<(), StateError> {
+        let ids: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
+        let files: Vec<String> = dags.iter().map(|d| d.file.display().to_string()).collect();
+        let hashes: Vec<&str> = dags.iter().map(|d| d.file_hash.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO dags (dag_id, fileloc, file_hash)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (dag_id) DO UPDATE SET fileloc = EXCLUDED.fileloc, file_hash = EXCLUDED.file_hash, last_seen_at = now()",
+        )
+        .bind(&ids)
+        .bind(&files)
+        .bind(&hashes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn paused_dags(&self) -> Result<HashMap<String, bool>, StateError> {
+        let rows = sqlx::query("SELECT dag_id, is_paused FROM dags").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|r| (r.get("dag_id"), r.get("is_paused"))).collect())
+    }
+
+    pub async fn set_paused(&self, dag: &Dag, paused: bool) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO dags (dag_id, fileloc, file_hash, is_paused) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (dag_id) DO UPDATE SET is_paused = EXCLUDED.is_paused",
+        )
+        .bind(&dag.dag_id)
+        .bind(dag.file.display().to_string())
+        .bind(&dag.file_hash)
+        .bind(paused)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- runs ----
+
+    /// Creates a run and its task instances in one transaction. Fails with
+    /// [`RunExists`] when the DAG already has a run for this logical date.
+    pub async fn create_run(
+        &self,
+        dag: &Dag,
+        run_type: &str,
+        logical_date: DateTime<Utc>,
+        interval: DataInterval,
+        conf: &serde_json::Map<String, Value>,
+        state: &str,
+    ) -> Result<Result<RunRow, RunExists>, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<RunRow> = sqlx::query_as(
+            "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'running' THEN now() END)
+             ON CONFLICT (dag_id, logical_date) DO NOTHING
+             RETURNING run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at",
+        )
+        .bind(&dag.dag_id)
+        .bind(run_type)
+        .bind(logical_date)
+        .bind(interval.start)
+        .bind(interval.end)
+        .bind(Value::Object(conf.clone()))
+        .bind(state)
+        .bind(&dag.file_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(run) = row else {
+            tx.rollback().await.ok();
+            let existing = self
+                .find_run(&dag.dag_id, logical_date)
+                .await?
+                .ok_or_else(|| StateError::Invalid("a run conflicted and then vanished; try again".into()))?;
+            return Ok(Err(RunExists(existing)));
+        };
+        insert_task_instances(&mut tx, run.run_id, dag).await?;
+        tx.commit().await?;
+        Ok(Ok(run))
+    }
+
+    /// Adds task instances for tasks added to the DAG since the run was
+    /// created, and marks instances of tasks no longer in the DAG `removed`.
+    pub async fn sync_task_instances(&self, run_id: i64, dag: &Dag) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        insert_task_instances(&mut tx, run_id, dag).await?;
+        let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
+        sqlx::query(
+            "UPDATE task_instances SET state = 'removed', ended_at = now()
+             WHERE run_id = $1 AND NOT (task_id = ANY($2)) AND state NOT IN ('running', 'removed')",
+        )
+        .bind(run_id)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn run(&self, run_id: i64) -> Result<Option<RunRow>, StateError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE run_id = $1"))).bind(run_id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn find_run(&self, dag_id: &str, logical_date: DateTime<Utc>) -> Result<Option<RunRow>, StateError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE dag_id = $1 AND logical_date = $2")))
+            .bind(dag_id)
+            .bind(logical_date)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_runs(&self, dag_id: Option<&str>, state: Option<&str>, limit: i64) -> Result<Vec<RunRow>, StateError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{RUN_SELECT} WHERE ($1::text IS NULL OR dag_id = $1) AND ($2::text IS NULL OR state = $2)
+             ORDER BY logical_date DESC, run_id DESC LIMIT $3"
+        )))
+        .bind(dag_id)
+        .bind(state)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Replaces a run's conf (its resolved params), for `sluice run --rerun`.
+    pub async fn set_run_conf(&self, run_id: i64, conf: &serde_json::Map<String, Value>) -> Result<(), StateError> {
+        sqlx::query("UPDATE dag_runs SET conf = $2 WHERE run_id = $1")
+            .bind(run_id)
+            .bind(Value::Object(conf.clone()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a run running (again).
+    pub async fn start_run(&self, run_id: i64) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, now()), ended_at = NULL
+             WHERE run_id = $1 AND state <> 'running'",
+        )
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a finished run's state, once.
+    pub async fn finish_run(&self, run_id: i64, state: &str) -> Result<bool, StateError> {
+        let r = sqlx::query("UPDATE dag_runs SET state = $2, ended_at = now() WHERE run_id = $1 AND state IN ('running', 'queued')")
+            .bind(run_id)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- task instances ----
+
+    pub async fn task_instances(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
+        Ok(sqlx::query_as(
+            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, output
+             FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Applies trigger-rule decisions to pending instances.
+    pub async fn decide(&self, run_id: i64, decisions: &[(String, TiState)]) -> Result<(), StateError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
+        let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
+        sqlx::query(
+            "UPDATE task_instances t SET state = u.state,
+                 ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
+             FROM UNNEST($2::text[], $3::text[]) AS u(task_id, state)
+             WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state = 'pending'",
+        )
+        .bind(run_id)
+        .bind(&ids)
+        .bind(&states)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` ready tries of a run for `worker`. A try is ready
+    /// when its instance is queued, or up for retry and its wait is over.
+    /// `max_tries` gives each task's current retries + 1 from the DAG file.
+    pub async fn claim(
+        &self,
+        run_id: i64,
+        worker: &str,
+        limit: i64,
+        max_tries: &HashMap<String, i32>,
+    ) -> Result<Vec<Claimed>, StateError> {
+        if limit <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "WITH c AS (
+                 SELECT run_id, task_id FROM task_instances
+                 WHERE run_id = $1 AND (state = 'queued' OR (state = 'up_for_retry' AND next_try_at <= now()))
+                 ORDER BY priority, task_id
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE task_instances t
+             SET state = 'running', try_number = t.try_number + 1, worker_id = $3, claimed_at = now(),
+                 heartbeat_at = now(), started_at = now(), ended_at = NULL, error = NULL, next_try_at = NULL
+             FROM c WHERE t.run_id = c.run_id AND t.task_id = c.task_id
+             RETURNING t.task_id, t.try_number, t.max_tries",
+        )
+        .bind(run_id)
+        .bind(limit)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let task_id: String = r.get("task_id");
+            let try_number: i32 = r.get("try_number");
+            let stored_max: i32 = r.get("max_tries");
+            // A DAG edited to allow more retries applies to running instances;
+            // a clear has raised max_tries past the file's value.
+            let max = max_tries.get(&task_id).map_or(stored_max, |&m| m.max(stored_max)).max(try_number);
+            out.push(Claimed { task_id, try_number, max_tries: max });
+        }
+        if !out.is_empty() {
+            let ids: Vec<&str> = out.iter().map(|c| c.task_id.as_str()).collect();
+            let tries: Vec<i32> = out.iter().map(|c| c.try_number).collect();
+            let maxes: Vec<i32> = out.iter().map(|c| c.max_tries).collect();
+            sqlx::query(
+                "UPDATE task_instances t SET max_tries = u.m FROM UNNEST($2::text[], $3::int[]) AS u(task_id, m)
+                 WHERE t.run_id = $1 AND t.task_id = u.task_id",
+            )
+            .bind(run_id)
+            .bind(&ids)
+            .bind(&maxes)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
+                 SELECT $1, u.task_id, u.try, $4, 'running' FROM UNNEST($2::text[], $3::int[]) AS u(task_id, try)
+                 ON CONFLICT (run_id, task_id, try_number) DO UPDATE
+                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, log = ''",
+            )
+            .bind(run_id)
+            .bind(&ids)
+            .bind(&tries)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Records the end of a try. Returns false when the claim was lost
+    /// meanwhile (the try was declared a zombie, or cleared): the instance is
+    /// then left as the other party set it, and only the try row is written.
+    pub async fn finish_try(
+        &self,
+        run_id: i64,
+        task_id: &str,
+        try_number: i32,
+        worker: &str,
+        end: &TryEnd,
+    ) -> Result<bool, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL
+             WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(worker)
+        .bind(end.state.as_str())
+        .bind(&end.error)
+        .bind(&end.output)
+        .bind(end.next_try_at)
+        .execute(&mut *tx)
+        .await?;
+        let try_state = if end.state == TiState::UpForRetry { "failed" } else { end.state.as_str() };
+        sqlx::query(
+            "UPDATE task_tries SET state = $4, ended_at = now(), error = $5, output = $6, exit_code = $7, log = $8
+             WHERE run_id = $1 AND task_id = $2 AND try_number = $3",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(try_state)
+        .bind(&end.error)
+        .bind(&end.output)
+        .bind(end.exit_code)
+        .bind(&end.log)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Puts tries interrupted by this worker (Ctrl-C, shutdown) back in the
+    /// queue without using up a retry.
+    pub async fn requeue_interrupted(&self, run_id: i64, task_id: &str, try_number: i32, worker: &str) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE task_instances SET state = 'queued', try_number = try_number - 1, worker_id = NULL, heartbeat_at = NULL, started_at = NULL
+             WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM task_tries WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4")
+            .bind(run_id)
+            .bind(task_id)
+            .bind(try_number)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a running try's log so far.
+    pub async fn update_try_log(&self, run_id: i64, task_id: &str, try_number: i32, log: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE task_tries SET log = $4 WHERE run_id = $1 AND task_id = $2 AND try_number = $3")
+            .bind(run_id)
+            .bind(task_id)
+            .bind(try_number)
+            .bind(log)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn tries(&self, run_id: i64) -> Result<Vec<TryRow>, StateError> {
+        Ok(sqlx::query_as(
+            "SELECT task_id, try_number, worker_id, state, started_at, ended_at, exit_code, error
+             FROM task_tries WHERE run_id = $1 ORDER BY started_at, task_id, try_number",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A try's log; the latest try when `try_number` is None.
+    pub async fn try_log(&self, run_id: i64, task_id: &str, try_number: Option<i32>) -> Result<Option<(i32, String, String)>, StateError> {
+        let row = sqlx::query(
+            "SELECT try_number, state, log FROM task_tries
+             WHERE run_id = $1 AND task_id = $2 AND ($3::int IS NULL OR try_number = $3)
+             ORDER BY try_number DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get("try_number"), r.get("state"), r.get("log"))))
+    }
+
+    /// Outputs (dataset summaries...) of finished tasks of a run.
+    pub async fn outputs(&self, run_id: i64) -> Result<HashMap<String, Value>, StateError> {
+        let rows = sqlx::query("SELECT task_id, output FROM task_instances WHERE run_id = $1 AND output IS NOT NULL")
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get("task_id"), r.get("output"))).collect())
+    }
+
+    /// Resets task instances so that they run again: state pending, and one
+    /// more full set of retries. Running instances are left alone and
+    /// returned as the second list.
+    pub async fn clear(&self, run_id: i64, tasks: &[(String, i32)]) -> Result<(Vec<String>, Vec<String>), StateError> {
+        let ids: Vec<&str> = tasks.iter().map(|(t, _)| t.as_str()).collect();
+        let retries: Vec<i32> = tasks.iter().map(|(_, r)| *r).collect();
+        let mut tx = self.pool.begin().await?;
+        let cleared: Vec<String> = sqlx::query_scalar(
+            "UPDATE task_instances t SET state = 'pending', max_tries = t.try_number + u.retries + 1, next_try_at = NULL,
+                 error = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL
+             FROM UNNEST($2::text[], $3::int[]) AS u(task_id, retries)
+             WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state NOT IN ('running')
+             RETURNING t.task_id",
+        )
+        .bind(run_id)
+        .bind(&ids)
+        .bind(&retries)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !cleared.is_empty() {
+            sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1 AND state IN ('success', 'failed')")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        let running: Vec<String> = ids.iter().filter(|i| !cleared.iter().any(|c| c == *i)).map(|s| s.to_string()).collect();
+        Ok((cleared, running))
+    }
+
+    // ---- workers and zombies ----
+
+    /// Fails tries whose worker stopped heartbeating for longer than
+    /// `timeout` (a NULL heartbeat counts from the claim), or whose worker
+    /// is known dead. Each becomes up_for_retry or failed by its retry rules.
+    /// Returns (run_id, task_id, try_number, new state).
+    pub async fn reap_zombies(&self, timeout: Duration, dead_workers: &[String]) -> Result<Vec<(i64, String, i32, String)>, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE task_instances SET
+                 state = CASE WHEN try_number < max_tries THEN 'up_for_retry' ELSE 'failed' END,
+                 next_try_at = CASE WHEN try_number < max_tries THEN now() END,
+                 ended_at = now(),
+                 error = 'the worker running this try (' || worker_id || ') stopped heartbeating',
+                 heartbeat_at = NULL
+             WHERE state = 'running'
+               AND (COALESCE(heartbeat_at, claimed_at) < now() - make_interval(secs => $1) OR worker_id = ANY($2))
+             RETURNING run_id, task_id, try_number, state",
+        )
+        .bind(timeout.as_secs_f64())
+        .bind(dead_workers)
+        .fetch_all(&mut *tx)
+        .await?;
+        let out: Vec<(i64, String, i32, String)> =
+            rows.into_iter().map(|r| (r.get("run_id"), r.get("task_id"), r.get("try_number"), r.get("state"))).collect();
+        for (run_id, task_id, try_number, _) in &out {
+            sqlx::query(
+                "UPDATE task_tries SET state = 'failed', ended_at = now(),
+                     error = 'the worker running this try stopped heartbeating'
+                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND state = 'running'",
+            )
+            .bind(run_id)
+            .bind(task_id)
+            .bind(try_number)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+const RUN_SELECT: &str = "SELECT run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at FROM dag_runs";
+
+async fn insert_task_instances(tx: &mut sqlx::PgConnection, run_id: i64, dag: &Dag) -> Result<(), StateError> {
+    let mut ids = Vec::with_capacity(dag.tasks.len());
+    let mut prio = Vec::with_capacity(dag.tasks.len());
+    let mut max = Vec::with_capacity(dag.tasks.len());
+    for (pos, &i) in dag.topo.iter().enumerate() {
+        let t = &dag.tasks[i];
+        ids.push(t.id.as_str());
+        prio.push(pos as i32);
+        max.push(t.retries as i32 + 1);
+    }
+    sqlx::query(
+        "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries)
+         SELECT $1, u.task_id, 'pending', u.priority, u.max_tries FROM UNNEST($2::text[], $3::int[], $4::int[]) AS u(task_id, priority, max_tries)
+         ON CONFLICT (run_id, task_id) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(&ids)
+    .bind(&prio)
+    .bind(&max)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// `user@host:port/db`, for messages: never the password.
+pub fn describe_target(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}{}:{}{}",
+            if u.username().is_empty() { String::new() } else { format!("{}@", u.username()) },
+            u.host_str().unwrap_or("localhost"),
+            u.port().unwrap_or(5432),
+            u.path()
+        ),
+        Err(_) => "an invalid URL".into(),
+    }
+}

@@ -1,0 +1,388 @@
+//! Task types.
+//!
+//! Each task type lives in one file here and has two halves:
+//!
+//! * the **declared config**: a `serde` + `schemars` struct with
+//!   `deny_unknown_fields`, exactly what the YAML says. Its `///` docs become
+//!   the JSON Schema descriptions that editors show. It is validated without
+//!   IO beyond [`ValidationEnv`] (file and connection lookups).
+//! * the **built task** ([`TaskType::Built`]): the config after templating,
+//!   with its connections resolved and its clients (pools, S3 clients) in
+//!   hand, ready to [`Run::run`].
+//!
+//! Adding a task type means adding its file and one line to [`registry!`]
+//! below; nothing else in sluice names task types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::connections::{ConnError, Connection, Connections};
+use crate::dag::schedule::DataInterval;
+use crate::datasets::{DatasetRef, DatasetSummary};
+use crate::diag::{At, Diagnostics};
+use crate::resources::Resources;
+use crate::template::{TemplateError, Templates};
+
+pub mod log;
+pub use log::TryLog;
+
+/// What a task type implements.
+pub trait TaskType: DeserializeOwned + JsonSchema + std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The `type:` of this task in DAG files.
+    const NAME: &'static str;
+
+    /// Config keys whose strings are *not* rendered before the config is
+    /// parsed, because the task renders them itself (e.g. SQL bind
+    /// parameters, rendered to native values).
+    const RAW_KEYS: &'static [&'static str] = &[];
+
+    /// The built task.
+    type Built: Run;
+
+    /// Static checks beyond types: files exist, connections are defined,
+    /// option combinations make sense. Templates in strings are checked by
+    /// the loader for every task type.
+    fn validate(&self, _cx: &mut ValidateCx<'_, '_>) {}
+
+    /// Upstream task ids whose datasets this task reads. They are implicit
+    /// dependencies.
+    fn inputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Connection ids this task uses (for `dags show` and the environment check).
+    fn connections(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Resolves connections and opens clients for one try. `self` has been
+    /// rendered with the try's template variables.
+    fn build(self, ctx: &TaskCtx) -> impl Future<Output = Result<Self::Built, TaskError>> + Send;
+}
+
+/// A built task, ready to run one try.
+pub trait Run: Send {
+    fn run(self, ctx: &TaskCtx) -> impl Future<Output = Result<Outcome, TaskError>> + Send;
+}
+
+/// Declares the task types: `Variant => module::Config`. Generates the
+/// modules, the [`TaskConfig`] enum, and its dispatch.
+macro_rules! registry {
+    ($($variant:ident => $module:ident :: $config:ident),* $(,)?) => {
+        $(pub mod $module;)*
+
+        /// A task's declared config, of any type.
+        #[derive(Debug)]
+        pub enum TaskConfig {
+            $($variant($module::$config)),*
+        }
+
+        /// Every task type name, in registry order.
+        pub const TYPES: &[&str] = &[$(<$module::$config as TaskType>::NAME),*];
+
+        impl TaskConfig {
+            /// Parses the type-specific keys of a task of type `kind`.
+            /// Returns None for an unknown type.
+            pub fn parse(
+                kind: &str,
+                value: serde_yaml::Value,
+            ) -> Option<Result<TaskConfig, serde_path_to_error::Error<serde_yaml::Error>>> {
+                match kind {
+                    $(<$module::$config as TaskType>::NAME => Some(
+                        serde_path_to_error::deserialize(value).map(TaskConfig::$variant),
+                    ),)*
+                    _ => None,
+                }
+            }
+
+            pub fn type_name(&self) -> &'static str {
+                match self { $(TaskConfig::$variant(_) => <$module::$config as TaskType>::NAME),* }
+            }
+
+            pub fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
+                match self { $(TaskConfig::$variant(c) => c.validate(cx)),* }
+            }
+
+            pub fn inputs(&self) -> Vec<String> {
+                match self { $(TaskConfig::$variant(c) => c.inputs()),* }
+            }
+
+            pub fn connections(&self) -> Vec<String> {
+                match self { $(TaskConfig::$variant(c) => c.connections()),* }
+            }
+
+            /// Builds and runs one try.
+            pub async fn execute(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+                match self {
+                    $(TaskConfig::$variant(c) => c.build(ctx).await?.run(ctx).await,)*
+                }
+            }
+
+            /// The keys of a type's config, for unknown-key checks.
+            pub fn keys(kind: &str) -> Option<Vec<String>> {
+                match kind {
+                    $(<$module::$config as TaskType>::NAME => Some(schema_keys::<$module::$config>()),)*
+                    _ => None,
+                }
+            }
+
+            /// Keys that the loader must not render.
+            pub fn raw_keys(kind: &str) -> &'static [&'static str] {
+                match kind {
+                    $(<$module::$config as TaskType>::NAME => <$module::$config as TaskType>::RAW_KEYS,)*
+                    _ => &[],
+                }
+            }
+
+            /// JSON Schemas of every type's config, by type name.
+            pub fn schemas(generator: &mut schemars::SchemaGenerator) -> Vec<(&'static str, schemars::Schema)> {
+                vec![$((<$module::$config as TaskType>::NAME, generator.subschema_for::<$module::$config>())),*]
+            }
+        }
+    };
+}
+
+// The task types. One line each.
+registry! {
+    Shell => shell::ShellConfig,
+    Sql => sql::SqlConfig,
+}
+
+/// The property names of a config struct's JSON Schema.
+pub fn schema_keys<T: JsonSchema>() -> Vec<String> {
+    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+    let mut keys: Vec<String> = schema
+        .get("properties")
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+/// What validation may look at outside the DAG file.
+pub trait ValidationEnv {
+    /// Reads a project file by a path relative to the project root.
+    fn read_file(&self, rel: &str) -> Result<String, String>;
+    /// The connections of this environment.
+    fn connections(&self) -> &Connections;
+}
+
+/// Validation context for one task.
+pub struct ValidateCx<'a, 'd> {
+    pub diags: &'a mut Diagnostics<'d>,
+    /// Key path of the task, e.g. `tasks[3]`.
+    pub path: String,
+    pub env: &'a dyn ValidationEnv,
+    pub templates: &'a Templates,
+    pub params: &'a BTreeSet<String>,
+    pub task_ids: &'a BTreeSet<String>,
+}
+
+impl ValidateCx<'_, '_> {
+    pub fn key_path(&self, key: &str) -> String {
+        crate::diag::join(&self.path, key)
+    }
+
+    pub fn error(&mut self, key: &str, msg: impl Into<String>) {
+        let p = self.key_path(key);
+        self.diags.error(At::Value(&p), msg);
+    }
+
+    pub fn warning(&mut self, key: &str, msg: impl Into<String>) {
+        let p = self.key_path(key);
+        self.diags.warning(At::Value(&p), msg);
+    }
+
+    /// Checks that a referenced project file exists and that its content
+    /// compiles as a template. Templated paths are checked at run time.
+    pub fn check_file(&mut self, key: &str, rel: &str) -> Option<String> {
+        if crate::template::is_template(rel) {
+            return None;
+        }
+        match self.env.read_file(rel) {
+            Ok(text) => {
+                for problem in self.templates.check(&text, self.params, Some(&self.env.connections().ids())) {
+                    self.error(key, format!("in {rel}: {problem}"));
+                }
+                Some(text)
+            }
+            Err(e) => {
+                self.error(key, e);
+                None
+            }
+        }
+    }
+
+    /// Checks a connection reference of the given kind (`postgres`, `s3`...).
+    pub fn check_conn(&mut self, key: &str, id: &str, kind: &str) {
+        if crate::template::is_template(id) {
+            return;
+        }
+        let p = self.key_path(key);
+        self.env.connections().check_reference(id, kind, At::Value(&p), self.diags);
+    }
+
+    /// Checks that an input names a task of this DAG.
+    pub fn check_input(&mut self, key: &str, id: &str) {
+        if !self.task_ids.contains(id) {
+            let hint = crate::diag::hint(id, self.task_ids.iter().map(String::as_str));
+            self.error(key, format!("input `{id}` is not a task of this DAG{hint}"));
+        }
+    }
+}
+
+/// Everything a running try can use.
+pub struct TaskCtx {
+    pub dag_id: String,
+    pub task_id: String,
+    pub run_id: i64,
+    pub try_number: i32,
+    pub logical_date: DateTime<Utc>,
+    pub interval: DataInterval,
+    pub tz: Tz,
+    /// Template variables of this try.
+    pub vars: minijinja::Value,
+    pub res: Arc<Resources>,
+    /// Datasets of upstream tasks, by task id.
+    pub inputs: BTreeMap<String, DatasetRef>,
+    /// When the try's execution_timeout expires.
+    pub deadline: Option<tokio::time::Instant>,
+    pub log: TryLog,
+    /// True under `sluice tasks test`: nothing is recorded in the state store.
+    pub test_mode: bool,
+}
+
+impl TaskCtx {
+    /// Renders a template with this try's variables.
+    pub fn render(&self, src: &str) -> Result<String, TaskError> {
+        Ok(self.res.templates.render(src, &self.vars)?)
+    }
+
+    /// Renders a single-expression template (`{{ params.n }}`) to a native
+    /// value; other strings render to strings.
+    pub fn render_native(&self, v: &serde_yaml::Value) -> Result<serde_json::Value, TaskError> {
+        Ok(self.res.templates.render_native(v, &self.vars)?)
+    }
+
+    /// A project file's path.
+    pub fn project_path(&self, rel: &str) -> PathBuf {
+        self.res.project_root.join(rel)
+    }
+
+    /// Reads a project file (SQL, report definitions) and renders it.
+    pub fn read_template_file(&self, rel: &str) -> Result<String, TaskError> {
+        let path = self.project_path(rel);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        self.render(&text).map_err(|e| TaskError::Failed(format!("in {rel}: {e}")))
+    }
+
+    pub fn conn(&self, id: &str, kind: &str) -> Result<&Connection, TaskError> {
+        let c = self.res.connections.get(id)?;
+        c.expect_kind(kind)?;
+        Ok(c)
+    }
+
+    /// A connection pool for a Postgres connection, shared by the process.
+    pub async fn pg(&self, id: &str) -> Result<sqlx::PgPool, TaskError> {
+        let c = self.conn(id, "postgres")?;
+        self.res.pg_pool(c).await
+    }
+
+    /// Time left before the try's deadline.
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
+    }
+
+    /// The dataset of upstream task `id`.
+    pub fn input(&self, id: &str) -> Result<&DatasetRef, TaskError> {
+        self.inputs.get(id).ok_or_else(|| {
+            TaskError::Failed(format!(
+                "input `{id}` has no dataset in this run (did `{id}` produce one, and did it succeed?)"
+            ))
+        })
+    }
+}
+
+/// What a successful try produced.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Outcome {
+    /// A short human summary for the run table, e.g. `1,204 rows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Numbers and facts recorded on the task instance.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// The dataset this task produced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSummary>,
+    /// Files this task produced (a report PDF...), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
+    /// Problems that did not fail the task (a `severity: warn` check).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// The task decided it had nothing to do: the instance becomes `skipped`.
+    #[serde(skip)]
+    pub skipped: bool,
+}
+
+impl Outcome {
+    pub fn note(note: impl Into<String>) -> Outcome {
+        Outcome { note: Some(note.into()), ..Default::default() }
+    }
+    pub fn metric(mut self, key: &str, v: impl Into<serde_json::Value>) -> Outcome {
+        self.metrics.insert(key.to_string(), v.into());
+        self
+    }
+}
+
+/// Why a try failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{0}")]
+    Failed(String),
+    /// A process exited with a non-zero status.
+    #[error("{message}")]
+    Exit { code: i32, message: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Connection(#[from] ConnError),
+    #[error("{}", crate::state::describe_sqlx(.0))]
+    Sql(#[from] sqlx::Error),
+    #[error("the rendered config is invalid: {0}")]
+    Config(String),
+    #[error("timed out after {0} (execution_timeout)")]
+    Timeout(String),
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+impl TaskError {
+    pub fn failed(msg: impl Into<String>) -> TaskError {
+        TaskError::Failed(msg.into())
+    }
+}
+
+/// Formats a count with thousands separators: 1234567 -> `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,51 @@
+//! Commands that need no database.
+
+use std::process::Command;
+
+use crate::harness::{Project, repo};
+
+#[test]
+fn dot_output_renders_with_graphviz() {
+    let p = Project::new("dot");
+    p.copy_from("tests/dags/run/trigger_rules");
+    let out = p.sluice(&["dags", "show", "rules", "--format", "dot"]).ok();
+    let mut dot = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("graphviz is installed (scripts/test.sh installs it)");
+    use std::io::Write;
+    dot.stdin.take().unwrap().write_all(out.stdout.as_bytes()).unwrap();
+    let svg = dot.wait_with_output().unwrap();
+    assert!(svg.status.success());
+    let svg = String::from_utf8_lossy(&svg.stdout);
+    assert!(svg.contains("<svg") && svg.contains("none_failed_min_one_success_runs"));
+    let mermaid = p.sluice(&["dags", "show", "rules", "--format", "mermaid"]).ok();
+    assert!(mermaid.stdout.starts_with("flowchart LR"));
+    assert_eq!(mermaid.stdout.matches("-->").count(), out.stdout.matches(" -> ").count());
+    let text = p.sluice(&["dags", "show", "rules"]).ok();
+    assert!(text.stdout.contains("[3] after_upfail_upfail"), "{}", text.stdout);
+}
+
+#[test]
+fn the_committed_schema_is_current() {
+    let p = Project::new("schema");
+    let out = p.sluice(&["dags", "schema"]).ok();
+    let committed = std::fs::read_to_string(repo().join("docs/dag.schema.json")).unwrap();
+    assert_eq!(out.stdout, committed, "docs/dag.schema.json is stale: run `sluice dags schema > docs/dag.schema.json`");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let variants = v["properties"]["tasks"]["items"]["oneOf"].as_array().unwrap();
+    let shell = variants.iter().find(|x| x["properties"]["type"]["const"] == "shell").unwrap();
+    assert_eq!(shell["additionalProperties"], false);
+    assert!(shell["properties"]["retries"].is_object() && shell["properties"]["command"].is_object());
+}
+
+#[test]
+fn list_works_without_a_database() {
+    let p = Project::new("list");
+    p.copy_from("tests/dags/validate/one_bad_file_of_two");
+    let out = p.sluice(&["dags", "list"]).ok();
+    assert!(out.stdout.contains("| good ") && out.stdout.contains("@daily"), "{}", out.stdout);
+    assert!(out.stderr.contains("dags/bad.yaml"), "{}", out.stderr);
+}

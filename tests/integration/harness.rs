@@ -1,0 +1,228 @@
+//! Test harness: a throwaway project folder and state schema per test, and
+//! helpers to run the real `sluice` binary and query the real database.
+//!
+//! Tests that need services read their addresses from the environment that
+//! `scripts/test.sh` sets (`SLUICE_TEST_DATABASE_URL`, ...). Without it they
+//! fail and say so: a skipped test would pass without testing anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Defines a test that gets a fresh [`Project`] named after the test.
+#[macro_export]
+macro_rules! sluice_test {
+    ($name:ident, |$p:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            #[allow(unused_mut)]
+            let mut $p = $crate::harness::Project::new(stringify!($name));
+            $body
+        }
+    };
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sluice"))
+}
+
+pub fn service(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests with scripts/test.sh, which starts PostgreSQL, S3 and SMTP servers")
+    })
+}
+
+pub fn db_url() -> String {
+    service("SLUICE_TEST_DATABASE_URL")
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Asserts success and returns self, printing everything otherwise.
+    #[track_caller]
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn code(self, code: i32) -> Out {
+        assert_eq!(self.code, code, "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A project folder (dags/, sql/, config/) and a private state schema. The
+/// `warehouse` connection points at the test database with its search_path
+/// set to the test's own warehouse schema.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub schema: String,
+    pub wh_schema: String,
+    pub env: Vec<(String, String)>,
+    url: Option<String>,
+}
+
+impl Project {
+    pub fn new(name: &str) -> Project {
+        let dir = tempfile::Builder::new().prefix(&format!("sluice-{name}-")).tempdir().expect("temp dir");
+        for d in ["dags", "sql", "config"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let short: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(30).collect();
+        let schema = format!("t_{short}_{}_{n}", std::process::id());
+        let wh_schema = format!("w_{short}_{}_{n}", std::process::id());
+        let url = std::env::var("SLUICE_TEST_DATABASE_URL").ok();
+        if let Some(u) = &url {
+            psql(u, &format!("CREATE SCHEMA IF NOT EXISTS {wh_schema}"));
+        }
+        Project { dir, schema, wh_schema, env: Vec::new(), url }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+        self
+    }
+
+    /// Copies a folder of test data (e.g. `tests/dags/run/retry`) into the project.
+    pub fn copy_from(&self, rel: &str) -> &Self {
+        copy_dir(&repo().join(rel), self.path());
+        self
+    }
+
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.push((k.into(), v.into()));
+    }
+
+    fn db(&self) -> String {
+        self.url.clone().unwrap_or_else(db_url)
+    }
+
+    /// The test database URL with the warehouse schema on the search path.
+    pub fn warehouse_url(&self) -> String {
+        let sep = if self.db().contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.db(), self.wh_schema)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.current_dir(self.path()).args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SLUICE_") && !k.starts_with("SLUICE_TEST_") {
+                c.env_remove(k);
+            }
+        }
+        if self.url.is_some() {
+            c.env("SLUICE_DATABASE_URL", self.db());
+            c.env("SLUICE_CONN_WAREHOUSE", self.warehouse_url());
+        }
+        c.env("SLUICE_SCHEMA", &self.schema);
+        c.env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn sluice(&self, args: &[&str]) -> Out {
+        let out = self.command(args).output().expect("run sluice");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs SQL with psql in the warehouse schema; returns rows of `|`-joined fields.
+    pub fn sql(&self, sql: &str) -> Vec<String> {
+        psql(&self.db(), &format!("CREATE SCHEMA IF NOT EXISTS {0}; SET search_path TO {0}; {sql}", self.wh_schema))
+    }
+
+    /// Runs SQL in the state schema.
+    pub fn state_sql(&self, sql: &str) -> Vec<String> {
+        psql(&self.db(), &format!("SET search_path TO {}; {sql}", self.schema))
+    }
+
+    pub fn scalar(&self, sql: &str) -> String {
+        self.sql(sql).into_iter().next().unwrap_or_default()
+    }
+
+    /// The JSON of `sluice runs show RUN --json`.
+    pub fn run_json(&self, run_id: i64) -> serde_json::Value {
+        let out = self.sluice(&["runs", "show", &run_id.to_string(), "--json"]).ok();
+        serde_json::from_str(&out.stdout).expect("runs show --json prints JSON")
+    }
+
+    /// Task states of a run, by task id.
+    pub fn states(&self, run_id: i64) -> std::collections::BTreeMap<String, (String, i64)> {
+        let v = self.run_json(run_id);
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["task_id"].as_str().unwrap().to_string(), (t["state"].as_str().unwrap().to_string(), t["try_number"].as_i64().unwrap())))
+            .collect()
+    }
+
+    /// The id of the latest run of a DAG.
+    pub fn last_run(&self, dag: &str) -> i64 {
+        let out = self.sluice(&["runs", "list", dag, "--json", "--limit", "1"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v[0]["run_id"].as_i64().expect("a run exists")
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if let Some(url) = &self.url {
+            let _ = std::process::Command::new("psql")
+                .args([url.as_str(), "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE", self.schema, self.wh_schema)])
+                .env("PGOPTIONS", "-c client_min_messages=warning")
+                .output();
+        }
+    }
+}
+
+pub fn psql(url: &str, sql: &str) -> Vec<String> {
+    let out = Command::new("psql")
+        .args([url, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .output()
+        .expect("psql is installed (scripts/test.sh installs it)");
+    assert!(out.status.success(), "psql failed: {}\n{sql}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())) {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! sluice's integration tests: the real binary against real PostgreSQL, S3
+//! and SMTP servers started by `scripts/test.sh`.
+
+#[macro_use]
+pub mod harness;
+
+mod cli;
+mod runs;
+mod validate;

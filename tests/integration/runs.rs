@@ -1,0 +1,249 @@
+//! Running DAGs against the real state store.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Project, repo};
+
+/// Runs the data-driven cases under `tests/dags/run/<case>/`: the project
+/// files plus `expected.yaml` with the command, exit code, run state, each
+/// task's `state/tries`, and optionally error substrings, file contents and
+/// SQL results.
+fn run_case(name: &str) -> (Project, i64) {
+    let p = Project::new(name);
+    p.copy_from(&format!("tests/dags/run/{name}"));
+    let exp: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join(format!("tests/dags/run/{name}/expected.yaml"))).unwrap()).unwrap();
+    let args: Vec<String> = exp["args"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = p.sluice(&args).code(exp["exit"].as_i64().unwrap() as i32);
+    let dag = args[1];
+    let run = p.last_run(dag);
+    let json = p.run_json(run);
+    assert_eq!(json["run"]["state"].as_str().unwrap(), exp["run_state"].as_str().unwrap(), "{}", out.all());
+    let states = p.states(run);
+    let mut problems = Vec::new();
+    for (task, want) in exp["tasks"].as_mapping().unwrap() {
+        let task = task.as_str().unwrap();
+        let got = states.get(task).map(|(s, t)| format!("{s}/{t}")).unwrap_or_else(|| "missing".into());
+        if got != want.as_str().unwrap() {
+            problems.push(format!("{task}: got {got}, want {}", want.as_str().unwrap()));
+        }
+    }
+    assert_eq!(states.len(), exp["tasks"].as_mapping().unwrap().len(), "every task is listed in expected.yaml");
+    assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), out.all());
+    if let Some(errors) = exp.get("errors").and_then(|e| e.as_mapping()) {
+        for (task, want) in errors {
+            let t = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == task.as_str().unwrap()).unwrap();
+            let err = t["error"].as_str().unwrap_or_default();
+            assert!(err.contains(want.as_str().unwrap()), "{}: error {err:?} lacks {want:?}", task.as_str().unwrap());
+        }
+    }
+    if let Some(files) = exp.get("files").and_then(|e| e.as_mapping()) {
+        for (f, want) in files {
+            let got = std::fs::read_to_string(p.path().join(f.as_str().unwrap())).unwrap();
+            assert!(got.contains(want.as_str().unwrap()), "{f:?}: {got:?}");
+        }
+    }
+    if let Some(queries) = exp.get("sql").and_then(|e| e.as_mapping()) {
+        for (q, want) in queries {
+            let want: Vec<String> = want.as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            assert_eq!(p.sql(q.as_str().unwrap()), want, "{q:?}");
+        }
+    }
+    (p, run)
+}
+
+#[test]
+fn a_dag_that_succeeds() {
+    let (p, run) = run_case("success");
+    // The summary table lists every task, and the log holds the command's output.
+    let logs = p.sluice(&["logs", &run.to_string(), "greet"]).ok();
+    assert!(logs.stdout.contains("out | annyeong 2024-01-05 run"), "{}", logs.stdout);
+    assert!(logs.stdout.contains("starting try 1/1 of greet"), "{}", logs.stdout);
+    let store_log = p.sluice(&["logs", &run.to_string(), "store"]).ok();
+    assert!(store_log.stdout.contains("statement 2/2"), "{}", store_log.stdout);
+}
+
+#[test]
+fn every_trigger_rule_propagates_like_airflow() {
+    run_case("trigger_rules");
+}
+
+#[test]
+fn a_failing_task_is_retried_with_exponential_backoff() {
+    let started = Instant::now();
+    let (p, run) = run_case("retry_backoff");
+    let tries = p.state_sql(&format!(
+        "SELECT extract(epoch FROM started_at)::float8 || '|' || coalesce(extract(epoch FROM ended_at)::float8, 0)
+         FROM task_tries WHERE run_id = {run} AND task_id = 'flaky' ORDER BY try_number"
+    ));
+    assert_eq!(tries.len(), 3);
+    let t: Vec<(f64, f64)> = tries
+        .iter()
+        .map(|l| {
+            let (a, b) = l.split_once('|').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    // Airflow's formula: after try n the wait is in [d*2^(n-1), 2*d*2^(n-1)).
+    let gap1 = t[1].0 - t[0].1;
+    let gap2 = t[2].0 - t[1].1;
+    assert!((1.0..2.6).contains(&gap1), "first wait {gap1}");
+    assert!((2.0..4.6).contains(&gap2), "second wait {gap2}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let log = p.sluice(&["logs", &run.to_string(), "flaky", "--try", "1"]).ok();
+    assert!(log.stdout.contains("out | try 1"), "{}", log.stdout);
+    assert!(log.stdout.contains("retrying in"), "{}", log.stdout);
+}
+
+#[test]
+fn a_try_past_its_execution_timeout_is_killed_and_fails() {
+    let started = Instant::now();
+    let (p, _run) = run_case("timeout");
+    assert!(started.elapsed() < Duration::from_secs(15), "the run waited for the sleep");
+    // The shell and its child were killed with their process group.
+    std::thread::sleep(Duration::from_millis(2500));
+    for f in ["slow.pid", "child.pid"] {
+        let pid: i32 = std::fs::read_to_string(p.path().join(f)).unwrap().trim().parse().unwrap();
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
+        assert!(!alive, "{f} ({pid}) is still running");
+    }
+}
+
+sluice_test!(clear_and_resume_reruns_only_what_was_cleared, |p| {
+    p.write(
+        "dags/fix.yaml",
+        r#"
+tasks:
+  - { id: a, type: shell, command: "echo a >> ran.txt" }
+  - { id: b, type: shell, command: "echo b >> ran.txt; test -f fixed", depends_on: [a] }
+  - { id: c, type: shell, command: "echo c >> ran.txt", depends_on: [b] }
+"#,
+    );
+    p.sluice(&["run", "fix", "--date", "2024-01-05"]).code(1);
+    let run = p.last_run("fix");
+    let s = p.states(run);
+    assert_eq!(s["b"].0, "failed");
+    assert_eq!(s["c"].0, "upstream_failed");
+    std::fs::write(p.path().join("fixed"), "").unwrap();
+    let out = p.sluice(&["tasks", "clear", "fix", "--run", &run.to_string(), "--task", "^b$", "--downstream"]).ok();
+    assert!(out.stdout.contains("cleared 2 task instances"), "{}", out.stdout);
+    let json = p.run_json(run);
+    assert_eq!(json["run"]["state"], "queued");
+    p.sluice(&["run", "fix", "--resume", &run.to_string()]).ok();
+    let s = p.states(run);
+    assert_eq!(s["a"], ("success".into(), 1));
+    assert_eq!(s["b"], ("success".into(), 2));
+    assert_eq!(s["c"], ("success".into(), 1));
+    assert_eq!(std::fs::read_to_string(p.path().join("ran.txt")).unwrap(), "a\nb\nb\nc\n");
+    // Running the same date again is refused with the way out...
+    let again = p.sluice(&["run", "fix", "--date", "2024-01-05"]).code(1);
+    assert!(again.stderr.contains(&format!("--resume {run}")) && again.stderr.contains("--rerun"), "{}", again.stderr);
+    // ...and --rerun runs everything again in the same run.
+    p.sluice(&["run", "fix", "--date", "2024-01-05", "--rerun"]).ok();
+    assert_eq!(p.states(run)["a"], ("success".into(), 2));
+});
+
+sluice_test!(only_failed_clears_failed_and_upstream_failed, |p| {
+    p.write(
+        "dags/of.yaml",
+        r#"
+tasks:
+  - { id: ok, type: shell, command: "true" }
+  - { id: bad, type: shell, command: "test -f fixed" }
+  - { id: down, type: shell, command: "true", depends_on: [bad] }
+"#,
+    );
+    p.sluice(&["run", "of"]).code(1);
+    let run = p.last_run("of");
+    std::fs::write(p.path().join("fixed"), "").unwrap();
+    let out = p.sluice(&["tasks", "clear", "of", "--run", &run.to_string(), "--only-failed"]).ok();
+    assert!(out.stdout.contains("bad, down") || out.stdout.contains("down, bad"), "{}", out.stdout);
+    p.sluice(&["run", "of", "--resume", &run.to_string()]).ok();
+    let s = p.states(run);
+    assert_eq!(s["ok"], ("success".into(), 1));
+    assert_eq!(s["bad"], ("success".into(), 2));
+});
+
+sluice_test!(two_resumes_of_one_run_never_run_a_task_twice, |p| {
+    let mut dag = String::from("max_active_tasks: 4\ntasks:\n");
+    for i in 0..40 {
+        dag.push_str(&format!("  - {{ id: t{i}, type: shell, command: \"echo t{i} $$ >> ran.txt; sleep 0.05\" }}\n"));
+    }
+    p.write("dags/many.yaml", &dag);
+    // Create the run without executing it: a clear of a finished run leaves
+    // it queued with every task pending.
+    p.sluice(&["run", "many", "--date", "2024-01-05"]).ok();
+    let run = p.last_run("many");
+    std::fs::remove_file(p.path().join("ran.txt")).unwrap();
+    p.sluice(&["tasks", "clear", "many", "--run", &run.to_string()]).ok();
+    let a = p.command(&["run", "many", "--resume", &run.to_string()]).spawn().unwrap();
+    let b = p.command(&["run", "many", "--resume", &run.to_string()]).spawn().unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success() && b.status.success());
+    let ran = std::fs::read_to_string(p.path().join("ran.txt")).unwrap();
+    let mut ids: Vec<&str> = ran.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(ids.len(), 40, "{ran}");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "a task ran twice:\n{ran}");
+    let pids: std::collections::BTreeSet<&str> = ran.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert!(!pids.is_empty());
+});
+
+sluice_test!(tasks_test_runs_one_task_without_recording_state, |p| {
+    p.write(
+        "dags/t.yaml",
+        r#"
+params: { who: world }
+tasks:
+  - { id: first, type: shell, command: "exit 1" }
+  - { id: second, type: shell, command: "echo hi {{ params.who }} {{ ds }} > out.txt", depends_on: [first] }
+"#,
+    );
+    let out = p.sluice(&["tasks", "test", "t", "second", "--date", "2024-02-03", "--conf", "who=sluice"]).ok();
+    assert!(out.stderr.contains("second success"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(p.path().join("out.txt")).unwrap(), "hi sluice 2024-02-03\n");
+    let runs = p.sluice(&["runs", "list", "--json"]).ok();
+    assert_eq!(runs.stdout.trim(), "[]", "tasks test recorded a run");
+    let bad = p.sluice(&["tasks", "test", "t", "first"]).code(1);
+    assert!(bad.stderr.contains("exited with status 1"), "{}", bad.stderr);
+});
+
+sluice_test!(conf_must_match_declared_params, |p| {
+    p.write("dags/c.yaml", "params: { n: 3 }\ntasks:\n  - { id: a, type: shell, command: \"true\" }\n");
+    let out = p.sluice(&["run", "c", "--conf", "n=three"]).code(78);
+    assert!(out.stderr.contains("param `n` is an integer"), "{}", out.stderr);
+    let out = p.sluice(&["run", "c", "--conf", "m=1"]).code(78);
+    assert!(out.stderr.contains("did you mean `n`"), "{}", out.stderr);
+});
+
+sluice_test!(secrets_are_masked_in_logs_and_output, |p| {
+    p.set_env("SLUICE_CONN_API", "https://svc:Sup3r-Secret-Pw@api.example.com/v1");
+    p.write(
+        "dags/m.yaml",
+        "tasks:\n  - { id: leak, type: shell, command: \"echo password={{ conn.api.password }}; echo $SLUICE_DATABASE_URL; exit 3\" }\n",
+    );
+    let out = p.sluice(&["run", "m"]).code(1);
+    let run = p.last_run("m");
+    let logs = p.sluice(&["logs", &run.to_string(), "leak"]).ok();
+    for text in [&out.stdout, &out.stderr, &logs.stdout] {
+        assert!(!text.contains("Sup3r-Secret-Pw"), "secret leaked: {text}");
+    }
+    assert!(logs.stdout.contains("password=***"), "{}", logs.stdout);
+});
+
+sluice_test!(runs_list_and_show, |p| {
+    p.write("dags/l.yaml", "tasks:\n  - { id: a, type: shell, command: \"exit 2\" }\n");
+    p.sluice(&["run", "l", "--date", "2024-01-01"]).code(1);
+    p.write("dags/l.yaml", "tasks:\n  - { id: a, type: shell, command: \"true\" }\n");
+    p.sluice(&["run", "l", "--date", "2024-01-02"]).ok();
+    let failed = p.sluice(&["runs", "list", "l", "--state", "failed"]).ok();
+    assert!(failed.stdout.contains("2024-01-01") && !failed.stdout.contains("2024-01-02"), "{}", failed.stdout);
+    let run = p.last_run("l");
+    let show = p.sluice(&["runs", "show", &run.to_string()]).ok();
+    assert!(show.stdout.contains("| a ") && show.stdout.contains("success"), "{}", show.stdout);
+    let first: i64 = p.state_sql("SELECT min(run_id) FROM dag_runs")[0].parse().unwrap();
+    let show = p.sluice(&["runs", "show", &first.to_string()]).ok();
+    assert!(show.stdout.contains("exited with status 2"), "{}", show.stdout);
+});
