@@ -1,7 +1,21 @@
-//! Datasets passed between tasks: Parquet files in the run's staging area.
-//! Only a small summary goes into the state store.
+//! Datasets passed between tasks: Parquet files in the run's staging area,
+//! `{staging}/{dag_id}/{run_id}/{name}.parquet`. The staging area is a local
+//! folder (default `.sluice/staging` under the project) or an S3 prefix
+//! (`SLUICE_STAGING=s3://bucket/prefix`, with the S3 connection named by
+//! `SLUICE_STAGING_CONN`, default `staging`).
+//!
+//! A dataset is never half-written: it is written under a temporary name in
+//! the same folder and renamed when complete (local), or uploaded as one
+//! object, which S3 makes visible only once complete. Only a small summary
+//! (row count, schema, bytes, location) goes into the state store.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::s3::S3Uri;
 
 /// What the state store records about a dataset.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -16,3 +30,113 @@ pub struct DatasetSummary {
 
 /// A dataset a task reads.
 pub type DatasetRef = DatasetSummary;
+
+/// Bad rows of an extract or transform, by reason, and where they are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RejectsSummary {
+    pub total: u64,
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// The `_rejects` dataset, when quarantined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSummary>,
+}
+
+/// Where datasets live.
+#[derive(Debug, Clone)]
+pub enum Staging {
+    Local(PathBuf),
+    S3 { root: S3Uri, conn: String },
+}
+
+impl Staging {
+    /// From `SLUICE_STAGING` / `SLUICE_STAGING_CONN`, or the default folder.
+    pub fn from_env(project_root: &Path) -> Result<Staging, String> {
+        match std::env::var("SLUICE_STAGING").ok().filter(|s| !s.is_empty()) {
+            Some(s) if s.starts_with("s3://") => Ok(Staging::S3 {
+                root: S3Uri::parse(&s)?,
+                conn: std::env::var("SLUICE_STAGING_CONN").unwrap_or_else(|_| "staging".into()),
+            }),
+            Some(s) => Ok(Staging::Local(project_root.join(s))),
+            None => Ok(Staging::Local(project_root.join(".sluice/staging"))),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Staging::Local(p) => p.display().to_string(),
+            Staging::S3 { root, conn } => format!("{root} (connection {conn})"),
+        }
+    }
+}
+
+/// The polars type name as shown in summaries.
+pub fn dtype_name(d: &DataType) -> String {
+    match d {
+        DataType::Datetime(_, Some(_)) => "timestamptz".into(),
+        DataType::Datetime(_, None) => "timestamp".into(),
+        DataType::Decimal(p, s) => format!("decimal({p},{s})"),
+        DataType::String => "text".into(),
+        other => other.to_string(),
+    }
+}
+
+pub fn schema_of(schema: &polars::prelude::Schema) -> Vec<(String, String)> {
+    schema.iter().map(|(n, d)| (n.to_string(), dtype_name(d))).collect()
+}
+
+/// Writes a Parquet file batch by batch, under a temporary name.
+pub struct DatasetWriter {
+    pub tmp: PathBuf,
+    writer: polars::io::parquet::write::BatchedWriter<File>,
+    pub rows: u64,
+    pub schema: polars::prelude::Schema,
+}
+
+impl DatasetWriter {
+    pub fn create(tmp: PathBuf, schema: polars::prelude::Schema) -> Result<DatasetWriter, String> {
+        if let Some(dir) = tmp.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let file = File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let writer = ParquetWriter::new(file)
+            .with_compression(ParquetCompression::Zstd(None))
+            .batched(&schema)
+            .map_err(|e| format!("cannot start writing {}: {e}", tmp.display()))?;
+        Ok(DatasetWriter { tmp, writer, rows: 0, schema })
+    }
+
+    pub fn write(&mut self, df: &DataFrame) -> Result<(), String> {
+        self.rows += df.height() as u64;
+        self.writer.write_batch(df).map_err(|e| format!("writing {}: {e}", self.tmp.display()))
+    }
+
+    /// Finishes the file; returns its temporary path.
+    pub fn finish(self) -> Result<(PathBuf, u64, polars::prelude::Schema), String> {
+        self.writer.finish().map_err(|e| format!("finishing {}: {e}", self.tmp.display()))?;
+        Ok((self.tmp, self.rows, self.schema))
+    }
+}
+
+/// Writes a whole DataFrame to a temporary Parquet file.
+pub fn write_frame(tmp: &Path, df: &mut DataFrame) -> Result<(), String> {
+    if let Some(dir) = tmp.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let file = File::create(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    ParquetWriter::new(file)
+        .with_compression(ParquetCompression::Zstd(None))
+        .finish(df)
+        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    Ok(())
+}
+
+/// Reads a local Parquet file lazily.
+pub fn scan(path: &Path) -> PolarsResult<LazyFrame> {
+    LazyFrame::scan_parquet(PlRefPath::new(path.to_string_lossy().as_ref()), ScanArgsParquet::default())
+}
+
+/// Reads a whole local Parquet file.
+pub fn read(path: &Path) -> Result<DataFrame, String> {
+    let f = File::open(path).map_err(|e| format!("cannot open dataset {}: {e}", path.display()))?;
+    ParquetReader::new(f).finish().map_err(|e| format!("cannot read dataset {}: {e}", path.display()))
+}

@@ -74,11 +74,9 @@ impl DagBag {
             return Ok(d.clone());
         }
         if let Some((file, _)) = self.failed.iter().find(|(_, id)| id.as_deref() == Some(dag_id)) {
-            return Err(format!(
-                "DAG `{dag_id}` ({}) has errors; run `sluice dags validate {}` to see them",
-                file.display(),
-                file.display()
-            ));
+            let problems: Vec<String> =
+                self.diagnostics.iter().filter(|d| &d.file == file && d.is_error()).map(|d| d.to_string()).collect();
+            return Err(format!("DAG `{dag_id}` ({}) has errors:\n{}", file.display(), problems.join("\n")));
         }
         let hint = crate::diag::hint(dag_id, self.dags.keys().map(String::as_str));
         Err(format!("no DAG `{dag_id}`{hint}; `sluice dags list` shows the DAGs"))

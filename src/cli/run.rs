@@ -366,6 +366,7 @@ fn test_ctx(
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode: true,
+        scratch: Arc::new(crate::runner::exec::scratch_dir()),
     }
 }
 

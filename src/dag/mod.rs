@@ -173,6 +173,15 @@ impl Dag {
     }
 }
 
+/// The task an input refers to: the task itself, or for `X_rejects` the
+/// task `X` whose rejects dataset it is.
+pub fn input_task<'a>(input: &'a str, is_task: impl Fn(&str) -> bool) -> Option<&'a str> {
+    if is_task(input) {
+        return Some(input);
+    }
+    input.strip_suffix("_rejects").filter(|t| is_task(t))
+}
+
 /// How a manual run's date was given.
 #[derive(Debug, Clone, Copy)]
 pub enum ManualWhen {

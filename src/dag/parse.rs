@@ -193,7 +193,8 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         }
         if let Some(cfg) = &t.config {
             for input in cfg.inputs() {
-                if let Some(&j) = first_at.get(&input) {
+                let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
+                if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t)) {
                     if j != i {
                         edges.push((j, i));
                         edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));

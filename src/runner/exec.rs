@@ -189,8 +189,12 @@ pub fn datasets_of(task: &Task, dag: &Dag, outputs: std::collections::HashMap<St
     let mut out = BTreeMap::new();
     for &u in &task.upstream {
         let id = &dag.tasks[u].id;
-        if let Some(ds) = outputs.get(id).and_then(|o| o.get("dataset")).and_then(|d| serde_json::from_value(d.clone()).ok()) {
+        let Some(o) = outputs.get(id) else { continue };
+        if let Some(ds) = o.get("dataset").and_then(|d| serde_json::from_value(d.clone()).ok()) {
             out.insert(id.clone(), ds);
+        }
+        if let Some(ds) = o.pointer("/rejects/dataset").and_then(|d| serde_json::from_value(d.clone()).ok()) {
+            out.insert(format!("{id}_rejects"), ds);
         }
     }
     out
@@ -235,7 +239,13 @@ pub fn task_ctx(
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode,
+        scratch: std::sync::Arc::new(scratch_dir()),
     }
+}
+
+/// A private temporary folder for one try.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("sluice-try-").tempdir().or_else(|_| tempfile::tempdir_in(".")).expect("a temporary folder")
 }
 
 /// Renders the task's config, parses it, and runs it under its

@@ -154,6 +154,11 @@ macro_rules! registry {
 registry! {
     Shell => shell::ShellConfig,
     Sql => sql::SqlConfig,
+    Extract => extract::ExtractConfig,
+    Transform => transform::TransformConfig,
+    Load => load::LoadConfig,
+    S3 => s3::S3Config,
+    Check => check::CheckConfig,
 }
 
 /// The property names of a config struct's JSON Schema.
@@ -231,9 +236,9 @@ impl ValidateCx<'_, '_> {
         self.env.connections().check_reference(id, kind, At::Value(&p), self.diags);
     }
 
-    /// Checks that an input names a task of this DAG.
+    /// Checks that an input names a task of this DAG (or its `_rejects`).
     pub fn check_input(&mut self, key: &str, id: &str) {
-        if !self.task_ids.contains(id) {
+        if crate::dag::input_task(id, |t| self.task_ids.contains(t)).is_none() {
             let hint = crate::diag::hint(id, self.task_ids.iter().map(String::as_str));
             self.error(key, format!("input `{id}` is not a task of this DAG{hint}"));
         }
@@ -259,6 +264,8 @@ pub struct TaskCtx {
     pub log: TryLog,
     /// True under `sluice tasks test`: nothing is recorded in the state store.
     pub test_mode: bool,
+    /// A private folder for this try's temporary files, removed afterwards.
+    pub scratch: Arc<tempfile::TempDir>,
 }
 
 impl TaskCtx {
@@ -303,6 +310,94 @@ impl TaskCtx {
         self.deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
     }
 
+    /// The run's folder name in the staging area: the run id, or `test`
+    /// under `sluice tasks test` (so that a test never overwrites a run's data).
+    pub fn run_key(&self) -> String {
+        if self.test_mode { "test".into() } else { self.run_id.to_string() }
+    }
+
+    /// A temporary path for a dataset being written: next to its final
+    /// place for local staging (so that the rename is atomic), in the
+    /// scratch folder for S3 staging.
+    pub fn dataset_tmp(&self, name: &str) -> PathBuf {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match &self.res.staging {
+            crate::datasets::Staging::Local(root) => {
+                root.join(&self.dag_id).join(self.run_key()).join(format!(".{name}.parquet.tmp-{}", &unique[..12]))
+            }
+            crate::datasets::Staging::S3 { .. } => self.scratch.path().join(format!("{name}-{}.parquet", &unique[..12])),
+        }
+    }
+
+    /// Moves a finished temporary Parquet file to its place in the staging
+    /// area as dataset `name`.
+    pub async fn commit_dataset(
+        &self,
+        tmp: &std::path::Path,
+        name: &str,
+        rows: u64,
+        schema: &polars::prelude::Schema,
+    ) -> Result<DatasetSummary, TaskError> {
+        let file = format!("{name}.parquet");
+        let bytes = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
+        let uri = match &self.res.staging {
+            crate::datasets::Staging::Local(root) => {
+                let dest = root.join(&self.dag_id).join(self.run_key()).join(&file);
+                std::fs::rename(tmp, &dest)
+                    .map_err(|e| TaskError::Failed(format!("cannot move the dataset to {}: {e}", dest.display())))?;
+                dest.display().to_string()
+            }
+            crate::datasets::Staging::S3 { root, .. } => {
+                let client = self.res.staging_client()?.expect("S3 staging has a client");
+                let to = root.join(&format!("{}/{}/{file}", self.dag_id, self.run_key()));
+                crate::s3::upload(&client, tmp, &to).await.map_err(|e| TaskError::Failed(format!("uploading the dataset: {e}")))?;
+                let _ = std::fs::remove_file(tmp);
+                to.to_string()
+            }
+        };
+        tracing::info!(dataset = name, rows, bytes, uri = %uri, "dataset written");
+        Ok(DatasetSummary { uri, rows, bytes, schema: crate::datasets::schema_of(schema) })
+    }
+
+    /// Writes a whole DataFrame as dataset `name`.
+    pub async fn write_dataset(&self, name: &str, df: &mut polars::prelude::DataFrame) -> Result<DatasetSummary, TaskError> {
+        let tmp = self.dataset_tmp(name);
+        let mut frame = std::mem::take(df);
+        let tmp2 = tmp.clone();
+        let (frame, res) = tokio::task::spawn_blocking(move || {
+            let r = crate::datasets::write_frame(&tmp2, &mut frame);
+            (frame, r)
+        })
+        .await
+        .map_err(|e| TaskError::Failed(format!("writing the dataset panicked: {e}")))?;
+        *df = frame;
+        res.map_err(TaskError::Failed)?;
+        let schema = df.schema().as_ref().clone();
+        self.commit_dataset(&tmp, name, df.height() as u64, &schema).await
+    }
+
+    /// A local path to a dataset's Parquet file (downloaded when on S3).
+    pub async fn local_dataset(&self, ds: &DatasetSummary) -> Result<PathBuf, TaskError> {
+        if ds.uri.starts_with("s3://") {
+            let client = self.res.staging_client()?.ok_or_else(|| {
+                TaskError::Failed(format!("dataset {} is on S3 but SLUICE_STAGING is not an s3:// prefix", ds.uri))
+            })?;
+            let from = crate::s3::S3Uri::parse(&ds.uri).map_err(TaskError::Failed)?;
+            let to = self.scratch.path().join(format!("in-{}.parquet", uuid::Uuid::new_v4().simple()));
+            crate::s3::download(&client, &from, &to).await.map_err(|e| TaskError::Failed(format!("reading the dataset: {e}")))?;
+            Ok(to)
+        } else {
+            let p = PathBuf::from(&ds.uri);
+            if !p.exists() {
+                return Err(TaskError::Failed(format!(
+                    "dataset {} is gone from the staging area; clear and rerun the task that produced it",
+                    ds.uri
+                )));
+            }
+            Ok(p)
+        }
+    }
+
     /// The dataset of upstream task `id`.
     pub fn input(&self, id: &str) -> Result<&DatasetRef, TaskError> {
         self.inputs.get(id).ok_or_else(|| {
@@ -325,6 +420,9 @@ pub struct Outcome {
     /// The dataset this task produced.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetSummary>,
+    /// Bad rows, by reason, and the `_rejects` dataset when quarantined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejects: Option<crate::datasets::RejectsSummary>,
     /// Files this task produced (a report PDF...), by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,

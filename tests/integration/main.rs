@@ -5,5 +5,6 @@
 pub mod harness;
 
 mod cli;
+mod data;
 mod runs;
 mod validate;

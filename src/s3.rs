@@ -1,0 +1,280 @@
+//! S3 through aws-sdk-s3, configured from a connection URI:
+//!
+//! ```text
+//! s3://ACCESS_KEY:SECRET_KEY@host:port?region=us-east-1&path_style=true&tls=false
+//! s3://ACCESS_KEY:SECRET_KEY@?region=ap-northeast-2            (AWS itself)
+//! s3://ACCESS_KEY:SECRET_KEY@?endpoint_url=http%3A%2F%2F127.0.0.1%3A9000
+//! ```
+//!
+//! Without credentials in the URI, `AWS_ACCESS_KEY_ID` and
+//! `AWS_SECRET_ACCESS_KEY` are used. A host in the URI means an
+//! S3-compatible server: path-style addressing is then the default.
+
+use std::path::Path;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use crate::connections::Connection;
+
+/// Files above this size are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+pub const PART_SIZE: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("{op} {uri}: {detail}")]
+    Request { op: &'static str, uri: String, detail: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// `s3://bucket/key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Uri {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Uri {
+    pub fn parse(s: &str) -> Result<S3Uri, String> {
+        let rest = s.strip_prefix("s3://").ok_or_else(|| format!("`{s}` is not an s3:// URI"))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{s}` has no bucket: write s3://bucket/key"));
+        }
+        Ok(S3Uri { bucket: bucket.to_string(), key: key.to_string() })
+    }
+
+    pub fn join(&self, rel: &str) -> S3Uri {
+        let key = if self.key.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.key.trim_end_matches('/')) };
+        S3Uri { bucket: self.bucket.clone(), key }
+    }
+}
+
+impl std::fmt::Display for S3Uri {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// Where a connection's S3 endpoint is, for messages.
+pub fn endpoint_of(c: &Connection) -> String {
+    if let Some(e) = c.extra.get("endpoint_url") {
+        return e.clone();
+    }
+    match &c.host {
+        Some(h) => {
+            let tls = !matches!(c.extra.get("tls").map(String::as_str), Some("false" | "0" | "no"));
+            let scheme = if tls { "https" } else { "http" };
+            match c.port {
+                Some(p) => format!("{scheme}://{h}:{p}"),
+                None => format!("{scheme}://{h}"),
+            }
+        }
+        None => "AWS S3".into(),
+    }
+}
+
+/// Builds a client for an S3 connection.
+pub fn client(c: &Connection) -> Result<Client, S3Error> {
+    let (access, secret) = match (&c.login, c.password()) {
+        (Some(a), Some(s)) => (a.clone(), s.to_string()),
+        _ => match (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+            (Ok(a), Ok(s)) => {
+                crate::secrets::register(&s);
+                (a, s)
+            }
+            _ => {
+                return Err(S3Error::Config(format!(
+                    "S3 connection `{}` has no credentials: put them in the URI (s3://KEY:SECRET@...) or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    c.id
+                )));
+            }
+        },
+    };
+    let region = c.extra.get("region").or_else(|| c.extra.get("region_name")).cloned().unwrap_or_else(|| "us-east-1".into());
+    let custom = c.host.is_some() || c.extra.contains_key("endpoint_url");
+    let path_style = match c.extra.get("path_style").or_else(|| c.extra.get("force_path_style")).map(String::as_str) {
+        Some("true" | "1" | "yes") => true,
+        Some(_) => false,
+        None => custom,
+    };
+    let mut b = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(Credentials::new(access, secret, None, None, "sluice-connection"))
+        .force_path_style(path_style);
+    if custom {
+        b = b.endpoint_url(endpoint_of(c));
+    }
+    Ok(Client::from_conf(b.build()))
+}
+
+/// The whole chain of an SDK error, without secrets.
+pub fn describe<E: std::error::Error>(e: &E) -> String {
+    let mut s = aws_sdk_s3::error::DisplayErrorContext(e).to_string();
+    // The context repeats itself; keep it short.
+    if s.len() > 600 {
+        s.truncate(600);
+        s.push('…');
+    }
+    crate::secrets::mask(&s)
+}
+
+fn req<E: std::error::Error>(op: &'static str, uri: &S3Uri, e: E) -> S3Error {
+    S3Error::Request { op, uri: uri.to_string(), detail: describe(&e) }
+}
+
+/// Uploads a local file; in parts above [`MULTIPART_THRESHOLD`]. The object
+/// appears only when the upload completes (S3 commits whole objects).
+pub async fn upload(client: &Client, path: &Path, to: &S3Uri) -> Result<u64, S3Error> {
+    let size = tokio::fs::metadata(path).await.map_err(|e| S3Error::Io(format!("{}: {e}", path.display())))?.len();
+    if size <= MULTIPART_THRESHOLD {
+        let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Io(format!("{}: {e}", path.display())))?;
+        client.put_object().bucket(&to.bucket).key(&to.key).body(body).send().await.map_err(|e| req("PUT", to, e))?;
+        return Ok(size);
+    }
+    let up = client.create_multipart_upload().bucket(&to.bucket).key(&to.key).send().await.map_err(|e| req("CreateMultipartUpload", to, e))?;
+    let upload_id = up.upload_id().unwrap_or_default().to_string();
+    let result = async {
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        let mut n = 1;
+        while offset < size {
+            let len = PART_SIZE.min(size - offset);
+            let body = ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(aws_sdk_s3::primitives::Length::Exact(len))
+                .build()
+                .await
+                .map_err(|e| S3Error::Io(format!("{}: {e}", path.display())))?;
+            let part = client
+                .upload_part()
+                .bucket(&to.bucket)
+                .key(&to.key)
+                .upload_id(&upload_id)
+                .part_number(n)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| req("UploadPart", to, e))?;
+            parts.push(CompletedPart::builder().part_number(n).set_e_tag(part.e_tag().map(str::to_string)).build());
+            offset += len;
+            n += 1;
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(&to.bucket)
+            .key(&to.key)
+            .upload_id(&upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| req("CompleteMultipartUpload", to, e))?;
+        Ok::<_, S3Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = client.abort_multipart_upload().bucket(&to.bucket).key(&to.key).upload_id(&upload_id).send().await;
+        return Err(e);
+    }
+    Ok(size)
+}
+
+/// Downloads an object to a file, atomically (temporary name, then rename).
+pub async fn download(client: &Client, from: &S3Uri, to: &Path) -> Result<u64, S3Error> {
+    use tokio::io::AsyncWriteExt;
+    let obj = client.get_object().bucket(&from.bucket).key(&from.key).send().await.map_err(|e| req("GET", from, e))?;
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| S3Error::Io(format!("{}: {e}", dir.display())))?;
+    }
+    let tmp = to.with_extension(format!("part-{}", uuid::Uuid::new_v4().simple()));
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
+    let mut body = obj.body;
+    let mut n = 0u64;
+    while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Request { op: "GET", uri: from.to_string(), detail: e.to_string() })? {
+        n += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
+    }
+    file.flush().await.map_err(|e| S3Error::Io(e.to_string()))?;
+    drop(file);
+    tokio::fs::rename(&tmp, to).await.map_err(|e| S3Error::Io(format!("{}: {e}", to.display())))?;
+    Ok(n)
+}
+
+/// An object in a listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Object {
+    pub key: String,
+    pub size: i64,
+    pub last_modified: Option<String>,
+}
+
+/// Lists every object under a prefix.
+pub async fn list(client: &Client, at: &S3Uri) -> Result<Vec<Object>, S3Error> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut r = client.list_objects_v2().bucket(&at.bucket).prefix(&at.key);
+        if let Some(t) = &token {
+            r = r.continuation_token(t);
+        }
+        let page = r.send().await.map_err(|e| req("LIST", at, e))?;
+        for o in page.contents() {
+            out.push(Object {
+                key: o.key().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0),
+                last_modified: o.last_modified().map(|t| t.to_string()),
+            });
+        }
+        match page.next_continuation_token() {
+            Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an object exists.
+pub async fn exists(client: &Client, at: &S3Uri) -> Result<bool, S3Error> {
+    match client.head_object().bucket(&at.bucket).key(&at.key).send().await {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            if e.as_service_error().is_some_and(|s| s.is_not_found()) {
+                Ok(false)
+            } else {
+                Err(req("HEAD", at, e))
+            }
+        }
+    }
+}
+
+/// Splits `s3://bucket/dir/*.csv` into the listing prefix (`dir/`) and a
+/// glob for the keys, or None for a plain key or prefix.
+pub fn glob_parts(key: &str) -> Option<(String, glob::Pattern)> {
+    let first = key.find(['*', '?', '['])?;
+    let prefix = key[..first].rsplit_once('/').map(|(p, _)| format!("{p}/")).unwrap_or_default();
+    glob::Pattern::new(key).ok().map(|p| (prefix, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_and_globs() {
+        let u = S3Uri::parse("s3://raw/exports/2024-01-05/orders.csv").unwrap();
+        assert_eq!((u.bucket.as_str(), u.key.as_str()), ("raw", "exports/2024-01-05/orders.csv"));
+        assert!(S3Uri::parse("s3:///x").is_err());
+        let (prefix, pat) = glob_parts("exports/2024-*/orders_*.csv").unwrap();
+        assert_eq!(prefix, "exports/");
+        assert!(pat.matches("exports/2024-01-05/orders_1.csv"));
+        assert!(glob_parts("exports/a.csv").is_none());
+    }
+}

@@ -1,0 +1,284 @@
+//! `transform`: SQL over input datasets with polars' SQL engine, plus
+//! declarative steps where SQL is awkward.
+//!
+//! ```yaml
+//! - id: orders_clean
+//!   type: transform
+//!   inputs: { orders: extract_orders, users: extract_users }   # or a list of task ids
+//!   file: sql/transform/orders_clean.sql
+//!   steps:
+//!     - dedupe: { keys: [order_id], keep_latest_by: updated_at }
+//!     - fill_null: { note: "" }
+//!   rejects:
+//!     sql: SELECT *, 'unknown user' AS reason FROM orders WHERE user_id NOT IN (SELECT id FROM users)
+//! ```
+
+use std::collections::BTreeMap;
+
+use polars::prelude::*;
+use polars::sql::SQLContext;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
+use crate::datasets::RejectsSummary;
+use crate::formats::columns::ColumnType;
+
+/// Runs SQL (polars' dialect) over upstream datasets and writes the result
+/// as a dataset. Each input is a table named after its task id, or after
+/// the alias given in a mapping.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Upstream datasets: a list of task ids (`[extract_orders]`, tables
+    /// named after them) or a mapping of table names to task ids
+    /// (`{orders: extract_orders}`). `X_rejects` names task X's rejects.
+    pub inputs: Inputs,
+    /// The query, inline.
+    pub sql: Option<String>,
+    /// A file holding the query, relative to the project root.
+    pub file: Option<String>,
+    /// Steps applied after the query (or to the single input when there is
+    /// no query), in order.
+    #[serde(default, deserialize_with = "serde_yaml::with::singleton_map_recursive::deserialize")]
+    pub steps: Vec<Step>,
+    /// A query over the same tables returning rows to quarantine, with a
+    /// `reason` column. They go to the `<task>_rejects` dataset; the query
+    /// result itself is not filtered by it, so exclude them there too.
+    pub rejects: Option<RejectsQuery>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Inputs {
+    List(Vec<String>),
+    Map(BTreeMap<String, String>),
+}
+
+impl Inputs {
+    /// (table name, task id) pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        match self {
+            Inputs::List(l) => l.iter().map(|t| (t.clone(), t.clone())).collect(),
+            Inputs::Map(m) => m.iter().map(|(a, t)| (a.clone(), t.clone())).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectsQuery {
+    pub sql: Option<String>,
+    pub file: Option<String>,
+}
+
+/// A declarative step.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    /// Keeps one row per key: the one with the greatest `keep_latest_by`
+    /// (nulls last), or the first one.
+    Dedupe { keys: Vec<String>, keep_latest_by: Option<String> },
+    /// Casts columns: `{amount: decimal(12,2), day: date}`. A value that
+    /// does not convert fails the task.
+    Cast(BTreeMap<String, ColumnType>),
+    /// Replaces nulls: `{note: "", quantity: 0}`.
+    FillNull(BTreeMap<String, serde_json::Value>),
+    /// Renames columns: `{old: new}`.
+    Rename(BTreeMap<String, String>),
+    /// Keeps only these columns, in this order.
+    Select(Vec<String>),
+    /// Drops columns.
+    Drop(Vec<String>),
+    /// Keeps rows matching a SQL predicate: `amount > 0 AND status <> 'test'`.
+    Filter(String),
+}
+
+pub struct Transform {
+    tables: Vec<(String, std::path::PathBuf)>,
+    query: Option<String>,
+    rejects: Option<String>,
+    steps: Vec<Step>,
+}
+
+impl TaskType for TransformConfig {
+    const NAME: &'static str = "transform";
+    type Built = Transform;
+
+    fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
+        let pairs = self.inputs.pairs();
+        if pairs.is_empty() {
+            cx.error("inputs", "a transform needs at least one input");
+        }
+        for (_, t) in &pairs {
+            cx.check_input("inputs", t);
+        }
+        match (&self.sql, &self.file) {
+            (Some(_), Some(_)) => cx.error("file", "give either `sql` or `file`, not both"),
+            (None, Some(f)) => {
+                cx.check_file("file", f);
+            }
+            (None, None) if pairs.len() != 1 => cx.error("inputs", "without `sql` or `file`, a transform takes exactly one input (its steps apply to it)"),
+            _ => {}
+        }
+        if let Some(r) = &self.rejects {
+            match (&r.sql, &r.file) {
+                (Some(_), None) => {}
+                (None, Some(f)) => {
+                    cx.check_file("rejects", f);
+                }
+                _ => cx.error("rejects", "`rejects` needs exactly one of `sql` or `file`"),
+            }
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if let Step::Filter(p) = s {
+                if !crate::template::is_template(p) {
+                    if let Err(e) = polars::sql::sql_expr(p) {
+                        cx.error(&format!("steps[{i}]"), format!("filter `{p}` is not a valid SQL predicate: {e}"));
+                    }
+                }
+            }
+            if let Step::Dedupe { keys, .. } = s {
+                if keys.is_empty() {
+                    cx.error(&format!("steps[{i}]"), "dedupe needs at least one key");
+                }
+            }
+        }
+    }
+
+    fn inputs(&self) -> Vec<String> {
+        self.inputs.pairs().into_iter().map(|(_, t)| t).collect()
+    }
+
+    async fn build(self, ctx: &TaskCtx) -> Result<Transform, TaskError> {
+        let mut tables = Vec::new();
+        for (alias, task) in self.inputs.pairs() {
+            let ds = ctx.input(&task)?.clone();
+            tables.push((alias, ctx.local_dataset(&ds).await?));
+        }
+        let query = match (&self.sql, &self.file) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(f)) => Some(ctx.read_template_file(f)?),
+            (None, None) => None,
+        };
+        let rejects = match &self.rejects {
+            Some(RejectsQuery { sql: Some(s), .. }) => Some(s.clone()),
+            Some(RejectsQuery { file: Some(f), .. }) => Some(ctx.read_template_file(f)?),
+            _ => None,
+        };
+        Ok(Transform { tables, query, rejects, steps: self.steps })
+    }
+}
+
+fn polars_err(what: &str) -> impl Fn(PolarsError) -> TaskError + '_ {
+    move |e| TaskError::Failed(format!("{what}: {e}"))
+}
+
+/// Applies declarative steps to a lazy frame.
+pub fn apply_steps(mut lf: LazyFrame, steps: &[Step]) -> Result<LazyFrame, TaskError> {
+    for step in steps {
+        lf = match step {
+            Step::Dedupe { keys, keep_latest_by } => {
+                let keys_expr: Vec<Expr> = keys.iter().map(|k| col(k.as_str())).collect();
+                let sorted = match keep_latest_by {
+                    Some(by) => lf.sort(
+                        [by.as_str()],
+                        SortMultipleOptions::default().with_order_descending(true).with_nulls_last(true).with_maintain_order(true),
+                    ),
+                    None => lf,
+                };
+                sorted.unique_stable_generic(Some(keys_expr), UniqueKeepStrategy::First)
+            }
+            Step::Cast(m) => lf.with_columns(m.iter().map(|(c, t)| col(c.as_str()).strict_cast(t.dtype())).collect::<Vec<_>>()),
+            Step::FillNull(m) => {
+                let exprs: Vec<Expr> = m
+                    .iter()
+                    .map(|(c, v)| {
+                        let value = match v {
+                            serde_json::Value::Bool(b) => lit(*b),
+                            serde_json::Value::Number(n) if n.is_i64() => lit(n.as_i64().unwrap_or_default()),
+                            serde_json::Value::Number(n) => lit(n.as_f64().unwrap_or_default()),
+                            serde_json::Value::String(s) => lit(s.clone()),
+                            other => lit(other.to_string()),
+                        };
+                        col(c.as_str()).fill_null(value)
+                    })
+                    .collect();
+                lf.with_columns(exprs)
+            }
+            Step::Rename(m) => lf.rename(m.keys(), m.values(), true),
+            Step::Select(cols) => lf.select(cols.iter().map(|c| col(c.as_str())).collect::<Vec<_>>()),
+            Step::Drop(cols) => lf.drop(by_name(cols.iter().map(String::as_str), true, false)),
+            Step::Filter(p) => lf.filter(polars::sql::sql_expr(p).map_err(|e| TaskError::Failed(format!("filter `{p}`: {e}")))?),
+        };
+    }
+    Ok(lf)
+}
+
+impl Run for Transform {
+    async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+        let steps = self.steps.clone();
+        let tables = self.tables.clone();
+        let query = self.query.clone();
+        let rejects_q = self.rejects.clone();
+        let (mut df, rejects) = tokio::task::spawn_blocking(move || -> Result<(DataFrame, Option<DataFrame>), TaskError> {
+            let mut sql = SQLContext::new();
+            for (name, path) in &tables {
+                sql.register(name, crate::datasets::scan(path).map_err(polars_err("reading input"))?);
+            }
+            let base = match &query {
+                Some(q) => sql.execute(q).map_err(|e| TaskError::Failed(format!("the query failed: {e}")))?,
+                None => crate::datasets::scan(&tables[0].1).map_err(polars_err("reading input"))?,
+            };
+            let lf = apply_steps(base, &steps)?;
+            // The streaming engine bounds memory on large inputs; a plan
+            // always yields one frame.
+            let df = lf
+                .collect_with_engine(Engine::Streaming)
+                .map(|r| r.unwrap_single())
+                .map_err(|e| TaskError::Failed(format!("the transform failed: {e}")))?;
+            let rejects = match &rejects_q {
+                Some(q) => {
+                    let r = sql
+                        .execute(q)
+                        .and_then(|lf| lf.collect())
+                        .map_err(|e| TaskError::Failed(format!("the rejects query failed: {e}")))?;
+                    if r.column("reason").is_err() {
+                        return Err(TaskError::Failed("the rejects query must return a `reason` column".into()));
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            Ok((df, rejects))
+        })
+        .await
+        .map_err(|e| TaskError::Failed(format!("the transform panicked: {e}")))??;
+        let dataset = ctx.write_dataset(&ctx.task_id, &mut df).await?;
+        let mut out = Outcome::note(format!("{} rows", super::thousands(df.height() as u64))).metric("rows", df.height() as u64);
+        if let Some(mut r) = rejects {
+            let mut by_reason = BTreeMap::new();
+            let reasons = r.column("reason").and_then(|c| c.cast(&DataType::String)).map_err(polars_err("rejects"))?;
+            for v in reasons.str().map_err(polars_err("rejects"))?.iter() {
+                *by_reason.entry(v.unwrap_or("(no reason)").to_string()).or_insert(0u64) += 1;
+            }
+            let total = r.height() as u64;
+            for (reason, n) in &by_reason {
+                tracing::warn!(reason = %reason, count = n, "rows quarantined");
+            }
+            let ds = ctx.write_dataset(&format!("{}_rejects", ctx.task_id), &mut r).await?;
+            if total > 0 {
+                out.note = Some(format!(
+                    "{} rows; {} quarantined ({})",
+                    super::thousands(df.height() as u64),
+                    super::thousands(total),
+                    super::extract::describe_bad(&by_reason)
+                ));
+            }
+            out.rejects = Some(RejectsSummary { total, by_reason, dataset: Some(ds) });
+            out = out.metric("rejected", total);
+        }
+        out.dataset = Some(dataset);
+        Ok(out)
+    }
+}

@@ -1,0 +1,363 @@
+//! The data tasks against real services: PostgreSQL, an S3 server (moto,
+//! started by scripts/test.sh) and an HTTP server started here.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+
+use crate::harness::{Project, service};
+
+/// Serves files from `dir` over HTTP/1.1 on loopback; requests must carry
+/// `Authorization: Bearer <token>` or get a 401. Runs until the test ends.
+fn http_server(dir: PathBuf, token: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&buf).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+            let authorized = req.lines().any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {token}")));
+            let (status, body) = if !authorized {
+                ("401 Unauthorized", b"missing or wrong token".to_vec())
+            } else {
+                match std::fs::read(dir.join(&path)) {
+                    Ok(b) => ("200 OK", b),
+                    Err(_) => ("404 Not Found", b"no such file".to_vec()),
+                }
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Creates a bucket on the test S3 server (moto accepts unsigned requests).
+fn create_bucket(name: &str) {
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+}
+
+/// Points the `lake` connection at the test S3 server and makes a bucket.
+fn with_s3(p: &mut Project, bucket: &str) {
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let hostport = endpoint.trim_start_matches("http://");
+    p.set_env("SLUICE_CONN_LAKE", &format!("s3://testkey:testsecret@{hostport}?region=us-east-1&tls=false"));
+    p.set_env("SLUICE_VAR_BUCKET", bucket);
+    create_bucket(bucket);
+}
+
+fn write_cp949(path: &Path, text: &str) {
+    let (bytes, _, bad) = encoding_rs::EUC_KR.encode(text);
+    assert!(!bad);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_parquet(path: &Path) -> DataFrame {
+    ParquetReader::new(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).finish().unwrap()
+}
+
+fn unique_bucket(p: &Project) -> String {
+    p.schema.replace('_', "-").to_lowercase()
+}
+
+/// A digest of a table's content, to compare before and after a rerun.
+fn digest(p: &Project, table: &str, order: &str) -> String {
+    p.scalar(&format!("SELECT count(*) || ':' || md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {table} t"))
+}
+
+sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns_idempotently, |p| {
+    p.copy_from("tests/dags/data/pipeline");
+    let bucket = unique_bucket(&p);
+    with_s3(&mut p, &bucket);
+    let base = http_server(p.path().join("data"), "t0ken-for-tests");
+    p.set_env("SLUICE_VAR_HTTP_BASE", &base);
+    p.set_env("SLUICE_VAR_API_TOKEN", "t0ken-for-tests");
+    write_cp949(
+        &p.path().join("data/products_cp949.csv"),
+        "id,name,category,price\n100,유기농 김치,식품,12000\n101,한우 불고기,정육,8900\n102,제주 감귤 5kg,과일,30000\n",
+    );
+
+    let out = p.sluice(&["run", "pipeline", "--date", "2024-01-05"]).ok();
+    let run = p.last_run("pipeline");
+    let states = p.states(run);
+    assert!(states.values().all(|(s, _)| s == "success"), "{states:?}\n{}", out.all());
+
+    // Extract: bad rows quarantined with their lines and reasons.
+    assert!(out.stdout.contains("6 rows from 1 file; 2 quarantined (1 unparsable value, 1 wrong field count)"), "{}", out.stdout);
+    let rejects = read_parquet(&p.path().join(format!(".sluice/staging/pipeline/{run}/orders_rejects.parquet")));
+    let lines: Vec<i64> = rejects.column("line").unwrap().i64().unwrap().into_no_null_iter().collect();
+    let reasons: Vec<&str> = rejects.column("reason").unwrap().str().unwrap().iter().map(|v| v.unwrap()).collect();
+    assert_eq!(lines, vec![6, 7]);
+    assert_eq!(reasons, vec!["unparsable value", "wrong field count"]);
+    assert!(rejects.column("raw").unwrap().str().unwrap().get(0).unwrap().contains("not-a-number"));
+
+    // Loads: replace_partition (deduped to the latest line of order 4), upsert, replace, create.
+    assert_eq!(p.sql("SELECT count(*), sum(amount) FROM orders"), vec!["5|230900.50"]);
+    assert_eq!(p.scalar("SELECT status FROM orders WHERE order_id = 4"), "refunded");
+    assert_eq!(p.scalar("SELECT user_name || '/' || product_name FROM orders WHERE order_id = 1"), "김민준/유기농 김치");
+    assert_eq!(p.scalar("SELECT count(*) FROM users"), "4");
+    assert_eq!(p.scalar("SELECT string_agg(name, ',' ORDER BY id) FROM products"), "유기농 김치,한우 불고기,제주 감귤 5kg");
+    assert_eq!(p.sql("SELECT channel, user_id, amount FROM channel_orders ORDER BY order_id"), vec!["naver|10|15500.00", "coupang|12|7200.50"]);
+    assert_eq!(p.scalar("SELECT count(*) FROM visits"), "6");
+    assert!(out.stdout.contains("6 rows from 1 file; 1 skipped (1 line does not match the pattern)"), "{}", out.stdout);
+
+    // Checks: the warn-level check recorded a warning and let the run go on.
+    assert!(out.all().contains("check big_baskets failed"), "{}", out.all());
+
+    // A rerun of the same interval leaves every table identical.
+    let tables = [("orders", "order_id"), ("users", "id"), ("products", "id"), ("channel_orders", "order_id"), ("visits", "ts, event")];
+    let before: Vec<String> = tables.iter().map(|(t, o)| digest(&p, t, o)).collect();
+    p.sluice(&["run", "pipeline", "--date", "2024-01-05", "--rerun"]).ok();
+    let after: Vec<String> = tables.iter().map(|(t, o)| digest(&p, t, o)).collect();
+    assert_eq!(before, after);
+    // The rerun replaced the day's orders rather than adding to them.
+    let json = p.run_json(run);
+    let load = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "load_orders").unwrap();
+    assert_eq!(load["output"]["metrics"]["rows_deleted"], 5);
+    assert_eq!(load["output"]["metrics"]["rows_inserted"], 5);
+    let users = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "load_users").unwrap();
+    assert_eq!(users["output"]["metrics"]["rows_updated"], 4);
+});
+
+sluice_test!(a_load_that_fails_halfway_leaves_the_table_unchanged, |p| {
+    // 50,000 rows; the very last one breaks a CHECK constraint, so the
+    // failure comes in the last COPY chunk, after most rows were sent.
+    let mut csv = String::from("id,amount,day\n");
+    for i in 1..=50_000 {
+        let amount = if i == 50_000 { -1 } else { i };
+        csv.push_str(&format!("{},{amount},2024-01-05\n", 1000 + i));
+    }
+    p.write("data/big.csv", &csv);
+    p.write(
+        "dags/atomic.yaml",
+        r#"
+timezone: UTC
+tasks:
+  - id: seed
+    type: sql
+    conn: warehouse
+    sql: |
+      CREATE TABLE t (id bigint PRIMARY KEY, amount numeric NOT NULL CHECK (amount >= 0), day date NOT NULL);
+      INSERT INTO t SELECT g, 1, '2024-01-05' FROM generate_series(1, 10) g;
+  - id: big
+    type: extract
+    source: data/big.csv
+    schema: { id: int, amount: int, day: date }
+  - { id: append, type: load, input: big, conn: warehouse, table: t, mode: append, depends_on: [seed] }
+  - { id: replace, type: load, input: big, conn: warehouse, table: t, mode: replace, depends_on: [append], trigger_rule: all_done }
+  - { id: upsert, type: load, input: big, conn: warehouse, table: t, mode: upsert, key: [id], depends_on: [replace], trigger_rule: all_done }
+  - { id: partition, type: load, input: big, conn: warehouse, table: t, mode: replace_partition, partition_column: day, depends_on: [upsert], trigger_rule: all_done }
+"#,
+    );
+    p.sluice(&["run", "atomic", "--date", "2024-01-05"]).code(1);
+    let run = p.last_run("atomic");
+    let json = p.run_json(run);
+    for task in ["append", "replace", "upsert", "partition"] {
+        let t = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == task).unwrap();
+        assert_eq!(t["state"], "failed", "{task}: {t}");
+        assert!(t["error"].as_str().unwrap().contains("t_amount_check"), "{task}: {}", t["error"]);
+    }
+    assert_eq!(p.sql("SELECT count(*), sum(amount), min(id), max(id) FROM t"), vec!["10|10|1|10"]);
+});
+
+sluice_test!(malformed_inputs_land_in_quarantine_with_reasons_and_lines, |p| {
+    let mut csv = b"id,price,day\n1,10,2024-01-05\n2,x,2024-01-05\n3,30\n4,40,2024-13-45\n".to_vec();
+    csv.extend_from_slice(b"5,50,2024-01-05\xff\n6,60,2024-01-06\n");
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    std::fs::write(p.path().join("data/items.csv"), csv).unwrap();
+    p.write("data/events.ndjson", "{\"id\": 1, \"kind\": \"a\"}\n{\"id\": \"two\"}\n{broken\n[1, 2]\n{\"id\": 5, \"kind\": \"b\"}\n");
+    p.write(
+        "dags/q.yaml",
+        r#"
+tasks:
+  - id: items
+    type: extract
+    source: data/items.csv
+    schema: { id: int, price: int, day: date }
+    on_bad_rows: quarantine
+  - id: events
+    type: extract
+    source: data/events.ndjson
+    schema: { id: int, kind: text }
+    on_bad_rows: quarantine
+  - id: strict
+    type: extract
+    source: data/items.csv
+    schema: { id: int, price: int, day: date }
+  - id: bounded
+    type: extract
+    source: data/items.csv
+    schema: { id: int, price: int, day: date }
+    on_bad_rows: skip
+    max_bad_ratio: 0.2
+  - id: rejects_table
+    type: load
+    input: items_rejects
+    conn: warehouse
+    table: item_rejects
+    mode: replace
+    create: true
+"#,
+    );
+    let out = p.sluice(&["run", "q"]).code(1);
+    let run = p.last_run("q");
+    let s = p.states(run);
+    assert_eq!(s["items"].0, "success");
+    assert_eq!(s["events"].0, "success");
+    assert_eq!(s["rejects_table"].0, "success");
+    assert_eq!(s["strict"].0, "failed");
+    assert_eq!(s["bounded"].0, "failed");
+    assert!(out.stdout.contains("2 rows from 1 file; 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"), "{}", out.stdout);
+    assert_eq!(
+        p.sql("SELECT line || ' ' || reason || ' ' || detail FROM item_rejects ORDER BY line"),
+        vec![
+            "3 unparsable value column `price`: `x` is not an integer",
+            "4 wrong field count 2 fields, expected 3",
+            "5 unparsable value column `day`: `2024-13-45` is not a date (%Y-%m-%d)",
+            "6 invalid encoding column `day` is not valid UTF-8",
+        ]
+    );
+    let ev = read_parquet(&p.path().join(format!(".sluice/staging/q/{run}/events_rejects.parquet")));
+    let lines: Vec<i64> = ev.column("line").unwrap().i64().unwrap().into_no_null_iter().collect();
+    assert_eq!(lines, vec![2, 3, 4]);
+    let json = p.run_json(run);
+    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err("strict").contains("data/items.csv, line 3: unparsable value: column `price`: `x` is not an integer"), "{}", err("strict"));
+    assert!(err("bounded").contains("4 of 6 rows are bad"), "{}", err("bounded"));
+});
+
+sluice_test!(a_failing_check_fails_the_run_and_shows_the_offending_rows, |p| {
+    p.write("data/o.csv", "id,status,amount\n1,paid,10\n2,paid,-5\n2,lost,7\n3,,9\n");
+    p.write(
+        "dags/c.yaml",
+        r#"
+tasks:
+  - id: o
+    type: extract
+    source: data/o.csv
+  - id: checks
+    type: check
+    input: o
+    checks:
+      - unique: [id]
+      - not_null: [status]
+      - accepted_values: { column: status, values: [paid, refunded] }
+      - sql: SELECT * FROM o WHERE amount < 0
+        name: no_negative_amounts
+      - row_count: { max: 100 }
+      - row_count: { min: 10 }
+        severity: warn
+  - id: after
+    type: shell
+    command: echo should not run
+    depends_on: [checks]
+"#,
+    );
+    p.sluice(&["run", "c"]).code(1);
+    let run = p.last_run("c");
+    let s = p.states(run);
+    assert_eq!(s["checks"].0, "failed");
+    assert_eq!(s["after"].0, "upstream_failed");
+    let log = p.sluice(&["logs", &run.to_string(), "checks"]).ok().stdout;
+    let json = p.run_json(run);
+    let err = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "checks").unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err.starts_with("5 of 6 check(s) failed"), "{err}");
+    assert!(err.contains("check unique(id) failed: 1 value(s) of (id) appear more than once"), "{err}");
+    assert!(err.contains("check not_null(status) failed: 1 row(s) have nulls"), "{err}");
+    assert!(err.contains("check accepted_values(status) failed: 1 unexpected value(s)") && err.contains("lost"), "{err}");
+    assert!(err.contains("check no_negative_amounts failed: the query returned 1 row(s)") && err.contains("-5"), "{err}");
+    assert!(err.contains("check row_count failed: 4 rows, expected at least 10"), "{err}");
+    assert!(log.contains("passed"), "{log}");
+});
+
+sluice_test!(s3_operations_and_the_sensor, |p| {
+    let bucket = unique_bucket(&p);
+    with_s3(&mut p, &bucket);
+    let payload: String = (0..200_000).map(|i| format!("{i},")).collect();
+    p.write("files/a.txt", &payload);
+    p.write("files/b.txt", "bee");
+    p.write(
+        "dags/s3ops.yaml",
+        r#"
+tasks:
+  - { id: put, type: s3, conn: lake, op: put, src: "files/*.txt", dst: "s3://{{ var.bucket }}/in/" }
+  - { id: copy, type: s3, conn: lake, op: copy, src: "s3://{{ var.bucket }}/in/a.txt", dst: "s3://{{ var.bucket }}/copied/", depends_on: [put] }
+  - { id: get, type: s3, conn: lake, op: get, src: "s3://{{ var.bucket }}/copied/a.txt", dst: out/a.txt, depends_on: [copy] }
+  - { id: list, type: s3, conn: lake, op: list, uri: "s3://{{ var.bucket }}/in/", depends_on: [put] }
+  - { id: wait_ok, type: s3, conn: lake, op: wait, uri: "s3://{{ var.bucket }}/in/", poke_interval: 1s, timeout: 5s, depends_on: [put] }
+  - { id: delete, type: s3, conn: lake, op: delete, uri: "s3://{{ var.bucket }}/in/", depends_on: [get, list, wait_ok] }
+  - { id: wait_gone, type: s3, conn: lake, op: wait, uri: "s3://{{ var.bucket }}/in/a.txt", poke_interval: 1s, timeout: 3s, depends_on: [delete] }
+"#,
+    );
+    p.sluice(&["run", "s3ops"]).code(1);
+    let run = p.last_run("s3ops");
+    let s = p.states(run);
+    for t in ["put", "copy", "get", "list", "wait_ok", "delete"] {
+        assert_eq!(s[t].0, "success", "{t}: {s:?}");
+    }
+    assert_eq!(s["wait_gone"].0, "failed");
+    assert_eq!(std::fs::read_to_string(p.path().join("out/a.txt")).unwrap(), payload);
+    let listed = read_parquet(&p.path().join(format!(".sluice/staging/s3ops/{run}/list.parquet")));
+    let keys: Vec<&str> = listed.column("key").unwrap().str().unwrap().iter().map(|v| v.unwrap()).collect();
+    assert_eq!(keys, vec!["in/a.txt", "in/b.txt"]);
+    let json = p.run_json(run);
+    let err = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "wait_gone").unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("did not appear within 3s"), "{err}");
+});
+
+sluice_test!(unreachable_services_give_clear_errors, |p| {
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    p.set_env("SLUICE_CONN_LAKE", &format!("s3://k:s3cr3t-key@127.0.0.1:{closed}?tls=false"));
+    p.set_env("SLUICE_CONN_BROKENDB", &format!("postgres://u:pw-secret@127.0.0.1:{closed}/x"));
+    p.write(
+        "dags/u.yaml",
+        &format!(
+            r#"
+tasks:
+  - {{ id: s3, type: extract, source: "s3://b/x.csv", conn: lake, retries: 0 }}
+  - {{ id: db, type: sql, conn: brokendb, sql: SELECT 1 }}
+  - {{ id: http, type: extract, source: "http://127.0.0.1:{closed}/x.csv" }}
+"#
+        ),
+    );
+    let out = p.sluice(&["run", "u"]).code(1);
+    let run = p.last_run("u");
+    let json = p.run_json(run);
+    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err("s3").contains(&format!("S3 connection `lake` (http://127.0.0.1:{closed})")), "{}", err("s3"));
+    assert!(err("db").contains(&format!("cannot connect to Postgres connection `brokendb` (127.0.0.1:{closed})")), "{}", err("db"));
+    assert!(err("http").contains(&format!("GET http://127.0.0.1:{closed}/x.csv")), "{}", err("http"));
+    for text in [out.all(), json.to_string()] {
+        assert!(!text.contains("s3cr3t-key") && !text.contains("pw-secret"), "secret leaked: {text}");
+    }
+});
+
+sluice_test!(a_wrong_http_token_fails_with_the_status, |p| {
+    p.write("data/x.csv", "a\n1\n");
+    let base = http_server(p.path().join("data"), "right");
+    p.write(
+        "dags/h.yaml",
+        &format!("tasks:\n  - {{ id: x, type: extract, source: \"{base}/x.csv\", headers: {{ Authorization: Bearer wrong }} }}\n"),
+    );
+    p.sluice(&["run", "h"]).code(1);
+    let json = p.run_json(p.last_run("h"));
+    let e = json["tasks"][0]["error"].as_str().unwrap().to_string();
+    assert!(e.contains("HTTP 401 Unauthorized: missing or wrong token"), "{e}");
+});
