@@ -16,7 +16,9 @@ use crate::logging::LogFormat;
 use crate::state::Store;
 use crate::template::Templates;
 
+mod backfill;
 mod dags;
+mod demo;
 mod progress;
 mod run;
 mod runs;
@@ -59,6 +61,12 @@ pub enum Command {
     Dags(dags::DagsCmd),
     /// Run one DAG run in the foreground.
     Run(run::RunArgs),
+    /// The shop's whole job on this machine: a private PostgreSQL if none is
+    /// configured, 90 days of generated exports, the daily ETL over them,
+    /// customer grades, and a summary. Safe to run again.
+    Demo(demo::DemoArgs),
+    /// Run a DAG for every schedule interval in a date range (resumable).
+    Backfill(backfill::BackfillArgs),
     /// Test or clear tasks.
     #[command(subcommand)]
     Tasks(run::TasksCmd),
@@ -70,6 +78,32 @@ pub enum Command {
     /// Manage the state database.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Generate an online shop's raw exports (users, products, orders, a
+    /// partner XML feed and visit logs) for a date range.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Where the files go: one folder per day.
+    #[arg(long, default_value = "data/raw")]
+    pub out: PathBuf,
+    /// The first day.
+    #[arg(long, default_value = "2024-09-01")]
+    pub start: chrono::NaiveDate,
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    #[arg(long, default_value_t = 20_000)]
+    pub products: u32,
+    /// The same seed gives the same bytes.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Inject realistic faults (malformed lines, unknown ids, negative
+    /// quantities, duplicate lines, CP949 files), listed in faults.json.
+    #[arg(long)]
+    pub dirty: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,9 +184,38 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Dags(cmd) => dags::run(&app, cmd).await,
         Command::Run(args) => run::run(&app, args).await,
+        Command::Backfill(args) => backfill::run(&app, args).await,
+        Command::Demo(args) => demo::run(&app, args).await,
         Command::Tasks(cmd) => run::tasks(&app, cmd).await,
         Command::Runs(cmd) => runs::run(&app, cmd).await,
         Command::Logs(args) => runs::logs(&app, args).await,
+        Command::Generate(a) => {
+            let opts = crate::generate::Options {
+                out: a.out.clone(),
+                start: a.start,
+                days: a.days,
+                users: a.users,
+                products: a.products,
+                seed: a.seed,
+                dirty: a.dirty,
+            };
+            let started = std::time::Instant::now();
+            let s = tokio::task::spawn_blocking(move || crate::generate::generate(&opts)).await??;
+            println!(
+                "generated {} days into {}: {} users, {} products, {} orders ({} lines), {} visit events, {} faults, {:.1} MB in {}",
+                s.days,
+                a.out.display(),
+                s.users,
+                s.products,
+                s.orders,
+                s.order_lines,
+                s.visit_lines,
+                s.faults,
+                s.bytes as f64 / 1e6,
+                crate::dag::duration::format_elapsed(started.elapsed())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Db(DbCmd::Migrate) => {
             let store = app.store().await.context("migrating the state database")?;
             println!("state database is up to date (schema `{}`)", store.schema());

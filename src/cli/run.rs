@@ -299,7 +299,7 @@ async fn test(
     };
     let log = crate::tasks::TryLog::echoing();
     let guard = crate::logging::capture(&log);
-    let span = tracing::info_span!("try", log_key = guard.0, dag = %dag.dag_id, task = %task.id, try_number = 1);
+    let span = tracing::warn_span!("try", log_key = guard.0, dag = %dag.dag_id, task = %task.id, try_number = 1);
     let started = std::time::Instant::now();
     // A throwaway runner: no worker row, no heartbeat, nothing recorded.
     let store = match app.global.database_url.is_some() {

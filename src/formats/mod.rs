@@ -208,19 +208,58 @@ pub enum Encoding {
     /// CP949 (Windows Korean), a superset of EUC-KR; used by Korean exports.
     #[serde(alias = "euc-kr", alias = "euckr")]
     Cp949,
+    /// Per file: UTF-8 when the whole file is valid UTF-8, CP949 otherwise.
+    Auto,
+}
+
+/// Whether a file's bytes are valid UTF-8 (streamed, constant memory).
+fn is_utf8_file(path: &Path) -> std::io::Result<bool> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut carry = 0usize;
+    loop {
+        let n = f.read(&mut buf[carry..])?;
+        if n == 0 {
+            return Ok(carry == 0);
+        }
+        let end = carry + n;
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(_) => carry = 0,
+            Err(e) if e.error_len().is_none() => {
+                // An incomplete sequence at the end: keep it for the next read.
+                let valid = e.valid_up_to();
+                buf.copy_within(valid..end, 0);
+                carry = end - valid;
+            }
+            Err(_) => return Ok(false),
+        }
+    }
 }
 
 impl Encoding {
+    /// The encoding to read `path` with: `Auto` looks at the file.
+    pub fn resolve(self, path: &Path, name: &str) -> Result<Encoding, FormatError> {
+        if self != Encoding::Auto {
+            return Ok(self);
+        }
+        if is_utf8_file(path).map_err(|e| FormatError::Io(name.to_string(), e))? {
+            Ok(Encoding::Utf8)
+        } else {
+            tracing::info!("{name} is not UTF-8; reading it as CP949");
+            Ok(Encoding::Cp949)
+        }
+    }
+
     /// Decodes one field; None when its bytes are invalid in this encoding.
     pub fn decode<'a>(self, b: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
         match self {
-            Encoding::Utf8 => std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed),
+            Encoding::Utf8 | Encoding::Auto => std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed),
             Encoding::Cp949 => encoding_rs::EUC_KR.decode_without_bom_handling_and_without_replacement(b),
         }
     }
     pub fn lossy(self, b: &[u8]) -> String {
         match self {
-            Encoding::Utf8 => String::from_utf8_lossy(b).into_owned(),
+            Encoding::Utf8 | Encoding::Auto => String::from_utf8_lossy(b).into_owned(),
             Encoding::Cp949 => encoding_rs::EUC_KR.decode_without_bom_handling(b).0.into_owned(),
         }
     }
@@ -290,6 +329,7 @@ pub fn csv_header(path: &Path, name: &str, o: &CsvOptions) -> Result<Option<Vec<
     if !o.header {
         return Ok(None);
     }
+    let o = &CsvOptions { encoding: o.encoding.resolve(path, name)?, ..o.clone() };
     let mut f = open(path, name)?;
     skip_lines(&mut f, o.skip_lines).map_err(|e| FormatError::Io(name.into(), e))?;
     let mut r = csv_reader(f, o);
@@ -313,6 +353,7 @@ pub fn infer_csv(files: &[(std::path::PathBuf, String)], o: &CsvOptions, nulls: 
     let mut names: Vec<String> = Vec::new();
     let mut infer: Vec<Infer> = Vec::new();
     for (path, name) in files {
+        let o = &CsvOptions { encoding: o.encoding.resolve(path, name)?, ..o.clone() };
         let header = csv_header(path, name, o)?;
         let mut f = open(path, name)?;
         skip_lines(&mut f, o.skip_lines + u64::from(o.header)).map_err(|e| FormatError::Io(name.clone(), e))?;
@@ -353,6 +394,7 @@ pub fn infer_csv(files: &[(std::path::PathBuf, String)], o: &CsvOptions, nulls: 
 /// Reads a CSV file into the sink. `schema` names the columns to read (by
 /// header name, or by position without a header).
 pub fn read_csv(path: &Path, name: &str, o: &CsvOptions, schema: &Schema, nulls: &[String], sink: &mut Sink<'_>) -> Result<(), FormatError> {
+    let o = &CsvOptions { encoding: o.encoding.resolve(path, name)?, ..o.clone() };
     let header = csv_header(path, name, o)?;
     let width;
     let index: Vec<usize> = match &header {
@@ -428,7 +470,7 @@ pub fn read_csv(path: &Path, name: &str, o: &CsvOptions, schema: &Schema, nulls:
         }
         if let Some(k) = bad_enc {
             let enc = match o.encoding {
-                Encoding::Utf8 => "UTF-8",
+                Encoding::Utf8 | Encoding::Auto => "UTF-8",
                 Encoding::Cp949 => "CP949",
             };
             sink.reject(name, line, Reason::InvalidEncoding, format!("column `{}` is not valid {enc}", names[k]), &raw())?;
@@ -579,6 +621,7 @@ pub fn infer_log(files: &[(std::path::PathBuf, String)], re: &regex::Regex, enc:
     let names: Vec<String> = re.capture_names().flatten().map(str::to_string).collect();
     let mut infer = vec![Infer::default(); names.len()];
     for (path, name) in files {
+        let enc = enc.resolve(path, name)?;
         let f = open(path, name)?;
         for line in f.split(b'\n') {
             let line = line.map_err(|e| FormatError::Io(name.clone(), e))?;
@@ -599,6 +642,7 @@ pub fn infer_log(files: &[(std::path::PathBuf, String)], re: &regex::Regex, enc:
 pub fn read_log(path: &Path, name: &str, re: &regex::Regex, enc: Encoding, schema: &Schema, nulls: &[String], sink: &mut Sink<'_>) -> Result<(), FormatError> {
     let types: Vec<ColumnType> = schema.0.iter().map(|(_, t)| t.clone()).collect();
     let names: Vec<String> = schema.0.iter().map(|(n, _)| n.clone()).collect();
+    let enc = enc.resolve(path, name)?;
     let f = open(path, name)?;
     for (i, line) in f.split(b'\n').enumerate() {
         let line = line.map_err(|e| FormatError::Io(name.into(), e))?;
@@ -961,6 +1005,12 @@ mod tests {
         let (df, _, bad) = collect(&schema, OnBadRows::Skip, |s| read_csv(f.path(), "k.csv", &o, &schema, &[], s));
         assert_eq!(df.column("city").unwrap().str().unwrap().get(0), Some("서울"));
         assert_eq!(bad.get("invalid encoding"), Some(&1));
+        // auto: the same file is not UTF-8, so it is read as CP949.
+        let auto = CsvOptions { encoding: Encoding::Auto, ..Default::default() };
+        let (df, _, _) = collect(&schema, OnBadRows::Skip, |s| read_csv(f.path(), "k.csv", &auto, &schema, &[], s));
+        assert_eq!(df.column("name").unwrap().str().unwrap().get(0), Some("김철수"));
+        let utf = file("name\n서울\n".as_bytes());
+        assert_eq!(Encoding::Auto.resolve(utf.path(), "u").unwrap(), Encoding::Utf8);
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl TryJob {
         let key = (run.run_id, task.id.clone(), claimed.try_number);
         runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), log.clone());
         let guard = crate::logging::capture(&log);
-        let span = tracing::info_span!(
+        // WARN level so that every layer's filter keeps the span and can
+        // tell that an event happened inside a try (see logging.rs).
+        let span = tracing::warn_span!(
             "try",
             log_key = guard.0,
             dag = %dag.dag_id,
@@ -80,9 +82,9 @@ impl TryJob {
         .instrument(span.clone())
         .await;
         let elapsed = started.elapsed();
-        let _enter = span.enter();
-        let report = record(&runner, &dag, task, &run, &claimed, result, elapsed, &log).await;
-        drop(_enter);
+        // Instrumented, not entered: a guard held across an await would
+        // leave the span entered on whatever thread runs other tasks meanwhile.
+        let report = record(&runner, &dag, task, &run, &claimed, result, elapsed, &log).instrument(span).await;
         runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         drop(guard);
         report

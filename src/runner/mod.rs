@@ -25,6 +25,7 @@ use crate::resources::Resources;
 use crate::state::{StateError, Store, TiRow, TiState, Worker};
 use crate::tasks::TryLog;
 
+pub mod backfill;
 pub mod exec;
 pub use exec::TryReport;
 

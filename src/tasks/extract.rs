@@ -27,16 +27,21 @@ use crate::formats::columns::Schema;
 use crate::formats::{self, CsvOptions, Encoding, FormatError, OnBadRows, Sink, XmlOptions};
 use crate::s3::S3Uri;
 
-/// Reads a source (local files, S3 objects or an HTTP URL) into a dataset.
+/// Reads a source (local files, S3 objects, an HTTP URL or a Postgres
+/// query) into a dataset.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractConfig {
     /// What to read: a path or glob relative to the project root
     /// (`data/{{ ds }}/*.csv`), `s3://bucket/key`, `s3://bucket/prefix/`
     /// or `s3://bucket/dir/*.csv`, or an `http(s)://` URL.
-    pub source: String,
-    /// The connection for S3 sources (an s3 connection), or for HTTP sources
-    /// (an http connection whose headers and credentials are sent).
+    pub source: Option<String>,
+    /// Instead of `source`: a query run on `conn` (a Postgres connection),
+    /// streamed out with COPY.
+    pub query: Option<String>,
+    /// The connection for S3 sources (an s3 connection), HTTP sources (an
+    /// http connection whose headers and credentials are sent) or queries
+    /// (a postgres connection).
     pub conn: Option<String>,
     /// csv, tsv, json (an array of objects), ndjson, parquet, xml or log.
     /// Default: from the file extension.
@@ -127,24 +132,45 @@ impl TaskType for ExtractConfig {
     type Built = Extract;
 
     fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
-        let fmt = self.format.or_else(|| format_of(&self.source));
-        if fmt.is_none() && !crate::template::is_template(&self.source) {
-            cx.error("source", format!("cannot tell the format of `{}` from its name; set `format` (csv, tsv, json, ndjson, parquet, xml, log)", self.source));
+        let source = match (&self.source, &self.query) {
+            (Some(s), None) => s.as_str(),
+            (None, Some(_)) => {
+                match &self.conn {
+                    Some(c) => cx.check_conn("conn", c, "postgres"),
+                    None => cx.error("query", "a query needs `conn`, a Postgres connection"),
+                }
+                if self.format.is_some_and(|f| f != Format::Csv) {
+                    cx.error("format", "a query's rows are read as CSV; leave `format` out");
+                }
+                ""
+            }
+            (Some(_), Some(_)) => {
+                cx.error("query", "give either `source` or `query`, not both");
+                return;
+            }
+            (None, None) => {
+                cx.error("format", "an extract needs `source` (files, S3 or HTTP) or `query` (Postgres)");
+                return;
+            }
+        };
+        let fmt = if self.query.is_some() { Some(Format::Csv) } else { self.format.or_else(|| format_of(source)) };
+        if fmt.is_none() && !crate::template::is_template(source) {
+            cx.error("source", format!("cannot tell the format of `{source}` from its name; set `format` (csv, tsv, json, ndjson, parquet, xml, log)"));
         }
-        if self.source.starts_with("s3://") {
+        if source.starts_with("s3://") {
             match &self.conn {
                 Some(c) => cx.check_conn("conn", c, "s3"),
                 None => cx.error("source", "an s3:// source needs `conn`, an S3 connection"),
             }
-            if let Err(e) = S3Uri::parse(&self.source) {
+            if let Err(e) = S3Uri::parse(source) {
                 cx.error("source", e);
             }
-        } else if self.source.starts_with("http://") || self.source.starts_with("https://") {
+        } else if source.starts_with("http://") || source.starts_with("https://") {
             if let Some(c) = &self.conn {
                 cx.check_conn("conn", c, "http");
             }
-        } else if self.conn.is_some() {
-            cx.warning("conn", "`conn` is only used for s3:// and http(s):// sources");
+        } else if self.conn.is_some() && self.query.is_none() && !crate::template::is_template(source) {
+            cx.warning("conn", "`conn` is only used for s3://, http(s):// sources and queries");
         }
         match fmt {
             Some(Format::Xml) if self.xml.is_none() => cx.error("format", "XML needs `xml: {record: path/of/record}`"),
@@ -194,18 +220,23 @@ impl TaskType for ExtractConfig {
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Extract, TaskError> {
-        let format = self
-            .format
-            .or_else(|| format_of(&self.source))
-            .ok_or_else(|| TaskError::Config(format!("cannot tell the format of `{}`; set `format`", self.source)))?;
-        let (conn, s3) = match &self.conn {
-            Some(id) if self.source.starts_with("s3://") => {
+        let source = self.source.clone().unwrap_or_default();
+        let format = if self.query.is_some() {
+            Format::Csv
+        } else {
+            self.format
+                .or_else(|| format_of(&source))
+                .ok_or_else(|| TaskError::Config(format!("cannot tell the format of `{source}`; set `format`")))?
+        };
+        let (conn, s3) = match self.conn.as_ref().filter(|c| !c.is_empty()) {
+            Some(id) if self.query.is_some() => (Some(ctx.conn(id, "postgres")?.clone()), None),
+            Some(id) if source.starts_with("s3://") => {
                 let c = ctx.conn(id, "s3")?.clone();
                 let client = ctx.res.s3_client(&c)?;
                 (Some(c), Some(client))
             }
-            Some(id) => (Some(ctx.conn(id, "http")?.clone()), None),
-            None => (None, None),
+            Some(id) if source.starts_with("http://") || source.starts_with("https://") => (Some(ctx.conn(id, "http")?.clone()), None),
+            _ => (None, None),
         };
         let regex = match &self.log {
             Some(l) => Some(regex::Regex::new(&l.pattern).map_err(|e| TaskError::Config(format!("log.pattern: {e}")))?),
@@ -220,7 +251,10 @@ type Fetched = Vec<(PathBuf, String)>;
 
 impl Extract {
     async fn fetch(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
-        let src = &self.cfg.source;
+        if let Some(q) = &self.cfg.query {
+            return self.fetch_query(ctx, q).await;
+        }
+        let src = self.cfg.source.as_deref().unwrap_or_default();
         if src.starts_with("s3://") {
             self.fetch_s3(ctx).await
         } else if src.starts_with("http://") || src.starts_with("https://") {
@@ -250,9 +284,34 @@ impl Extract {
         }
     }
 
+    /// Streams a query's rows out of Postgres as CSV into a scratch file.
+    async fn fetch_query(&self, ctx: &TaskCtx, query: &str) -> Result<Fetched, TaskError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let conn = self.conn.as_ref().expect("built with a connection");
+        let pool = ctx.res.pg_pool(conn).await?;
+        let mut db = pool.acquire().await?;
+        let q = query.trim().trim_end_matches(';');
+        let mut stream = db
+            .copy_out_raw(&format!("COPY ({q}) TO STDOUT WITH (FORMAT csv, HEADER true)"))
+            .await
+            .map_err(|e| TaskError::Failed(format!("the query failed: {}", crate::state::describe_sqlx(&e))))?;
+        let local = ctx.scratch.path().join("query.csv");
+        let mut file = tokio::fs::File::create(&local).await.map_err(|e| TaskError::Failed(format!("{}: {e}", local.display())))?;
+        let mut n = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| TaskError::Failed(format!("the query failed: {}", crate::state::describe_sqlx(&e))))?;
+            n += chunk.len();
+            file.write_all(&chunk).await.map_err(|e| TaskError::Failed(e.to_string()))?;
+        }
+        file.flush().await.map_err(|e| TaskError::Failed(e.to_string()))?;
+        tracing::info!(bytes = n, "query read from `{}`", conn.id);
+        Ok(vec![(local, format!("query on {}", conn.id))])
+    }
+
     async fn fetch_s3(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
         let client = self.s3.as_ref().expect("built with an S3 client");
-        let uri = S3Uri::parse(&self.cfg.source).map_err(TaskError::Config)?;
+        let uri = S3Uri::parse(self.cfg.source.as_deref().unwrap_or_default()).map_err(TaskError::Config)?;
         let conn = self.conn.as_ref().expect("built with a connection");
         let fail = |e: crate::s3::S3Error| {
             TaskError::Failed(format!("S3 connection `{}` ({}): {e}", conn.id, crate::s3::endpoint_of(conn)))
@@ -287,7 +346,7 @@ impl Extract {
 
     async fn fetch_http(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
         use tokio::io::AsyncWriteExt;
-        let url = &self.cfg.source;
+        let url = self.cfg.source.as_deref().unwrap_or_default();
         let shown = crate::secrets::mask(url);
         let mut req = ctx.res.http().get(url).timeout(self.timeout());
         if let Some(c) = &self.conn {
@@ -353,12 +412,13 @@ impl Run for Extract {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
         let files = self.fetch(ctx).await?;
         if files.is_empty() {
+            let source = self.cfg.source.as_deref().unwrap_or_default();
             if self.cfg.allow_empty {
-                tracing::warn!("source `{}` matches nothing; writing an empty dataset (allow_empty)", self.cfg.source);
+                tracing::warn!("source `{source}` matches nothing; writing an empty dataset (allow_empty)");
             } else {
                 return Err(TaskError::Failed(format!(
                     "source `{}` matches no file or object; check the path (relative to the project root) or set allow_empty: true",
-                    crate::secrets::mask(&self.cfg.source)
+                    crate::secrets::mask(source)
                 )));
             }
         }
@@ -391,15 +451,21 @@ impl Run for Extract {
         }
         let dataset = ctx.commit_dataset(&r.tmp, &ctx.task_id, r.rows, &r.schema).await?;
         guard.disarm();
+        // Quarantine always writes its dataset, empty or not, so that
+        // downstream tasks can read it every day.
         let mut rejects = None;
-        if bad_total > 0 {
+        if bad_total > 0 || r.rejects.is_some() {
             let mut summary = RejectsSummary { total: bad_total, by_reason: r.bad.clone(), dataset: None };
             if let Some(mut df) = r.rejects {
                 summary.dataset = Some(ctx.write_dataset(&format!("{}_rejects", ctx.task_id), &mut df).await?);
             }
             rejects = Some(summary);
         }
-        let mut note = format!("{} rows from {n_files} file{}", super::thousands(r.rows), if n_files == 1 { "" } else { "s" });
+        let mut note = if cfg.query.is_some() {
+            format!("{} rows from the query", super::thousands(r.rows))
+        } else {
+            format!("{} rows from {n_files} file{}", super::thousands(r.rows), if n_files == 1 { "" } else { "s" })
+        };
         if bad_total > 0 {
             let verb = if cfg.on_bad_rows == OnBadRows::Quarantine { "quarantined" } else { "skipped" };
             note.push_str(&format!("; {} {verb} ({})", super::thousands(bad_total), describe_bad(&r.bad)));

@@ -54,6 +54,8 @@ pub struct LoadConfig {
     /// Create the table from the dataset's columns when it does not exist.
     #[serde(default)]
     pub create: bool,
+    /// Load only these dataset columns (default: all of them).
+    pub columns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -321,7 +323,15 @@ impl Run for Load {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
         let started = Instant::now();
         let path = self.path.clone();
-        let df = tokio::task::spawn_blocking(move || crate::datasets::read(&path).and_then(crate::pgcopy::prepare))
+        let columns = self.cfg.columns.clone();
+        let df = tokio::task::spawn_blocking(move || {
+            let df = crate::datasets::read(&path)?;
+            let df = match &columns {
+                Some(cols) => df.select(cols.iter().map(String::as_str)).map_err(|e| format!("columns: {e}"))?,
+                None => df,
+            };
+            crate::pgcopy::prepare(df)
+        })
             .await
             .map_err(|e| TaskError::Failed(format!("reading the dataset panicked: {e}")))?
             .map_err(TaskError::Failed)?;

@@ -1,0 +1,97 @@
+-- The shop's warehouse, in schema `shop`. Idempotent: the ETL applies it
+-- before every run. Times are Korea Standard Time wall-clock timestamps
+-- (the exports' own), except event timestamps, which carry their offset.
+-- Amounts are Korean won.
+
+CREATE SCHEMA IF NOT EXISTS shop;
+
+CREATE TABLE IF NOT EXISTS shop.users (
+    id               bigint PRIMARY KEY,
+    name             text NOT NULL,
+    gender           text CHECK (gender IN ('M', 'F')),
+    birth_date       date,
+    region           text,
+    signup_at        timestamp NOT NULL,
+    marketing_opt_in boolean NOT NULL DEFAULT false,
+    status           text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'dormant', 'withdrawn')),
+    -- Maintained by the grade_update DAG, never by the ETL.
+    grade            text NOT NULL DEFAULT 'BRONZE' CHECK (grade IN ('VIP', 'GOLD', 'SILVER', 'BRONZE')),
+    grade_updated_at timestamp
+);
+
+CREATE TABLE IF NOT EXISTS shop.products (
+    id          bigint PRIMARY KEY,
+    name        text NOT NULL,
+    category    text NOT NULL,
+    price       numeric(12,0) NOT NULL CHECK (price >= 0),
+    stock       integer NOT NULL DEFAULT 0,
+    created_at  timestamp NOT NULL,
+    -- Paid orders containing the product; refreshed by the ETL.
+    order_count bigint NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS shop.orders (
+    id             bigint PRIMARY KEY,
+    user_id        bigint NOT NULL REFERENCES shop.users (id),
+    ordered_at     timestamp NOT NULL,
+    status         text NOT NULL CHECK (status IN ('paid', 'cancelled', 'refunded')),
+    total_amount   numeric(14,0) NOT NULL CHECK (total_amount >= 0),
+    item_count     integer NOT NULL CHECK (item_count > 0),
+    payment_method text,
+    channel        text NOT NULL DEFAULT 'direct'
+);
+
+-- `ordered_at` is repeated from the order so that a day's items can be
+-- replaced by partition, like the orders.
+CREATE TABLE IF NOT EXISTS shop.order_items (
+    order_id   bigint NOT NULL REFERENCES shop.orders (id) ON DELETE CASCADE,
+    line_no    integer NOT NULL,
+    product_id bigint NOT NULL REFERENCES shop.products (id),
+    quantity   integer NOT NULL CHECK (quantity > 0),
+    unit_price numeric(12,0) NOT NULL CHECK (unit_price >= 0),
+    ordered_at timestamp NOT NULL,
+    PRIMARY KEY (order_id, line_no)
+);
+
+CREATE TABLE IF NOT EXISTS shop.grade_history (
+    id         bigserial PRIMARY KEY,
+    user_id    bigint NOT NULL REFERENCES shop.users (id),
+    old_grade  text NOT NULL,
+    new_grade  text NOT NULL,
+    changed_at timestamp NOT NULL,
+    reason     text NOT NULL CHECK (reason IN ('upgrade', 'downgrade')),
+    spend_6m   numeric(14,0) NOT NULL,
+    orders_6m  integer NOT NULL
+);
+
+-- The application's funnel events (visit, view, cart, purchase).
+CREATE TABLE IF NOT EXISTS shop.events (
+    ts         timestamptz NOT NULL,
+    event      text NOT NULL CHECK (event IN ('visit', 'view', 'cart', 'purchase')),
+    session_id text NOT NULL,
+    user_id    bigint NOT NULL,
+    product_id bigint,
+    order_id   bigint
+);
+
+-- Rows the ETL refused, with why: nothing is dropped silently.
+CREATE TABLE IF NOT EXISTS shop.quarantine (
+    ds       date NOT NULL,
+    source   text NOT NULL,
+    line     bigint,
+    order_id bigint,
+    reason   text NOT NULL,
+    detail   text,
+    record   text
+);
+
+-- What the KPI queries and the grade update read.
+CREATE INDEX IF NOT EXISTS orders_ordered_at ON shop.orders (ordered_at);
+CREATE INDEX IF NOT EXISTS orders_paid_window ON shop.orders (ordered_at) INCLUDE (user_id, total_amount) WHERE status = 'paid';
+CREATE INDEX IF NOT EXISTS orders_user ON shop.orders (user_id, ordered_at);
+CREATE INDEX IF NOT EXISTS order_items_ordered_at ON shop.order_items (ordered_at);
+CREATE INDEX IF NOT EXISTS order_items_product ON shop.order_items (product_id);
+CREATE INDEX IF NOT EXISTS users_signup_at ON shop.users (signup_at);
+CREATE INDEX IF NOT EXISTS events_ts ON shop.events (ts);
+CREATE INDEX IF NOT EXISTS grade_history_changed_at ON shop.grade_history (changed_at);
+CREATE INDEX IF NOT EXISTS quarantine_ds ON shop.quarantine (ds);

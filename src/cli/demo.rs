@@ -1,0 +1,187 @@
+//! `sluice demo`: the shop's whole job on a fresh machine. Starts a private
+//! PostgreSQL if none is configured, generates the raw exports, backfills
+//! the daily ETL over them, grades the customers, and prints a summary.
+//! Safe to run again: finished runs are skipped and the data is the same.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::App;
+use crate::connections::Connections;
+use crate::dag::duration::format_elapsed;
+use crate::runner::backfill::Reprocess;
+use crate::runner::{Quiet, RunOutcome, Runner};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// The first day of generated data.
+    #[arg(long, default_value = "2024-09-01")]
+    pub start: chrono::NaiveDate,
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    #[arg(long, default_value_t = 10_000)]
+    pub users: u32,
+    #[arg(long, default_value_t = 20_000)]
+    pub products: u32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Generate clean data (by default the demo injects faults to show the quarantine).
+    #[arg(long)]
+    pub clean: bool,
+}
+
+pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let root = app.project.root.clone();
+
+    // 1. A database.
+    let (url, private) = match &app.global.database_url {
+        Some(u) => (u.clone(), None),
+        None => {
+            let dir = root.join(".sluice/pg");
+            let pg = tokio::task::spawn_blocking(move || crate::pgsetup::ensure(&dir)).await??;
+            eprintln!(
+                "{} a private PostgreSQL in {} ({})",
+                if pg.started { "started" } else { "using" },
+                crate::loader::display_path(&pg.dir).display(),
+                pg.url
+            );
+            (pg.url.clone(), Some(pg))
+        }
+    };
+    crate::secrets::register_uri(&url);
+    let store = crate::state::Store::connect(&url, &app.global.schema).await.context("connecting to the state database")?;
+    eprintln!("state store ready (schema `{}`)", store.schema());
+
+    // 2. The raw exports.
+    let out = root.join(crate::generate::DEFAULT_OUT);
+    let opts = crate::generate::Options {
+        out: out.clone(),
+        start: args.start,
+        days: args.days,
+        users: args.users,
+        products: args.products,
+        seed: args.seed,
+        dirty: !args.clean,
+    };
+    if crate::generate::is_generated(&opts) {
+        eprintln!("raw exports already generated in {} (same options)", crate::loader::display_path(&out).display());
+    } else {
+        let t = std::time::Instant::now();
+        let o = opts.clone();
+        let s = tokio::task::spawn_blocking(move || crate::generate::generate(&o)).await??;
+        eprintln!(
+            "generated {} days of exports in {}: {} users, {} products, {} orders, {} visit events, {} injected faults ({})",
+            s.days,
+            crate::loader::display_path(&out).display(),
+            s.users,
+            s.products,
+            s.orders,
+            s.visit_lines,
+            s.faults,
+            format_elapsed(t.elapsed())
+        );
+    }
+
+    // 3. The DAGs, with the warehouse on this database.
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    env.insert("SLUICE_DATABASE_URL".into(), url.clone());
+    let (conns, diags) = Connections::load_with(&root, true, &env);
+    for d in diags.iter().filter(|d| d.is_error()) {
+        eprintln!("{d}");
+    }
+    let conns = Arc::new(conns);
+    let files = crate::loader::dag_files(std::slice::from_ref(&app.project.dags_dir)).map_err(anyhow::Error::msg)?;
+    let bag = crate::loader::load(&files, &root, &conns, &app.templates);
+    let etl = bag.get("ecommerce_etl").map_err(anyhow::Error::msg)?;
+    let grades = bag.get("grade_update").map_err(anyhow::Error::msg)?;
+    store.sync_dags(&[etl.as_ref(), grades.as_ref()]).await?;
+    let runner = Runner::new(store.clone(), app.resources(conns));
+
+    // 4. The daily ETL over every generated day.
+    let last = args.start + chrono::Duration::days(args.days as i64 - 1);
+    let etl_params = etl.resolve_params(&[]).map_err(anyhow::Error::msg)?;
+    let summary = super::backfill::backfill_dag(&runner, etl.clone(), args.start, last, Reprocess::Failed, None, false, &etl_params).await?;
+    if summary.failed > 0 {
+        bail!("{} ETL run(s) failed; `sluice runs list ecommerce_etl --state failed` shows them", summary.failed);
+    }
+
+    // 5. Grades as of the end of the data.
+    let end = crate::dag::schedule::local_midnight(last.succ_opt().unwrap_or(last), grades.timezone);
+    let (logical, interval) = grades.manual_interval(crate::dag::ManualWhen::Logical(end), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+    let params = grades.resolve_params(&[]).map_err(anyhow::Error::msg)?;
+    let run = match store.create_run(&grades, "manual", logical, interval, &params, "queued").await? {
+        Ok(r) => Some(r),
+        Err(crate::state::RunExists(r)) if r.state == "success" => {
+            eprintln!("grades as of {} already computed (run {})", end.with_timezone(&grades.timezone).format("%Y-%m-%d %H:%M"), r.run_id);
+            None
+        }
+        Err(crate::state::RunExists(r)) => Some(r),
+    };
+    if let Some(run) = run {
+        store.register_worker(&runner.worker, "demo").await?;
+        let outcome = runner.drive(grades.clone(), run.run_id, &mut Quiet, CancellationToken::new()).await?;
+        if outcome != RunOutcome::Success {
+            bail!("the grade update failed; see `sluice runs show {}`", run.run_id);
+        }
+        eprintln!("graded every customer as of {} (run {})", end.with_timezone(&grades.timezone).format("%Y-%m-%d %H:%M"), run.run_id);
+        store.stop_worker(&runner.worker).await.ok();
+    }
+
+    // 6. What is in the warehouse now.
+    print_summary(&url).await?;
+    println!("\nRuns and their logs are in the state store (schema `{}`):", store.schema());
+    println!("  sluice runs list ecommerce_etl       sluice runs show RUN_ID       sluice logs RUN_ID TASK");
+    if let Some(pg) = &private {
+        println!("To use this database from other commands:\n  export SLUICE_DATABASE_URL={}", pg.url);
+        println!("To stop it:\n  {}", pg.stop_command());
+    }
+    println!("Demo finished in {}.", format_elapsed(started.elapsed()));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn print_summary(url: &str) -> Result<()> {
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
+    println!("\nWarehouse (schema shop):");
+    for t in ["users", "products", "orders", "order_items", "events", "grade_history", "quarantine"] {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM shop.{t}"))).fetch_one(&pool).await?;
+        println!("  {t:<14} {:>12} rows", crate::tasks::thousands(n as u64));
+    }
+    let r = sqlx::query(
+        "SELECT coalesce(sum(total_amount), 0)::float8 AS revenue, count(*) AS n, min(ordered_at)::date::text AS first, max(ordered_at)::date::text AS last
+         FROM shop.orders WHERE status = 'paid'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    println!(
+        "  paid revenue   {:>12} won over {} orders, {} to {}",
+        crate::tasks::thousands(r.get::<f64, _>("revenue") as u64),
+        crate::tasks::thousands(r.get::<i64, _>("n") as u64),
+        r.get::<Option<String>, _>("first").unwrap_or_default(),
+        r.get::<Option<String>, _>("last").unwrap_or_default()
+    );
+    println!("\nCustomer grades:");
+    let grades = sqlx::query(
+        "SELECT grade, count(*) AS n FROM shop.users GROUP BY grade
+         ORDER BY array_position(ARRAY['VIP','GOLD','SILVER','BRONZE'], grade)",
+    )
+    .fetch_all(&pool)
+    .await?;
+    for g in grades {
+        println!("  {:<7} {:>8}", g.get::<String, _>("grade"), crate::tasks::thousands(g.get::<i64, _>("n") as u64));
+    }
+    let q = sqlx::query("SELECT source, reason, count(*) AS n FROM shop.quarantine GROUP BY 1, 2 ORDER BY 1, 2").fetch_all(&pool).await?;
+    if !q.is_empty() {
+        println!("\nQuarantined rows (shop.quarantine):");
+        for r in q {
+            println!("  {:<14} {:<34} {:>6}", r.get::<String, _>("source"), r.get::<String, _>("reason"), r.get::<i64, _>("n"));
+        }
+    }
+    Ok(())
+}
