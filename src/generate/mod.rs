@@ -605,7 +605,12 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
     }
 
     sum.faults = faults.len() as u64;
-    let manifest = serde_json::json!({ "options": o, "summary": sum });
+    // The options without the output path: the same data wherever it is.
+    let mut options = serde_json::to_value(o).unwrap_or_default();
+    if let Some(m) = options.as_object_mut() {
+        m.remove("out");
+    }
+    let manifest = serde_json::json!({ "options": options, "summary": sum });
     write_json(&o.out.join("manifest.json"), &manifest)?;
     if o.dirty {
         write_json(&o.out.join("faults.json"), &serde_json::to_value(&faults).unwrap_or_default())?;

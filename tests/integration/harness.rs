@@ -75,6 +75,8 @@ pub struct Project {
     pub wh_schema: String,
     pub env: Vec<(String, String)>,
     url: Option<String>,
+    /// A database of this test's own (see [`Project::own_database`]).
+    own_db: Option<(String, String)>,
 }
 
 impl Project {
@@ -91,7 +93,7 @@ impl Project {
         if let Some(u) = &url {
             psql(u, &format!("CREATE SCHEMA IF NOT EXISTS {wh_schema}"));
         }
-        Project { dir, schema, wh_schema, env: Vec::new(), url }
+        Project { dir, schema, wh_schema, env: Vec::new(), url, own_db: None }
     }
 
     pub fn path(&self) -> &Path {
@@ -102,6 +104,30 @@ impl Project {
         let p = self.path().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, content).unwrap();
+        self
+    }
+
+    /// Gives the test a database of its own, for the state store and the
+    /// warehouse, for SQL that names schemas (`shop.orders`).
+    pub fn own_database(&mut self) -> String {
+        let base = self.db();
+        let name = format!("d_{}", self.schema);
+        psql(&base, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&base, &format!("CREATE DATABASE {name}"));
+        let url = match base.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{name}"),
+            None => unreachable!("a database URL has a path"),
+        };
+        self.own_db = Some((base, name));
+        self.url = Some(url.clone());
+        url
+    }
+
+    /// Copies the shipped project (dags/, sql/, config/) into this one.
+    pub fn copy_shipped(&self) -> &Self {
+        for d in ["dags", "sql", "config"] {
+            copy_dir(&repo().join(d), &self.path().join(d));
+        }
         self
     }
 
@@ -135,7 +161,8 @@ impl Project {
         }
         if self.url.is_some() {
             c.env("SLUICE_DATABASE_URL", self.db());
-            c.env("SLUICE_CONN_WAREHOUSE", self.warehouse_url());
+            let wh = if self.own_db.is_some() { self.db() } else { self.warehouse_url() };
+            c.env("SLUICE_CONN_WAREHOUSE", wh);
         }
         c.env("SLUICE_SCHEMA", &self.schema);
         c.env("NO_COLOR", "1");
@@ -154,8 +181,12 @@ impl Project {
         }
     }
 
-    /// Runs SQL with psql in the warehouse schema; returns rows of `|`-joined fields.
+    /// Runs SQL with psql in the warehouse schema (or the test's own
+    /// database); returns rows of `|`-joined fields.
     pub fn sql(&self, sql: &str) -> Vec<String> {
+        if self.own_db.is_some() {
+            return psql(&self.db(), sql);
+        }
         psql(&self.db(), &format!("CREATE SCHEMA IF NOT EXISTS {0}; SET search_path TO {0}; {sql}", self.wh_schema))
     }
 
@@ -195,6 +226,12 @@ impl Project {
 
 impl Drop for Project {
     fn drop(&mut self) {
+        if let Some((base, name)) = &self.own_db {
+            let _ = std::process::Command::new("psql")
+                .args([base.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .output();
+            return;
+        }
         if let Some(url) = &self.url {
             let _ = std::process::Command::new("psql")
                 .args([url.as_str(), "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE", self.schema, self.wh_schema)])

@@ -7,4 +7,5 @@ pub mod harness;
 mod cli;
 mod data;
 mod runs;
+mod shop;
 mod validate;

@@ -1,0 +1,273 @@
+//! The shipped e-commerce job: the generator, the daily ETL and the grade
+//! update, against a real PostgreSQL.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::harness::Project;
+
+fn sha_tree(dir: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+/// Reads an orders.csv, UTF-8 or CP949, into (line number, fields).
+fn read_orders(path: &Path) -> Vec<(u64, Vec<String>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let text = match String::from_utf8(bytes.clone()) {
+        Ok(t) => t,
+        Err(_) => encoding_rs::EUC_KR.decode(&bytes).0.into_owned(),
+    };
+    text.lines().enumerate().skip(1).map(|(i, l)| (i as u64 + 1, l.split(',').map(str::to_string).collect())).collect()
+}
+
+sluice_test!(the_generator_is_deterministic_and_follows_the_shop_rules, |p| {
+    let generate = |out: &str, seed: &str| {
+        p.sluice(&["generate", "--out", out, "--seed", seed, "--days", "90", "--users", "10000", "--products", "20000"]).ok();
+    };
+    generate("a", "42");
+    generate("b", "42");
+    generate("c", "7");
+    let (a, b, c) = (sha_tree(&p.path().join("a")), sha_tree(&p.path().join("b")), sha_tree(&p.path().join("c")));
+    let differ: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
+    assert!(differ.is_empty() && a.len() == b.len(), "the same seed gave different bytes: {differ:?}");
+    assert_ne!(a.get("2024-10-01/orders.csv"), c.get("2024-10-01/orders.csv"));
+
+    // Sizes: about 100k orders at the defaults.
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.path().join("a/manifest.json")).unwrap()).unwrap();
+    let orders = manifest["summary"]["orders"].as_u64().unwrap();
+    assert!((80_000..130_000).contains(&orders), "{orders} orders");
+
+    let day_orders = |d: &str| -> BTreeMap<String, Vec<Vec<String>>> {
+        let mut by: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+        for (_, f) in read_orders(&p.path().join(format!("a/{d}/orders.csv"))) {
+            by.entry(f[0].clone()).or_default().push(f);
+        }
+        by
+    };
+    // Black Friday (2024-11-29) triples the orders of the Friday before.
+    let bf = day_orders("2024-11-29").len();
+    let before = day_orders("2024-11-22").len();
+    assert!(bf as f64 >= 2.4 * before as f64, "Black Friday {bf} vs {before}");
+
+    // Sign-ups: an S-curve, fast at first.
+    let signups = |d: u32| -> usize {
+        let date = chrono::NaiveDate::from_ymd_opt(2024, 9, 1).unwrap() + chrono::Duration::days(d as i64);
+        std::fs::read_to_string(p.path().join(format!("a/{date}/users.ndjson"))).unwrap().lines().count()
+    };
+    let first: usize = (1..30).map(signups).sum();
+    let last: usize = (60..90).map(signups).sum();
+    assert!(first > 2 * last, "sign-ups {first} in the first month vs {last} in the last");
+
+    // Users: birth dates for age bands.
+    let mut birth: HashMap<String, i32> = HashMap::new();
+    for d in 0..90 {
+        let date = chrono::NaiveDate::from_ymd_opt(2024, 9, 1).unwrap() + chrono::Duration::days(d);
+        for l in std::fs::read_to_string(p.path().join(format!("a/{date}/users.ndjson"))).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let year: i32 = v["birth_date"].as_str().unwrap()[..4].parse().unwrap();
+            birth.insert(v["id"].to_string(), year);
+        }
+    }
+    // Over all orders: cancellations ~3%, first-time buyers ~40%, peak hours by age band.
+    let mut seen_users: BTreeSet<String> = BTreeSet::new();
+    let (mut n, mut cancelled, mut first_time) = (0u64, 0u64, 0u64);
+    let mut hours: [[u64; 24]; 2] = [[0; 24]; 2];
+    for d in 0..90 {
+        let date = chrono::NaiveDate::from_ymd_opt(2024, 9, 1).unwrap() + chrono::Duration::days(d);
+        for (_, lines) in day_orders(&date.to_string()) {
+            let f = &lines[0];
+            n += 1;
+            if f[3] != "paid" {
+                cancelled += 1;
+            }
+            if seen_users.insert(f[1].clone()) {
+                first_time += 1;
+            }
+            let hour: usize = f[2][11..13].parse().unwrap();
+            let age = 2024 - birth[&f[1]];
+            if (20..30).contains(&age) {
+                hours[0][hour] += 1;
+            } else if (50..60).contains(&age) {
+                hours[1][hour] += 1;
+            }
+        }
+    }
+    let rate = cancelled as f64 / n as f64;
+    assert!((0.02..0.04).contains(&rate), "cancelled or refunded: {rate}");
+    let share = first_time as f64 / n as f64;
+    assert!((0.05..0.5).contains(&share), "first-time buyers: {share}");
+    let peak = |h: &[u64; 24]| (0..24).max_by_key(|&i| h[i]).unwrap();
+    assert!((20..=22).contains(&peak(&hours[0])), "20s peak at {}", peak(&hours[0]));
+    assert!((9..=11).contains(&peak(&hours[1])), "50s peak at {}", peak(&hours[1]));
+});
+
+sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_the_faults, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sluice(&["generate", "--days", "10", "--users", "800", "--products", "600", "--seed", "11", "--dirty"]).ok();
+    let out = p.sluice(&["backfill", "ecommerce_etl", "--from", "2024-09-01", "--to", "2024-09-10"]).ok();
+    assert!(out.stderr.contains("10 ran (0 failed)"), "{}", out.all());
+    let raw = p.path().join("data/raw");
+    let faults: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(raw.join("faults.json")).unwrap()).unwrap();
+    let fault_orders = |kind: &str| -> BTreeSet<i64> { faults.iter().filter(|f| f["kind"] == kind).filter_map(|f| f["order_id"].as_i64()).collect() };
+    let bad_orders: BTreeSet<i64> = ["unknown product", "negative quantity", "unknown user"].iter().flat_map(|k| fault_orders(k)).collect();
+    assert!(!bad_orders.is_empty() && faults.iter().any(|f| f["kind"] == "cp949 file"), "the dirty data has faults of every kind");
+
+    // What should land, computed from the raw files.
+    let (mut users, mut products) = (0u64, 0u64);
+    let mut lines: BTreeSet<Vec<String>> = BTreeSet::new();
+    let mut visit_lines = 0u64;
+    for d in 0..10 {
+        let date = chrono::NaiveDate::from_ymd_opt(2024, 9, 1).unwrap() + chrono::Duration::days(d);
+        let dir = raw.join(date.to_string());
+        users += std::fs::read_to_string(dir.join("users.ndjson")).unwrap().lines().count() as u64;
+        let prod_bytes = std::fs::read(dir.join("products.csv")).unwrap();
+        let (prod, _, _) = encoding_rs::EUC_KR.decode(&prod_bytes);
+        products += prod.lines().count() as u64 - 1;
+        for (_, f) in read_orders(&dir.join("orders.csv")) {
+            let well_formed = f.len() == 9 && f[7].parse::<i64>().is_ok();
+            if well_formed && !bad_orders.contains(&f[0].parse::<i64>().unwrap()) {
+                lines.insert(f);
+            }
+        }
+        visit_lines += std::fs::read_to_string(dir.join("visits.log")).unwrap().lines().filter(|l| l.contains(" INFO ")).count() as u64;
+    }
+    let order_ids: BTreeSet<&String> = lines.iter().map(|f| &f[0]).collect();
+    let total: i64 = lines.iter().map(|f| f[7].parse::<i64>().unwrap() * f[8].parse::<i64>().unwrap()).sum();
+    assert_eq!(p.sql("SELECT count(*) FROM shop.users"), vec![users.to_string()]);
+    assert_eq!(p.sql("SELECT count(*) FROM shop.products"), vec![products.to_string()]);
+    assert_eq!(p.sql("SELECT count(*), sum(total_amount) FROM shop.orders"), vec![format!("{}|{total}", order_ids.len())]);
+    assert_eq!(p.sql("SELECT count(*), sum(quantity * unit_price) FROM shop.order_items"), vec![format!("{}|{total}", lines.len())]);
+    assert_eq!(p.sql("SELECT count(*) FROM shop.events"), vec![visit_lines.to_string()]);
+
+    // The CP949 day was read, not lost: its Korean payment methods decode.
+    let cp949_day = faults.iter().find(|f| f["kind"] == "cp949 file").unwrap()["date"].as_str().unwrap().to_string();
+    let methods = p.sql(&format!("SELECT DISTINCT payment_method FROM shop.orders WHERE ordered_at::date = '{cp949_day}' ORDER BY 1"));
+    assert!(!methods.is_empty() && methods.iter().all(|m| ["간편결제", "계좌이체", "무통장입금", "카드"].contains(&m.as_str())), "{methods:?}");
+
+    // Every fault is in quarantine with its reason, and nothing else is.
+    for kind in ["unknown product", "negative quantity", "unknown user", "duplicate line"] {
+        let got: BTreeSet<i64> = p
+            .sql(&format!("SELECT DISTINCT order_id FROM shop.quarantine WHERE reason = '{kind}'"))
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(got, fault_orders(kind), "{kind}");
+    }
+    for (kind, file) in [("wrong field count", "orders.csv"), ("unparsable value", "orders.csv"), ("log noise", "visits.log")] {
+        let want: BTreeSet<String> = faults
+            .iter()
+            .filter(|f| f["kind"] == kind)
+            .map(|f| format!("{}|{}", f["date"].as_str().unwrap(), f["line"]))
+            .collect();
+        let reason = if kind == "log noise" { "line does not match the pattern" } else { kind };
+        let got: BTreeSet<String> =
+            p.sql(&format!("SELECT ds || '|' || line FROM shop.quarantine WHERE source = '{file}' AND reason = '{reason}'")).into_iter().collect();
+        assert_eq!(got, want, "{kind}");
+    }
+    let reasons: BTreeSet<String> = p.sql("SELECT DISTINCT reason FROM shop.quarantine").into_iter().collect();
+    assert!(reasons.len() <= 7, "{reasons:?}");
+
+    // Rerunning a day leaves the warehouse as it was.
+    let digest = |t: &str, order: &str| p.sql(&format!("SELECT count(*) || ':' || md5(string_agg(x::text, '|' ORDER BY {order})) FROM {t} x"));
+    let tables = [("shop.orders", "id"), ("shop.order_items", "order_id, line_no"), ("shop.users", "id"), ("shop.products", "id"), ("shop.quarantine", "ds, source, line, order_id, reason, detail"), ("shop.events", "ts, session_id, event")];
+    let before: Vec<_> = tables.iter().map(|(t, o)| digest(t, o)).collect();
+    p.sluice(&["run", "ecommerce_etl", "--date", "2024-09-05", "--rerun"]).ok();
+    p.sluice(&["run", "ecommerce_etl", "--date", &cp949_day, "--rerun"]).ok();
+    let after: Vec<_> = tables.iter().map(|(t, o)| digest(t, o)).collect();
+    assert_eq!(before, after);
+});
+
+/// Inserts a user and `n` paid orders of `amount` won each (the last one
+/// rounding the total to `spend`), `days_ago` days before 2024-12-01.
+fn customer(p: &Project, id: i64, grade: &str, spend: i64, n: i64) {
+    p.sql(&format!(
+        "INSERT INTO shop.users (id, name, signup_at, grade) VALUES ({id}, 'u{id}', '2024-01-01', '{grade}')"
+    ));
+    if n == 0 {
+        return;
+    }
+    let each = spend / n;
+    let last = spend - each * (n - 1);
+    p.sql(&format!(
+        "INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT {id} * 1000 + g, {id}, timestamp '2024-11-30 12:00' - (g || ' hours')::interval, 'paid',
+                CASE WHEN g = {n} THEN {last} ELSE {each} END, 1
+         FROM generate_series(1, {n}) g"
+    ));
+}
+
+sluice_test!(grade_update_respects_every_threshold_demotes_one_step_and_writes_history, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sql(&std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap());
+    // (id, current grade, spend, orders) -> expected grade
+    let cases: &[(i64, &str, i64, i64, &str)] = &[
+        (1, "BRONZE", 5_000_000, 30, "VIP"),
+        (2, "BRONZE", 4_999_999, 30, "GOLD"),
+        (3, "BRONZE", 5_000_000, 29, "GOLD"),
+        (4, "BRONZE", 2_000_000, 15, "GOLD"),
+        (5, "BRONZE", 1_999_999, 15, "SILVER"),
+        (6, "BRONZE", 2_000_000, 14, "SILVER"),
+        (7, "BRONZE", 500_000, 5, "SILVER"),
+        (8, "BRONZE", 499_999, 5, "BRONZE"),
+        (9, "BRONZE", 500_000, 4, "BRONZE"),
+        // Downgrades move one step per update.
+        (10, "VIP", 0, 0, "GOLD"),
+        (11, "GOLD", 600_000, 6, "SILVER"),
+        (12, "SILVER", 499_999, 5, "BRONZE"),
+        (13, "VIP", 5_000_000, 30, "VIP"),
+    ];
+    for (id, grade, spend, n, _) in cases {
+        customer(&p, *id, grade, *spend, *n);
+    }
+    // Orders that must not count: older than six months, and not paid.
+    p.sql("INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count) VALUES
+           (990001, 8, '2024-05-31 23:00', 'paid', 1000000, 1),
+           (990002, 9, '2024-11-01', 'refunded', 1000000, 1),
+           (990003, 9, '2024-11-01', 'cancelled', 1000000, 1)");
+    // As of 2024-12-01 00:00 KST (the interval ending then).
+    let run = || p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T14:50:00Z"]);
+    run().ok();
+    let got: BTreeMap<i64, String> = p
+        .sql("SELECT id, grade FROM shop.users ORDER BY id")
+        .iter()
+        .map(|l| {
+            let (a, b) = l.split_once('|').unwrap();
+            (a.parse().unwrap(), b.to_string())
+        })
+        .collect();
+    for (id, _, spend, n, want) in cases {
+        assert_eq!(got[id], *want, "user {id} with {spend} won over {n} orders");
+    }
+    assert_eq!(
+        p.sql("SELECT user_id, old_grade, new_grade, reason, spend_6m, orders_6m, changed_at FROM shop.grade_history WHERE user_id IN (1, 10) ORDER BY user_id"),
+        vec!["1|BRONZE|VIP|upgrade|5000000|30|2024-12-01 00:00:00", "10|VIP|GOLD|downgrade|0|0|2024-12-01 00:00:00"]
+    );
+    let changed = cases.iter().filter(|(_, g, _, _, w)| g != w).count();
+    assert_eq!(p.sql("SELECT count(*) FROM shop.grade_history"), vec![changed.to_string()]);
+    // A rerun of the same interval changes nothing more...
+    p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T14:50:00Z", "--rerun"]).ok();
+    assert_eq!(p.sql("SELECT count(*) FROM shop.grade_history"), vec![changed.to_string()]);
+    assert_eq!(p.sql("SELECT grade FROM shop.users WHERE id = 10"), vec!["GOLD"]);
+    // ...and the next interval moves the demoted user one more step.
+    p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T15:00:00Z"]).ok();
+    assert_eq!(p.sql("SELECT grade FROM shop.users WHERE id = 10"), vec!["SILVER"]);
+    // Thresholds are params: a lower VIP bar promotes user 2.
+    p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T15:10:00Z", "--conf", "vip_spend=4999999"]).ok();
+    assert_eq!(p.sql("SELECT grade FROM shop.users WHERE id = 2"), vec!["VIP"]);
+});
