@@ -284,6 +284,10 @@ impl Connections {
                     resolve(&id, uri, &env_name(&id), &c.headers, &lookup)
                 } else if let Some(uri) = &c.uri {
                     match expand_env(uri, &lookup) {
+                        Ok(uri) if uri.trim().is_empty() => Entry::Unavailable {
+                            reason: format!("its URI is empty here; set {} or what the URI references", env_name(&id)),
+                            kind: c.kind.clone(),
+                        },
                         Ok(uri) => resolve(&id, &uri, &file.display().to_string(), &c.headers, &lookup),
                         Err(missing) => Entry::Unavailable {
                             reason: format!("its URI needs {} (or set {})", missing.join(", "), env_name(&id)),

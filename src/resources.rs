@@ -22,6 +22,8 @@ pub struct Resources {
     pools: tokio::sync::Mutex<HashMap<String, PgPool>>,
     s3: std::sync::Mutex<HashMap<String, aws_sdk_s3::Client>>,
     http: std::sync::OnceLock<reqwest::Client>,
+    /// sluice's own state store, for tasks that report on the pipeline.
+    pub state: std::sync::OnceLock<crate::state::Store>,
 }
 
 impl Resources {
@@ -38,6 +40,7 @@ impl Resources {
             pools: Default::default(),
             s3: Default::default(),
             http: Default::default(),
+            state: Default::default(),
         }
     }
 

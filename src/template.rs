@@ -11,6 +11,7 @@
 //! | `next_ds` | the day the data interval ends on |
 //! | `run_id`, `dag_id`, `task_id`, `try_number` | identifiers of the running try |
 //! | `params` | the DAG's params, overridden by `--conf` |
+//! | `upstream.TASK` | an upstream task's output: `metrics`, `note`, `artifacts` |
 //! | `conn.ID.host` (`port`, `login`, `password`, `schema`, `uri`, `extra.KEY`) | a connection's parts |
 //! | `var.NAME` | a variable (`SLUICE_VAR_NAME` or `config/variables.yaml`) |
 //! | `macros.ds_add(ds, n)`, `macros.ds_format(ds, from, to)` | date helpers |
@@ -45,6 +46,7 @@ pub const KNOWN_NAMES: &[&str] = &[
     "task_id",
     "try_number",
     "params",
+    "upstream",
     "conn",
     "var",
     "macros",
@@ -290,6 +292,8 @@ pub struct RenderVars {
     pub interval_end: DateTime<Utc>,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub connections: Arc<Connections>,
+    /// Outputs of upstream tasks (metrics, notes, artifacts), by task id.
+    pub upstream: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RenderVars {
@@ -317,6 +321,7 @@ impl RenderVars {
         m.insert("run_id", Value::from(self.run_id.clone()));
         m.insert("try_number", Value::from(self.try_number));
         m.insert("params", Value::from_serialize(&self.params));
+        m.insert("upstream", Value::from_serialize(&self.upstream));
         m.insert("conn", Value::from_object(ConnObject(self.connections.clone())));
         m.insert("var", Value::from_object(VarObject(self.connections.clone())));
         Value::from_iter(m)
@@ -359,6 +364,7 @@ mod tests {
             interval_end: t("2024-01-05T15:00:00Z"),
             params: serde_json::json!({"n": 3}).as_object().unwrap().clone(),
             connections: Arc::new(Connections::default()),
+            upstream: Default::default(),
         }
     }
 

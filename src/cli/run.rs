@@ -271,6 +271,7 @@ async fn test(
     // Upstream datasets come from an existing run when there is one; the
     // state store is only read, never written.
     let mut inputs = Default::default();
+    let mut upstream = Default::default();
     if app.global.database_url.is_some() {
         let store = app.store().await?;
         let source = match run_id {
@@ -278,7 +279,9 @@ async fn test(
             None => store.find_run(&dag.dag_id, logical).await?,
         };
         if let Some(r) = source {
-            inputs = crate::runner::exec::datasets_of(task, &dag, store.outputs(r.run_id).await?);
+            let outputs = store.outputs(r.run_id).await?;
+            upstream = crate::runner::exec::upstream_of(task, &dag, &outputs);
+            inputs = crate::runner::exec::datasets_of(task, &dag, outputs);
         }
     } else if run_id.is_some() {
         bail!("--run needs the state database (SLUICE_DATABASE_URL)");
@@ -308,7 +311,10 @@ async fn test(
     };
     let result = {
         use tracing::Instrument;
-        let ctx = test_ctx(&dag, task, &fake_run, inputs, log.clone(), res);
+        if let Some(st) = &store {
+            let _ = res.state.set(st.clone());
+        }
+        let ctx = test_ctx(&dag, task, &fake_run, inputs, upstream, log.clone(), res);
         eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());
         crate::runner::exec::run_with_timeout(task, &ctx).instrument(span).await
     };
@@ -336,6 +342,7 @@ fn test_ctx(
     task: &crate::dag::Task,
     run: &RunRow,
     inputs: std::collections::BTreeMap<String, crate::datasets::DatasetRef>,
+    upstream: serde_json::Map<String, serde_json::Value>,
     log: crate::tasks::TryLog,
     res: Arc<crate::resources::Resources>,
 ) -> crate::tasks::TaskCtx {
@@ -351,6 +358,7 @@ fn test_ctx(
         interval_end: run.data_interval_end,
         params,
         connections: res.connections.clone(),
+        upstream: upstream.clone(),
     };
     crate::tasks::TaskCtx {
         dag_id: dag.dag_id.clone(),
@@ -363,6 +371,7 @@ fn test_ctx(
         vars: vars.to_value(),
         res,
         inputs,
+        upstream,
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode: true,

@@ -76,6 +76,8 @@ pub struct Task {
     pub email_on_retry: Vec<String>,
     /// The task's key path in the file, `tasks[3]`.
     pub path: String,
+    /// A template; the task is skipped when it renders falsy.
+    pub when: Option<String>,
 }
 
 impl Dag {

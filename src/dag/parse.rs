@@ -219,6 +219,9 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     let conn_ids = env.connections().ids();
     for t in &tasks {
         check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, &mut d);
+        if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
+            check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, &mut d);
+        }
         if let Some(cfg) = &t.config {
             let mut cx = ValidateCx {
                 diags: &mut d,
@@ -259,6 +262,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             email_on_failure: args.email_on_failure.unwrap_or_default(),
             email_on_retry: args.email_on_retry.unwrap_or_default(),
             path: t.path,
+            when: head.when,
         });
     }
     for &(a, b) in &edges {

@@ -72,6 +72,10 @@ pub struct TaskHead {
     /// named in `inputs` are dependencies already and need not be repeated.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Run only when this template renders to something true (not empty,
+    /// `false`, `no`, `0` or `none`); otherwise the task is skipped, e.g.
+    /// `when: "{{ var.archive_bucket }}"`.
+    pub when: Option<String>,
 }
 
 /// A task's run policy. Every key may also be set for all tasks in the DAG's

@@ -348,15 +348,12 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         for &i in &active {
             band_mix[users[i].band] += 1.0;
         }
+        // Each order's hour is drawn from the day's curve: real traffic is noisy.
         let hour_weights: Vec<f64> = (0..24).map(|h| (0..AGE_BANDS).map(|b| band_mix[b] * hour_shares[b][h]).sum()).collect();
-        let total_w: f64 = hour_weights.iter().sum();
-        let mut per_hour: Vec<usize> = hour_weights.iter().map(|w| (w / total_w * n_orders as f64).floor() as usize).collect();
-        let mut left = n_orders - per_hour.iter().sum::<usize>();
-        let mut h = 0;
-        while left > 0 {
-            per_hour[(h * 7 + 20) % 24] += 1;
-            left -= 1;
-            h += 1;
+        let hour_index = WeightedIndex::new(&hour_weights).expect("positive weights");
+        let mut per_hour = vec![0usize; 24];
+        for _ in 0..n_orders {
+            per_hour[hour_index.sample(&mut rng)] += 1;
         }
         // The day's promotion reaches 20% of opted-in users; life events.
         let promo: Vec<bool> = users.iter().map(|u| u.opt_in && rng.random_bool(0.2)).collect();

@@ -69,11 +69,13 @@ impl TryJob {
                 run.run_id,
                 runner.worker.id
             );
-            let inputs = match runner.store.outputs(run.run_id).await {
-                Ok(o) => datasets_of(task, &dag, o),
+            let outputs = match runner.store.outputs(run.run_id).await {
+                Ok(o) => o,
                 Err(e) => return Err(TaskError::Failed(format!("cannot read upstream outputs: {e}"))),
             };
-            let ctx = task_ctx(&runner, &dag, task, &run, claimed.try_number, inputs, log.clone(), false);
+            let upstream = upstream_of(task, &dag, &outputs);
+            let inputs = datasets_of(task, &dag, outputs);
+            let ctx = task_ctx(&runner, &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false);
             tokio::select! {
                 r = run_with_timeout(task, &ctx) => r,
                 _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
@@ -183,7 +185,74 @@ async fn record(
         Ok(false) => tracing::warn!("this try's claim was lost meanwhile (cleared or declared a zombie); its result was not applied"),
         Err(e) => tracing::error!(error = %e, "could not record the end of the try"),
     }
+    let recipients = match end.state {
+        TiState::Failed => &task.email_on_failure,
+        TiState::UpForRetry => &task.email_on_retry,
+        _ => return report,
+    };
+    if !recipients.is_empty() {
+        notify(runner, dag, task, run, claimed, &report, recipients, log).await;
+    }
     report
+}
+
+/// The connection failure notices go through, when it is defined.
+pub const NOTICE_CONN: &str = "smtp_default";
+
+/// Mails a short notice of a failed try. Problems sending it are logged;
+/// they never change the try's outcome.
+#[allow(clippy::too_many_arguments)]
+async fn notify(runner: &Runner, dag: &Dag, task: &Task, run: &RunRow, claimed: &Claimed, report: &TryReport, to: &[String], log: &TryLog) {
+    let retrying = report.state == TiState::UpForRetry;
+    let what = if retrying { "failed and will be retried" } else { "failed" };
+    let subject = format!("[sluice] {}.{} {what} (run {}, try {}/{})", dag.dag_id, task.id, run.run_id, claimed.try_number, claimed.max_tries);
+    let mut text = format!(
+        "DAG:          {}\nRun:          {} ({}, logical date {})\nTask:         {}\nTry:          {} of {}\nError:        {}\n",
+        dag.dag_id,
+        run.run_id,
+        run.run_type,
+        run.logical_date.with_timezone(&dag.timezone).to_rfc3339(),
+        task.id,
+        claimed.try_number,
+        claimed.max_tries,
+        report.error.as_deref().unwrap_or("")
+    );
+    if let Some(w) = report.retry_in {
+        text.push_str(&format!("Next try in:  {}\n", crate::dag::duration::format(w)));
+    }
+    text.push_str(&format!("\nLast lines of the log (`sluice logs {} {} --try {}`):\n", run.run_id, task.id, claimed.try_number));
+    for l in log.last_lines(30) {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    let msg = crate::mail::Outgoing {
+        from: None,
+        to: to.to_vec(),
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        subject,
+        text: crate::secrets::mask(&text),
+        html: None,
+        attachments: Vec::new(),
+    };
+    let conn = runner.res.connections.get(NOTICE_CONN).ok().filter(|c| c.kind() == "smtp");
+    let outbox = runner.res.project_root.join("outbox");
+    match crate::mail::deliver(&msg, conn, &outbox).await {
+        Ok(crate::mail::Delivery::Sent { server, .. }) => tracing::info!("failure notice sent to {} through {server}", to.join(", ")),
+        Ok(crate::mail::Delivery::Outbox(p)) => tracing::warn!("no `{NOTICE_CONN}` SMTP connection: failure notice written to {}", p.display()),
+        Err(e) => tracing::error!("could not send the failure notice: {e}"),
+    }
+}
+
+/// Outputs of the task's upstream tasks, for templates (`upstream.TASK`).
+pub fn upstream_of(task: &Task, dag: &Dag, outputs: &std::collections::HashMap<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+    task.upstream
+        .iter()
+        .filter_map(|&u| {
+            let id = &dag.tasks[u].id;
+            outputs.get(id).map(|o| (id.clone(), o.clone()))
+        })
+        .collect()
 }
 
 /// Datasets of the task's upstream tasks, from their recorded outputs.
@@ -211,6 +280,7 @@ pub fn task_ctx(
     run: &RunRow,
     try_number: i32,
     inputs: BTreeMap<String, DatasetRef>,
+    upstream: serde_json::Map<String, serde_json::Value>,
     log: TryLog,
     test_mode: bool,
 ) -> TaskCtx {
@@ -226,6 +296,7 @@ pub fn task_ctx(
         interval_end: run.data_interval_end,
         params,
         connections: runner.res.connections.clone(),
+        upstream: upstream.clone(),
     };
     TaskCtx {
         dag_id: dag.dag_id.clone(),
@@ -238,6 +309,7 @@ pub fn task_ctx(
         vars: vars.to_value(),
         res: runner.res.clone(),
         inputs,
+        upstream,
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode,
@@ -264,7 +336,19 @@ pub async fn run_with_timeout(task: &Task, ctx: &TaskCtx) -> Result<Outcome, Tas
     }
 }
 
+/// Whether a rendered `when` condition means "run".
+pub fn truthy(s: &str) -> bool {
+    !matches!(s.trim().to_ascii_lowercase().as_str(), "" | "false" | "no" | "0" | "none" | "off")
+}
+
 async fn render_and_execute(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+    if let Some(w) = &task.when {
+        let v = ctx.render(w).map_err(|e| TaskError::Config(format!("when: {e}")))?;
+        if !truthy(&v) {
+            tracing::info!("`when` rendered to `{}`: skipping the task", v.trim());
+            return Ok(Outcome { skipped: true, ..Outcome::note(format!("skipped: `when` is `{}`", v.trim())) });
+        }
+    }
     let raw_keys = TaskConfig::raw_keys(task.kind);
     let serde_yaml::Value::Mapping(map) = &task.raw else {
         return Err(TaskError::Config("the task's config is not a mapping".into()));

@@ -89,6 +89,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new(store: Store, res: Arc<Resources>) -> Runner {
+        let _ = res.state.set(store.clone());
         Runner {
             store,
             res,

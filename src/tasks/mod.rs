@@ -159,6 +159,8 @@ registry! {
     Load => load::LoadConfig,
     S3 => s3::S3Config,
     Check => check::CheckConfig,
+    Report => report::ReportConfig,
+    Email => email::EmailConfig,
 }
 
 /// The property names of a config struct's JSON Schema.
@@ -259,6 +261,8 @@ pub struct TaskCtx {
     pub res: Arc<Resources>,
     /// Datasets of upstream tasks, by task id.
     pub inputs: BTreeMap<String, DatasetRef>,
+    /// Outputs of upstream tasks (metrics, notes, artifacts), by task id.
+    pub upstream: serde_json::Map<String, serde_json::Value>,
     /// When the try's execution_timeout expires.
     pub deadline: Option<tokio::time::Instant>,
     pub log: TryLog,
@@ -338,25 +342,44 @@ impl TaskCtx {
         rows: u64,
         schema: &polars::prelude::Schema,
     ) -> Result<DatasetSummary, TaskError> {
-        let file = format!("{name}.parquet");
         let bytes = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
-        let uri = match &self.res.staging {
+        let uri = self.commit_file(tmp, &format!("{name}.parquet")).await?;
+        tracing::info!(dataset = name, rows, bytes, uri = %uri, "dataset written");
+        Ok(DatasetSummary { uri, rows, bytes, schema: crate::datasets::schema_of(schema) })
+    }
+
+    /// Moves a finished file into the run's staging folder as `file_name`
+    /// (atomically: a rename locally, one object on S3); returns its URI.
+    pub async fn commit_file(&self, tmp: &std::path::Path, file_name: &str) -> Result<String, TaskError> {
+        match &self.res.staging {
             crate::datasets::Staging::Local(root) => {
-                let dest = root.join(&self.dag_id).join(self.run_key()).join(&file);
-                std::fs::rename(tmp, &dest)
-                    .map_err(|e| TaskError::Failed(format!("cannot move the dataset to {}: {e}", dest.display())))?;
-                dest.display().to_string()
+                let dir = root.join(&self.dag_id).join(self.run_key());
+                std::fs::create_dir_all(&dir).map_err(|e| TaskError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+                let dest = dir.join(file_name);
+                if std::fs::rename(tmp, &dest).is_err() {
+                    // A temporary file on another file system: copy next to the
+                    // destination first, then rename.
+                    let near = dir.join(format!(".{file_name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+                    std::fs::copy(tmp, &near).map_err(|e| TaskError::Failed(format!("cannot copy to {}: {e}", near.display())))?;
+                    std::fs::rename(&near, &dest).map_err(|e| TaskError::Failed(format!("cannot move to {}: {e}", dest.display())))?;
+                    let _ = std::fs::remove_file(tmp);
+                }
+                Ok(dest.display().to_string())
             }
             crate::datasets::Staging::S3 { root, .. } => {
                 let client = self.res.staging_client()?.expect("S3 staging has a client");
-                let to = root.join(&format!("{}/{}/{file}", self.dag_id, self.run_key()));
-                crate::s3::upload(&client, tmp, &to).await.map_err(|e| TaskError::Failed(format!("uploading the dataset: {e}")))?;
+                let to = root.join(&format!("{}/{}/{file_name}", self.dag_id, self.run_key()));
+                crate::s3::upload(&client, tmp, &to).await.map_err(|e| TaskError::Failed(format!("uploading {file_name}: {e}")))?;
                 let _ = std::fs::remove_file(tmp);
-                to.to_string()
+                Ok(to.to_string())
             }
-        };
-        tracing::info!(dataset = name, rows, bytes, uri = %uri, "dataset written");
-        Ok(DatasetSummary { uri, rows, bytes, schema: crate::datasets::schema_of(schema) })
+        }
+    }
+
+    /// A local path to a file in the staging area (downloaded when on S3).
+    pub async fn local_artifact(&self, uri: &str) -> Result<PathBuf, TaskError> {
+        let summary = DatasetSummary { uri: uri.to_string(), rows: 0, bytes: 0, schema: Vec::new() };
+        self.local_dataset(&summary).await
     }
 
     /// Writes a whole DataFrame as dataset `name`.

@@ -1,0 +1,212 @@
+//! A4 pages drawn with printpdf: text measured with the embedded font,
+//! rectangles and lines, in millimetres from the top-left corner. Pages
+//! flow: a section that does not fit starts a new page.
+
+use printpdf::*;
+
+pub const PAGE_W: f32 = 210.0;
+pub const PAGE_H: f32 = 297.0;
+pub const MARGIN: f32 = 15.0;
+pub const BOTTOM: f32 = PAGE_H - 18.0;
+pub const CONTENT_W: f32 = PAGE_W - 2.0 * MARGIN;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rgb8(pub u8, pub u8, pub u8);
+
+impl Rgb8 {
+    pub fn hex(v: u32) -> Rgb8 {
+        Rgb8((v >> 16) as u8, (v >> 8) as u8, v as u8)
+    }
+    fn color(self) -> Color {
+        Color::Rgb(Rgb { r: self.0 as f32 / 255.0, g: self.1 as f32 / 255.0, b: self.2 as f32 / 255.0, icc_profile: None })
+    }
+    /// Linear blend towards `other` by `t` in [0, 1].
+    pub fn mix(self, other: Rgb8, t: f32) -> Rgb8 {
+        let t = t.clamp(0.0, 1.0);
+        let m = |a: u8, b: u8| (a as f32 + (b as f32 - a as f32) * t).round() as u8;
+        Rgb8(m(self.0, other.0), m(self.1, other.1), m(self.2, other.2))
+    }
+}
+
+pub const INK: Rgb8 = Rgb8(0x22, 0x2B, 0x38);
+pub const MUTED: Rgb8 = Rgb8(0x6B, 0x76, 0x85);
+pub const RULE: Rgb8 = Rgb8(0xD5, 0xDB, 0xE3);
+pub const PANEL: Rgb8 = Rgb8(0xF4, 0xF6, 0xF9);
+pub const GOOD: Rgb8 = Rgb8(0x1B, 0x8A, 0x5A);
+pub const BAD: Rgb8 = Rgb8(0xC8, 0x3A, 0x3A);
+pub const PALETTE: [Rgb8; 6] =
+    [Rgb8(0x2F, 0x6B, 0xD0), Rgb8(0xB8, 0xC7, 0xDC), Rgb8(0xF2, 0x8E, 0x2B), Rgb8(0x59, 0xA1, 0x4F), Rgb8(0xE1, 0x57, 0x59), Rgb8(0x76, 0xB7, 0xB2)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Center,
+    Right,
+}
+
+struct Face {
+    font: ParsedFont,
+    id: FontId,
+    upem: f32,
+}
+
+pub struct Canvas {
+    doc: PdfDocument,
+    regular: Face,
+    bold: Face,
+    pages: Vec<Vec<Op>>,
+    ops: Vec<Op>,
+    /// The layout cursor, in mm from the top of the page.
+    pub y: f32,
+}
+
+fn mm(v: f32) -> Pt {
+    Pt(v * 72.0 / 25.4)
+}
+
+impl Canvas {
+    pub fn new(title: &str, regular: &[u8], bold: &[u8]) -> Result<Canvas, String> {
+        let mut doc = PdfDocument::new(title);
+        let mut warnings = Vec::new();
+        let load = |doc: &mut PdfDocument, bytes: &[u8], warnings: &mut Vec<_>| -> Result<Face, String> {
+            let font = ParsedFont::from_bytes(bytes, 0, warnings).ok_or("the font file could not be parsed")?;
+            let id = doc.add_font(&font);
+            let upem = font.pdf_font_metrics.units_per_em.max(1) as f32;
+            Ok(Face { font, id, upem })
+        };
+        let regular = load(&mut doc, regular, &mut warnings)?;
+        let bold = load(&mut doc, bold, &mut warnings)?;
+        Ok(Canvas { doc, regular, bold, pages: Vec::new(), ops: Vec::new(), y: MARGIN })
+    }
+
+    /// The width of `s` in mm at `size` points.
+    pub fn width(&self, s: &str, size: f32, bold: bool) -> f32 {
+        let f = if bold { &self.bold } else { &self.regular };
+        let units: f32 = s
+            .chars()
+            .map(|c| match f.font.lookup_glyph_index(c as u32) {
+                Some(g) => f.font.get_horizontal_advance(g) as f32,
+                None => f.upem * 0.55,
+            })
+            .sum();
+        units / f.upem * size * 25.4 / 72.0
+    }
+
+    /// Draws text with its baseline at `y` (mm from the top).
+    #[allow(clippy::too_many_arguments)]
+    pub fn text(&mut self, x: f32, y: f32, s: &str, size: f32, bold: bool, color: Rgb8, align: Align) {
+        if s.is_empty() {
+            return;
+        }
+        let w = self.width(s, size, bold);
+        let x = match align {
+            Align::Left => x,
+            Align::Center => x - w / 2.0,
+            Align::Right => x - w,
+        };
+        let id = if bold { self.bold.id.clone() } else { self.regular.id.clone() };
+        self.ops.extend([
+            Op::StartTextSection,
+            Op::SetFillColor { col: color.color() },
+            Op::SetFont { font: PdfFontHandle::External(id), size: Pt(size) },
+            Op::SetTextCursor { pos: Point { x: mm(x), y: mm(PAGE_H - y) } },
+            Op::ShowText { items: vec![TextItem::Text(s.to_string())] },
+            Op::EndTextSection,
+        ]);
+    }
+
+    /// Shortens `s` with an ellipsis to fit `max` mm.
+    pub fn fit(&self, s: &str, size: f32, bold: bool, max: f32) -> String {
+        if self.width(s, size, bold) <= max {
+            return s.to_string();
+        }
+        let mut out: String = s.to_string();
+        while !out.is_empty() && self.width(&format!("{out}…"), size, bold) > max {
+            out.pop();
+        }
+        format!("{out}…")
+    }
+
+    pub fn rect(&mut self, x: f32, y: f32, w: f32, h: f32, fill: Option<Rgb8>, stroke: Option<(Rgb8, f32)>) {
+        if w <= 0.0 || h <= 0.0 {
+            return;
+        }
+        let mode = match (fill, stroke) {
+            (Some(_), Some(_)) => PaintMode::FillStroke,
+            (Some(_), None) => PaintMode::Fill,
+            (None, Some(_)) => PaintMode::Stroke,
+            (None, None) => return,
+        };
+        self.ops.push(Op::SaveGraphicsState);
+        if let Some(f) = fill {
+            self.ops.push(Op::SetFillColor { col: f.color() });
+        }
+        if let Some((c, t)) = stroke {
+            self.ops.push(Op::SetOutlineColor { col: c.color() });
+            self.ops.push(Op::SetOutlineThickness { pt: Pt(t) });
+        }
+        let mut r = Rect::from_xywh(mm(x), mm(PAGE_H - y - h), mm(w), mm(h));
+        r.mode = Some(mode);
+        self.ops.push(Op::DrawRectangle { rectangle: r });
+        self.ops.push(Op::RestoreGraphicsState);
+    }
+
+    pub fn line(&mut self, points: &[(f32, f32)], color: Rgb8, thickness: f32) {
+        if points.len() < 2 {
+            return;
+        }
+        self.ops.extend([
+            Op::SaveGraphicsState,
+            Op::SetOutlineColor { col: color.color() },
+            Op::SetOutlineThickness { pt: Pt(thickness) },
+            Op::DrawLine {
+                line: Line {
+                    points: points.iter().map(|(x, y)| LinePoint { p: Point { x: mm(*x), y: mm(PAGE_H - y) }, bezier: false }).collect(),
+                    is_closed: false,
+                },
+            },
+            Op::RestoreGraphicsState,
+        ]);
+    }
+
+    pub fn new_page(&mut self) {
+        let ops = std::mem::take(&mut self.ops);
+        self.pages.push(ops);
+        self.y = MARGIN;
+    }
+
+    /// Starts a new page unless `height` mm fit below the cursor.
+    pub fn ensure(&mut self, height: f32) {
+        if self.y + height > BOTTOM && self.y > MARGIN + 1.0 {
+            self.new_page();
+        }
+    }
+
+    pub fn page_count(&self) -> usize {
+        self.pages.len() + usize::from(!self.ops.is_empty())
+    }
+
+    /// Adds footers (given page number and count) and returns the PDF bytes.
+    pub fn finish(mut self, footer: impl Fn(&mut Canvas, usize, usize), created_unix: i64) -> Result<Vec<u8>, String> {
+        if !self.ops.is_empty() {
+            self.new_page();
+        }
+        let pages = std::mem::take(&mut self.pages);
+        let total = pages.len();
+        let mut out = Vec::with_capacity(total);
+        for (i, ops) in pages.into_iter().enumerate() {
+            self.ops = ops;
+            footer(&mut self, i + 1, total);
+            out.push(PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), std::mem::take(&mut self.ops)));
+        }
+        let when = DateTime::from_unix_timestamp(created_unix).map_err(|e| e.to_string())?;
+        self.doc.metadata.info.creation_date = when.clone();
+        self.doc.metadata.info.modification_date = when.clone();
+        self.doc.metadata.info.metadata_date = when;
+        self.doc.metadata.info.creator = "sluice".into();
+        self.doc.metadata.info.producer = concat!("sluice ", env!("CARGO_PKG_VERSION")).into();
+        self.doc.with_pages(out);
+        let mut warnings = Vec::new();
+        Ok(self.doc.save(&PdfSaveOptions::default(), &mut warnings))
+    }
+}
