@@ -89,7 +89,7 @@ start_s3() {
 # aiosmtpd saving every message under $1/Maildir/new. Sets SMTP_PORT, SMTP_PID.
 start_smtp() {
     local port; port="$(free_port)"
-    mkdir -p "$1/Maildir"
+    mkdir -p "$1/Maildir/tmp" "$1/Maildir/new" "$1/Maildir/cur"
     "$PYVENV/bin/python" -m aiosmtpd -n -l "127.0.0.1:$port" -c aiosmtpd.handlers.Mailbox "$1/Maildir" >"$1/smtp.log" 2>&1 &
     SMTP_PID=$!
     SMTP_PORT="$port"

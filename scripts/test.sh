@@ -30,6 +30,7 @@ export SLUICE_TEST_DATABASE_URL="$PG_URL"
 export SLUICE_TEST_S3_ENDPOINT="$S3_ENDPOINT"
 export SLUICE_TEST_SMTP_PORT="$SMTP_PORT"
 export SLUICE_TEST_MAILDIR="$work/Maildir"
+export SLUICE_TEST_PYTHON="$PYVENV/bin/python"
 
 log "cargo test (target dir $CARGO_TARGET_DIR)"
 cargo test --locked "$@"

@@ -123,10 +123,17 @@ impl Project {
         url
     }
 
-    /// Copies the shipped project (dags/, sql/, config/) into this one.
+    /// Copies the shipped project (dags/, sql/, config/, reports/) into this one.
     pub fn copy_shipped(&self) -> &Self {
         for d in ["dags", "sql", "config"] {
             copy_dir(&repo().join(d), &self.path().join(d));
+        }
+        std::fs::create_dir_all(self.path().join("reports")).unwrap();
+        for e in std::fs::read_dir(repo().join("reports")).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), self.path().join("reports").join(e.file_name())).unwrap();
+            }
         }
         self
     }

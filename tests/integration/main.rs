@@ -6,6 +6,7 @@ pub mod harness;
 
 mod cli;
 mod data;
+mod report;
 mod runs;
 mod shop;
 mod validate;

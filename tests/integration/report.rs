@@ -1,0 +1,235 @@
+//! The weekly KPI report: PDF, email through a real SMTP server, archive
+//! to a real S3 server, failure notices.
+
+use std::io::{Read, Write};
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{Project, service};
+
+/// Messages in the test SMTP server's Maildir whose recipients include
+/// `rcpt`, parsed by Python's email module.
+fn messages_to(rcpt: &str) -> Vec<serde_json::Value> {
+    let maildir = service("SLUICE_TEST_MAILDIR");
+    let script = r#"
+import email, email.policy, hashlib, json, os, sys
+out = []
+new = os.path.join(sys.argv[1], "new")
+for name in sorted(os.listdir(new) if os.path.isdir(new) else []):
+    with open(os.path.join(new, name), "rb") as f:
+        m = email.message_from_binary_file(f, policy=email.policy.default)
+    rcpts = m.get_all("X-RcptTo") or []
+    if not any(sys.argv[2] in r for r in rcpts):
+        continue
+    text = m.get_body(preferencelist=("plain",))
+    html = m.get_body(preferencelist=("html",))
+    atts = []
+    for part in m.iter_attachments():
+        data = part.get_payload(decode=True)
+        atts.append({"filename": part.get_filename(), "type": part.get_content_type(),
+                     "sha256": hashlib.sha256(data).hexdigest(), "head": data[:5].decode("latin-1")})
+    out.append({"to": str(m["To"]), "cc": str(m["Cc"] or ""), "rcpt": rcpts, "from": str(m["From"]),
+                "subject": str(m["Subject"]), "text": text.get_content() if text else None,
+                "html": html.get_content() if html else None, "attachments": atts})
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(&maildir).arg(rcpt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// Reads an object from the test S3 server with boto3, a client
+/// independent of sluice's (moto refuses unsigned reads).
+fn s3_get(bucket: &str, key: &str) -> Vec<u8> {
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let python = service("SLUICE_TEST_PYTHON");
+    let script = "import boto3, sys; c = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s'); sys.stdout.buffer.write(c.get_object(Bucket=sys.argv[2], Key=sys.argv[3])['Body'].read())";
+    let out = Command::new(python).args(["-c", script, &endpoint, bucket, key]).output().unwrap();
+    assert!(out.status.success(), "boto3 GET {bucket}/{key}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn create_bucket(name: &str) {
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+}
+
+fn pdftotext(pdf: &Path) -> String {
+    let out = Command::new("pdftotext").args(["-layout"]).arg(pdf).arg("-").output().expect("poppler-utils is installed");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn thousands(n: i64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Two weeks of shop data loaded through the real ETL, and grades updated
+/// inside the reported week.
+fn shop_with_two_weeks(p: &mut Project) {
+    p.own_database();
+    p.copy_shipped();
+    p.sluice(&["generate", "--start", "2024-11-11", "--days", "14", "--users", "700", "--products", "500", "--seed", "5"]).ok();
+    p.sluice(&["backfill", "ecommerce_etl", "--from", "2024-11-11", "--to", "2024-11-24"]).ok();
+    p.sluice(&["run", "grade_update", "--logical-date", "2024-11-21T00:00:00Z"]).ok();
+}
+
+sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
+    shop_with_two_weeks(&mut p);
+    let smtp = service("SLUICE_TEST_SMTP_PORT");
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let bucket = p.schema.replace('_', "-").to_lowercase();
+    create_bucket(&bucket);
+    let to = format!("kpi-{}@shop.test", p.schema.replace('_', "-"));
+    p.set_env("SLUICE_CONN_MAILER", &format!("smtp://127.0.0.1:{smtp}?tls=none&from=reports@shop.test"));
+    p.set_env("SLUICE_VAR_REPORT_SMTP", "mailer");
+    p.set_env("SLUICE_VAR_REPORT_TO", &to);
+    p.set_env("SLUICE_VAR_REPORT_ARCHIVE", &format!("s3://{bucket}"));
+    p.set_env("SLUICE_CONN_ARCHIVE", &format!("s3://k:s@{}?tls=false", endpoint.trim_start_matches("http://")));
+
+    let out = p.sluice(&["run", "weekly_report", "--date", "2024-11-18"]).ok();
+    assert!(out.stdout.contains("weekly_report: 3 success"), "{}", out.all());
+
+    // The PDF: A4 pages, every one renders, Korean headings, and headline
+    // numbers computed here from the warehouse.
+    let pdf = p.path().join("reports/out/weekly_kpi_2024-W47.pdf");
+    let info = String::from_utf8(Command::new("pdfinfo").arg(&pdf).output().unwrap().stdout).unwrap();
+    assert!(info.contains("Page size:       595.276 x 841.89 pts (A4)"), "{info}");
+    let pages: usize = info.lines().find(|l| l.starts_with("Pages:")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
+    assert!((3..=6).contains(&pages), "{pages} pages");
+    let png = p.path().join("pages");
+    let status = Command::new("pdftoppm").args(["-r", "30", "-png"]).arg(&pdf).arg(&png).status().unwrap();
+    assert!(status.success());
+    let rendered = std::fs::read_dir(p.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pages")).count();
+    assert_eq!(rendered, pages);
+    let text = pdftotext(&pdf);
+    for heading in ["주간 KPI 리포트", "일별 매출", "카테고리별 매출과 비중", "요일·시간대별 주문", "고객 등급 분포", "RFM 세그먼트", "매출 상위 10개 상품", "구매 전환 퍼널", "코호트 리텐션", "데이터 품질", "파이프라인 상태", "2024-11-18 (월) ~ 2024-11-24 (일)"] {
+        assert!(text.contains(heading), "the PDF lacks {heading:?}");
+    }
+    // Every page is numbered "n / N".
+    let compact = text.replace(' ', "");
+    assert!(compact.contains(&format!("1/{pages}")) && compact.contains(&format!("{pages}/{pages}")), "page numbers");
+    let week = "ordered_at >= '2024-11-18' AND ordered_at < '2024-11-25'";
+    let revenue: i64 = p.sql(&format!("SELECT sum(total_amount) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
+    let orders: i64 = p.sql(&format!("SELECT count(*) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
+    let buyers: i64 = p.sql(&format!("SELECT count(DISTINCT user_id) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
+    assert!(revenue > 0 && orders > 0);
+    for number in [format!("{}원", thousands(revenue)), thousands(orders), thousands(buyers)] {
+        assert!(text.contains(&number), "the PDF lacks {number}:\n{text}");
+    }
+
+    // The archive.
+    let archived = s3_get(&bucket, "reports/weekly/2024-W47.pdf");
+    assert!(archived.starts_with(b"%PDF-"));
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&archived)), sha256_file(&pdf));
+
+    // The mail: recipients, subject, both bodies, and the same PDF attached.
+    let msgs = messages_to(&to);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let m = &msgs[0];
+    assert!(m["to"].as_str().unwrap().contains(&to));
+    assert_eq!(m["from"], "reports@shop.test");
+    assert_eq!(m["subject"], "[주간 KPI] 2024-11-18 ~ 2024-11-24");
+    let revenue_text = format!("{}원", thousands(revenue));
+    assert!(m["text"].as_str().unwrap().contains(&format!("매출: {revenue_text}")), "{}", m["text"]);
+    assert!(m["html"].as_str().unwrap().contains(&format!("<b>{revenue_text}</b>")), "{}", m["html"]);
+    let att = &m["attachments"][0];
+    assert_eq!(att["filename"], "weekly_kpi_2024-W47.pdf");
+    assert_eq!(att["type"], "application/pdf");
+    assert_eq!(att["head"], "%PDF-");
+    assert_eq!(att["sha256"].as_str().unwrap(), sha256_file(&pdf));
+});
+
+sluice_test!(an_empty_week_still_renders_in_both_languages, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sql(&std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap());
+    for (lang, words) in [("ko", ["주간 KPI 리포트", "데이터 없음"]), ("en", ["Weekly KPI report", "No data"])] {
+        let out = p.sluice(&["run", "weekly_report", "--date", "2025-06-02", "--conf", &format!("lang={lang}"), "--rerun"]).ok();
+        assert!(out.stdout.contains("email_report") && out.stdout.contains("written to"), "{}", out.all());
+        let text = pdftotext(&p.path().join("reports/out/weekly_kpi_2025-W23.pdf"));
+        for w in words {
+            assert!(text.contains(w), "{lang}: lacks {w:?}:\n{text}");
+        }
+        assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
+    }
+    // Without an SMTP connection the message waits in the outbox.
+    let outbox: Vec<_> = std::fs::read_dir(p.path().join("outbox")).unwrap().collect();
+    assert_eq!(outbox.len(), 2);
+});
+
+sluice_test!(failure_notices_name_the_run_and_carry_the_log, |p| {
+    let smtp = service("SLUICE_TEST_SMTP_PORT");
+    let to = format!("oncall-{}@shop.test", p.schema.replace('_', "-"));
+    p.set_env("SLUICE_CONN_SMTP_DEFAULT", &format!("smtp://127.0.0.1:{smtp}?tls=none&from=sluice@shop.test"));
+    p.set_env("SLUICE_CONN_API", "https://svc:n0tice-secret@api.example.com");
+    p.write(
+        "dags/fails.yaml",
+        &format!(
+            r#"
+default_args:
+  email_on_failure: ["{to}"]
+  email_on_retry: ["{to}"]
+tasks:
+  - id: breaks
+    type: shell
+    retries: 1
+    retry_delay: 0s
+    command: "echo marker-line-$SLUICE_TRY_NUMBER; echo token {{{{ conn.api.password }}}}; exit 4"
+"#
+        ),
+    );
+    p.sluice(&["run", "fails"]).code(1);
+    let run = p.last_run("fails");
+    let msgs = messages_to(&to);
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    let subjects: Vec<&str> = msgs.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    assert!(subjects.contains(&format!("[sluice] fails.breaks failed and will be retried (run {run}, try 1/2)").as_str()), "{subjects:?}");
+    assert!(subjects.contains(&format!("[sluice] fails.breaks failed (run {run}, try 2/2)").as_str()), "{subjects:?}");
+    for m in &msgs {
+        let body = m["text"].as_str().unwrap();
+        assert!(body.contains("command exited with status 4") && body.contains("marker-line-"), "{body}");
+        assert!(!body.contains("n0tice-secret") && body.contains("token ***"), "{body}");
+    }
+});
+
+sluice_test!(smtp_problems_fail_the_send_clearly_and_keep_the_report, |p| {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let smtp = service("SLUICE_TEST_SMTP_PORT");
+    p.set_env("SLUICE_CONN_DOWN", &format!("smtp://127.0.0.1:{closed}?tls=none"));
+    p.set_env("SLUICE_CONN_NOAUTH", &format!("smtp://user:l0gin-secret@127.0.0.1:{smtp}?tls=none"));
+    p.write("out/report.txt", "kept");
+    p.write(
+        "dags/mail.yaml",
+        r#"
+tasks:
+  - { id: down, type: email, conn: down, to: [a@shop.test], subject: s, text: t, retries: 0 }
+  - { id: login, type: email, conn: noauth, to: [a@shop.test], subject: s, text: t, retries: 0 }
+"#,
+    );
+    let out = p.sluice(&["run", "mail"]).code(1);
+    let json = p.run_json(p.last_run("mail"));
+    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    assert!(err("down").contains(&format!("cannot reach SMTP server 127.0.0.1:{closed} (connection `down`)")), "{}", err("down"));
+    assert!(err("login").contains("refused the login") && err("login").contains("check the user and password"), "{}", err("login"));
+    assert!(!out.all().contains("l0gin-secret") && !json.to_string().contains("l0gin-secret"));
+});
