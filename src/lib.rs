@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod connections;
+pub mod daemon;
 pub mod dag;
 pub mod datasets;
 pub mod diag;

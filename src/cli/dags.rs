@@ -39,6 +39,24 @@ pub enum DagsCmd {
     },
     /// Print the JSON Schema of DAG files (for editors using yaml-language-server).
     Schema,
+    /// Stop scheduling a DAG (running runs finish; queued runs wait).
+    Pause { dag: String },
+    /// Resume scheduling a DAG.
+    Unpause { dag: String },
+    /// Queue a run of a DAG; a running daemon starts it within a second.
+    Trigger {
+        dag: String,
+        /// The interval that starts on this day (default: now).
+        #[arg(long, conflicts_with = "logical_date")]
+        date: Option<String>,
+        #[arg(long)]
+        logical_date: Option<String>,
+        #[arg(long = "conf", value_name = "KEY=VALUE")]
+        conf: Vec<String>,
+    },
+    /// Show the DAG files that currently fail to load (a running daemon keeps
+    /// the last good version of their DAGs).
+    ListErrors,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -69,6 +87,68 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
         DagsCmd::Schema => {
             println!("{}", serde_json::to_string_pretty(&dag_schema())?);
             Ok(ExitCode::SUCCESS)
+        }
+        DagsCmd::Pause { dag } => set_paused(app, &dag, true).await,
+        DagsCmd::Unpause { dag } => set_paused(app, &dag, false).await,
+        DagsCmd::Trigger { dag, date, logical_date, conf } => trigger(app, &dag, date.as_deref(), logical_date.as_deref(), &conf).await,
+        DagsCmd::ListErrors => {
+            let (bag, _) = app.load(true)?;
+            let mut n = 0;
+            for (file, id) in &bag.failed {
+                n += 1;
+                println!("{} ({}):", file.display(), id.as_deref().unwrap_or("?"));
+                for d in bag.errors().filter(|d| &d.file == file) {
+                    println!("  {d}");
+                }
+            }
+            if n == 0 {
+                println!("every DAG file loads");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn set_paused(app: &App, dag_id: &str, paused: bool) -> Result<ExitCode> {
+    let (bag, _) = app.load(true)?;
+    let store = app.store().await?;
+    match bag.get(dag_id) {
+        Ok(dag) => store.set_paused(&dag, paused).await?,
+        // A DAG whose file is broken right now still has runs in the store;
+        // pausing it (to stop those) must not wait for the file to be fixed.
+        Err(e) => {
+            if !store.set_paused_by_id(dag_id, paused).await? {
+                return Ok(super::config_exit(&e));
+            }
+            eprintln!("warning: {dag_id}'s file does not load right now; the flag was set on the stored DAG");
+        }
+    }
+    println!("{dag_id} is {}", if paused { "paused: no new runs are scheduled or started" } else { "unpaused" });
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn trigger(app: &App, dag_id: &str, date: Option<&str>, logical: Option<&str>, conf: &[String]) -> Result<ExitCode> {
+    let (bag, _) = app.load(true)?;
+    let dag = match bag.get(dag_id) {
+        Ok(d) => d,
+        Err(e) => return Ok(super::config_exit(&e)),
+    };
+    let conf = crate::dag::parse_conf_args(conf).map_err(anyhow::Error::msg)?;
+    let params = match dag.resolve_params(&conf) {
+        Ok(p) => p,
+        Err(e) => return Ok(super::config_exit(&e)),
+    };
+    let when = super::manual_when(date, logical)?;
+    let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+    let store = app.store().await?;
+    store.sync_dags(&[dag.as_ref()]).await?;
+    match store.create_run(&dag, "manual", logical, interval, &params, "queued").await? {
+        Ok(run) => {
+            println!("run {} of {dag_id} queued (logical date {}); a running daemon starts it within a second", run.run_id, logical.to_rfc3339());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(crate::state::RunExists(r)) => {
+            anyhow::bail!("{dag_id} already has run {} for logical date {} (state {})", r.run_id, r.logical_date.to_rfc3339(), r.state)
         }
     }
 }

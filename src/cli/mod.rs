@@ -17,6 +17,7 @@ use crate::state::Store;
 use crate::template::Templates;
 
 mod backfill;
+mod daemon;
 mod dags;
 mod demo;
 mod progress;
@@ -65,6 +66,16 @@ pub enum Command {
     /// configured, 90 days of generated exports, the daily ETL over them,
     /// customer grades, and a summary. Safe to run again.
     Demo(demo::DemoArgs),
+    /// Run the scheduler: create runs on schedule and run their tasks.
+    Daemon(daemon::DaemonArgs),
+    /// Show the daemons, their heartbeats and the running tasks.
+    Status {
+        /// Workers silent for longer than this are shown as stale.
+        #[arg(long, default_value = "60s", value_parser = crate::dag::duration::parse)]
+        heartbeat_timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a DAG for every schedule interval in a date range (resumable).
     Backfill(backfill::BackfillArgs),
     /// Test or clear tasks.
@@ -186,6 +197,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(&app, args).await,
         Command::Backfill(args) => backfill::run(&app, args).await,
         Command::Demo(args) => demo::run(&app, args).await,
+        Command::Daemon(args) => daemon::daemon(&app, args).await,
+        Command::Status { heartbeat_timeout, json } => daemon::status(&app, heartbeat_timeout, json).await,
         Command::Tasks(cmd) => run::tasks(&app, cmd).await,
         Command::Runs(cmd) => runs::run(&app, cmd).await,
         Command::Logs(args) => runs::logs(&app, args).await,

@@ -78,22 +78,22 @@ impl Schedule {
 
     /// The first tick strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&t.with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+        self.cron.find_next_occurrence(&whole_seconds(t).with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
     }
 
     /// The first tick at or after `t`.
     pub fn next_at_or_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&t.with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
+        self.cron.find_next_occurrence(&whole_seconds(t).with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
     }
 
     /// The last tick at or before `t`.
     pub fn prev_at_or_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_previous_occurrence(&t.with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
+        self.cron.find_previous_occurrence(&whole_seconds(t).with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
     }
 
     /// The last tick strictly before `t`.
     pub fn prev_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_previous_occurrence(&t.with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+        self.cron.find_previous_occurrence(&whole_seconds(t).with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
     }
 
     pub fn is_tick(&self, t: DateTime<Utc>, tz: Tz) -> bool {
@@ -133,6 +133,14 @@ impl Schedule {
             }
         }
     }
+}
+
+/// Ticks are whole minutes, but "now" has nanoseconds; croner carries the
+/// sub-second part of its input into what it returns when searching
+/// backwards, so every search starts from a whole second.
+fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 /// Names the field and value when a number is out of range: croner's own
@@ -238,6 +246,15 @@ mod tests {
         let after = s.next_after(utc("2024-03-11T00:00:00Z"), tz).unwrap();
         assert_eq!(before, utc("2024-03-09T17:00:00Z")); // EST, UTC-5
         assert_eq!(after, utc("2024-03-11T16:00:00Z")); // EDT, UTC-4
+    }
+
+    #[test]
+    fn fractional_now_gives_whole_ticks() {
+        let s = Schedule::parse("*/10 * * * *").unwrap();
+        let now = utc("2026-11-21T16:49:00Z") + chrono::Duration::microseconds(997_794);
+        let i = s.latest_complete_interval(now, Tz::UTC).unwrap();
+        assert_eq!((i.start, i.end), (utc("2026-11-21T16:30:00Z"), utc("2026-11-21T16:40:00Z")));
+        assert_eq!(s.prev_at_or_before(now, Tz::UTC), Some(utc("2026-11-21T16:40:00Z")));
     }
 
     #[test]

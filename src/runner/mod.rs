@@ -85,6 +85,16 @@ pub struct Runner {
     pub live_logs: Arc<Mutex<HashMap<(i64, String, i32), TryLog>>>,
     /// Whether task logs are echoed to stderr as they are written.
     pub echo_logs: bool,
+    /// Whether each driver reaps zombies (the daemon has one reaper instead).
+    pub reap_in_drive: bool,
+}
+
+/// How a driver is stopped: `drain` stops claiming, `interrupt` also stops
+/// running tries (which are requeued without using a retry).
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub drain: CancellationToken,
+    pub interrupt: CancellationToken,
 }
 
 impl Runner {
@@ -99,6 +109,7 @@ impl Runner {
             zombie_timeout: Duration::from_secs(60),
             live_logs: Default::default(),
             echo_logs: false,
+            reap_in_drive: true,
         }
     }
 
@@ -137,6 +148,30 @@ impl Runner {
         observer: &mut dyn Observer,
         stop: CancellationToken,
     ) -> Result<RunOutcome, RunnerError> {
+        self.drive_with(dag, run_id, observer, Stop { drain: stop.clone(), interrupt: stop }).await
+    }
+
+    /// Like [`Runner::drive`], with a graceful stop: once `drain` is
+    /// cancelled no new try is claimed and the driver returns when this
+    /// process's tries have ended; `interrupt` also stops those tries.
+    pub async fn drive_with(
+        &self,
+        dag: Arc<Dag>,
+        run_id: i64,
+        observer: &mut dyn Observer,
+        stop: Stop,
+    ) -> Result<RunOutcome, RunnerError> {
+        let span = tracing::info_span!("run", dag = %dag.dag_id, run = run_id);
+        tracing::Instrument::instrument(self.drive_inner(dag, run_id, observer, stop), span).await
+    }
+
+    async fn drive_inner(
+        &self,
+        dag: Arc<Dag>,
+        run_id: i64,
+        observer: &mut dyn Observer,
+        stop: Stop,
+    ) -> Result<RunOutcome, RunnerError> {
         let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
         self.store.start_run(run_id).await?;
         self.store.sync_task_instances(run_id, &dag).await?;
@@ -147,9 +182,17 @@ impl Runner {
         let mut local: HashSet<String> = HashSet::new();
         let mut stopping = false;
         let mut last_reap = tokio::time::Instant::now() - self.heartbeat_every;
+        let mut interrupted = false;
 
         loop {
-            if last_reap.elapsed() >= self.heartbeat_every {
+            if stop.drain.is_cancelled() {
+                stopping = true;
+            }
+            if stop.interrupt.is_cancelled() && !interrupted {
+                interrupted = true;
+                interrupt.cancel();
+            }
+            if self.reap_in_drive && last_reap.elapsed() >= self.heartbeat_every {
                 last_reap = tokio::time::Instant::now();
                 for (r, task, try_number, state) in self.store.reap(self.zombie_timeout).await? {
                     tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
@@ -184,7 +227,7 @@ impl Runner {
             let mut claimed_any = false;
             if ready && !stopping {
                 let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(self.parallelism.saturating_sub(local.len()));
-                let claimed = self.store.claim(run_id, &self.worker.id, slots as i64, &max_tries).await?;
+                let claimed = self.store.claim(run_id, &self.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries).await?;
                 for c in claimed {
                     claimed_any = true;
                     observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
@@ -233,10 +276,8 @@ impl Runner {
                     }
                 }
                 _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    interrupt.cancel();
-                }
+                _ = stop.drain.cancelled(), if !stopping => stopping = true,
+                _ = stop.interrupt.cancelled(), if !interrupted => {}
             }
         }
     }

@@ -25,6 +25,7 @@ use sqlx::{Connection, PgPool, Row};
 use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
+pub mod daemon;
 pub mod worker;
 pub use worker::Worker;
 
@@ -291,6 +292,12 @@ impl Store {
         Ok(())
     }
 
+    /// Sets the flag on a DAG the store already knows; false when it does not.
+    pub async fn set_paused_by_id(&self, dag_id: &str, paused: bool) -> Result<bool, StateError> {
+        let r = sqlx::query("UPDATE dags SET is_paused = $2 WHERE dag_id = $1").bind(dag_id).bind(paused).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     // ---- runs ----
 
     /// Creates a run and its task instances in one transaction. Fails with
@@ -449,12 +456,25 @@ impl Store {
         run_id: i64,
         worker: &str,
         limit: i64,
+        max_active: i64,
         max_tries: &HashMap<String, i32>,
     ) -> Result<Vec<Claimed>, StateError> {
         if limit <= 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // Claims of one run are serialized by a lock on its row, so that
+        // max_active_tasks holds however many processes drive the run.
+        sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
+        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running'")
+            .bind(run_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let limit = limit.min(max_active - running);
+        if limit <= 0 {
+            tx.rollback().await.ok();
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(
             "WITH c AS (
                  SELECT run_id, task_id FROM task_instances

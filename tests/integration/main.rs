@@ -5,6 +5,7 @@
 pub mod harness;
 
 mod cli;
+mod daemon;
 mod data;
 mod report;
 mod runs;

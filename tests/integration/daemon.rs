@@ -1,0 +1,298 @@
+//! The scheduler daemon, as real processes against the real database.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Project;
+
+/// Starts `sluice daemon` in the project, logging to `daemon-<name>.log`.
+fn daemon(p: &Project, name: &str, extra: &[&str]) -> Child {
+    // The daemon migrates too, but the test's own queries may come first.
+    p.sluice(&["db", "migrate"]).ok();
+    let log = std::fs::File::create(p.path().join(format!("daemon-{name}.log"))).unwrap();
+    let mut args = vec!["daemon", "--poll", "200ms", "-v"];
+    if !extra.contains(&"--health-addr") {
+        args.extend_from_slice(&["--health-addr", "off"]);
+    }
+    args.extend_from_slice(extra);
+    p.command(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+fn count(p: &Project, sql: &str) -> i64 {
+    p.state_sql(sql).first().map(|s| s.parse().unwrap()).unwrap_or(0)
+}
+
+fn term(child: &mut Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+/// A plain HTTP/1.1 GET; returns the status line and the body.
+fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).ok()?;
+    write!(sock, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+fn minutes_ago(n: i64) -> String {
+    let t = chrono::Utc::now() - chrono::Duration::minutes(n);
+    t.format("%Y-%m-%dT%H:%M:00Z").to_string()
+}
+
+sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
+    let start = minutes_ago(10);
+    p.write("dags/with.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
+    p.write("dags/without.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
+    let mut d = daemon(&p, "a", &[]);
+    wait_until("10 successful catch-up runs", Duration::from_secs(40), || {
+        count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'with' AND state = 'success'") >= 10
+    });
+    // A second daemon on the same database creates nothing more.
+    let mut d2 = daemon(&p, "b", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    // Minutes may turn while the test runs: runs never exceed the complete
+    // intervals, and the first ten are exactly the ten missed minutes.
+    let start_t = chrono::DateTime::parse_from_rfc3339(&start).unwrap().with_timezone(&chrono::Utc);
+    let complete = (chrono::Utc::now() - start_t).num_seconds() / 60;
+    let with = count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'with'");
+    assert!(with >= 10 && with <= complete, "{with} runs for {complete} complete intervals");
+    let first: Vec<String> = p.state_sql("SELECT to_char(logical_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:00\"Z\"') FROM dag_runs WHERE dag_id = 'with' ORDER BY logical_date LIMIT 10");
+    let want: Vec<String> = (0..10).map(|i| (start_t + chrono::Duration::minutes(i)).format("%Y-%m-%dT%H:%M:00Z").to_string()).collect();
+    assert_eq!(first, want);
+    assert_eq!(count(&p, "SELECT count(*) - count(DISTINCT (dag_id, logical_date)) FROM dag_runs"), 0, "a run was created twice");
+    let without = count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'without'");
+    assert!((1..=2).contains(&without), "catchup off made {without} runs");
+    assert!(term(&mut d).success());
+    assert!(term(&mut d2).success());
+    let log = std::fs::read_to_string(p.path().join("daemon-a.log")).unwrap();
+    assert!(log.contains("scheduled run created") && log.contains("daemon stopped"), "{log}");
+});
+
+sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {
+    let mut dag = String::from("max_active_tasks: 12\ntasks:\n");
+    for i in 0..200 {
+        dag.push_str(&format!("  - {{ id: t{i:03}, type: shell, command: 'echo {{{{ task_id }}}} $PPID >> ran.txt' }}\n"));
+    }
+    p.write("dags/many.yaml", &dag);
+    let mut a = daemon(&p, "a", &["--parallelism", "6"]);
+    let mut b = daemon(&p, "b", &["--parallelism", "6"]);
+    std::thread::sleep(Duration::from_millis(800));
+    p.sluice(&["dags", "trigger", "many"]).ok();
+    wait_until("the run to succeed", Duration::from_secs(120), || {
+        count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'many' AND state = 'success'") == 1
+    });
+    assert!(term(&mut a).success() && term(&mut b).success());
+    let ran = std::fs::read_to_string(p.path().join("ran.txt")).unwrap();
+    let lines: Vec<(&str, &str)> = ran.lines().map(|l| l.split_once(' ').unwrap()).collect();
+    assert_eq!(lines.len(), 200, "{} executions for 200 tasks", lines.len());
+    let tasks: std::collections::BTreeSet<&str> = lines.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tasks.len(), 200, "a task ran twice");
+    let pids: std::collections::BTreeSet<&str> = lines.iter().map(|(_, pid)| *pid).collect();
+    assert_eq!(pids.len(), 2, "both daemons should have run tasks: {pids:?}");
+    assert_eq!(count(&p, "SELECT count(*) FROM task_tries WHERE state = 'success'"), 200);
+});
+
+sluice_test!(kill_9_mid_run_then_restart_completes_with_effects_once, |p| {
+    let mut csv = String::from("id,v\n");
+    for i in 1..=1000 {
+        csv.push_str(&format!("{i},{}\n", i * 3));
+    }
+    p.write("data/rows.csv", &csv);
+    p.write(
+        "dags/slow.yaml",
+        r#"
+default_args: { retries: 2, retry_delay: 0s }
+tasks:
+  - { id: s1, type: shell, command: "sleep 1; echo s1 >> done.txt" }
+  - { id: s2, type: shell, command: "sleep 1; echo s2 >> done.txt", depends_on: [s1] }
+  - { id: s3, type: shell, command: "sleep 3; echo s3 >> done.txt", depends_on: [s2] }
+  - { id: rows, type: extract, source: data/rows.csv, depends_on: [s3] }
+  - { id: table, type: sql, conn: warehouse, sql: "CREATE TABLE IF NOT EXISTS crash_rows (id bigint PRIMARY KEY, v bigint)" }
+  - { id: load, type: load, input: rows, conn: warehouse, table: crash_rows, mode: upsert, key: [id], depends_on: [table] }
+  - { id: s4, type: shell, command: "sleep 1; echo s4 >> done.txt", depends_on: [load] }
+"#,
+    );
+    let mut a = daemon(&p, "a", &["--heartbeat-timeout", "30s"]);
+    p.sluice(&["dags", "trigger", "slow"]).ok();
+    wait_until("s3 to be running", Duration::from_secs(30), || {
+        count(&p, "SELECT count(*) FROM task_instances WHERE task_id = 's3' AND state = 'running'") == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(a.id() as i32, libc::SIGKILL) };
+    a.wait().unwrap();
+    // A new daemon sees the dead worker (same host, pid gone) at once.
+    let mut b = daemon(&p, "b", &["--heartbeat-timeout", "30s"]);
+    wait_until("the run to finish", Duration::from_secs(60), || {
+        count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'slow' AND state IN ('success', 'failed')") == 1
+    });
+    assert!(term(&mut b).success());
+    assert_eq!(p.state_sql("SELECT state FROM dag_runs WHERE dag_id = 'slow'"), vec!["success"]);
+    assert_eq!(count(&p, "SELECT count(*) FROM task_tries WHERE state = 'success'"), 7);
+    assert_eq!(count(&p, "SELECT count(*) FROM (SELECT task_id FROM task_tries WHERE state = 'success' GROUP BY task_id HAVING count(*) > 1) x"), 0);
+    assert_eq!(count(&p, "SELECT count(*) FROM task_tries WHERE task_id = 's3' AND state = 'failed' AND error LIKE '%stopped heartbeating%'"), 1);
+    assert_eq!(p.sql("SELECT count(*), count(DISTINCT id), sum(v) FROM crash_rows"), vec!["1000|1000|1501500"]);
+    let done = std::fs::read_to_string(p.path().join("done.txt")).unwrap();
+    assert_eq!(done.lines().filter(|l| *l == "s1").count(), 1, "{done}");
+    assert_eq!(done.lines().filter(|l| *l == "s4").count(), 1, "{done}");
+});
+
+sluice_test!(sigterm_drains_running_tries_then_stops, |p| {
+    p.write(
+        "dags/drain.yaml",
+        r#"
+tasks:
+  - { id: first, type: shell, command: "sleep 2; echo first >> done.txt" }
+  - { id: second, type: shell, command: "echo second >> done.txt", depends_on: [first] }
+"#,
+    );
+    let mut d = daemon(&p, "a", &["--grace-period", "20s"]);
+    p.sluice(&["dags", "trigger", "drain"]).ok();
+    wait_until("first to run", Duration::from_secs(20), || {
+        count(&p, "SELECT count(*) FROM task_instances WHERE task_id = 'first' AND state = 'running'") == 1
+    });
+    let status = term(&mut d);
+    assert!(status.success(), "exit status {status:?}");
+    // The running try finished; nothing new started.
+    assert_eq!(p.state_sql("SELECT state FROM task_instances WHERE task_id = 'first'"), vec!["success"]);
+    assert_eq!(std::fs::read_to_string(p.path().join("done.txt")).unwrap(), "first\n");
+    assert_ne!(p.state_sql("SELECT state FROM task_instances WHERE task_id = 'second'"), vec!["success"]);
+    assert_eq!(p.state_sql("SELECT stopped_at IS NOT NULL FROM workers WHERE kind = 'daemon'"), vec!["t"]);
+
+    // With a short grace period a long try is interrupted and requeued,
+    // without using up a retry; the next daemon finishes the run.
+    p.write("dags/long.yaml", "tasks:\n  - { id: slow, type: shell, command: 'echo start >> long.txt; sleep 30' }\n");
+    let mut d = daemon(&p, "b", &["--grace-period", "1s"]);
+    p.sluice(&["dags", "trigger", "long"]).ok();
+    wait_until("slow to run", Duration::from_secs(20), || p.path().join("long.txt").exists());
+    let t0 = Instant::now();
+    assert!(term(&mut d).success());
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert_eq!(p.state_sql("SELECT state || ' ' || try_number FROM task_instances WHERE task_id = 'slow'"), vec!["queued 0"]);
+});
+
+sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
+    let start = minutes_ago(3);
+    p.write("dags/paused.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
+    p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shell, command: 'echo n={{ params.n }} >> conf.txt' }\n");
+    p.sluice(&["dags", "pause", "paused"]).ok();
+    let mut d = daemon(&p, "a", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'paused'"), 0, "a paused DAG got runs");
+    let list = p.sluice(&["dags", "list"]).ok();
+    assert!(list.stdout.contains("| paused ") && list.stdout.contains("| true "), "{}", list.stdout);
+    p.sluice(&["dags", "unpause", "paused"]).ok();
+    wait_until("runs after unpausing", Duration::from_secs(20), || count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'paused'") >= 3);
+
+    let t0 = Instant::now();
+    p.sluice(&["dags", "trigger", "conf", "--conf", "n=5"]).ok();
+    wait_until("the triggered run", Duration::from_secs(10), || p.path().join("conf.txt").exists());
+    assert!(t0.elapsed() < Duration::from_secs(3), "picked up after {:?}", t0.elapsed());
+    assert_eq!(std::fs::read_to_string(p.path().join("conf.txt")).unwrap(), "n=5\n");
+
+    // A run queued while the DAG is paused waits; a broken edit meanwhile
+    // is reported, and the last good version runs once it is unpaused.
+    p.sluice(&["dags", "pause", "conf"]).ok();
+    p.sluice(&["dags", "trigger", "conf", "--conf", "n=7"]).ok();
+    p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shel, command: 'true' }\n");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(std::fs::read_to_string(p.path().join("conf.txt")).unwrap(), "n=5\n", "a paused DAG's run started");
+    let errors = p.sluice(&["dags", "list-errors"]).ok();
+    assert!(errors.stdout.contains("unknown task type `shel`"), "{}", errors.stdout);
+    let unpause = p.sluice(&["dags", "unpause", "conf"]).ok();
+    assert!(unpause.stderr.contains("does not load right now"), "{}", unpause.all());
+    wait_until("the old version to run", Duration::from_secs(10), || {
+        std::fs::read_to_string(p.path().join("conf.txt")).unwrap().contains("n=7")
+    });
+    // A good edit is picked up without a restart.
+    p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shell, command: 'echo v2 n={{ params.n }} >> conf.txt' }\n");
+    std::thread::sleep(Duration::from_secs(3));
+    p.sluice(&["dags", "trigger", "conf", "--conf", "n=9"]).ok();
+    wait_until("the new version to run", Duration::from_secs(10), || {
+        std::fs::read_to_string(p.path().join("conf.txt")).unwrap().contains("v2 n=9")
+    });
+    assert!(term(&mut d).success());
+    let log = std::fs::read_to_string(p.path().join("daemon-a.log")).unwrap();
+    assert!(log.contains("still running the last good version of conf"), "{log}");
+});
+
+sluice_test!(backfill_dry_run_and_resumable_interruption, |p| {
+    p.write(
+        "dags/bf.yaml",
+        "schedule: '@daily'\nstart_date: 2024-01-01\ntimezone: Asia/Seoul\ntasks:\n  - { id: a, type: shell, command: 'sleep 0.7; echo {{ ds }} >> days.txt' }\n",
+    );
+    let dry = p.sluice(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06", "--dry-run"]).ok();
+    assert_eq!(dry.stdout.matches("Create").count(), 6, "{}", dry.stdout);
+    assert_eq!(count(&p, "SELECT count(*) FROM dag_runs"), 0, "a dry run created runs");
+    // Interrupt a backfill part-way, then run it again.
+    let mut b = p.command(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("two days done", Duration::from_secs(30), || count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") >= 2);
+    unsafe { libc::kill(b.id() as i32, libc::SIGKILL) };
+    b.wait().unwrap();
+    let again = p.sluice(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06"]).ok();
+    assert!(again.stderr.contains("0 failed"), "{}", again.all());
+    assert_eq!(count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'"), 6);
+    assert_eq!(count(&p, "SELECT count(DISTINCT logical_date) FROM dag_runs"), 6);
+    let days = std::fs::read_to_string(p.path().join("days.txt")).unwrap();
+    let mut distinct: Vec<&str> = days.lines().collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "{days}");
+    // Reprocessing reruns finished intervals on request.
+    let re = p.sluice(&["backfill", "bf", "--from", "2024-01-05", "--to", "2024-01-06", "--reprocess", "all"]).ok();
+    assert!(re.stdout.matches("✓ success").count() == 2, "{}", re.stdout);
+});
+
+sluice_test!(health_metrics_status_and_json_logs, |p| {
+    p.write("dags/slow.yaml", "tasks:\n  - { id: nap, type: shell, command: 'sleep 3' }\n");
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut d = daemon(&p, "h", &["--health-addr", &addr, "--log-format", "json"]);
+    wait_until("/health to answer", Duration::from_secs(15), || http_get(&addr, "/health").is_some());
+    let (status, body) = http_get(&addr, "/health").unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((health["status"].as_str(), health["database"].as_str(), health["dags"].as_u64()), (Some("ok"), Some("ok"), Some(1)), "{body}");
+
+    p.sluice(&["dags", "trigger", "slow"]).ok();
+    wait_until("nap to run", Duration::from_secs(10), || count(&p, "SELECT count(*) FROM task_instances WHERE state = 'running'") == 1);
+    let status = p.sluice(&["status"]).ok();
+    assert!(status.stdout.contains("| slow ") && status.stdout.contains("| nap "), "{}", status.stdout);
+    assert!(status.stdout.contains("| alive "), "{}", status.stdout);
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    for want in ["sluice_task_instances{state=\"running\"} 1", "sluice_dag_runs{state=\"running\"} 1", "sluice_tasks_running_local 1", "sluice_dags_loaded 1"] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
+    wait_until("the run to succeed", Duration::from_secs(15), || count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") == 1);
+    let (_, metrics) = http_get(&addr, "/metrics").unwrap();
+    for want in ["sluice_tries_succeeded_total 1", "sluice_task_duration_seconds_count 1", "sluice_dag_runs{state=\"success\"} 1"] {
+        assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
+    }
+    assert!(term(&mut d).success());
+    let stopped = p.sluice(&["status", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&stopped.stdout).unwrap();
+    assert!(v["workers"].as_array().unwrap().iter().all(|w| !w["stopped_at"].is_null()), "{}", stopped.stdout);
+    // Every log line is a JSON object; the try's lines carry its run and task.
+    let log = std::fs::read_to_string(p.path().join("daemon-h.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["task"] == "nap"))),
+        "no log line inside nap's span:\n{log}"
+    );
+});
