@@ -9,6 +9,14 @@
 # W2 chain:   100 sequential `true` shell tasks.
 # W3 load:    a 1,000,000-row orders CSV extracted and loaded into Postgres
 #             by a sluice DAG, against `psql \copy` of the same file, same server.
+# grade:      the shipped grade_update DAG over 1,000,000 users and
+#             10,000,000 orders (first grading, a rerun of the same interval,
+#             and the next ten-minute tick).
+# report:     the shipped weekly report (queries + PDF) with 1,000,000 orders
+#             in the reported week, and with 1,000,000 orders over 13 weeks.
+# daemon:     100 DAGs scheduled every minute: scheduling delay (interval end
+#             to first task start) over DAEMON_MINUTES minutes, then idle RSS
+#             and CPU of a daemon holding 100 DAGs with nothing due.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -16,13 +24,13 @@ ensure_packages
 export_cargo_target
 REPEAT="${REPEAT:-3}"
 workloads=("$@")
-[ ${#workloads[@]} -eq 0 ] && workloads=(w1 w2 w3)
+[ ${#workloads[@]} -eq 0 ] && workloads=(w1 w2 w3 grade report daemon)
 
 log "building sluice (release)"
 cargo build --release --locked -q
 BIN="$CARGO_TARGET_DIR/release/sluice"
 
-start_postgres "$SLUICE_CACHE/bench-pg"
+start_postgres /var/tmp/sluice-bench-pg  # not under $HOME: as root, postgres could not enter it
 export SLUICE_DATABASE_URL="$PG_URL" SLUICE_SCHEMA="bench_state" SLUICE_CONN_WAREHOUSE="$PG_URL"
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -94,4 +102,86 @@ YAML
     test "$(psql "$PG_URL" -Atc 'SELECT sum(amount) FROM w3_sluice')" = "$(psql "$PG_URL" -Atc 'SELECT sum(amount) FROM w3_psql')"
     p="$(grep w3_psql "$work/w3.json" | median wall_s)"; s="$(grep w3_sluice "$work/w3.json" | median wall_s)"
     echo "{\"label\": \"w3_ratio\", \"psql_s\": $p, \"sluice_s\": $s, \"ratio\": $(python3 -c "print(round($s/$p, 2))")}"
+fi
+
+# A database of its own per workload, holding the shop warehouse (schema shop).
+shop_db() {
+    psql "$PG_URL" -q -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" 2>/dev/null
+    SHOP_URL="${PG_URL%/*}/$1"
+}
+# A copy of the shipped project (DAGs, SQL, report definition, config).
+shipped_project() {
+    rm -rf "$1" && mkdir -p "$1" && cp -r dags sql reports config "$1/"
+}
+
+if [[ " ${workloads[*]} " == *" grade "* ]]; then
+    shop_db bench_grade
+    log "generating 1,000,000 users and 10,000,000 orders (a few minutes)"
+    psql "$SHOP_URL" -q -v users=1000000 -v orders=10000000 -v days=240 -v end_ts="'2026-11-16'" -v items=0 -v events_days=0 -f bench/shop_data.sql
+    shipped_project "$work/grade"
+    (
+        cd "$work/grade"
+        export SLUICE_DAGS_DIR="$work/grade/dags" SLUICE_DATABASE_URL="$SHOP_URL" SLUICE_CONN_WAREHOUSE="$SHOP_URL"
+        measure grade_first -- "$BIN" run grade_update --conf "as_of=2026-11-16 00:00:00"
+        psql "$SHOP_URL" -Atc "SELECT 'grades after the first run: ' || string_agg(grade || '=' || n, ' ' ORDER BY grade) FROM (SELECT grade, count(*) n FROM shop.users GROUP BY grade) g" >&2
+        h1="$(psql "$SHOP_URL" -Atc 'SELECT count(*) FROM shop.grade_history')"
+        measure grade_rerun_same_interval -- "$BIN" run grade_update --conf "as_of=2026-11-16 00:00:00"
+        test "$(psql "$SHOP_URL" -Atc 'SELECT count(*) FROM shop.grade_history')" = "$h1"
+        measure grade_next_tick -- "$BIN" run grade_update --conf "as_of=2026-11-16 00:10:00"
+    ) | tee "$work/grade.json"
+fi
+
+if [[ " ${workloads[*]} " == *" report "* ]]; then
+    shipped_project "$work/report"
+    for shape in week:7:2000000:14 quarter:0:1000000:91; do
+        IFS=: read -r name _ orders days <<< "$shape"
+        shop_db "bench_report_$name"
+        log "generating $orders orders over $days days ($name)"
+        psql "$SHOP_URL" -q -v users=200000 -v orders="$orders" -v days="$days" -v end_ts="'2026-11-16'" -v items=1 -v events_days=7 -f bench/shop_data.sql >/dev/null
+        in_week="$(psql "$SHOP_URL" -Atc "SELECT count(*) FROM shop.orders WHERE ordered_at >= '2026-11-09' AND ordered_at < '2026-11-16'")"
+        total="$(psql "$SHOP_URL" -Atc "SELECT count(*) FROM shop.orders")"
+        echo "report_$name: $total orders in the warehouse, $in_week in the reported week" >&2
+        (
+            cd "$work/report"
+            export SLUICE_DAGS_DIR="$work/report/dags" SLUICE_DATABASE_URL="$SHOP_URL" SLUICE_CONN_WAREHOUSE="$SHOP_URL"
+            for _ in $(seq "$REPEAT"); do measure "report_$name" -- "$BIN" tasks test weekly_report weekly_report --date 2026-11-09; done
+        ) | tee -a "$work/report.json"
+        pdfinfo "$work/report/reports/out/weekly_kpi_2026-W46.pdf" | grep -E "Pages|File size" >&2
+    done
+fi
+
+if [[ " ${workloads[*]} " == *" daemon "* ]]; then
+    minutes="${DAEMON_MINUTES:-5}"
+    export SLUICE_SCHEMA=bench_daemon
+    psql "$PG_URL" -q -c "DROP SCHEMA IF EXISTS bench_daemon CASCADE" 2>/dev/null
+    dd="$work/daemon/dags"
+    mkdir -p "$dd"
+    start="$(date -u +%Y-%m-%dT%H:%M:00Z)"
+    for i in $(seq -w 0 99); do
+        printf "schedule: '* * * * *'\nstart_date: '%s'\ntasks:\n  - { id: a, type: shell, command: 'true' }\n" "$start" > "$dd/every_minute_$i.yaml"
+    done
+    log "100 DAGs every minute for $minutes minutes"
+    SLUICE_DAGS_DIR="$dd" "$BIN" daemon --health-addr off 2> "$work/daemon.log" &
+    pid=$!
+    sleep $((minutes * 60 + 5))
+    kill -TERM "$pid"; wait "$pid"
+    psql "$PG_URL" -At <<'SQL'
+SELECT json_build_object('label', 'daemon_scheduling_delay', 'runs', count(*),
+       'p50_ms', round(1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY d)),
+       'p99_ms', round(1000 * percentile_cont(0.99) WITHIN GROUP (ORDER BY d)),
+       'max_ms', round(1000 * max(d)))
+FROM (SELECT extract(epoch FROM min(t.started_at) - r.data_interval_end) AS d
+      FROM bench_daemon.dag_runs r JOIN bench_daemon.task_instances t USING (run_id)
+      WHERE r.run_type = 'scheduled' GROUP BY r.run_id, r.data_interval_end) x;
+SQL
+    # Idle: the same 100 DAGs on a yearly schedule, nothing due.
+    sed -i "s/'\* \* \* \* \*'/'0 0 1 1 *'/" "$dd"/*.yaml
+    SLUICE_DAGS_DIR="$dd" "$BIN" daemon --health-addr off 2>> "$work/daemon.log" &
+    pid=$!
+    sleep 15
+    ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+    t0="$(ticks)"; sleep 60; t1="$(ticks)"
+    rss="$(awk '/VmRSS/{print $2}' "/proc/$pid/status")"; hwm="$(awk '/VmHWM/{print $2}' "/proc/$pid/status")"
+    kill -TERM "$pid"; wait "$pid"
+    python3 -c "import sys,os; t0,t1,rss,hwm=map(int,sys.argv[1:]); hz=os.sysconf('SC_CLK_TCK'); print('{\"label\": \"daemon_idle_100_dags\", \"cpu_percent\": %.2f, \"rss_mb\": %.1f, \"peak_rss_mb\": %.1f}' % (100*(t1-t0)/hz/60, rss/1024, hwm/1024))" "$t0" "$t1" "$rss" "$hwm"
 fi

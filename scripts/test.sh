@@ -3,6 +3,10 @@
 # PostgreSQL, an S3 server and an SMTP server on loopback, runs every test
 # against them (one dev build), and stops them. Extra arguments go to
 # `cargo test` (e.g. `scripts/test.sh validate`).
+#
+# `scripts/test.sh --services` only starts the servers (in /var/tmp/sluice-
+# dev-services, kept running) and writes an env file to source before
+# running `cargo test` yourself while iterating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -10,6 +14,26 @@ cd "$(dirname "$0")/.."
 ensure_packages
 ensure_python_tools
 export_cargo_target
+
+if [ "${1:-}" = "--services" ]; then
+    work=/var/tmp/sluice-dev-services  # reachable by the postgres user
+    mkdir -p "$work" && chmod 755 "$work"
+    start_postgres "$work/pg" "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    [ -f "$work/pids" ] && kill $(cat "$work/pids") 2>/dev/null || true
+    start_s3 "$work"
+    start_smtp "$work"
+    echo "$S3_PID $SMTP_PID" > "$work/pids"
+    cat > "$work/env" <<ENV
+export SLUICE_TEST_DATABASE_URL=$PG_URL
+export SLUICE_TEST_S3_ENDPOINT=$S3_ENDPOINT
+export SLUICE_TEST_SMTP_PORT=$SMTP_PORT
+export SLUICE_TEST_MAILDIR=$work/Maildir
+export SLUICE_TEST_PYTHON=$PYVENV/bin/python
+export CARGO_TARGET_DIR=$CARGO_TARGET_DIR
+ENV
+    log "servers running; now: . $work/env && cargo test"
+    exit 0
+fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"
 chmod 755 "$work"

@@ -297,14 +297,13 @@ impl Connections {
                 } else {
                     Entry::Unavailable { reason: format!("set {}", env_name(&id)), kind: c.kind.clone() }
                 };
-                if let (Some(k), Entry::Ready(conn)) = (&c.kind, &entry) {
-                    if conn.kind() != k {
+                if let (Some(k), Entry::Ready(conn)) = (&c.kind, &entry)
+                    && conn.kind() != k {
                         diags.push(file_diag(
                             &file,
                             format!("connections.{id}: declared as type `{k}` but its URI is a `{}` URI", conn.scheme),
                         ));
                     }
-                }
                 me.entries.insert(id, entry);
             }
         }

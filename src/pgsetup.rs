@@ -74,6 +74,9 @@ pub fn ensure(dir: &Path) -> Result<PrivatePostgres, PgSetupError> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let run_as = root.then(|| "postgres".to_string());
+    // As root the cluster belongs to `postgres`, which cannot enter a
+    // project under a private home such as /root: keep it in /var/tmp then.
+    let dir = if root && !postgres_can_enter(dir.parent().unwrap_or(&dir)) { reachable_dir(&dir) } else { dir };
     let cmd = |program: &str| {
         let mut c = match &run_as {
             Some(u) => {
@@ -112,6 +115,25 @@ pub fn ensure(dir: &Path) -> Result<PrivatePostgres, PgSetupError> {
         (port, true)
     };
     Ok(PrivatePostgres { url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), dir, bin, started, run_as })
+}
+
+fn postgres_can_enter(dir: &Path) -> bool {
+    // The nearest existing ancestor decides.
+    let mut d = dir;
+    while !d.exists() {
+        match d.parent() {
+            Some(p) => d = p,
+            None => return false,
+        }
+    }
+    Command::new("runuser").args(["-u", "postgres", "--", "test", "-x"]).arg(d).status().is_ok_and(|s| s.success())
+}
+
+/// A place under /var/tmp, one per project (named after a hash of its path).
+fn reachable_dir(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes())[..6]);
+    PathBuf::from("/var/tmp").join(format!("sluice-pg-{hash}"))
 }
 
 fn chown_to_postgres(dir: &Path) -> Result<(), PgSetupError> {

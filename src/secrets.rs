@@ -41,14 +41,13 @@ pub fn register(secret: &str) {
 
 /// Registers the password of a URI, if it has one.
 pub fn register_uri(uri: &str) {
-    if let Ok(u) = url::Url::parse(uri) {
-        if let Some(p) = u.password() {
+    if let Ok(u) = url::Url::parse(uri)
+        && let Some(p) = u.password() {
             register(p);
             if let Ok(decoded) = percent_decode(p) {
                 register(&decoded);
             }
         }
-    }
 }
 
 fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {

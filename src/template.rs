@@ -132,14 +132,13 @@ impl Templates {
                     crate::diag::hint(p, params.iter().map(String::as_str))
                 )),
                 ("conn", Some(c)) => {
-                    if let Some(known) = connections {
-                        if !known.contains(c) {
+                    if let Some(known) = connections
+                        && !known.contains(c) {
                             problems.push(format!(
                                 "template uses connection `{c}`, which is not defined{}",
                                 crate::diag::hint(c, known.iter().map(String::as_str))
                             ));
                         }
-                    }
                 }
                 _ => {}
             }
@@ -179,8 +178,8 @@ impl Templates {
     pub fn render_native(&self, v: &serde_yaml::Value, ctx: &Value) -> Result<serde_json::Value, TemplateError> {
         if let serde_yaml::Value::String(s) = v {
             let t = s.trim();
-            if let Some(expr) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
-                if !expr.contains("{{") && !expr.contains("}}") {
+            if let Some(expr) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"))
+                && !expr.contains("{{") && !expr.contains("}}") {
                     let e = self.env.compile_expression(expr).map_err(|e| TemplateError::Syntax(describe(&e)))?;
                     let out = e.eval(ctx).map_err(|e| TemplateError::Render(describe(&e)))?;
                     if out.is_undefined() {
@@ -188,7 +187,6 @@ impl Templates {
                     }
                     return serde_json::to_value(&out).map_err(|e| TemplateError::Render(e.to_string()));
                 }
-            }
             return Ok(serde_json::Value::String(self.render(s, ctx)?));
         }
         serde_json::to_value(v).map_err(|e| TemplateError::Render(e.to_string()))

@@ -15,6 +15,7 @@ use crate::runner::{Quiet, RunOutcome, Runner};
 
 #[derive(Args, Debug)]
 pub struct BackfillArgs {
+    /// The DAG to backfill.
     pub dag: String,
     /// The first day (YYYY-MM-DD, in the DAG's time zone).
     #[arg(long)]

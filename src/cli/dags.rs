@@ -33,7 +33,9 @@ pub enum DagsCmd {
     },
     /// Draw a DAG's graph.
     Show {
+        /// The DAG.
         dag: String,
+        /// text, dot (Graphviz: `| dot -Tsvg > dag.svg`) or mermaid.
         #[arg(long, value_enum, default_value = "text")]
         format: ShowFormat,
     },

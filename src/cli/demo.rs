@@ -23,12 +23,16 @@ pub struct DemoArgs {
     /// The first day of generated data.
     #[arg(long, default_value = "2024-09-01")]
     pub start: chrono::NaiveDate,
+    /// How many days of exports, from --start.
     #[arg(long, default_value_t = 90)]
     pub days: u32,
+    /// Customers who exist on the first day (more sign up every day).
     #[arg(long, default_value_t = 10_000)]
     pub users: u32,
+    /// Products in the catalogue.
     #[arg(long, default_value_t = 20_000)]
     pub products: u32,
+    /// The same seed gives the same data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Generate clean data (by default the demo injects faults to show the quarantine).

@@ -73,6 +73,7 @@ pub enum Command {
         /// Workers silent for longer than this are shown as stale.
         #[arg(long, default_value = "60s", value_parser = crate::dag::duration::parse)]
         heartbeat_timeout: std::time::Duration,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -102,10 +103,13 @@ pub struct GenerateArgs {
     /// The first day.
     #[arg(long, default_value = "2024-09-01")]
     pub start: chrono::NaiveDate,
+    /// How many days of exports, from --start.
     #[arg(long, default_value_t = 90)]
     pub days: u32,
+    /// Customers who exist on the first day (more sign up every day).
     #[arg(long, default_value_t = 10_000)]
     pub users: u32,
+    /// Products in the catalogue.
     #[arg(long, default_value_t = 20_000)]
     pub products: u32,
     /// The same seed gives the same bytes.

@@ -61,7 +61,9 @@ pub enum TasksCmd {
     },
     /// Reset task instances of a run so that `sluice run --resume` runs them again.
     Clear {
+        /// The DAG.
         dag: String,
+        /// The run whose tasks are reset.
         #[arg(long, value_name = "RUN_ID")]
         run: i64,
         /// Only tasks whose id matches this regular expression.

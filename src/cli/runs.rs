@@ -19,14 +19,17 @@ pub enum RunsCmd {
         /// Only runs in this state: queued, running, success, failed.
         #[arg(long)]
         state: Option<String>,
+        /// At most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show a run and every task: state, try, start, duration, error.
     Show {
         run_id: i64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -34,7 +37,9 @@ pub enum RunsCmd {
 
 #[derive(Args, Debug)]
 pub struct LogsArgs {
+    /// The run (see `sluice runs list`).
     pub run_id: i64,
+    /// The task id.
     pub task: String,
     /// Which try (default: the latest).
     #[arg(long = "try", value_name = "N")]
@@ -57,11 +62,10 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
     let store = app.store().await?;
     match cmd {
         RunsCmd::List { dag, state, limit, json } => {
-            if let Some(s) = &state {
-                if !["queued", "running", "success", "failed"].contains(&s.as_str()) {
+            if let Some(s) = &state
+                && !["queued", "running", "success", "failed"].contains(&s.as_str()) {
                     anyhow::bail!("--state {s}: expected queued, running, success or failed");
                 }
-            }
             let runs = store.list_runs(dag.as_deref(), state.as_deref(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);

@@ -336,13 +336,11 @@ async fn tick(
         }
         for iv in plan::due(dag, last.get(&dag.dag_id).copied(), now, room) {
             let params = dag.resolve_params(&[]).unwrap_or_default();
-            match store.create_run(dag, "scheduled", iv.start, iv, &params, "queued").await? {
-                Ok(run) => {
-                    metrics.runs_created.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(dag = %dag.dag_id, run = run.run_id, logical_date = %iv.start, "scheduled run created");
-                }
-                // Another daemon (or a backfill) made it: exactly one run per interval.
-                Err(_) => {}
+            // An Err means another daemon (or a backfill) made it first:
+            // exactly one run per interval.
+            if let Ok(run) = store.create_run(dag, "scheduled", iv.start, iv, &params, "queued").await? {
+                metrics.runs_created.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(dag = %dag.dag_id, run = run.run_id, logical_date = %iv.start, "scheduled run created");
             }
         }
     }

@@ -177,7 +177,7 @@ impl Dag {
 
 /// The task an input refers to: the task itself, or for `X_rejects` the
 /// task `X` whose rejects dataset it is.
-pub fn input_task<'a>(input: &'a str, is_task: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn input_task(input: &str, is_task: impl Fn(&str) -> bool) -> Option<&str> {
     if is_task(input) {
         return Some(input);
     }

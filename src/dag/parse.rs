@@ -109,11 +109,10 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     });
     let start_date = spec.start_date.as_deref().and_then(|s| parse_date(s, timezone, "start_date", &mut d));
     let end_date = spec.end_date.as_deref().and_then(|s| parse_date(s, timezone, "end_date", &mut d));
-    if let (Some(a), Some(b)) = (start_date, end_date) {
-        if b < a {
+    if let (Some(a), Some(b)) = (start_date, end_date)
+        && b < a {
             d.error(At::Value("end_date"), "end_date is before start_date");
         }
-    }
     if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
         d.error(
             At::Key("schedule"),
@@ -194,12 +193,11 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         if let Some(cfg) = &t.config {
             for input in cfg.inputs() {
                 let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
-                if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t)) {
-                    if j != i {
+                if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t))
+                    && j != i {
                         edges.push((j, i));
                         edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
                     }
-                }
             }
         }
     }
@@ -410,11 +408,10 @@ fn collect_errors<T>(
                 let rel = e.path().to_string();
                 let raw = strip_location(&e.inner().to_string());
                 let msg = friendly_serde_message(&raw);
-                if let Some(field) = missing_field(&raw) {
-                    if removed.contains(field) {
+                if let Some(field) = missing_field(&raw)
+                    && removed.contains(field) {
                         return None; // already reported as invalid
                     }
-                }
                 failed = true;
                 let full = if rel == "." { path.to_string() } else { join(path, &rel) };
                 d.error(At::Value(&full), msg);

@@ -154,17 +154,15 @@ fn check_fields(expr: &str, pattern: &str) -> Result<(), String> {
                 Some((r, s)) => (r, Some(s)),
                 None => (part, None),
             };
-            if let Some(step) = step {
-                if step.parse::<u32>().map_or(true, |s| s == 0) {
+            if let Some(step) = step
+                && step.parse::<u32>().map_or(true, |s| s == 0) {
                     return Err(format!("invalid cron expression `{expr}`: the {name} step `/{step}` must be a positive number"));
                 }
-            }
             for n in range.split('-') {
-                if let Ok(v) = n.parse::<u32>() {
-                    if v < lo || v > hi {
+                if let Ok(v) = n.parse::<u32>()
+                    && (v < lo || v > hi) {
                         return Err(format!("invalid cron expression `{expr}`: {name} {v} is out of range {lo}-{hi}"));
                     }
-                }
             }
         }
     }

@@ -82,8 +82,8 @@ impl MarkedEventReceiver for Receiver {
             Event::DocumentStart => self.depth_in_doc += 1,
             Event::Scalar(text, ..) => {
                 // A scalar in a mapping with no pending key is a key.
-                if let Some(Frame::Map { path, key, start }) = self.stack.last_mut() {
-                    if key.is_none() {
+                if let Some(Frame::Map { path, key, start }) = self.stack.last_mut()
+                    && key.is_none() {
                         if start.take().is_some() {
                             self.spans.values.entry(path.clone()).or_insert(pos(mark));
                         }
@@ -92,18 +92,16 @@ impl MarkedEventReceiver for Receiver {
                         *key = Some(text);
                         return;
                     }
-                }
                 if let Some(p) = self.next_value_path() {
                     self.spans.values.entry(p).or_insert(pos(mark));
                 }
             }
             Event::Alias(_) => {
-                if let Some(Frame::Map { key, .. }) = self.stack.last_mut() {
-                    if key.is_none() {
+                if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
+                    && key.is_none() {
                         *key = Some("*alias".into());
                         return;
                     }
-                }
                 if let Some(p) = self.next_value_path() {
                     self.spans.values.entry(p).or_insert(pos(mark));
                 }

@@ -154,14 +154,13 @@ impl<'w> Sink<'w> {
                 Val::Text(raw),
             ]);
         }
-        if let Some(max) = self.max_bad_rows {
-            if self.bad_total() > max {
+        if let Some(max) = self.max_bad_rows
+            && self.bad_total() > max {
                 return Err(FormatError::Invalid(format!(
                     "more than max_bad_rows ({max}) bad rows; the last: {source}, line {line}: {}",
                     reason.as_str()
                 )));
             }
-        }
         Ok(())
     }
 
@@ -380,11 +379,10 @@ pub fn infer_csv(files: &[(std::path::PathBuf, String)], o: &CsvOptions, nulls: 
                 None => (0..rec.len()).collect(),
             };
             for (i, field) in cols.iter().zip(rec.iter()) {
-                if let Some(s) = o.encoding.decode(field) {
-                    if !nulls.iter().any(|n| n == &*s) {
+                if let Some(s) = o.encoding.decode(field)
+                    && !nulls.iter().any(|n| n == &*s) {
                         infer[*i].add(&s);
                     }
-                }
             }
         }
     }
@@ -778,18 +776,16 @@ fn scan_xml(
                 start_element(&e, l, &mut stack, &mut rel, &mut current, &want, &mut text, &record_path);
                 end_element(&mut stack, &mut rel, &mut current, &want, &mut text, &record_path, &mut on_record)?;
             }
-            Event::Text(t) => {
-                if current.is_some() {
+            Event::Text(t)
+                if current.is_some() => {
                     text.push_str(&t.decode().map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?);
                 }
-            }
-            Event::CData(t) => {
-                if current.is_some() {
+            Event::CData(t)
+                if current.is_some() => {
                     text.push_str(&String::from_utf8_lossy(&t.into_inner()));
                 }
-            }
-            Event::GeneralRef(r) => {
-                if current.is_some() {
+            Event::GeneralRef(r)
+                if current.is_some() => {
                     if r.is_char_ref() {
                         if let Ok(Some(c)) = r.resolve_char_ref() {
                             text.push(c);
@@ -802,7 +798,6 @@ fn scan_xml(
                         }
                     }
                 }
-            }
             Event::End(_) => {
                 end_element(&mut stack, &mut rel, &mut current, &want, &mut text, &record_path, &mut on_record)?;
             }
@@ -873,11 +868,10 @@ fn end_element(
             return on_record(Ok(rec));
         }
         let p = rel.join("/");
-        if let Some(rec) = current.as_mut() {
-            if !text.is_empty() {
+        if let Some(rec) = current.as_mut()
+            && !text.is_empty() {
                 record_value(rec, want, &p, text.trim().to_string());
             }
-        }
         rel.pop();
         text.clear();
     }

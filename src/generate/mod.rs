@@ -351,7 +351,7 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         // Each order's hour is drawn from the day's curve: real traffic is noisy.
         let hour_weights: Vec<f64> = (0..24).map(|h| (0..AGE_BANDS).map(|b| band_mix[b] * hour_shares[b][h]).sum()).collect();
         let hour_index = WeightedIndex::new(&hour_weights).expect("positive weights");
-        let mut per_hour = vec![0usize; 24];
+        let mut per_hour = [0usize; 24];
         for _ in 0..n_orders {
             per_hour[hour_index.sample(&mut rng)] += 1;
         }
@@ -651,7 +651,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = |out: PathBuf| Options { out, start: NaiveDate::from_ymd_opt(2024, 11, 25).unwrap(), days: 5, users: 300, products: 200, seed: 7, dirty: true };
         let a = generate(&opts(dir.path().join("a"))).unwrap();
-        let b = generate(&opts(dir.path().join("b"))).unwrap();
+        let _b = generate(&opts(dir.path().join("b"))).unwrap();
         assert!(a.orders > 50, "{a:?}");
         for f in ["2024-11-29/orders.csv", "2024-11-27/visits.log", "2024-11-25/users.ndjson", "faults.json"] {
             assert_eq!(std::fs::read(dir.path().join("a").join(f)).unwrap(), std::fs::read(dir.path().join("b").join(f)).unwrap(), "{f}");

@@ -200,8 +200,8 @@ impl Canvas {
             out.push(PdfPage::new(Mm(PAGE_W), Mm(PAGE_H), std::mem::take(&mut self.ops)));
         }
         let when = DateTime::from_unix_timestamp(created_unix).map_err(|e| e.to_string())?;
-        self.doc.metadata.info.creation_date = when.clone();
-        self.doc.metadata.info.modification_date = when.clone();
+        self.doc.metadata.info.creation_date = when;
+        self.doc.metadata.info.modification_date = when;
         self.doc.metadata.info.metadata_date = when;
         self.doc.metadata.info.creator = "sluice".into();
         self.doc.metadata.info.producer = concat!("sluice ", env!("CARGO_PKG_VERSION")).into();

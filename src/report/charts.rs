@@ -354,15 +354,14 @@ fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
         for (i, col) in s.columns.iter().enumerate() {
             let v = r.get(&col.column).unwrap_or(&Value::Null);
             let mut ink = INK;
-            if col.shade {
-                if let Some(n) = num(Some(v)) {
+            if col.shade
+                && let Some(n) = num(Some(v)) {
                     let t = if shade_max[i] > 0.0 { (n / shade_max[i]) as f32 } else { 0.0 };
                     c.rect(x + 0.2, ry + 0.2, widths[i] - 0.4, rh - 0.4, Some(Rgb8::hex(0xEAF1FB).mix(Rgb8::hex(0x2F6BD0), t)), None);
                     if t > 0.55 {
                         ink = Rgb8(255, 255, 255);
                     }
                 }
-            }
             let label = match (col.format, v) {
                 (Format::Text, Value::String(s)) => s.clone(),
                 _ if !numeric[i] => {

@@ -69,7 +69,8 @@ impl TryJob {
                 run.run_id,
                 runner.worker.id
             );
-            let outputs = match runner.store.outputs(run.run_id).await {
+            let upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
+            let outputs = match runner.store.outputs_of(run.run_id, &upstream_ids).await {
                 Ok(o) => o,
                 Err(e) => return Err(TaskError::Failed(format!("cannot read upstream outputs: {e}"))),
             };

@@ -198,16 +198,23 @@ impl Runner {
                     tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
                 }
             }
-            let tis = self.store.task_instances(run_id).await?;
+            let mut tis = self.store.task_states(run_id).await?;
             let decisions = decide(&dag, &tis);
             if !decisions.is_empty() {
+                // decide() settles every pending instance it can in one pass,
+                // so the local copy is current after applying its result.
                 self.store.decide(run_id, &decisions).await?;
+                let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+                for t in tis.iter_mut() {
+                    if let Some(s) = decided.get(t.task_id.as_str()) {
+                        t.state = s.as_str().to_string();
+                    }
+                }
                 for (task, state) in &decisions {
                     if *state != TiState::Queued {
                         observer.event(&RunEvent::Decided { task: task.clone(), state: *state });
                     }
                 }
-                continue;
             }
             let now = Utc::now();
             let all_done = tis.iter().all(|t| t.state().is_terminal());
@@ -224,12 +231,10 @@ impl Runner {
 
             let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
             let ready = tis.iter().any(|t| is_ready(t, now));
-            let mut claimed_any = false;
             if ready && !stopping {
                 let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(self.parallelism.saturating_sub(local.len()));
                 let claimed = self.store.claim(run_id, &self.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries).await?;
                 for c in claimed {
-                    claimed_any = true;
                     observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
                     local.insert(c.task_id.clone());
                     let job = exec::TryJob {
@@ -243,12 +248,10 @@ impl Runner {
                     tries.spawn(job.run());
                 }
             }
-            if claimed_any {
-                continue;
-            }
-
-            // Nothing to start now: wait for a try to end, a retry to come
-            // due, or other workers to move the run on.
+            // Wait for a try to end, a retry to come due, or other workers
+            // to move the run on. After claiming, nothing else can start
+            // until something ends (or another worker's claims are missed
+            // for one poll).
             let next_retry = tis
                 .iter()
                 .filter(|t| t.state() == TiState::UpForRetry)

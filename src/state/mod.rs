@@ -427,6 +427,19 @@ impl Store {
         .await?)
     }
 
+    /// The states of a run's instances, without their outputs and errors:
+    /// what the runner polls.
+    pub async fn task_states(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
+        Ok(sqlx::query_as(
+            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at,
+                    NULL::text AS error, NULL::jsonb AS output
+             FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Applies trigger-rule decisions to pending instances.
     pub async fn decide(&self, run_id: i64, decisions: &[(String, TiState)]) -> Result<(), StateError> {
         if decisions.is_empty() {
@@ -466,72 +479,51 @@ impl Store {
         // Claims of one run are serialized by a lock on its row, so that
         // max_active_tasks holds however many processes drive the run.
         sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
-        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running'")
-            .bind(run_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let limit = limit.min(max_active - running);
-        if limit <= 0 {
-            tx.rollback().await.ok();
-            return Ok(Vec::new());
-        }
+        // One statement claims the instances, raises their max_tries to the
+        // DAG file's (a DAG edited to allow more retries applies to running
+        // instances; a clear may have raised it past the file's value) and
+        // opens their try rows: each round trip is per-task overhead.
+        let (ids, maxes): (Vec<&str>, Vec<i32>) = max_tries.iter().map(|(t, m)| (t.as_str(), *m)).unzip();
         let rows = sqlx::query(
             "WITH c AS (
                  SELECT run_id, task_id FROM task_instances
                  WHERE run_id = $1 AND (state = 'queued' OR (state = 'up_for_retry' AND next_try_at <= now()))
                  ORDER BY priority, task_id
-                 LIMIT $2
+                 LIMIT greatest(0, least($2, $4 - (SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running')))
                  FOR UPDATE SKIP LOCKED
+             ),
+             m AS (SELECT * FROM UNNEST($5::text[], $6::int[]) AS m(task_id, max_tries)),
+             claimed AS (
+                 UPDATE task_instances t
+                 SET state = 'running', try_number = t.try_number + 1,
+                     max_tries = greatest(t.max_tries, coalesce(m.max_tries, 0), t.try_number + 1),
+                     worker_id = $3, claimed_at = now(), heartbeat_at = now(), started_at = now(),
+                     ended_at = NULL, error = NULL, next_try_at = NULL
+                 FROM c LEFT JOIN m ON m.task_id = c.task_id
+                 WHERE t.run_id = c.run_id AND t.task_id = c.task_id
+                 RETURNING t.task_id, t.try_number, t.max_tries
+             ),
+             tries AS (
+                 INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
+                 SELECT $1, task_id, try_number, $3, 'running' FROM claimed
+                 ON CONFLICT (run_id, task_id, try_number) DO UPDATE
+                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, log = ''
              )
-             UPDATE task_instances t
-             SET state = 'running', try_number = t.try_number + 1, worker_id = $3, claimed_at = now(),
-                 heartbeat_at = now(), started_at = now(), ended_at = NULL, error = NULL, next_try_at = NULL
-             FROM c WHERE t.run_id = c.run_id AND t.task_id = c.task_id
-             RETURNING t.task_id, t.try_number, t.max_tries",
+             SELECT task_id, try_number, max_tries FROM claimed",
         )
         .bind(run_id)
         .bind(limit)
         .bind(worker)
+        .bind(max_active)
+        .bind(&ids)
+        .bind(&maxes)
         .fetch_all(&mut *tx)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let task_id: String = r.get("task_id");
-            let try_number: i32 = r.get("try_number");
-            let stored_max: i32 = r.get("max_tries");
-            // A DAG edited to allow more retries applies to running instances;
-            // a clear has raised max_tries past the file's value.
-            let max = max_tries.get(&task_id).map_or(stored_max, |&m| m.max(stored_max)).max(try_number);
-            out.push(Claimed { task_id, try_number, max_tries: max });
-        }
-        if !out.is_empty() {
-            let ids: Vec<&str> = out.iter().map(|c| c.task_id.as_str()).collect();
-            let tries: Vec<i32> = out.iter().map(|c| c.try_number).collect();
-            let maxes: Vec<i32> = out.iter().map(|c| c.max_tries).collect();
-            sqlx::query(
-                "UPDATE task_instances t SET max_tries = u.m FROM UNNEST($2::text[], $3::int[]) AS u(task_id, m)
-                 WHERE t.run_id = $1 AND t.task_id = u.task_id",
-            )
-            .bind(run_id)
-            .bind(&ids)
-            .bind(&maxes)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
-                 SELECT $1, u.task_id, u.try, $4, 'running' FROM UNNEST($2::text[], $3::int[]) AS u(task_id, try)
-                 ON CONFLICT (run_id, task_id, try_number) DO UPDATE
-                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, log = ''",
-            )
-            .bind(run_id)
-            .bind(&ids)
-            .bind(&tries)
-            .bind(worker)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|r| Claimed { task_id: r.get("task_id"), try_number: r.get("try_number"), max_tries: r.get("max_tries") })
+            .collect())
     }
 
     /// Records the end of a try. Returns false when the claim was lost
@@ -545,10 +537,19 @@ impl Store {
         worker: &str,
         end: &TryEnd,
     ) -> Result<bool, StateError> {
-        let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL
-             WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'",
+        let try_state = if end.state == TiState::UpForRetry { "failed" } else { end.state.as_str() };
+        // One statement, so atomic without a transaction of its own.
+        let updated: i64 = sqlx::query_scalar(
+            "WITH ti AS (
+                 UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL
+                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'
+                 RETURNING 1
+             ),
+             tr AS (
+                 UPDATE task_tries SET state = $9, ended_at = now(), error = $6, output = $7, exit_code = $10, log = $11
+                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3
+             )
+             SELECT count(*) FROM ti",
         )
         .bind(run_id)
         .bind(task_id)
@@ -558,25 +559,12 @@ impl Store {
         .bind(&end.error)
         .bind(&end.output)
         .bind(end.next_try_at)
-        .execute(&mut *tx)
-        .await?;
-        let try_state = if end.state == TiState::UpForRetry { "failed" } else { end.state.as_str() };
-        sqlx::query(
-            "UPDATE task_tries SET state = $4, ended_at = now(), error = $5, output = $6, exit_code = $7, log = $8
-             WHERE run_id = $1 AND task_id = $2 AND try_number = $3",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .bind(try_number)
         .bind(try_state)
-        .bind(&end.error)
-        .bind(&end.output)
         .bind(end.exit_code)
         .bind(&end.log)
-        .execute(&mut *tx)
+        .fetch_one(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(r.rows_affected() > 0)
+        Ok(updated > 0)
     }
 
     /// Puts tries interrupted by this worker (Ctrl-C, shutdown) back in the
@@ -642,6 +630,19 @@ impl Store {
     }
 
     /// Outputs (dataset summaries...) of finished tasks of a run.
+    /// The recorded outputs of some of a run's tasks.
+    pub async fn outputs_of(&self, run_id: i64, tasks: &[&str]) -> Result<HashMap<String, Value>, StateError> {
+        if tasks.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query("SELECT task_id, output FROM task_instances WHERE run_id = $1 AND task_id = ANY($2) AND output IS NOT NULL")
+            .bind(run_id)
+            .bind(tasks)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get("task_id"), r.get("output"))).collect())
+    }
+
     pub async fn outputs(&self, run_id: i64) -> Result<HashMap<String, Value>, StateError> {
         let rows = sqlx::query("SELECT task_id, output FROM task_instances WHERE run_id = $1 AND output IS NOT NULL")
             .bind(run_id)

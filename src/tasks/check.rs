@@ -85,20 +85,25 @@ pub struct Check {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RowCount {
+    /// At least this many rows.
     pub min: Option<u64>,
+    /// At most this many rows.
     pub max: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptedValues {
+    /// The column.
     pub column: String,
+    /// The values it may hold.
     pub values: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Freshness {
+    /// A date or timestamp column.
     pub column: String,
     pub max_age: Dur,
 }
@@ -157,11 +162,10 @@ impl TaskType for CheckConfig {
             (Some(i), None, None) => cx.check_input("input", i),
             (None, Some(c), Some(t)) => {
                 cx.check_conn("conn", c, "postgres");
-                if let Err(e) = super::load::parse_table(t) {
-                    if !crate::template::is_template(t) {
+                if let Err(e) = super::load::parse_table(t)
+                    && !crate::template::is_template(t) {
                         cx.error("table", e);
                     }
-                }
             }
             _ => cx.error("checks", "a check needs either `input` (a dataset) or `conn` and `table` (a Postgres table)"),
         }
@@ -425,7 +429,7 @@ impl Run for CheckTask {
         if !errors.is_empty() {
             let mut msg = format!("{} of {n} check(s) failed", errors.len() + warnings.len());
             for e in errors.iter().chain(&warnings) {
-                msg.push_str("\n");
+                msg.push('\n');
                 msg.push_str(e);
             }
             return Err(TaskError::Failed(msg));

@@ -29,12 +29,15 @@ pub struct EmailConfig {
     pub conn: Option<String>,
     /// Recipients; an entry may hold several addresses separated by commas.
     pub to: Vec<String>,
+    /// Copy recipients.
     #[serde(default)]
     pub cc: Vec<String>,
+    /// Blind copy recipients.
     #[serde(default)]
     pub bcc: Vec<String>,
     /// The sender. Default: the connection's `from` parameter.
     pub from: Option<String>,
+    /// The subject line (a template, like every text field).
     pub subject: String,
     /// The plain-text body.
     pub text: String,
@@ -67,11 +70,10 @@ impl TaskType for EmailConfig {
         }
         for (key, list) in [("to", &self.to), ("cc", &self.cc), ("bcc", &self.bcc)] {
             for a in crate::mail::split_addresses(list) {
-                if !crate::template::is_template(&a) {
-                    if let Err(e) = crate::mail::parse_mailbox(&a) {
+                if !crate::template::is_template(&a)
+                    && let Err(e) = crate::mail::parse_mailbox(&a) {
                         cx.error(key, e.to_string());
                     }
-                }
             }
         }
         for a in &self.attach {

@@ -198,11 +198,10 @@ impl TaskType for ExtractConfig {
                 Err(e) => cx.error("log", format!("the pattern is not a valid regular expression: {e}")),
             }
         }
-        if let Some(r) = self.max_bad_ratio {
-            if !(0.0..=1.0).contains(&r) {
+        if let Some(r) = self.max_bad_ratio
+            && !(0.0..=1.0).contains(&r) {
                 cx.error("max_bad_ratio", "max_bad_ratio is a share between 0 and 1");
             }
-        }
         if let Some(s) = &self.schema {
             for old in self.rename.keys() {
                 if !s.0.iter().any(|(c, _)| c == old) {
@@ -439,8 +438,8 @@ impl Run for Extract {
         for (reason, n) in &r.bad {
             tracing::warn!(reason = %reason, count = n, "bad rows");
         }
-        if let Some(max) = cfg.max_bad_ratio {
-            if total > 0 && bad_total as f64 / total as f64 > max {
+        if let Some(max) = cfg.max_bad_ratio
+            && total > 0 && bad_total as f64 / total as f64 > max {
                 return Err(TaskError::Failed(format!(
                     "{bad_total} of {total} rows are bad ({:.2}%), more than max_bad_ratio {:.2}%: {}",
                     100.0 * bad_total as f64 / total as f64,
@@ -448,7 +447,6 @@ impl Run for Extract {
                     describe_bad(&r.bad)
                 )));
             }
-        }
         let dataset = ctx.commit_dataset(&r.tmp, &ctx.task_id, r.rows, &r.schema).await?;
         guard.disarm();
         // Quarantine always writes its dataset, empty or not, so that

@@ -102,11 +102,10 @@ impl TaskType for LoadConfig {
     fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
         cx.check_conn("conn", &self.conn, "postgres");
         cx.check_input("input", &self.input);
-        if let Err(e) = parse_table(&self.table) {
-            if !crate::template::is_template(&self.table) {
+        if let Err(e) = parse_table(&self.table)
+            && !crate::template::is_template(&self.table) {
                 cx.error("table", e);
             }
-        }
         match self.mode {
             Mode::Upsert if self.key.is_empty() => cx.error("key", "mode upsert needs `key: [columns]`"),
             Mode::ReplacePartition if self.partition_column.is_none() => {

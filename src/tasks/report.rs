@@ -59,13 +59,11 @@ impl TaskType for ReportConfig {
 
     fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
         cx.check_conn("conn", &self.conn, "postgres");
-        if let Some(l) = &self.lang {
-            if !crate::template::is_template(l) {
-                if let Err(e) = parse_lang(l) {
+        if let Some(l) = &self.lang
+            && !crate::template::is_template(l)
+                && let Err(e) = parse_lang(l) {
                     cx.error("lang", e);
                 }
-            }
-        }
         if crate::template::is_template(&self.definition) {
             return;
         }

@@ -69,8 +69,8 @@ impl TaskType for SqlConfig {
                 None
             }
         };
-        if let Some(text) = text {
-            if !crate::template::is_template(&text) {
+        if let Some(text) = text
+            && !crate::template::is_template(&text) {
                 let stmts = split_statements(&text);
                 if stmts.is_empty() {
                     cx.error(if self.file.is_some() { "file" } else { "sql" }, "there is no SQL statement to run");
@@ -89,7 +89,6 @@ impl TaskType for SqlConfig {
                     }
                 }
             }
-        }
     }
 
     fn connections(&self) -> Vec<String> {

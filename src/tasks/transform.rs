@@ -78,7 +78,12 @@ pub struct RejectsQuery {
 pub enum Step {
     /// Keeps one row per key: the one with the greatest `keep_latest_by`
     /// (nulls last), or the first one.
-    Dedupe { keys: Vec<String>, keep_latest_by: Option<String> },
+    Dedupe {
+        /// The columns that identify a row.
+        keys: Vec<String>,
+        /// Among duplicates, keep the row with the greatest value here.
+        keep_latest_by: Option<String>,
+    },
     /// Casts columns: `{amount: decimal(12,2), day: date}`. A value that
     /// does not convert fails the task.
     Cast(BTreeMap<String, ColumnType>),
@@ -131,18 +136,15 @@ impl TaskType for TransformConfig {
             }
         }
         for (i, s) in self.steps.iter().enumerate() {
-            if let Step::Filter(p) = s {
-                if !crate::template::is_template(p) {
-                    if let Err(e) = polars::sql::sql_expr(p) {
+            if let Step::Filter(p) = s
+                && !crate::template::is_template(p)
+                    && let Err(e) = polars::sql::sql_expr(p) {
                         cx.error(&format!("steps[{i}]"), format!("filter `{p}` is not a valid SQL predicate: {e}"));
                     }
-                }
-            }
-            if let Step::Dedupe { keys, .. } = s {
-                if keys.is_empty() {
+            if let Step::Dedupe { keys, .. } = s
+                && keys.is_empty() {
                     cx.error(&format!("steps[{i}]"), "dedupe needs at least one key");
                 }
-            }
         }
     }
 

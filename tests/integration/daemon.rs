@@ -233,12 +233,13 @@ sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
 sluice_test!(backfill_dry_run_and_resumable_interruption, |p| {
     p.write(
         "dags/bf.yaml",
-        "schedule: '@daily'\nstart_date: 2024-01-01\ntimezone: Asia/Seoul\ntasks:\n  - { id: a, type: shell, command: 'sleep 0.7; echo {{ ds }} >> days.txt' }\n",
+        "schedule: '@daily'\nstart_date: 2024-01-01\ntimezone: Asia/Seoul\nmax_active_runs: 1\ndefault_args: { retries: 1, retry_delay: 0s }\ntasks:\n  - { id: a, type: shell, command: 'sleep 0.7; echo {{ ds }} >> days.txt' }\n",
     );
     let dry = p.sluice(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06", "--dry-run"]).ok();
     assert_eq!(dry.stdout.matches("Create").count(), 6, "{}", dry.stdout);
     assert_eq!(count(&p, "SELECT count(*) FROM dag_runs"), 0, "a dry run created runs");
-    // Interrupt a backfill part-way, then run it again.
+    // Interrupt a backfill part-way (mid-try: the killed try counts as
+    // failed and is retried), then run it again.
     let mut b = p.command(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_until("two days done", Duration::from_secs(30), || count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") >= 2);
     unsafe { libc::kill(b.id() as i32, libc::SIGKILL) };
