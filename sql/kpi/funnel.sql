@@ -1,14 +1,7 @@
--- Sessions reaching each step, from the application's events.
-WITH s AS (
-    SELECT session_id,
-           bool_or(event = 'visit') AS visit, bool_or(event = 'view') AS view,
-           bool_or(event = 'cart') AS cart, bool_or(event = 'purchase') AS purchase
-    FROM shop.events
-    WHERE ts >= ($1::timestamp AT TIME ZONE 'Asia/Seoul') AND ts < ($2::timestamp AT TIME ZONE 'Asia/Seoul')
-    GROUP BY session_id
-)
-SELECT 'visit' AS stage, count(*) FILTER (WHERE visit) AS sessions, 1 AS i FROM s
-UNION ALL SELECT 'view', count(*) FILTER (WHERE view), 2 FROM s
-UNION ALL SELECT 'cart', count(*) FILTER (WHERE cart), 3 FROM s
-UNION ALL SELECT 'purchase', count(*) FILTER (WHERE purchase), 4 FROM s
-ORDER BY i
+-- Sessions reaching each step in the period, from the daily funnel the
+-- ETL keeps (shop.funnel_daily).
+SELECT s.stage, coalesce(sum(f.sessions), 0) AS sessions
+FROM (VALUES ('visit', 1), ('view', 2), ('cart', 3), ('purchase', 4)) AS s(stage, i)
+LEFT JOIN shop.funnel_daily f ON f.stage = s.stage AND f.day >= $1::date AND f.day < $2::date
+GROUP BY s.stage, s.i
+ORDER BY s.i

@@ -76,6 +76,12 @@ pub struct ReportDef {
     /// The language when the task does not say: ko (default) or en.
     #[serde(default)]
     pub lang: Lang,
+    /// PostgreSQL settings for the report's queries, applied to each query's
+    /// own read-only transaction, e.g. `{jit: "off", work_mem: 64MB}`:
+    /// analytic queries over a large week gain from more sort memory and
+    /// lose to JIT compilation.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
     pub sections: Vec<Section>,
 }
 

@@ -133,14 +133,29 @@ pub fn period_of(ctx: &TaskCtx) -> Period {
     Period { start: midnight(start_day), end: midnight(end_day), tz: ctx.tz }
 }
 
-async fn fetch(pool: &sqlx::PgPool, sql: &str, p: &Period, what: &str) -> Result<Vec<Row>, TaskError> {
+/// Runs one query in a read-only transaction of its own (a report never
+/// changes the warehouse), with the definition's settings.
+async fn fetch(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    p: &Period,
+    what: &str,
+    settings: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<Row>, TaskError> {
+    let err = |e: sqlx::Error| TaskError::Failed(format!("{what}: {}", crate::state::describe_sqlx(&e)));
+    let mut tx = pool.begin().await.map_err(err)?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(err)?;
+    for (name, value) in settings.into_iter().flatten() {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| TaskError::Failed(format!("report setting {name} = {value}: {}", crate::state::describe_sqlx(&e))))?;
+    }
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
-    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped))
-        .bind(p.start)
-        .bind(p.end)
-        .fetch_all(pool)
-        .await
-        .map_err(|e| TaskError::Failed(format!("{what}: {}", crate::state::describe_sqlx(&e))))?;
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
+    tx.rollback().await.map_err(err)?;
     rows.iter()
         .map(|r| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(r).map_err(|e| TaskError::Failed(format!("{what}: {e}"))))
         .collect()
@@ -151,19 +166,35 @@ impl Run for Report {
         let period = period_of(ctx);
         let started = std::time::Instant::now();
         let state_pool = ctx.res.state.get().map(|s| s.pool().clone());
-        let mut futures = Vec::new();
+        // Sections drawing the same query (a bars and a lines chart of one
+        // day-by-day query) share one execution.
+        let mut distinct: Vec<(Source, &str, &str)> = Vec::new();
+        let mut which = Vec::with_capacity(self.queries.len());
         for (s, sql) in self.def.sections.iter().zip(&self.queries) {
-            let pool = match s.source {
+            let key = (s.source, sql.as_str(), s.query.as_str());
+            which.push(match distinct.iter().position(|d| (d.0, d.1) == (key.0, key.1)) {
+                Some(i) => i,
+                None => {
+                    distinct.push(key);
+                    distinct.len() - 1
+                }
+            });
+        }
+        let settings = &self.def.settings;
+        let mut futures = Vec::new();
+        for &(source, sql, what) in &distinct {
+            let pool = match source {
                 Source::Warehouse => self.pool.clone(),
                 Source::State => state_pool.clone().ok_or_else(|| {
-                    TaskError::Failed(format!("section `{}` reads the state store, which this process has no connection to", s.query))
+                    TaskError::Failed(format!("section `{what}` reads the state store, which this process has no connection to"))
                 })?,
             };
-            let what = s.query.clone();
-            let sql = sql.clone();
-            futures.push(async move { fetch(&pool, &sql, &period, &what).await });
+            // The state store's queries are sluice's own: no user settings.
+            let settings = if source == Source::State { None } else { Some(settings) };
+            futures.push(async move { fetch(&pool, sql, &period, what, settings).await });
         }
-        let data: Vec<Vec<Row>> = futures::future::try_join_all(futures).await?;
+        let results: Vec<Vec<Row>> = futures::future::try_join_all(futures).await?;
+        let data: Vec<Vec<Row>> = which.iter().map(|&i| results[i].clone()).collect();
         let queried = started.elapsed();
         let fonts = crate::report::find_fonts(&ctx.res.project_root).map_err(TaskError::Failed)?;
         let def = self.def.clone();

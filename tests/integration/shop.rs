@@ -153,6 +153,12 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     assert_eq!(p.sql("SELECT count(*), sum(total_amount) FROM shop.orders"), vec![format!("{}|{total}", order_ids.len())]);
     assert_eq!(p.sql("SELECT count(*), sum(quantity * unit_price) FROM shop.order_items"), vec![format!("{}|{total}", lines.len())]);
     assert_eq!(p.sql("SELECT count(*) FROM shop.events"), vec![visit_lines.to_string()]);
+    // The daily funnel agrees with the events it summarises, day by day.
+    let recount = p.sql(
+        "SELECT day || ' ' || event || ' ' || n FROM (SELECT (ts AT TIME ZONE 'Asia/Seoul')::date AS day, event, count(DISTINCT session_id) AS n FROM shop.events GROUP BY 1, 2) x ORDER BY 1",
+    );
+    assert!(!recount.is_empty());
+    assert_eq!(p.sql("SELECT day || ' ' || stage || ' ' || sessions FROM shop.funnel_daily ORDER BY 1"), recount);
 
     // The CP949 day was read, not lost: its Korean payment methods decode.
     let cp949_day = faults.iter().find(|f| f["kind"] == "cp949 file").unwrap()["date"].as_str().unwrap().to_string();
@@ -184,7 +190,7 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
 
     // Rerunning a day leaves the warehouse as it was.
     let digest = |t: &str, order: &str| p.sql(&format!("SELECT count(*) || ':' || md5(string_agg(x::text, '|' ORDER BY {order})) FROM {t} x"));
-    let tables = [("shop.orders", "id"), ("shop.order_items", "order_id, line_no"), ("shop.users", "id"), ("shop.products", "id"), ("shop.quarantine", "ds, source, line, order_id, reason, detail"), ("shop.events", "ts, session_id, event")];
+    let tables = [("shop.orders", "id"), ("shop.order_items", "order_id, line_no"), ("shop.users", "id"), ("shop.products", "id"), ("shop.quarantine", "ds, source, line, order_id, reason, detail"), ("shop.events", "ts, session_id, event"), ("shop.funnel_daily", "day, stage")];
     let before: Vec<_> = tables.iter().map(|(t, o)| digest(t, o)).collect();
     p.sluice(&["run", "ecommerce_etl", "--date", "2024-09-05", "--rerun"]).ok();
     p.sluice(&["run", "ecommerce_etl", "--date", &cp949_day, "--rerun"]).ok();
