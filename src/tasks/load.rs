@@ -224,24 +224,53 @@ impl Load {
         Ok(())
     }
 
-    /// COPYs the frame into `target` through the open transaction,
-    /// encoding in a blocking thread while the previous chunk is sent.
-    async fn copy(&self, conn: &mut sqlx::PgConnection, df: std::sync::Arc<DataFrame>, target: &str) -> Result<u64, TaskError> {
+    /// COPYs the frame into `target` (whose columns are `table`) through
+    /// the open transaction, encoding in a blocking thread while the
+    /// previous chunk is sent. Binary when every column allows it.
+    async fn copy(&self, conn: &mut sqlx::PgConnection, df: std::sync::Arc<DataFrame>, target: &str, table: &[TableColumn]) -> Result<u64, TaskError> {
         let cols = df.get_column_names().iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
-        let stmt = format!("COPY {target} ({cols}) FROM STDIN");
+        let pg_types: Vec<&str> = df
+            .get_column_names()
+            .iter()
+            .map(|c| table.iter().find(|t| t.name == c.as_str()).map_or("", |t| t.pg_type.as_str()))
+            .collect();
+        let plan = crate::pgcopy::binary_plan(&df, &pg_types);
+        let stmt = match plan {
+            Some(_) => format!("COPY {target} ({cols}) FROM STDIN WITH (FORMAT binary)"),
+            None => format!("COPY {target} ({cols}) FROM STDIN"),
+        };
+        tracing::info!(rows = df.height(), "COPY into {target} in {} format", if plan.is_some() { "binary" } else { "text" });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(4);
         let frame = df.clone();
         let encoder = tokio::task::spawn_blocking(move || {
             let rows_per_chunk = 16_384;
             let mut start = 0;
+            let mut first = true;
             while start < frame.height() {
                 let mut buf = Vec::with_capacity(1 << 20);
-                let r = crate::pgcopy::encode(&frame, start, rows_per_chunk, &mut buf).map(|_| buf);
+                let r = match &plan {
+                    Some(p) => {
+                        if first {
+                            buf.extend_from_slice(crate::pgcopy::BINARY_HEADER);
+                        }
+                        crate::pgcopy::encode_binary(&frame, p, start, rows_per_chunk, &mut buf).map(|_| buf)
+                    }
+                    None => crate::pgcopy::encode(&frame, start, rows_per_chunk, &mut buf).map(|_| buf),
+                };
+                first = false;
                 let failed = r.is_err();
                 if tx.blocking_send(r).is_err() || failed {
                     return;
                 }
                 start += rows_per_chunk;
+            }
+            if plan.is_some() {
+                let mut end = Vec::new();
+                if first {
+                    end.extend_from_slice(crate::pgcopy::BINARY_HEADER);
+                }
+                end.extend_from_slice(crate::pgcopy::BINARY_TRAILER);
+                let _ = tx.blocking_send(Ok(end));
             }
         });
         let mut copy = conn.copy_in_raw(&stmt).await?;
@@ -385,10 +414,10 @@ impl Run for Load {
 
         // (inserted, updated, deleted)
         let (inserted, updated, deleted): (u64, u64, u64) = match self.cfg.mode {
-            Mode::Append => (self.copy(&mut tx, df.clone(), &self.table.quoted).await?, 0, 0),
+            Mode::Append => (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, 0),
             Mode::Replace => {
                 let deleted = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {}", self.table.quoted))).execute(&mut *tx).await?.rows_affected();
-                (self.copy(&mut tx, df.clone(), &self.table.quoted).await?, 0, deleted)
+                (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, deleted)
             }
             Mode::ReplacePartition => {
                 let pcol = self.cfg.partition_column.as_deref().expect("validated");
@@ -404,7 +433,7 @@ impl Run for Load {
                 }
                 let sql = format!("DELETE FROM {} WHERE {} >= $1::{kind} AND {} < $2::{kind}", self.table.quoted, quote_ident(pcol), quote_ident(pcol));
                 let deleted = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&start).bind(&end).execute(&mut *tx).await?.rows_affected();
-                (self.copy(&mut tx, df.clone(), &self.table.quoted).await?, 0, deleted)
+                (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, deleted)
             }
             Mode::Upsert => {
                 self.check_unique_key(&mut tx).await?;
@@ -415,7 +444,7 @@ impl Run for Load {
                 )))
                 .execute(&mut *tx)
                 .await?;
-                self.copy(&mut tx, df.clone(), stage).await?;
+                self.copy(&mut tx, df.clone(), stage, &cols).await?;
                 let names: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
                 let col_list = names.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
                 let key_list = self.cfg.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");

@@ -177,6 +177,76 @@ tasks:
     assert_eq!(p.sql("SELECT count(*), sum(amount), min(id), max(id) FROM t"), vec!["10|10|1|10"]);
 });
 
+/// A load uses COPY's binary format when every column type allows it and
+/// the text format otherwise; both must store exactly the same values,
+/// including the edges of each encoding.
+sluice_test!(binary_and_text_copy_store_the_same_values, |p| {
+    p.write(
+        "data/edges.csv",
+        "i2,i4,i8,dec,num,f4,f8,b,t,v,d,ts,tz\n\
+         -32768,-2147483648,-9223372036854775808,-9999999999.99,0,-1.5,-0.0,true,\"tab\tand \\ back\",é한,1999-12-31,1999-12-31 23:59:59.999999,2000-01-01T00:00:00+00:00\n\
+         32767,2147483647,9223372036854775807,0.01,-0.00001,3.25,1e300,false,\"line\nbreak\",,2000-01-01,2000-01-01 00:00:00,1969-07-20T20:17:40.5+00:00\n\
+         0,0,0,0.00,123456789.123456789,NaN,-inf,,\"\",v,0001-01-01,2038-01-19 03:14:08,2262-04-11T23:47:16+00:00\n\
+         ,,,,,,,,,,,,\n\
+         1,10000,100000000,10000.00,100000000,,inf,false,x,y,2024-02-29,2024-02-29 12:00:00.000001,2024-02-29T12:00:00.000001+09:00\n",
+    );
+    let columns = "i2 smallint, i4 integer, i8 bigint, dec numeric(12,2), num numeric, f4 real, f8 double precision, b boolean, t text, v varchar(10), d date, ts timestamp, tz timestamptz";
+    p.write(
+        "dags/edges.yaml",
+        &format!(
+            r#"
+timezone: UTC
+tasks:
+  - id: tables
+    type: sql
+    conn: warehouse
+    sql: |
+      CREATE TABLE bin ({columns});
+      -- A column COPY's binary format cannot fill from an integer (real)
+      -- makes this load fall back to the text format.
+      CREATE TABLE txt ({columns}, fallback real);
+  - id: edges
+    type: extract
+    source: data/edges.csv
+    schema: {{ i2: int, i4: int, i8: int, dec: "decimal(12,2)", num: "decimal(38,9)", f4: float, f8: float, b: bool, t: text, v: text, d: date, ts: timestamp, tz: timestamptz }}
+  - id: with_fallback
+    type: transform
+    inputs: [edges]
+    sql: SELECT *, i2 AS fallback FROM edges
+  - {{ id: load_bin, type: load, input: edges, conn: warehouse, table: bin, mode: append, depends_on: [tables] }}
+  - {{ id: load_txt, type: load, input: with_fallback, conn: warehouse, table: txt, mode: append, depends_on: [tables] }}
+"#
+        ),
+    );
+    p.sluice(&["run", "edges", "--date", "2024-01-05"]).ok();
+    // Both formats were used, as intended.
+    let run = p.last_run("edges").to_string();
+    let log = |task: &str| p.sluice(&["logs", &run, task]).ok().stdout;
+    assert!(log("load_bin").contains("in binary format"), "{}", log("load_bin"));
+    assert!(log("load_txt").contains("in text format"), "{}", log("load_txt"));
+    let cols = "i2, i4, i8, dec, num, f4, f8, b, t, v, d, ts, tz";
+    // Newlines inside values are shown as ⏎: psql's output is split on lines.
+    let rows = |t: &str| p.sql(&format!("SET timezone = 'UTC'; SELECT replace(({cols})::text, E'\\n', '⏎') FROM {t} ORDER BY i8 NULLS LAST"));
+    let bin = rows("bin");
+    assert_eq!(bin, rows("txt"));
+    assert_eq!(bin.len(), 5);
+    // And the values are the right ones, column by column.
+    let col = |c: &str| p.sql(&format!("SET timezone = 'UTC'; SELECT replace(coalesce({c}::text, 'NULL'), E'\\n', '⏎') FROM bin ORDER BY i8 NULLS LAST"));
+    assert_eq!(col("i2"), ["-32768", "0", "1", "32767", "NULL"]);
+    assert_eq!(col("i8"), ["-9223372036854775808", "0", "100000000", "9223372036854775807", "NULL"]);
+    assert_eq!(col("dec"), ["-9999999999.99", "0.00", "10000.00", "0.01", "NULL"]);
+    assert_eq!(col("num"), ["0.000000000", "123456789.123456789", "100000000.000000000", "-0.000010000", "NULL"]);
+    assert_eq!(col("f4"), ["-1.5", "NaN", "NULL", "3.25", "NULL"]);
+    assert_eq!(col("f8"), ["-0", "-Infinity", "Infinity", "1e+300", "NULL"]);
+    assert_eq!(col("b"), ["true", "NULL", "false", "false", "NULL"]);
+    // (An empty field, quoted or not, is null by default: `null_values`.)
+    assert_eq!(col("t"), ["tab\tand \\ back", "NULL", "x", "line⏎break", "NULL"]);
+    assert_eq!(col("v"), ["é한", "v", "y", "NULL", "NULL"]);
+    assert_eq!(col("d"), ["1999-12-31", "0001-01-01", "2024-02-29", "2000-01-01", "NULL"]);
+    assert_eq!(col("ts"), ["1999-12-31 23:59:59.999999", "2038-01-19 03:14:08", "2024-02-29 12:00:00.000001", "2000-01-01 00:00:00", "NULL"]);
+    assert_eq!(col("tz"), ["2000-01-01 00:00:00+00", "2262-04-11 23:47:16+00", "2024-02-29 03:00:00.000001+00", "1969-07-20 20:17:40.5+00", "NULL"]);
+});
+
 sluice_test!(malformed_inputs_land_in_quarantine_with_reasons_and_lines, |p| {
     let mut csv = b"id,price,day\n1,10,2024-01-05\n2,x,2024-01-05\n3,30\n4,40,2024-13-45\n".to_vec();
     csv.extend_from_slice(b"5,50,2024-01-05\xff\n6,60,2024-01-06\n");
