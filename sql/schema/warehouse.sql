@@ -100,6 +100,8 @@ CREATE TABLE IF NOT EXISTS shop.quarantine (
 CREATE INDEX IF NOT EXISTS orders_ordered_at ON shop.orders (ordered_at);
 CREATE INDEX IF NOT EXISTS orders_paid_window ON shop.orders (ordered_at) INCLUDE (user_id, total_amount) WHERE status = 'paid';
 CREATE INDEX IF NOT EXISTS orders_user ON shop.orders (user_id, ordered_at);
+-- The grade update sums paid orders per user in user order from this alone.
+CREATE INDEX IF NOT EXISTS orders_paid_user ON shop.orders (user_id, ordered_at) INCLUDE (total_amount) WHERE status = 'paid';
 CREATE INDEX IF NOT EXISTS order_items_ordered_at ON shop.order_items (ordered_at);
 DROP INDEX IF EXISTS shop.order_items_product;
 CREATE INDEX IF NOT EXISTS order_items_product_time ON shop.order_items (product_id, ordered_at);

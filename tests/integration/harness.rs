@@ -22,8 +22,14 @@ macro_rules! sluice_test {
     };
 }
 
+/// The checkout under test. Cargo sets `CARGO_MANIFEST_DIR` when it runs the
+/// tests; the value compiled in is only a fallback, because a test binary
+/// reused from a shared target directory may have been built in another
+/// checkout (cargo does not rebuild when only the checkout's path changed).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn bin() -> PathBuf {
