@@ -199,11 +199,12 @@ impl Runner {
                 }
             }
             let mut tis = self.store.task_states(run_id).await?;
+            // decide() settles every pending instance it can in one pass, so
+            // the local copy is current after applying its result. The
+            // decisions are written by the claim below, in its transaction,
+            // or on their own when nothing is claimed.
             let decisions = decide(&dag, &tis);
             if !decisions.is_empty() {
-                // decide() settles every pending instance it can in one pass,
-                // so the local copy is current after applying its result.
-                self.store.decide(run_id, &decisions).await?;
                 let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
                 for t in tis.iter_mut() {
                     if let Some(s) = decided.get(t.task_id.as_str()) {
@@ -219,6 +220,7 @@ impl Runner {
             let now = Utc::now();
             let all_done = tis.iter().all(|t| t.state().is_terminal());
             if all_done && tries.is_empty() {
+                self.store.decide(run_id, &decisions).await?;
                 let ok = tis.iter().all(|t| matches!(t.state(), TiState::Success | TiState::Skipped | TiState::Removed));
                 let state = if ok { "success" } else { "failed" };
                 self.store.finish_run(run_id, state).await?;
@@ -226,14 +228,18 @@ impl Runner {
                 return Ok(if ok { RunOutcome::Success } else { RunOutcome::Failed });
             }
             if stopping && tries.is_empty() {
+                self.store.decide(run_id, &decisions).await?;
                 return Ok(RunOutcome::Interrupted);
             }
 
             let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
             let ready = tis.iter().any(|t| is_ready(t, now));
-            if ready && !stopping {
+            if !ready || stopping {
+                self.store.decide(run_id, &decisions).await?;
+            } else {
                 let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(self.parallelism.saturating_sub(local.len()));
-                let claimed = self.store.claim(run_id, &self.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries).await?;
+                let claimed =
+                    self.store.claim(run_id, &self.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries, &decisions).await?;
                 for c in claimed {
                     observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
                     local.insert(c.task_id.clone());

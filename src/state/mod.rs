@@ -20,7 +20,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 
 use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
@@ -445,23 +445,13 @@ impl Store {
         if decisions.is_empty() {
             return Ok(());
         }
-        let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
-        let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
-        sqlx::query(
-            "UPDATE task_instances t SET state = u.state,
-                 ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
-             FROM UNNEST($2::text[], $3::text[]) AS u(task_id, state)
-             WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state = 'pending'",
-        )
-        .bind(run_id)
-        .bind(&ids)
-        .bind(&states)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        apply_decisions(&mut conn, run_id, decisions).await
     }
 
-    /// Claims up to `limit` ready tries of a run for `worker`. A try is ready
+    /// Applies `decisions` (as [`Store::decide`]), then claims up to `limit`
+    /// ready tries of a run for `worker`, in one transaction: in a chain, the
+    /// task just queued is claimed with one commit fewer. A try is ready
     /// when its instance is queued, or up for retry and its wait is over.
     /// `max_tries` gives each task's current retries + 1 from the DAG file.
     pub async fn claim(
@@ -471,14 +461,17 @@ impl Store {
         limit: i64,
         max_active: i64,
         max_tries: &HashMap<String, i32>,
+        decisions: &[(String, TiState)],
     ) -> Result<Vec<Claimed>, StateError> {
         if limit <= 0 {
+            self.decide(run_id, decisions).await?;
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
         // Claims of one run are serialized by a lock on its row, so that
         // max_active_tasks holds however many processes drive the run.
         sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
+        apply_decisions(&mut tx, run_id, decisions).await?;
         // One statement claims the instances, raises their max_tries to the
         // DAG file's (a DAG edited to allow more retries applies to running
         // instances; a clear may have raised it past the file's value) and
@@ -761,4 +754,26 @@ pub fn describe_target(url: &str) -> String {
         ),
         Err(_) => "an invalid URL".into(),
     }
+}
+
+/// Writes trigger-rule decisions; an instance that is no longer pending
+/// (another worker decided it first) is left alone.
+async fn apply_decisions(conn: &mut PgConnection, run_id: i64, decisions: &[(String, TiState)]) -> Result<(), StateError> {
+    if decisions.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
+    let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
+    sqlx::query(
+        "UPDATE task_instances t SET state = u.state,
+             ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
+         FROM UNNEST($2::text[], $3::text[]) AS u(task_id, state)
+         WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state = 'pending'",
+    )
+    .bind(run_id)
+    .bind(&ids)
+    .bind(&states)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
