@@ -48,13 +48,8 @@ pub enum DagsCmd {
     /// Queue a run of a DAG; a running daemon starts it within a second.
     Trigger {
         dag: String,
-        /// The interval that starts on this day (default: now).
-        #[arg(long, conflicts_with = "logical_date")]
-        date: Option<String>,
-        #[arg(long)]
-        logical_date: Option<String>,
-        #[arg(long = "conf", value_name = "KEY=VALUE")]
-        conf: Vec<String>,
+        #[command(flatten)]
+        interval: super::IntervalArgs,
     },
     /// Show the DAG files that currently fail to load (a running daemon keeps
     /// the last good version of their DAGs).
@@ -92,7 +87,7 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
         }
         DagsCmd::Pause { dag } => set_paused(app, &dag, true).await,
         DagsCmd::Unpause { dag } => set_paused(app, &dag, false).await,
-        DagsCmd::Trigger { dag, date, logical_date, conf } => trigger(app, &dag, date.as_deref(), logical_date.as_deref(), &conf).await,
+        DagsCmd::Trigger { dag, interval } => trigger(app, &dag, &interval).await,
         DagsCmd::ListErrors => {
             let (bag, _) = app.load(true)?;
             let mut n = 0;
@@ -129,18 +124,18 @@ async fn set_paused(app: &App, dag_id: &str, paused: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn trigger(app: &App, dag_id: &str, date: Option<&str>, logical: Option<&str>, conf: &[String]) -> Result<ExitCode> {
+async fn trigger(app: &App, dag_id: &str, args: &super::IntervalArgs) -> Result<ExitCode> {
     let (bag, _) = app.load(true)?;
     let dag = match bag.get(dag_id) {
         Ok(d) => d,
         Err(e) => return Ok(super::config_exit(&e)),
     };
-    let conf = crate::dag::parse_conf_args(conf).map_err(anyhow::Error::msg)?;
+    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
     let params = match dag.resolve_params(&conf) {
         Ok(p) => p,
         Err(e) => return Ok(super::config_exit(&e)),
     };
-    let when = super::manual_when(date, logical)?;
+    let when = args.when()?;
     let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
     let store = app.store().await?;
     store.sync_dags(&[dag.as_ref()]).await?;

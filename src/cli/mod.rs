@@ -242,7 +242,28 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Parses `--date YYYY-MM-DD` / `--logical-date RFC3339` into a manual run date.
-pub fn manual_when(date: Option<&str>, logical: Option<&str>) -> Result<crate::dag::ManualWhen> {
+/// The interval a manual run covers and the params it overrides: the same
+/// flags for `sluice run`, `sluice dags trigger` and `sluice tasks test`.
+#[derive(clap::Args, Debug)]
+pub struct IntervalArgs {
+    /// The interval that starts on this day (YYYY-MM-DD, in the DAG's time zone). Default: now.
+    #[arg(long, conflicts_with = "logical_date")]
+    pub date: Option<String>,
+    /// The interval that starts at this tick (RFC 3339).
+    #[arg(long)]
+    pub logical_date: Option<String>,
+    /// Override a param: KEY=VALUE (repeatable), or one JSON object.
+    #[arg(long = "conf", value_name = "KEY=VALUE")]
+    pub conf: Vec<String>,
+}
+
+impl IntervalArgs {
+    pub fn when(&self) -> Result<crate::dag::ManualWhen> {
+        manual_when(self.date.as_deref(), self.logical_date.as_deref())
+    }
+}
+
+fn manual_when(date: Option<&str>, logical: Option<&str>) -> Result<crate::dag::ManualWhen> {
     use crate::dag::ManualWhen;
     match (date, logical) {
         (Some(_), Some(_)) => bail!("give --date or --logical-date, not both"),

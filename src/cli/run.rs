@@ -19,15 +19,8 @@ use crate::state::{RunRow, Store};
 pub struct RunArgs {
     /// The DAG to run.
     pub dag: String,
-    /// Run the interval that starts on this day (YYYY-MM-DD, in the DAG's time zone).
-    #[arg(long, conflicts_with = "logical_date")]
-    pub date: Option<String>,
-    /// Run the interval that starts at this tick (RFC 3339).
-    #[arg(long)]
-    pub logical_date: Option<String>,
-    /// Override a param: KEY=VALUE (repeatable), or one JSON object.
-    #[arg(long = "conf", value_name = "KEY=VALUE")]
-    pub conf: Vec<String>,
+    #[command(flatten)]
+    pub interval: super::IntervalArgs,
     /// Continue an existing run (after `sluice tasks clear`, an interruption or a crash).
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["date", "logical_date", "conf", "rerun"])]
     pub resume: Option<i64>,
@@ -49,12 +42,8 @@ pub enum TasksCmd {
     Test {
         dag: String,
         task: String,
-        #[arg(long, conflicts_with = "logical_date")]
-        date: Option<String>,
-        #[arg(long)]
-        logical_date: Option<String>,
-        #[arg(long = "conf", value_name = "KEY=VALUE")]
-        conf: Vec<String>,
+        #[command(flatten)]
+        interval: super::IntervalArgs,
         /// Read upstream datasets from this run (default: the DAG's run for the same date, if any).
         #[arg(long, value_name = "RUN_ID")]
         run: Option<i64>,
@@ -103,8 +92,8 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
             run
         }
         None => {
-            let when = super::manual_when(args.date.as_deref(), args.logical_date.as_deref())?;
-            let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
+            let when = args.interval.when()?;
+            let conf = crate::dag::parse_conf_args(&args.interval.conf).map_err(anyhow::Error::msg)?;
             let params = match dag.resolve_params(&conf) {
                 Ok(p) => p,
                 Err(e) => return Ok(super::config_exit(&e)),
@@ -238,9 +227,7 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
 
 pub async fn tasks(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
     match cmd {
-        TasksCmd::Test { dag, task, date, logical_date, conf, run } => {
-            test(app, &dag, &task, date.as_deref(), logical_date.as_deref(), &conf, run).await
-        }
+        TasksCmd::Test { dag, task, interval, run } => test(app, &dag, &task, &interval, run).await,
         TasksCmd::Clear { dag, run, task, downstream, only_failed } => clear(app, &dag, run, task.as_deref(), downstream, only_failed).await,
     }
 }
@@ -249,9 +236,7 @@ async fn test(
     app: &App,
     dag_id: &str,
     task_id: &str,
-    date: Option<&str>,
-    logical: Option<&str>,
-    conf: &[String],
+    args: &super::IntervalArgs,
     run_id: Option<i64>,
 ) -> Result<ExitCode> {
     let (dag, conns) = match load_dag(app, dag_id)? {
@@ -262,8 +247,8 @@ async fn test(
         let hint = crate::diag::hint(task_id, dag.tasks.iter().map(|t| t.id.as_str()));
         return Ok(super::config_exit(&format!("DAG `{dag_id}` has no task `{task_id}`{hint}")));
     };
-    let when = super::manual_when(date, logical)?;
-    let conf = crate::dag::parse_conf_args(conf).map_err(anyhow::Error::msg)?;
+    let when = args.when()?;
+    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
     let params = match dag.resolve_params(&conf) {
         Ok(p) => p,
         Err(e) => return Ok(super::config_exit(&e)),
