@@ -119,9 +119,7 @@ impl Connection {
             s => s.to_string(),
         };
         if !["postgres", "s3", "smtp", "smtps", "http", "https"].contains(&scheme.as_str()) {
-            return Err(format!(
-                "connection `{id}` ({source}) has scheme `{scheme}`; supported: postgres, s3, smtp, smtps, http, https"
-            ));
+            return Err(format!("connection `{id}` ({source}) has scheme `{scheme}`; supported: postgres, s3, smtp, smtps, http, https"));
         }
         let decode = |s: &str| {
             url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
@@ -209,9 +207,14 @@ pub enum ConnError {
 enum Entry {
     Ready(Box<Connection>),
     /// Declared in the file, but its value is not available here.
-    Unavailable { reason: String, kind: Option<String> },
+    Unavailable {
+        reason: String,
+        kind: Option<String>,
+    },
     /// Declared, and environment checks are off (`--no-environment`).
-    Declared { kind: Option<String> },
+    Declared {
+        kind: Option<String>,
+    },
     Invalid(String),
 }
 
@@ -298,12 +301,11 @@ impl Connections {
                     Entry::Unavailable { reason: format!("set {}", env_name(&id)), kind: c.kind.clone() }
                 };
                 if let (Some(k), Entry::Ready(conn)) = (&c.kind, &entry)
-                    && conn.kind() != k {
-                        diags.push(file_diag(
-                            &file,
-                            format!("connections.{id}: declared as type `{k}` but its URI is a `{}` URI", conn.scheme),
-                        ));
-                    }
+                    && conn.kind() != k
+                {
+                    diags
+                        .push(file_diag(&file, format!("connections.{id}: declared as type `{k}` but its URI is a `{}` URI", conn.scheme)));
+                }
                 me.entries.insert(id, entry);
             }
         }
@@ -339,9 +341,7 @@ impl Connections {
         match self.entries.get(id) {
             Some(Entry::Ready(c)) => Ok(c),
             Some(Entry::Unavailable { reason, .. }) => Err(ConnError::Unavailable { id: id.into(), reason: reason.clone() }),
-            Some(Entry::Declared { .. }) => {
-                Err(ConnError::Unavailable { id: id.into(), reason: "environment lookups are off".into() })
-            }
+            Some(Entry::Declared { .. }) => Err(ConnError::Unavailable { id: id.into(), reason: "environment lookups are off".into() }),
             Some(Entry::Invalid(m)) => Err(ConnError::Invalid(m.clone())),
             None => Err(ConnError::Undefined {
                 id: id.into(),
@@ -378,10 +378,7 @@ impl Connections {
                 };
                 d.error(
                     at,
-                    format!(
-                        "connection `{id}` is not defined{}; {how}",
-                        crate::diag::hint(id, self.entries.keys().map(String::as_str))
-                    ),
+                    format!("connection `{id}` is not defined{}; {how}", crate::diag::hint(id, self.entries.keys().map(String::as_str))),
                 );
                 return;
             }
@@ -410,13 +407,7 @@ impl Connections {
     }
 }
 
-fn resolve(
-    id: &str,
-    uri: &str,
-    source: &str,
-    headers: &BTreeMap<String, String>,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Entry {
+fn resolve(id: &str, uri: &str, source: &str, headers: &BTreeMap<String, String>, lookup: &dyn Fn(&str) -> Option<String>) -> Entry {
     match Connection::parse(id, uri, source) {
         Ok(mut c) => {
             for (k, v) in headers {

@@ -52,10 +52,9 @@ impl Staging {
     /// From `SLUICE_STAGING` / `SLUICE_STAGING_CONN`, or the default folder.
     pub fn from_env(project_root: &Path) -> Result<Staging, String> {
         match std::env::var("SLUICE_STAGING").ok().filter(|s| !s.is_empty()) {
-            Some(s) if s.starts_with("s3://") => Ok(Staging::S3 {
-                root: S3Uri::parse(&s)?,
-                conn: std::env::var("SLUICE_STAGING_CONN").unwrap_or_else(|_| "staging".into()),
-            }),
+            Some(s) if s.starts_with("s3://") => {
+                Ok(Staging::S3 { root: S3Uri::parse(&s)?, conn: std::env::var("SLUICE_STAGING_CONN").unwrap_or_else(|_| "staging".into()) })
+            }
             Some(s) => Ok(Staging::Local(project_root.join(s))),
             None => Ok(Staging::Local(project_root.join(".sluice/staging"))),
         }
@@ -163,10 +162,7 @@ pub fn write_frame(tmp: &Path, df: &mut DataFrame) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let file = File::create(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    ParquetWriter::new(file)
-        .with_compression(STAGING_COMPRESSION)
-        .finish(df)
-        .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    ParquetWriter::new(file).with_compression(STAGING_COMPRESSION).finish(df).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     Ok(())
 }
 

@@ -170,9 +170,7 @@ impl<'a> Diagnostics<'a> {
 /// Sorts diagnostics by file and position, errors before warnings at the
 /// same position.
 pub fn sort(items: &mut [Diagnostic]) {
-    items.sort_by(|a, b| {
-        (&a.file, a.pos, a.severity, &a.path, &a.message).cmp(&(&b.file, b.pos, b.severity, &b.path, &b.message))
-    });
+    items.sort_by(|a, b| (&a.file, a.pos, a.severity, &a.path, &a.message).cmp(&(&b.file, b.pos, b.severity, &b.path, &b.message)));
 }
 
 /// `tasks[2].retries` -> `tasks[2]` -> `tasks` -> None.

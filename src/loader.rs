@@ -41,10 +41,9 @@ impl ValidationEnv for FsEnv<'_> {
     fn read_file(&self, rel: &str) -> Result<String, String> {
         let path = self.root.join(rel);
         std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "file `{rel}` does not exist; paths are relative to the project root ({})",
-                display_path(self.root).display()
-            ),
+            std::io::ErrorKind::NotFound => {
+                format!("file `{rel}` does not exist; paths are relative to the project root ({})", display_path(self.root).display())
+            }
             _ => format!("cannot read `{rel}` ({}): {e}", display_path(&path).display()),
         })
     }

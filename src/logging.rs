@@ -63,9 +63,8 @@ pub fn init(format: LogFormat, default_level: Level) {
     // Events inside a try belong to the try's log (and the progress display);
     // on stderr they only add noise unless asked for with -v.
     let show_tries = default_level >= Level::INFO || std::env::var_os("RUST_LOG").is_some();
-    let outside_tries = filter::DynFilterFn::new(move |_, cx| {
-        show_tries || !cx.lookup_current().is_some_and(|s| s.scope().any(|x| x.name() == "try"))
-    });
+    let outside_tries =
+        filter::DynFilterFn::new(move |_, cx| show_tries || !cx.lookup_current().is_some_and(|s| s.scope().any(|x| x.name() == "try")));
     let _ = tracing_subscriber::registry()
         .with(stderr_layer.with_filter(filter).with_filter(outside_tries))
         .with(CaptureLayer.with_filter(capture_filter))

@@ -31,11 +31,12 @@ pub fn prepare(df: DataFrame) -> Result<DataFrame, String> {
     if !bad.is_empty() {
         return Err(format!("columns of these types cannot be loaded into Postgres: {}; cast or drop them in a transform", bad.join(", ")));
     }
-    DataFrame::new(df.height(), cols).map(|mut d| {
-        d.rechunk_mut();
-        d
-    })
-    .map_err(|e| e.to_string())
+    DataFrame::new(df.height(), cols)
+        .map(|mut d| {
+            d.rechunk_mut();
+            d
+        })
+        .map_err(|e| e.to_string())
 }
 
 fn escape(out: &mut Vec<u8>, s: &str) {
@@ -150,7 +151,9 @@ fn cell_iters(part: &DataFrame) -> Result<Vec<Box<dyn Iterator<Item = Cell<'_>> 
             DataType::Date => Box::new(s.date().map_err(|e| e.to_string())?.physical().iter().map(|v| v.map_or(Cell::Null, Cell::D))),
             DataType::Decimal(_, scale) => {
                 let scale = *scale;
-                Box::new(s.decimal().map_err(|e| e.to_string())?.physical().iter().map(move |v| v.map_or(Cell::Null, |x| Cell::Dec(x, scale))))
+                Box::new(
+                    s.decimal().map_err(|e| e.to_string())?.physical().iter().map(move |v| v.map_or(Cell::Null, |x| Cell::Dec(x, scale))),
+                )
             }
             DataType::Datetime(unit, tz) => {
                 let to_us: fn(i64) -> i64 = match unit {
@@ -159,7 +162,13 @@ fn cell_iters(part: &DataFrame) -> Result<Vec<Box<dyn Iterator<Item = Cell<'_>> 
                     TimeUnit::Milliseconds => |x| x * 1000,
                 };
                 let aware = tz.is_some();
-                Box::new(s.datetime().map_err(|e| e.to_string())?.physical().iter().map(move |v| v.map_or(Cell::Null, |x| Cell::T(to_us(x), aware))))
+                Box::new(
+                    s.datetime()
+                        .map_err(|e| e.to_string())?
+                        .physical()
+                        .iter()
+                        .map(move |v| v.map_or(Cell::Null, |x| Cell::T(to_us(x), aware))),
+                )
             }
             DataType::Null => Box::new(std::iter::repeat_n(Cell::Null, n)),
             other => return Err(format!("column `{}` has type {other}, which cannot be loaded", s.name())),
@@ -262,7 +271,9 @@ pub fn binary_plan(df: &DataFrame, pg_types: &[&str]) -> Option<Vec<Bin>> {
                 DataType::String if pg == "text" || pg.starts_with("character varying") => Bin::Text,
                 DataType::Date if pg == "date" => Bin::Date,
                 DataType::Datetime(_, None) if pg.starts_with("timestamp") && pg.ends_with("without time zone") => Bin::Timestamp,
-                DataType::Datetime(_, Some(_)) if pg.starts_with("timestamp") && pg.ends_with("with time zone") && !pg.ends_with("without time zone") => {
+                DataType::Datetime(_, Some(_))
+                    if pg.starts_with("timestamp") && pg.ends_with("with time zone") && !pg.ends_with("without time zone") =>
+                {
                     Bin::Timestamp
                 }
                 _ => return None,
@@ -305,7 +316,7 @@ fn write_numeric(out: &mut Vec<u8>, v: i128, scale: usize) {
     let mut weight = groups.len() as i16 - 1;
     // Fraction digits (after `frac_zeros` zeros) in groups of four from the left.
     let mut f: Vec<u8> = std::iter::repeat_n(b'0', frac_zeros).chain(frac.iter().copied()).collect();
-    while f.len() % 4 != 0 {
+    while !f.len().is_multiple_of(4) {
         f.push(b'0');
     }
     for chunk in f.chunks(4) {
@@ -338,7 +349,9 @@ pub fn encode_binary(df: &DataFrame, plan: &[Bin], start: usize, len: usize, out
     let n = part.height();
     let mut iters = cell_iters(&part)?;
     let names: Vec<String> = part.get_column_names().iter().map(|c| c.to_string()).collect();
-    let too_big = |j: usize, v: &dyn std::fmt::Display, row: usize| format!("column `{}`: {v} (row {}) does not fit the table's column type", names[j], start + row + 1);
+    let too_big = |j: usize, v: &dyn std::fmt::Display, row: usize| {
+        format!("column `{}`: {v} (row {}) does not fit the table's column type", names[j], start + row + 1)
+    };
     for row in 0..n {
         out.extend_from_slice(&(plan.len() as i16).to_be_bytes());
         for (j, (it, bin)) in iters.iter_mut().zip(plan).enumerate() {
@@ -406,7 +419,14 @@ pub fn compatible(d: &DataType, pg: &str) -> bool {
     let numeric = ["smallint", "integer", "bigint", "numeric", "real", "double precision", "money"];
     let is = |names: &[&str]| names.iter().any(|n| pg.starts_with(n));
     match d {
-        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => is(&numeric),
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64 => is(&numeric),
         DataType::Float32 | DataType::Float64 | DataType::Decimal(..) => is(&["numeric", "real", "double precision", "money"]),
         DataType::Boolean => is(&["boolean"]),
         DataType::Date => is(&["date", "timestamp"]),
@@ -442,10 +462,10 @@ mod tests {
         out.push(b' ');
         write_decimal(&mut out, 123456, 2);
         assert_eq!(String::from_utf8(out).unwrap(), "-0.05 1234.56");
-        let dates = Int32Chunked::from_slice("d".into(), &[19727]).into_series().into_date();
-        let ts = Int64Chunked::from_slice("t".into(), &[1_704_448_800_123_456, 1_704_448_800_000_000, -62_135_596_800_000_000 - 86_400_000_000])
-            .into_series()
-            .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC));
+        let ts =
+            Int64Chunked::from_slice("t".into(), &[1_704_448_800_123_456, 1_704_448_800_000_000, -62_135_596_800_000_000 - 86_400_000_000])
+                .into_series()
+                .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC));
         let dates = Int32Chunked::from_slice("d".into(), &[19727, 0, -719_162 - 1]).into_series().into_date();
         let df = DataFrame::new(3, vec![dates.into_column(), ts.into_column()]).unwrap();
         let mut out = Vec::new();

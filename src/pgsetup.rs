@@ -94,16 +94,17 @@ pub fn ensure(dir: &Path) -> Result<PrivatePostgres, PgSetupError> {
         if root {
             chown_to_postgres(&dir)?;
         }
-        run(
-            cmd("initdb").args(["-D"]).arg(&dir).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]),
-            "initdb",
-        )?;
+        run(cmd("initdb").args(["-D"]).arg(&dir).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]), "initdb")?;
     }
     let status = cmd("pg_ctl").args(["-D"]).arg(&dir).arg("status").output();
     let running = status.is_ok_and(|s| s.status.success());
     let (port, started) = if running {
         let pid = std::fs::read_to_string(dir.join("postmaster.pid")).map_err(|e| PgSetupError(e.to_string()))?;
-        let port = pid.lines().nth(3).and_then(|l| l.trim().parse::<u16>().ok()).ok_or_else(|| PgSetupError("cannot read the port from postmaster.pid".into()))?;
+        let port = pid
+            .lines()
+            .nth(3)
+            .and_then(|l| l.trim().parse::<u16>().ok())
+            .ok_or_else(|| PgSetupError("cannot read the port from postmaster.pid".into()))?;
         (port, false)
     } else {
         let port = free_port().ok_or_else(|| PgSetupError("no free port between 55432 and 55531".into()))?;

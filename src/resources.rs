@@ -50,12 +50,8 @@ impl Resources {
         if let Some(p) = pools.get(&c.id) {
             return Ok(p.clone());
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(15))
-            .connect(c.uri())
-            .await
-            .map_err(|e| {
+        let pool =
+            PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(15)).connect(c.uri()).await.map_err(|e| {
                 TaskError::Failed(format!(
                     "cannot connect to Postgres connection `{}` ({}:{}): {}",
                     c.id,

@@ -139,7 +139,8 @@ pub async fn upload(client: &Client, path: &Path, to: &S3Uri) -> Result<u64, S3E
         client.put_object().bucket(&to.bucket).key(&to.key).body(body).send().await.map_err(|e| req("PUT", to, e))?;
         return Ok(size);
     }
-    let up = client.create_multipart_upload().bucket(&to.bucket).key(&to.key).send().await.map_err(|e| req("CreateMultipartUpload", to, e))?;
+    let up =
+        client.create_multipart_upload().bucket(&to.bucket).key(&to.key).send().await.map_err(|e| req("CreateMultipartUpload", to, e))?;
     let upload_id = up.upload_id().unwrap_or_default().to_string();
     let result = async {
         let mut parts = Vec::new();
@@ -198,7 +199,9 @@ pub async fn download(client: &Client, from: &S3Uri, to: &Path) -> Result<u64, S
     let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
     let mut body = obj.body;
     let mut n = 0u64;
-    while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Request { op: "GET", uri: from.to_string(), detail: e.to_string() })? {
+    while let Some(chunk) =
+        body.try_next().await.map_err(|e| S3Error::Request { op: "GET", uri: from.to_string(), detail: e.to_string() })?
+    {
         n += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
     }

@@ -42,19 +42,17 @@ pub fn register(secret: &str) {
 /// Registers the password of a URI, if it has one.
 pub fn register_uri(uri: &str) {
     if let Ok(u) = url::Url::parse(uri)
-        && let Some(p) = u.password() {
-            register(p);
-            if let Ok(decoded) = percent_decode(p) {
-                register(&decoded);
-            }
+        && let Some(p) = u.password()
+    {
+        register(p);
+        if let Ok(decoded) = percent_decode(p) {
+            register(&decoded);
         }
+    }
 }
 
 fn percent_decode(s: &str) -> Result<String, std::str::Utf8Error> {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes())
-        .next()
-        .map(|(_, v)| Ok(v.into_owned()))
-        .unwrap_or_else(|| Ok(s.to_string()))
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| Ok(v.into_owned())).unwrap_or_else(|| Ok(s.to_string()))
 }
 
 /// Replaces every registered secret, and any password in a URI, with `***`.

@@ -119,10 +119,7 @@ impl Templates {
             let mut parts = name.split('.');
             let top = parts.next().unwrap_or_default();
             if !KNOWN_NAMES.contains(&top) {
-                problems.push(format!(
-                    "template uses unknown variable `{top}`{}",
-                    crate::diag::hint(top, KNOWN_NAMES.iter().copied())
-                ));
+                problems.push(format!("template uses unknown variable `{top}`{}", crate::diag::hint(top, KNOWN_NAMES.iter().copied())));
                 continue;
             }
             let second = parts.next();
@@ -133,12 +130,13 @@ impl Templates {
                 )),
                 ("conn", Some(c)) => {
                     if let Some(known) = connections
-                        && !known.contains(c) {
-                            problems.push(format!(
-                                "template uses connection `{c}`, which is not defined{}",
-                                crate::diag::hint(c, known.iter().map(String::as_str))
-                            ));
-                        }
+                        && !known.contains(c)
+                    {
+                        problems.push(format!(
+                            "template uses connection `{c}`, which is not defined{}",
+                            crate::diag::hint(c, known.iter().map(String::as_str))
+                        ));
+                    }
                 }
                 _ => {}
             }
@@ -158,11 +156,7 @@ impl Templates {
         tmpl.render(ctx).map_err(|e| {
             let mut msg = describe(&e);
             if e.kind() == ErrorKind::UndefinedError {
-                let missing: Vec<String> = tmpl
-                    .undeclared_variables(true)
-                    .into_iter()
-                    .filter(|n| !resolves(ctx, n))
-                    .collect();
+                let missing: Vec<String> = tmpl.undeclared_variables(true).into_iter().filter(|n| !resolves(ctx, n)).collect();
                 if !missing.is_empty() {
                     msg = format!("{msg}: `{}` is not defined", missing.join("`, `"));
                 }
@@ -179,14 +173,16 @@ impl Templates {
         if let serde_yaml::Value::String(s) = v {
             let t = s.trim();
             if let Some(expr) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"))
-                && !expr.contains("{{") && !expr.contains("}}") {
-                    let e = self.env.compile_expression(expr).map_err(|e| TemplateError::Syntax(describe(&e)))?;
-                    let out = e.eval(ctx).map_err(|e| TemplateError::Render(describe(&e)))?;
-                    if out.is_undefined() {
-                        return Err(TemplateError::Render(format!("`{}` is not defined", expr.trim())));
-                    }
-                    return serde_json::to_value(&out).map_err(|e| TemplateError::Render(e.to_string()));
+                && !expr.contains("{{")
+                && !expr.contains("}}")
+            {
+                let e = self.env.compile_expression(expr).map_err(|e| TemplateError::Syntax(describe(&e)))?;
+                let out = e.eval(ctx).map_err(|e| TemplateError::Render(describe(&e)))?;
+                if out.is_undefined() {
+                    return Err(TemplateError::Render(format!("`{}` is not defined", expr.trim())));
                 }
+                return serde_json::to_value(&out).map_err(|e| TemplateError::Render(e.to_string()));
+            }
             return Ok(serde_json::Value::String(self.render(s, ctx)?));
         }
         serde_json::to_value(v).map_err(|e| TemplateError::Render(e.to_string()))
@@ -198,11 +194,7 @@ impl Templates {
         Ok(match v {
             Y::String(s) => Y::String(self.render(s, ctx).map_err(|e| at_path(e, path))?),
             Y::Sequence(items) => Y::Sequence(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| self.render_yaml(x, ctx, &crate::diag::index(path, i)))
-                    .collect::<Result<_, _>>()?,
+                items.iter().enumerate().map(|(i, x)| self.render_yaml(x, ctx, &crate::diag::index(path, i))).collect::<Result<_, _>>()?,
             ),
             Y::Mapping(m) => {
                 let mut out = serde_yaml::Mapping::new();
@@ -212,10 +204,9 @@ impl Templates {
                 }
                 Y::Mapping(out)
             }
-            Y::Tagged(t) => Y::Tagged(Box::new(serde_yaml::value::TaggedValue {
-                tag: t.tag.clone(),
-                value: self.render_yaml(&t.value, ctx, path)?,
-            })),
+            Y::Tagged(t) => {
+                Y::Tagged(Box::new(serde_yaml::value::TaggedValue { tag: t.tag.clone(), value: self.render_yaml(&t.value, ctx, path)? }))
+            }
             other => other.clone(),
         })
     }
@@ -258,9 +249,8 @@ fn ds_add(ds: String, days: i64) -> Result<String, minijinja::Error> {
 }
 
 fn ds_format(ds: String, input: String, output: String) -> Result<String, minijinja::Error> {
-    let d = NaiveDate::parse_from_str(&ds, &input).map_err(|_| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, format!("ds_format: `{ds}` does not match `{input}`"))
-    })?;
+    let d = NaiveDate::parse_from_str(&ds, &input)
+        .map_err(|_| minijinja::Error::new(ErrorKind::InvalidOperation, format!("ds_format: `{ds}` does not match `{input}`")))?;
     Ok(d.format(&output).to_string())
 }
 
@@ -305,14 +295,8 @@ impl RenderVars {
         m.insert("ts", Value::from(ts.clone()));
         m.insert("ts_nodash", Value::from(ld.format("%Y%m%dT%H%M%S").to_string()));
         m.insert("logical_date", Value::from(ts));
-        m.insert(
-            "data_interval_start",
-            Value::from(local(self.interval_start).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)),
-        );
-        m.insert(
-            "data_interval_end",
-            Value::from(local(self.interval_end).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)),
-        );
+        m.insert("data_interval_start", Value::from(local(self.interval_start).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)));
+        m.insert("data_interval_end", Value::from(local(self.interval_end).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)));
         m.insert("next_ds", Value::from(local(self.interval_end).format("%Y-%m-%d").to_string()));
         m.insert("dag_id", Value::from(self.dag_id.clone()));
         m.insert("task_id", Value::from(self.task_id.clone()));

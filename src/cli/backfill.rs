@@ -52,7 +52,13 @@ pub async fn run(app: &App, args: BackfillArgs) -> Result<ExitCode> {
     store.sync_dags(&[dag.as_ref()]).await?;
     let runner = Runner::new(store.clone(), app.resources(conns));
     let summary = backfill_dag(&runner, dag, args.from, args.to, args.reprocess, args.max_active_runs, args.dry_run, &params).await?;
-    Ok(if summary.failed > 0 { ExitCode::FAILURE } else if summary.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS })
+    Ok(if summary.failed > 0 {
+        ExitCode::FAILURE
+    } else if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[derive(Debug, Default)]
@@ -126,7 +132,12 @@ pub async fn backfill_dag(
             Some(RunOutcome::Failed) => {
                 summary.ran += 1;
                 summary.failed += 1;
-                println!("  {}  ✗ failed   {:>8}  {run}: see `sluice runs show {}`", day(r.logical_date), format_elapsed(r.elapsed), r.run_id.unwrap_or(0));
+                println!(
+                    "  {}  ✗ failed   {:>8}  {run}: see `sluice runs show {}`",
+                    day(r.logical_date),
+                    format_elapsed(r.elapsed),
+                    r.run_id.unwrap_or(0)
+                );
             }
             Some(RunOutcome::Interrupted) => {
                 summary.interrupted = true;

@@ -70,7 +70,9 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "workers": workers, "running": running, "active_runs": active.len(), "ready_tries": ready }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "workers": workers, "running": running, "active_runs": active.len(), "ready_tries": ready })
+            )?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -86,7 +88,15 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
         } else {
             "alive"
         };
-        t.add_row([w.worker_id.clone(), w.kind.clone(), w.hostname.clone(), w.pid.to_string(), ago(w.started_at), ago(w.heartbeat_at), state.into()]);
+        t.add_row([
+            w.worker_id.clone(),
+            w.kind.clone(),
+            w.hostname.clone(),
+            w.pid.to_string(),
+            ago(w.started_at),
+            ago(w.heartbeat_at),
+            state.into(),
+        ]);
     }
     println!("Workers:\n{t}");
     let mut t = Table::new();

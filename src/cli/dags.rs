@@ -141,7 +141,11 @@ async fn trigger(app: &App, dag_id: &str, args: &super::IntervalArgs) -> Result<
     store.sync_dags(&[dag.as_ref()]).await?;
     match store.create_run(&dag, "manual", logical, interval, &params, "queued").await? {
         Ok(run) => {
-            println!("run {} of {dag_id} queued (logical date {}); a running daemon starts it within a second", run.run_id, logical.to_rfc3339());
+            println!(
+                "run {} of {dag_id} queued (logical date {}); a running daemon starts it within a second",
+                run.run_id,
+                logical.to_rfc3339()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(crate::state::RunExists(r)) => {

@@ -111,14 +111,16 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     // 4. The daily ETL over every generated day.
     let last = args.start + chrono::Duration::days(args.days as i64 - 1);
     let etl_params = etl.resolve_params(&[]).map_err(anyhow::Error::msg)?;
-    let summary = super::backfill::backfill_dag(&runner, etl.clone(), args.start, last, Reprocess::Failed, None, false, &etl_params).await?;
+    let summary =
+        super::backfill::backfill_dag(&runner, etl.clone(), args.start, last, Reprocess::Failed, None, false, &etl_params).await?;
     if summary.failed > 0 {
         bail!("{} ETL run(s) failed; `sluice runs list ecommerce_etl --state failed` shows them", summary.failed);
     }
 
     // 5. Grades as of the end of the data.
     let end = crate::dag::schedule::local_midnight(last.succ_opt().unwrap_or(last), grades.timezone);
-    let (logical, interval) = grades.manual_interval(crate::dag::ManualWhen::Logical(end), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+    let (logical, interval) =
+        grades.manual_interval(crate::dag::ManualWhen::Logical(end), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
     let params = grades.resolve_params(&[]).map_err(anyhow::Error::msg)?;
     let run = match store.create_run(&grades, "manual", logical, interval, &params, "queued").await? {
         Ok(r) => Some(r),
@@ -146,7 +148,8 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let monday = sunday - chrono::Duration::days(6);
     let mut report_lines = Vec::new();
     if monday >= args.start {
-        let (logical, interval) = report.manual_interval(crate::dag::ManualWhen::Date(monday), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+        let (logical, interval) =
+            report.manual_interval(crate::dag::ManualWhen::Date(monday), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
         let params = report.resolve_params(&[]).map_err(anyhow::Error::msg)?;
         let run = match store.create_run(&report, "manual", logical, interval, &params, "queued").await? {
             Ok(r) => r,
@@ -176,7 +179,10 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
             report_lines.push(format!("  PDF    {}", crate::loader::display_path(std::path::Path::new(pdf)).display()));
         }
         if let Some(eml) = outputs.get("email_report").and_then(|o| o.pointer("/artifacts/eml")).and_then(|v| v.as_str()) {
-            report_lines.push(format!("  email  {} (no SMTP connection configured)", crate::loader::display_path(std::path::Path::new(eml)).display()));
+            report_lines.push(format!(
+                "  email  {} (no SMTP connection configured)",
+                crate::loader::display_path(std::path::Path::new(eml)).display()
+            ));
         }
         eprintln!("weekly report of {monday} ~ {sunday} ready (run {})", run.run_id);
     }

@@ -143,9 +143,8 @@ impl App {
     /// Loads the project's connections and DAGs.
     pub fn load(&self, use_env: bool) -> Result<(DagBag, Arc<Connections>)> {
         let (conns, conn_diags) = Connections::load(&self.project.root, use_env);
-        let files = crate::loader::dag_files(std::slice::from_ref(&self.project.dags_dir)).map_err(|e| {
-            anyhow::anyhow!("{e}; pass --dags-dir or set SLUICE_DAGS_DIR to the folder holding your DAG files")
-        })?;
+        let files = crate::loader::dag_files(std::slice::from_ref(&self.project.dags_dir))
+            .map_err(|e| anyhow::anyhow!("{e}; pass --dags-dir or set SLUICE_DAGS_DIR to the folder holding your DAG files"))?;
         let mut bag = crate::loader::load(&files, &self.project.root, &conns, &self.templates);
         bag.diagnostics.extend(conn_diags);
         crate::diag::sort(&mut bag.diagnostics);
@@ -155,9 +154,7 @@ impl App {
     /// Connects to the state store (migrating it on first use).
     pub async fn store(&self) -> Result<Store> {
         let Some(url) = &self.global.database_url else {
-            bail!(
-                "no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url"
-            );
+            bail!("no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url");
         };
         Ok(Store::connect(url, &self.global.schema).await?)
     }

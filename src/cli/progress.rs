@@ -43,7 +43,8 @@ impl Observer for Progress {
                 if self.tty {
                     let bar = self.multi.add(ProgressBar::new_spinner());
                     bar.set_style(
-                        ProgressStyle::with_template("  {spinner} {msg} running {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        ProgressStyle::with_template("  {spinner} {msg} running {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
                     bar.set_message(format!("{task:w$}{tries}"));
                     bar.enable_steady_tick(Duration::from_millis(120));
@@ -71,11 +72,7 @@ impl Observer for Progress {
                         first_line(r.error.as_deref().unwrap_or_default())
                     ),
                     TiState::Queued => format!("  ~ {:w$} interrupted {took:>7}", r.task_id),
-                    _ => format!(
-                        "  ✗ {:w$} failed   {took:>7}  {}",
-                        r.task_id,
-                        first_line(r.error.as_deref().unwrap_or_default())
-                    ),
+                    _ => format!("  ✗ {:w$} failed   {took:>7}  {}", r.task_id, first_line(r.error.as_deref().unwrap_or_default())),
                 };
                 self.line(text);
                 for warn in &r.warnings {

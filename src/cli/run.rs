@@ -67,7 +67,12 @@ pub enum TasksCmd {
     },
 }
 
-fn load_dag(app: &App, dag_id: &str) -> Result<Result<(Arc<Dag>, Arc<crate::connections::Connections>), ExitCode>> {
+/// A DAG with the connections it may use.
+type Loaded = (Arc<Dag>, Arc<crate::connections::Connections>);
+
+/// Loads one DAG; an `Err` inside is the exit code after printing why it
+/// could not be loaded.
+fn load_dag(app: &App, dag_id: &str) -> Result<Result<Loaded, ExitCode>> {
     let (bag, conns) = app.load(true)?;
     match bag.get(dag_id) {
         Ok(d) => Ok(Ok((d, conns))),
@@ -105,7 +110,11 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
                     let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
                     let (_, running) = store.clear(existing.run_id, &all).await?;
                     if !running.is_empty() {
-                        bail!("run {} has running tasks ({}); wait for them or stop their worker first", existing.run_id, running.join(", "));
+                        bail!(
+                            "run {} has running tasks ({}); wait for them or stop their worker first",
+                            existing.run_id,
+                            running.join(", ")
+                        );
                     }
                     store.set_run_conf(existing.run_id, &params).await?;
                     store.run(existing.run_id).await?.context("the run vanished")?
@@ -228,17 +237,13 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
 pub async fn tasks(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
     match cmd {
         TasksCmd::Test { dag, task, interval, run } => test(app, &dag, &task, &interval, run).await,
-        TasksCmd::Clear { dag, run, task, downstream, only_failed } => clear(app, &dag, run, task.as_deref(), downstream, only_failed).await,
+        TasksCmd::Clear { dag, run, task, downstream, only_failed } => {
+            clear(app, &dag, run, task.as_deref(), downstream, only_failed).await
+        }
     }
 }
 
-async fn test(
-    app: &App,
-    dag_id: &str,
-    task_id: &str,
-    args: &super::IntervalArgs,
-    run_id: Option<i64>,
-) -> Result<ExitCode> {
+async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs, run_id: Option<i64>) -> Result<ExitCode> {
     let (dag, conns) = match load_dag(app, dag_id)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
@@ -401,7 +406,12 @@ async fn clear(app: &App, dag_id: &str, run_id: i64, pattern: Option<&str>, down
     let chosen = if downstream { dag.downstream_closure(&roots) } else { roots };
     let tasks: Vec<(String, i32)> = chosen.iter().map(|&i| (dag.tasks[i].id.clone(), dag.tasks[i].retries as i32)).collect();
     let (cleared, running) = store.clear(run_id, &tasks).await?;
-    println!("cleared {} task instance{} of run {run_id}: {}", cleared.len(), if cleared.len() == 1 { "" } else { "s" }, cleared.join(", "));
+    println!(
+        "cleared {} task instance{} of run {run_id}: {}",
+        cleared.len(),
+        if cleared.len() == 1 { "" } else { "s" },
+        cleared.join(", ")
+    );
     if !running.is_empty() {
         println!("left alone because they are running: {}", running.join(", "));
     }

@@ -63,9 +63,10 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
     match cmd {
         RunsCmd::List { dag, state, limit, json } => {
             if let Some(s) = &state
-                && !["queued", "running", "success", "failed"].contains(&s.as_str()) {
-                    anyhow::bail!("--state {s}: expected queued, running, success or failed");
-                }
+                && !["queued", "running", "success", "failed"].contains(&s.as_str())
+            {
+                anyhow::bail!("--state {s}: expected queued, running, success or failed");
+            }
             let runs = store.list_runs(dag.as_deref(), state.as_deref(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&runs)?);

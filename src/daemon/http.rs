@@ -11,7 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::Metrics;
 use crate::state::Store;
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store, worker: String, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Store,
+    worker: String,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -54,7 +60,13 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, store: Store, worker
                     _ => ("404 Not Found", "text/plain", "try /health or /metrics\n".to_string()),
                 };
                 let _ = sock
-                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes())
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
                     .await;
             });
         }

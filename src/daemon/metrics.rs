@@ -21,7 +21,12 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram { bounds, counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 
     pub fn observe(&self, secs: f64) {
@@ -99,9 +104,19 @@ impl Metrics {
         gauge(&mut out, "sluice_dag_load_errors", "DAG files that currently fail to load.", self.dag_load_errors.load(Ordering::Relaxed));
         gauge(&mut out, "sluice_tasks_running_local", "Tries running in this process.", self.running_local.load(Ordering::Relaxed));
         counter(&mut out, "sluice_tries_started_total", "Tries started by this process.", self.tries_started.load(Ordering::Relaxed));
-        counter(&mut out, "sluice_tries_succeeded_total", "Tries that succeeded in this process.", self.tries_succeeded.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "sluice_tries_succeeded_total",
+            "Tries that succeeded in this process.",
+            self.tries_succeeded.load(Ordering::Relaxed),
+        );
         counter(&mut out, "sluice_tries_failed_total", "Tries that failed in this process.", self.tries_failed.load(Ordering::Relaxed));
-        counter(&mut out, "sluice_runs_created_total", "Scheduled runs created by this process.", self.runs_created.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "sluice_runs_created_total",
+            "Scheduled runs created by this process.",
+            self.runs_created.load(Ordering::Relaxed),
+        );
         self.task_duration.render("sluice_task_duration_seconds", "Duration of tries run by this process.", &mut out);
         self.scheduling_delay.render(
             "sluice_scheduling_delay_seconds",

@@ -69,7 +69,7 @@ pub fn wake_cron(expr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::{ValidationEnv, TaskConfig};
+    use crate::tasks::{TaskConfig, ValidationEnv};
 
     struct Env(crate::connections::Connections);
     impl ValidationEnv for Env {
@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn catchup_makes_every_missed_interval_due() {
-        let d = dag("schedule: '* * * * *'\nstart_date: '2024-01-05T10:00:00Z'\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n");
+        let d = dag(
+            "schedule: '* * * * *'\nstart_date: '2024-01-05T10:00:00Z'\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n",
+        );
         let now = utc("2024-01-05T10:10:30Z");
         let due_all = due(&d, None, now, 100);
         assert_eq!(due_all.len(), 10);
@@ -117,7 +119,9 @@ mod tests {
 
     #[test]
     fn end_date_and_wake_expressions() {
-        let d = dag("schedule: '@hourly'\nstart_date: '2024-01-05T00:00:00Z'\nend_date: '2024-01-05T02:00:00Z'\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n");
+        let d = dag(
+            "schedule: '@hourly'\nstart_date: '2024-01-05T00:00:00Z'\nend_date: '2024-01-05T02:00:00Z'\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n",
+        );
         assert_eq!(due(&d, None, utc("2024-01-06T00:00:00Z"), 100).len(), 3);
         assert_eq!(wake_cron("@daily"), "0 0 0 * * *");
         assert_eq!(wake_cron("*/10 * * * *"), "0 */10 * * * *");

@@ -1,8 +1,8 @@
 //! The dependency graph: cycle detection, ordering, and rendering as DOT,
 //! Mermaid or text.
 
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Write;
 
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -161,14 +161,7 @@ pub fn to_text(dag: &Dag) -> String {
     let level = levels(dag);
     let width = dag.tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{}: schedule {} ({}), {} tasks",
-        dag.dag_id,
-        dag.schedule_str(),
-        dag.timezone,
-        dag.tasks.len()
-    );
+    let _ = writeln!(s, "{}: schedule {} ({}), {} tasks", dag.dag_id, dag.schedule_str(), dag.timezone, dag.tasks.len());
     for &i in &dag.topo {
         let t = &dag.tasks[i];
         let ups: Vec<&str> = t.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();

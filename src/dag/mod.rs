@@ -227,9 +227,7 @@ pub fn coerce_param(name: &str, default: &Value, raw: &str) -> Result<Value, Str
             "false" | "no" | "0" => Value::Bool(false),
             _ => return Err(bad("a boolean (true or false)")),
         },
-        Value::Number(n) if n.is_i64() || n.is_u64() => {
-            Value::from(raw.replace('_', "").parse::<i64>().map_err(|_| bad("an integer"))?)
-        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => Value::from(raw.replace('_', "").parse::<i64>().map_err(|_| bad("an integer"))?),
         Value::Number(_) => Value::from(raw.replace('_', "").parse::<f64>().map_err(|_| bad("a number"))?),
         Value::String(_) => Value::String(raw.to_string()),
         Value::Array(_) => {
@@ -255,8 +253,7 @@ pub fn parse_conf_args(args: &[String]) -> Result<Vec<(String, String)>, String>
     let mut out = Vec::new();
     for a in args {
         if a.trim_start().starts_with('{') {
-            let m: Map<String, Value> =
-                serde_json::from_str(a).map_err(|e| format!("--conf {a}: not a JSON object: {e}"))?;
+            let m: Map<String, Value> = serde_json::from_str(a).map_err(|e| format!("--conf {a}: not a JSON object: {e}"))?;
             for (k, v) in m {
                 let s = match v {
                     Value::String(s) => s,
@@ -283,6 +280,9 @@ mod tests {
         assert_eq!(coerce_param("f", &Value::from(1.5), "2").unwrap(), Value::from(2.0));
         assert_eq!(coerce_param("b", &Value::from(true), "no").unwrap(), Value::from(false));
         assert_eq!(coerce_param("l", &serde_json::json!([1]), "[2, 3]").unwrap(), serde_json::json!([2, 3]));
-        assert_eq!(parse_conf_args(&["a=1".into(), r#"{"b": 2}"#.into()]).unwrap(), vec![("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_eq!(
+            parse_conf_args(&["a=1".into(), r#"{"b": 2}"#.into()]).unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
     }
 }

@@ -74,10 +74,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
         }
         other => {
-            d.error(
-                At::Pos(Pos::START),
-                format!("a DAG file must be a mapping (dag_id, schedule, tasks, ...), not {}", kind_of(&other)),
-            );
+            d.error(At::Pos(Pos::START), format!("a DAG file must be a mapping (dag_id, schedule, tasks, ...), not {}", kind_of(&other)));
             return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
         }
     };
@@ -110,14 +107,12 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     let start_date = spec.start_date.as_deref().and_then(|s| parse_date(s, timezone, "start_date", &mut d));
     let end_date = spec.end_date.as_deref().and_then(|s| parse_date(s, timezone, "end_date", &mut d));
     if let (Some(a), Some(b)) = (start_date, end_date)
-        && b < a {
-            d.error(At::Value("end_date"), "end_date is before start_date");
-        }
+        && b < a
+    {
+        d.error(At::Value("end_date"), "end_date is before start_date");
+    }
     if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
-        d.error(
-            At::Key("schedule"),
-            "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`",
-        );
+        d.error(At::Key("schedule"), "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`");
     }
     for (key, v) in [("max_active_runs", spec.max_active_runs), ("max_active_tasks", spec.max_active_tasks)] {
         if v == Some(0) {
@@ -186,7 +181,11 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
                 }
                 None => d.error(
                     At::Value(&p),
-                    format!("`{}` depends on `{dep}`, which is not a task of this DAG{}", head.id, hint(dep, task_ids.iter().map(String::as_str))),
+                    format!(
+                        "`{}` depends on `{dep}`, which is not a task of this DAG{}",
+                        head.id,
+                        hint(dep, task_ids.iter().map(String::as_str))
+                    ),
                 ),
             }
         }
@@ -194,10 +193,11 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             for input in cfg.inputs() {
                 let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
                 if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t))
-                    && j != i {
-                        edges.push((j, i));
-                        edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
-                    }
+                    && j != i
+                {
+                    edges.push((j, i));
+                    edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
+                }
             }
         }
     }
@@ -221,14 +221,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, &mut d);
         }
         if let Some(cfg) = &t.config {
-            let mut cx = ValidateCx {
-                diags: &mut d,
-                path: t.path.clone(),
-                env,
-                templates,
-                params: &param_names,
-                task_ids: &task_ids,
-            };
+            let mut cx = ValidateCx { diags: &mut d, path: t.path.clone(), env, templates, params: &param_names, task_ids: &task_ids };
             cfg.validate(&mut cx);
         }
     }
@@ -305,10 +298,7 @@ fn parse_task(
     let type_path = join(&path, "type");
     let kind: Option<&'static str> = match map.get("type") {
         None => {
-            d.error(
-                At::Value(&path),
-                format!("task has no `type`; one of: {}", crate::tasks::TYPES.join(", ")),
-            );
+            d.error(At::Value(&path), format!("task has no `type`; one of: {}", crate::tasks::TYPES.join(", ")));
             None
         }
         Some(Value::String(s)) => match crate::tasks::TYPES.iter().find(|t| **t == s) {
@@ -379,10 +369,7 @@ fn remove_unknown_keys(map: &mut Mapping, path: &str, known: &[String], what: &s
     let unknown: Vec<Value> = map.keys().filter(|k| !k.as_str().is_some_and(|s| known.iter().any(|x| x == s))).cloned().collect();
     for k in unknown {
         let name = k.as_str().map(str::to_string).unwrap_or_else(|| format!("{k:?}"));
-        d.error(
-            At::Key(&join(path, &name)),
-            format!("unknown key `{name}` in {what}{}", hint(&name, known.iter().map(String::as_str))),
-        );
+        d.error(At::Key(&join(path, &name)), format!("unknown key `{name}` in {what}{}", hint(&name, known.iter().map(String::as_str))));
         map.remove(&k);
     }
 }
@@ -409,9 +396,10 @@ fn collect_errors<T>(
                 let raw = strip_location(&e.inner().to_string());
                 let msg = friendly_serde_message(&raw);
                 if let Some(field) = missing_field(&raw)
-                    && removed.contains(field) {
-                        return None; // already reported as invalid
-                    }
+                    && removed.contains(field)
+                {
+                    return None; // already reported as invalid
+                }
                 failed = true;
                 let full = if rel == "." { path.to_string() } else { join(path, &rel) };
                 d.error(At::Value(&full), msg);

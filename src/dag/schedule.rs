@@ -65,14 +65,8 @@ impl Schedule {
         };
         check_fields(trimmed, pattern)?;
         // Classic cron ORs day-of-month and day-of-week when both are set.
-        let parser = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .year(Year::Disallowed)
-            .dom_and_dow(false)
-            .build();
-        let cron = parser
-            .parse(pattern)
-            .map_err(|e| format!("invalid cron expression `{trimmed}`: {e}"))?;
+        let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).dom_and_dow(false).build();
+        let cron = parser.parse(pattern).map_err(|e| format!("invalid cron expression `{trimmed}`: {e}"))?;
         Ok(Schedule { expr: trimmed.to_string(), cron })
     }
 
@@ -155,14 +149,16 @@ fn check_fields(expr: &str, pattern: &str) -> Result<(), String> {
                 None => (part, None),
             };
             if let Some(step) = step
-                && step.parse::<u32>().map_or(true, |s| s == 0) {
-                    return Err(format!("invalid cron expression `{expr}`: the {name} step `/{step}` must be a positive number"));
-                }
+                && step.parse::<u32>().map_or(true, |s| s == 0)
+            {
+                return Err(format!("invalid cron expression `{expr}`: the {name} step `/{step}` must be a positive number"));
+            }
             for n in range.split('-') {
                 if let Ok(v) = n.parse::<u32>()
-                    && (v < lo || v > hi) {
-                        return Err(format!("invalid cron expression `{expr}`: {name} {v} is out of range {lo}-{hi}"));
-                    }
+                    && (v < lo || v > hi)
+                {
+                    return Err(format!("invalid cron expression `{expr}`: {name} {v} is out of range {lo}-{hi}"));
+                }
             }
         }
     }

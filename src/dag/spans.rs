@@ -45,8 +45,15 @@ enum Frame {
     /// `start` is the mapping's own mark, used only when it has no keys:
     /// yaml-rust2 marks block mappings at their first `:`, so a mapping's
     /// position is taken from its first key.
-    Map { path: String, key: Option<String>, start: Option<Pos> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        start: Option<Pos>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -83,25 +90,27 @@ impl MarkedEventReceiver for Receiver {
             Event::Scalar(text, ..) => {
                 // A scalar in a mapping with no pending key is a key.
                 if let Some(Frame::Map { path, key, start }) = self.stack.last_mut()
-                    && key.is_none() {
-                        if start.take().is_some() {
-                            self.spans.values.entry(path.clone()).or_insert(pos(mark));
-                        }
-                        let full = crate::diag::join(path, &text);
-                        self.spans.keys.entry(full).or_insert(pos(mark));
-                        *key = Some(text);
-                        return;
+                    && key.is_none()
+                {
+                    if start.take().is_some() {
+                        self.spans.values.entry(path.clone()).or_insert(pos(mark));
                     }
+                    let full = crate::diag::join(path, &text);
+                    self.spans.keys.entry(full).or_insert(pos(mark));
+                    *key = Some(text);
+                    return;
+                }
                 if let Some(p) = self.next_value_path() {
                     self.spans.values.entry(p).or_insert(pos(mark));
                 }
             }
             Event::Alias(_) => {
                 if let Some(Frame::Map { key, .. }) = self.stack.last_mut()
-                    && key.is_none() {
-                        *key = Some("*alias".into());
-                        return;
-                    }
+                    && key.is_none()
+                {
+                    *key = Some("*alias".into());
+                    return;
+                }
                 if let Some(p) = self.next_value_path() {
                     self.spans.values.entry(p).or_insert(pos(mark));
                 }
@@ -149,4 +158,3 @@ mod tests {
         assert_eq!(s.value_pos("tasks[1].depends_on[1]"), Some(Pos { line: 7, col: 21 }));
     }
 }
-

@@ -17,18 +17,27 @@ pub enum ColumnType {
     /// 64-bit float.
     Float,
     /// Exact decimal with precision and scale, e.g. `decimal(12,2)`.
-    Decimal { precision: u8, scale: u8 },
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
     Text,
     /// `true/false`, `t/f`, `yes/no`, `y/n`, `1/0`.
     Bool,
     /// A date, `%Y-%m-%d` unless a format is given: `date(%d.%m.%Y)`.
-    Date { format: Option<String> },
+    Date {
+        format: Option<String>,
+    },
     /// A timestamp without time zone (`2024-01-05 13:45:00`, `T` also
     /// accepted), or with a format: `timestamp(%d/%m/%Y %H:%M)`.
-    Timestamp { format: Option<String> },
+    Timestamp {
+        format: Option<String>,
+    },
     /// A timestamp with a UTC offset (RFC 3339, or a format with `%z`),
     /// stored in UTC.
-    TimestampTz { format: Option<String> },
+    TimestampTz {
+        format: Option<String>,
+    },
 }
 
 impl ColumnType {
@@ -84,7 +93,9 @@ impl FromStr for ColumnType {
             ("text" | "string" | "str" | "varchar", None) => ColumnType::Text,
             ("bool" | "boolean", None) => ColumnType::Bool,
             ("decimal" | "numeric", Some(a)) => {
-                let (p, sc) = a.split_once(',').ok_or_else(|| format!("invalid column type `{s}`: write decimal(precision,scale), e.g. decimal(12,2)"))?;
+                let (p, sc) = a
+                    .split_once(',')
+                    .ok_or_else(|| format!("invalid column type `{s}`: write decimal(precision,scale), e.g. decimal(12,2)"))?;
                 let precision: u8 = p.trim().parse().map_err(|_| format!("invalid precision in `{s}`"))?;
                 let scale: u8 = sc.trim().parse().map_err(|_| format!("invalid scale in `{s}`"))?;
                 if precision == 0 || precision > 38 || scale > precision {
@@ -139,7 +150,9 @@ impl<'de> Deserialize<'de> for Schema {
         let mut out = Vec::with_capacity(m.len());
         for (k, v) in m {
             let name = k.as_str().ok_or_else(|| serde::de::Error::custom("column names must be strings"))?.to_string();
-            let ty = v.as_str().ok_or_else(|| serde::de::Error::custom(format!("the type of column `{name}` must be a string such as `int`")))?;
+            let ty = v
+                .as_str()
+                .ok_or_else(|| serde::de::Error::custom(format!("the type of column `{name}` must be a string such as `int`")))?;
             let ty: ColumnType = ty.parse().map_err(|e: String| serde::de::Error::custom(format!("column `{name}`: {e}")))?;
             out.push((name, ty));
         }
@@ -580,7 +593,14 @@ mod tests {
             assert_eq!(fast_naive_ts(s), chrono_ts(s), "{s}");
             assert!(fast_naive_ts(s).is_some(), "{s}");
         }
-        for s in ["2024-01-05 24:00:00", "2024-01-05 13:60:00", "2024-01-05 13:45:07.", "2024-01-05 13:45:07Z", "2024-01-05 13:45:7", "2024-01-05 13:45:07.1234567890"] {
+        for s in [
+            "2024-01-05 24:00:00",
+            "2024-01-05 13:60:00",
+            "2024-01-05 13:45:07.",
+            "2024-01-05 13:45:07Z",
+            "2024-01-05 13:45:7",
+            "2024-01-05 13:45:07.1234567890",
+        ] {
             assert_eq!(fast_naive_ts(s), None, "{s}");
         }
         // What the fast path refuses, the general one still reads.

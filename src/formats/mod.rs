@@ -155,12 +155,13 @@ impl<'w> Sink<'w> {
             ]);
         }
         if let Some(max) = self.max_bad_rows
-            && self.bad_total() > max {
-                return Err(FormatError::Invalid(format!(
-                    "more than max_bad_rows ({max}) bad rows; the last: {source}, line {line}: {}",
-                    reason.as_str()
-                )));
-            }
+            && self.bad_total() > max
+        {
+            return Err(FormatError::Invalid(format!(
+                "more than max_bad_rows ({max}) bad rows; the last: {source}, line {line}: {}",
+                reason.as_str()
+            )));
+        }
         Ok(())
     }
 
@@ -183,7 +184,12 @@ impl<'w> Sink<'w> {
 }
 
 /// Parses text fields by the column types; `Err` carries the detail.
-fn parse_fields<'a>(types: &[ColumnType], names: &[String], fields: impl Iterator<Item = Option<&'a str>>, nulls: &[String]) -> Result<Vec<Val>, String> {
+fn parse_fields<'a>(
+    types: &[ColumnType],
+    names: &[String],
+    fields: impl Iterator<Item = Option<&'a str>>,
+    nulls: &[String],
+) -> Result<Vec<Val>, String> {
     let mut out = Vec::with_capacity(types.len());
     for ((t, name), f) in types.iter().zip(names).zip(fields) {
         match f {
@@ -302,12 +308,7 @@ fn yes() -> bool {
 }
 
 fn csv_reader<R: Read>(r: R, o: &CsvOptions) -> csv::Reader<R> {
-    csv::ReaderBuilder::new()
-        .delimiter(o.delimiter as u8)
-        .quote(o.quote as u8)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(r)
+    csv::ReaderBuilder::new().delimiter(o.delimiter as u8).quote(o.quote as u8).has_headers(false).flexible(true).from_reader(r)
 }
 
 fn open(path: &Path, name: &str) -> Result<BufReader<std::fs::File>, FormatError> {
@@ -380,9 +381,10 @@ pub fn infer_csv(files: &[(std::path::PathBuf, String)], o: &CsvOptions, nulls: 
             };
             for (i, field) in cols.iter().zip(rec.iter()) {
                 if let Some(s) = o.encoding.decode(field)
-                    && !nulls.iter().any(|n| n == &*s) {
-                        infer[*i].add(&s);
-                    }
+                    && !nulls.iter().any(|n| n == &*s)
+                {
+                    infer[*i].add(&s);
+                }
             }
         }
     }
@@ -391,7 +393,14 @@ pub fn infer_csv(files: &[(std::path::PathBuf, String)], o: &CsvOptions, nulls: 
 
 /// Reads a CSV file into the sink. `schema` names the columns to read (by
 /// header name, or by position without a header).
-pub fn read_csv(path: &Path, name: &str, o: &CsvOptions, schema: &Schema, nulls: &[String], sink: &mut Sink<'_>) -> Result<(), FormatError> {
+pub fn read_csv(
+    path: &Path,
+    name: &str,
+    o: &CsvOptions,
+    schema: &Schema,
+    nulls: &[String],
+    sink: &mut Sink<'_>,
+) -> Result<(), FormatError> {
     let o = &CsvOptions { encoding: o.encoding.resolve(path, name)?, ..o.clone() };
     let header = csv_header(path, name, o)?;
     let width;
@@ -444,9 +453,7 @@ pub fn read_csv(path: &Path, name: &str, o: &CsvOptions, schema: &Schema, nulls:
         }
         first = false;
         let line = rec.position().map_or(0, |p| p.line()) + line_offset;
-        let raw = || {
-            rec.iter().map(|f| o.encoding.lossy(f)).collect::<Vec<_>>().join(&o.delimiter.to_string())
-        };
+        let raw = || rec.iter().map(|f| o.encoding.lossy(f)).collect::<Vec<_>>().join(&o.delimiter.to_string());
         if rec.len() != width {
             // A blank line is not a row.
             if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
@@ -637,7 +644,15 @@ pub fn infer_log(files: &[(std::path::PathBuf, String)], re: &regex::Regex, enc:
 }
 
 /// Reads a line log: each line must match the pattern; named groups are columns.
-pub fn read_log(path: &Path, name: &str, re: &regex::Regex, enc: Encoding, schema: &Schema, nulls: &[String], sink: &mut Sink<'_>) -> Result<(), FormatError> {
+pub fn read_log(
+    path: &Path,
+    name: &str,
+    re: &regex::Regex,
+    enc: Encoding,
+    schema: &Schema,
+    nulls: &[String],
+    sink: &mut Sink<'_>,
+) -> Result<(), FormatError> {
     let types: Vec<ColumnType> = schema.0.iter().map(|(_, t)| t.clone()).collect();
     let names: Vec<String> = schema.0.iter().map(|(n, _)| n.clone()).collect();
     let enc = enc.resolve(path, name)?;
@@ -684,11 +699,7 @@ pub struct XmlOptions {
 
 impl XmlOptions {
     pub fn field_list(&self) -> Vec<(String, String)> {
-        self.fields
-            .iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string())))
-            .collect()
+        self.fields.iter().flatten().filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.as_str()?.to_string()))).collect()
     }
 }
 
@@ -776,28 +787,25 @@ fn scan_xml(
                 start_element(&e, l, &mut stack, &mut rel, &mut current, &want, &mut text, &record_path);
                 end_element(&mut stack, &mut rel, &mut current, &want, &mut text, &record_path, &mut on_record)?;
             }
-            Event::Text(t)
-                if current.is_some() => {
-                    text.push_str(&t.decode().map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?);
-                }
-            Event::CData(t)
-                if current.is_some() => {
-                    text.push_str(&String::from_utf8_lossy(&t.into_inner()));
-                }
-            Event::GeneralRef(r)
-                if current.is_some() => {
-                    if r.is_char_ref() {
-                        if let Ok(Some(c)) = r.resolve_char_ref() {
-                            text.push(c);
-                        }
-                    } else {
-                        let n = r.decode().map(|c| c.into_owned()).unwrap_or_default();
-                        match quick_xml::escape::resolve_predefined_entity(&n) {
-                            Some(s) => text.push_str(s),
-                            None => text.push_str(&format!("&{n};")),
-                        }
+            Event::Text(t) if current.is_some() => {
+                text.push_str(&t.decode().map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?);
+            }
+            Event::CData(t) if current.is_some() => {
+                text.push_str(&String::from_utf8_lossy(&t.into_inner()));
+            }
+            Event::GeneralRef(r) if current.is_some() => {
+                if r.is_char_ref() {
+                    if let Ok(Some(c)) = r.resolve_char_ref() {
+                        text.push(c);
+                    }
+                } else {
+                    let n = r.decode().map(|c| c.into_owned()).unwrap_or_default();
+                    match quick_xml::escape::resolve_predefined_entity(&n) {
+                        Some(s) => text.push_str(s),
+                        None => text.push_str(&format!("&{n};")),
                     }
                 }
+            }
             Event::End(_) => {
                 end_element(&mut stack, &mut rel, &mut current, &want, &mut text, &record_path, &mut on_record)?;
             }
@@ -869,9 +877,10 @@ fn end_element(
         }
         let p = rel.join("/");
         if let Some(rec) = current.as_mut()
-            && !text.is_empty() {
-                record_value(rec, want, &p, text.trim().to_string());
-            }
+            && !text.is_empty()
+        {
+            record_value(rec, want, &p, text.trim().to_string());
+        }
         rel.pop();
         text.clear();
     }
@@ -922,7 +931,14 @@ pub fn infer_xml(files: &[(std::path::PathBuf, String)], o: &XmlOptions) -> Resu
     Ok(Schema(names.iter().map(|n| (n.clone(), infer.get(n).map_or(ColumnType::Text, Infer::result))).collect()))
 }
 
-pub fn read_xml(path: &Path, name: &str, o: &XmlOptions, schema: &Schema, nulls: &[String], sink: &mut Sink<'_>) -> Result<(), FormatError> {
+pub fn read_xml(
+    path: &Path,
+    name: &str,
+    o: &XmlOptions,
+    schema: &Schema,
+    nulls: &[String],
+    sink: &mut Sink<'_>,
+) -> Result<(), FormatError> {
     let types: Vec<ColumnType> = schema.0.iter().map(|(_, t)| t.clone()).collect();
     let names: Vec<String> = schema.0.iter().map(|(n, _)| n.clone()).collect();
     scan_xml(path, name, o, |r| match r {
@@ -941,7 +957,11 @@ pub fn read_xml(path: &Path, name: &str, o: &XmlOptions, schema: &Schema, nulls:
 mod tests {
     use super::*;
 
-    fn collect(schema: &Schema, policy: OnBadRows, read: impl FnOnce(&mut Sink<'_>) -> Result<(), FormatError>) -> (DataFrame, Option<DataFrame>, BTreeMap<&'static str, u64>) {
+    fn collect(
+        schema: &Schema,
+        policy: OnBadRows,
+        read: impl FnOnce(&mut Sink<'_>) -> Result<(), FormatError>,
+    ) -> (DataFrame, Option<DataFrame>, BTreeMap<&'static str, u64>) {
         let mut frames = Vec::new();
         let mut w = |df: DataFrame| {
             frames.push(df);
@@ -968,7 +988,8 @@ mod tests {
     fn csv_quarantines_bad_rows_with_lines() {
         let f = file(b"id,amount,day\n1,10.50,2024-01-05\n2,abc,2024-01-05\n3,1.00\n4,2.00,2024-01-06\n");
         let schema: Schema = serde_yaml::from_str("id: int\namount: decimal(12,2)\nday: date\n").unwrap();
-        let (df, rejects, bad) = collect(&schema, OnBadRows::Quarantine, |s| read_csv(f.path(), "x.csv", &CsvOptions::default(), &schema, &[String::new()], s));
+        let (df, rejects, bad) =
+            collect(&schema, OnBadRows::Quarantine, |s| read_csv(f.path(), "x.csv", &CsvOptions::default(), &schema, &[String::new()], s));
         assert_eq!(df.height(), 2);
         let r = rejects.unwrap();
         assert_eq!(r.height(), 2);
@@ -1029,7 +1050,9 @@ mod tests {
         let f = file(
             b"<?xml version=\"1.0\"?>\n<orders>\n  <order id=\"1\">\n    <customer id=\"7\"><name>Kim &amp; Lee</name></customer>\n    <amount>10.5</amount>\n  </order>\n  <order id=\"2\">\n    <amount>oops</amount>\n    <flag/>\n  </order>\n</orders>\n",
         );
-        let o: XmlOptions = serde_yaml::from_str("{record: orders/order, fields: {id: '@id', user: customer/@id, name: customer/name, amount: amount}}").unwrap();
+        let o: XmlOptions =
+            serde_yaml::from_str("{record: orders/order, fields: {id: '@id', user: customer/@id, name: customer/name, amount: amount}}")
+                .unwrap();
         let schema: Schema = serde_yaml::from_str("{id: int, user: int, name: text, amount: float}").unwrap();
         let (df, r, _) = collect(&schema, OnBadRows::Quarantine, |s| read_xml(f.path(), "o.xml", &o, &schema, &[], s));
         assert_eq!(df.height(), 1);

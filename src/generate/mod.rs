@@ -92,7 +92,8 @@ pub enum GenError {
     Invalid(String),
 }
 
-const GRADES: [(&str, f64, u32, f64); 4] = [("VIP", 5_000_000.0, 30, 2.4), ("GOLD", 2_000_000.0, 15, 1.7), ("SILVER", 500_000.0, 5, 1.25), ("BRONZE", 0.0, 0, 1.0)];
+const GRADES: [(&str, f64, u32, f64); 4] =
+    [("VIP", 5_000_000.0, 30, 2.4), ("GOLD", 2_000_000.0, 15, 1.7), ("SILVER", 500_000.0, 5, 1.25), ("BRONZE", 0.0, 0, 1.0)];
 
 struct User {
     id: i64,
@@ -192,6 +193,10 @@ impl Out {
 }
 
 /// One generated order line, before faults.
+/// An order also reported in the partner's XML feed: order id, user id,
+/// time, status and its items as (product id, quantity, unit price).
+type PartnerOrder = (i64, i64, NaiveDateTime, &'static str, Vec<(i64, i64, i64)>);
+
 struct Line {
     order_id: i64,
     user_id: i64,
@@ -338,7 +343,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         let best: Vec<usize> = available[..(available.len() / 5).max(1)].to_vec();
         let best_index = WeightedIndex::new(best.iter().map(|&i| products[i].weight * cat_mult(&products[i]))).expect("positive weights");
         let fresh: Vec<usize> = available.iter().copied().filter(|&i| products[i].created_day > day as i64 - 30).collect();
-        let fresh_index = (!fresh.is_empty()).then(|| WeightedIndex::new(fresh.iter().map(|&i| cat_mult(&products[i]))).expect("positive weights"));
+        let fresh_index =
+            (!fresh.is_empty()).then(|| WeightedIndex::new(fresh.iter().map(|&i| cat_mult(&products[i]))).expect("positive weights"));
 
         // How many orders, and in which hours.
         let day_start = date.and_hms_opt(0, 0, 0).expect("valid");
@@ -361,12 +367,18 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
             .iter()
             .map(|_| {
                 let x: f64 = rng.random();
-                if x < 0.85 { 1.0 } else if x < 0.97 { 1.6 } else { 3.0 }
+                if x < 0.85 {
+                    1.0
+                } else if x < 0.97 {
+                    1.6
+                } else {
+                    3.0
+                }
             })
             .collect();
 
         let mut lines: Vec<Line> = Vec::new();
-        let mut partner: Vec<(i64, i64, NaiveDateTime, &'static str, Vec<(i64, i64, i64)>)> = Vec::new();
+        let mut partner: Vec<PartnerOrder> = Vec::new();
         let mut visits: Vec<(NaiveDateTime, String)> = Vec::new();
         for hour in 0..24u32 {
             let n = per_hour[hour as usize];
@@ -386,7 +398,11 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                 }
                 let score = u.base * hour_shares[u.band][hour as usize] * if promo[i] { 1.3 } else { 1.0 } * life[i] * u.grade_factor;
                 let key = rng.random::<f64>().ln() / score;
-                if u.orders > 0 { returning.push((key, i)) } else { first_time.push((key, i)) };
+                if u.orders > 0 {
+                    returning.push((key, i))
+                } else {
+                    first_time.push((key, i))
+                };
             }
             let want_ret = ((n as f64) * 0.6).round() as usize;
             let take_ret = want_ret.min(returning.len()).max(n.saturating_sub(first_time.len()).min(returning.len()));
@@ -400,7 +416,13 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                 let ordered_at = hour_start + Duration::seconds(rng.random_range(0..3600));
                 let status = {
                     let x: f64 = rng.random();
-                    if x < 0.015 { "cancelled" } else if x < 0.03 { "refunded" } else { "paid" }
+                    if x < 0.015 {
+                        "cancelled"
+                    } else if x < 0.03 {
+                        "refunded"
+                    } else {
+                        "paid"
+                    }
                 };
                 let payment = *weighted(&mut rng, world::PAYMENT_METHODS);
                 let mut n_items = 1;
@@ -470,7 +492,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         for _ in 0..n_orders * 3 {
             let ui = active[rng.random_range(0..active.len())];
             let uid = users[ui].id;
-            let hour = *weighted(&mut rng, &hour_shares[users[ui].band].iter().enumerate().map(|(h, w)| (h as i64, *w)).collect::<Vec<_>>());
+            let hour =
+                *weighted(&mut rng, &hour_shares[users[ui].band].iter().enumerate().map(|(h, w)| (h as i64, *w)).collect::<Vec<_>>());
             // Late-evening sessions end before midnight.
             let t = day_start + Duration::hours(hour) + Duration::seconds(rng.random_range(0..3500));
             if t < users[ui].signup {
@@ -502,7 +525,11 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
             if rng.random_bool(0.2) {
                 let i = pick(&mut rng, &lines);
                 let l = &lines[i];
-                extra_lines.push((i, format!("{},{},{},paid,카드,1,{},two,{}", next_order, l.user_id, fmt_ts(l.ordered_at), l.product_id, l.unit_price), "unparsable value"));
+                extra_lines.push((
+                    i,
+                    format!("{},{},{},paid,카드,1,{},two,{}", next_order, l.user_id, fmt_ts(l.ordered_at), l.product_id, l.unit_price),
+                    "unparsable value",
+                ));
                 next_order += 1;
             }
             if rng.random_bool(0.25) {
@@ -510,13 +537,25 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                 let oid = lines[i].order_id;
                 lines[i].product_id = unknown_product;
                 unknown_product += 1;
-                faults.push(Fault { date: ds.clone(), file: "orders.csv".into(), kind: "unknown product", line: None, order_id: Some(oid) });
+                faults.push(Fault {
+                    date: ds.clone(),
+                    file: "orders.csv".into(),
+                    kind: "unknown product",
+                    line: None,
+                    order_id: Some(oid),
+                });
             }
             if rng.random_bool(0.2) {
                 let i = pick(&mut rng, &lines);
                 if lines[i].quantity > 0 {
                     lines[i].quantity = -lines[i].quantity;
-                    faults.push(Fault { date: ds.clone(), file: "orders.csv".into(), kind: "negative quantity", line: None, order_id: Some(lines[i].order_id) });
+                    faults.push(Fault {
+                        date: ds.clone(),
+                        file: "orders.csv".into(),
+                        kind: "negative quantity",
+                        line: None,
+                        order_id: Some(lines[i].order_id),
+                    });
                 }
             }
             if rng.random_bool(0.1) {
@@ -594,7 +633,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
             f.line(&format!("{}+09:00 INFO {text}", t.format("%Y-%m-%dT%H:%M:%S")))?;
             sum.visit_lines += 1;
             for _ in noise_at.iter().filter(|&&k| k == i) {
-                let n = f.line(&format!("{}+09:00 WARN upstream timeout after 3000ms path=/api/recommend", t.format("%Y-%m-%dT%H:%M:%S")))?;
+                let n =
+                    f.line(&format!("{}+09:00 WARN upstream timeout after 3000ms path=/api/recommend", t.format("%Y-%m-%dT%H:%M:%S")))?;
                 faults.push(Fault { date: ds.clone(), file: "visits.log".into(), kind: "log noise", line: Some(n), order_id: None });
             }
         }
@@ -649,7 +689,15 @@ mod tests {
     #[test]
     fn same_seed_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = |out: PathBuf| Options { out, start: NaiveDate::from_ymd_opt(2024, 11, 25).unwrap(), days: 5, users: 300, products: 200, seed: 7, dirty: true };
+        let opts = |out: PathBuf| Options {
+            out,
+            start: NaiveDate::from_ymd_opt(2024, 11, 25).unwrap(),
+            days: 5,
+            users: 300,
+            products: 200,
+            seed: 7,
+            dirty: true,
+        };
         let a = generate(&opts(dir.path().join("a"))).unwrap();
         let _b = generate(&opts(dir.path().join("b"))).unwrap();
         assert!(a.orders > 50, "{a:?}");

@@ -27,8 +27,10 @@ pub const SURNAMES: &[(&str, f64)] = &[
     ("홍", 1.1),
 ];
 
-pub const GIVEN_FIRST: &[&str] = &["민", "서", "지", "도", "하", "예", "시", "주", "수", "현", "유", "은", "준", "채", "다", "소", "태", "승", "윤", "가"];
-pub const GIVEN_SECOND: &[&str] = &["준", "연", "우", "윤", "호", "아", "원", "진", "빈", "은", "훈", "율", "희", "영", "린", "혁", "현", "나", "온", "결"];
+pub const GIVEN_FIRST: &[&str] =
+    &["민", "서", "지", "도", "하", "예", "시", "주", "수", "현", "유", "은", "준", "채", "다", "소", "태", "승", "윤", "가"];
+pub const GIVEN_SECOND: &[&str] =
+    &["준", "연", "우", "윤", "호", "아", "원", "진", "빈", "은", "훈", "율", "희", "영", "린", "혁", "현", "나", "온", "결"];
 
 /// Regions with their shares of the population.
 pub const REGIONS: &[(&str, f64)] = &[
@@ -66,17 +68,127 @@ pub struct Category {
 }
 
 pub const CATEGORIES: &[Category] = &[
-    Category { name: "식품", min: 1_000.0, max: 60_000.0, alpha: 1.6, beta: 5.0, share: 18.0, nouns: &["김치", "쌀", "라면", "참기름", "된장", "고추장", "두부", "만두", "김", "견과류"], gift: false, leisure: false },
-    Category { name: "정육", min: 9_000.0, max: 180_000.0, alpha: 2.0, beta: 4.0, share: 6.0, nouns: &["한우 등심", "한우 불고기", "돼지 삼겹살", "양념갈비", "닭가슴살", "오리훈제"], gift: true, leisure: false },
-    Category { name: "과일", min: 5_000.0, max: 90_000.0, alpha: 2.0, beta: 4.5, share: 6.0, nouns: &["감귤", "사과", "배", "샤인머스캣", "딸기", "한라봉", "복숭아"], gift: true, leisure: false },
-    Category { name: "생활용품", min: 2_000.0, max: 70_000.0, alpha: 1.5, beta: 4.0, share: 14.0, nouns: &["세제", "휴지", "칫솔", "샴푸", "수건", "주방세제", "물티슈"], gift: false, leisure: false },
-    Category { name: "전자기기", min: 19_000.0, max: 2_400_000.0, alpha: 1.2, beta: 6.0, share: 9.0, nouns: &["무선이어폰", "태블릿", "노트북", "스마트워치", "공기청정기", "전기밥솥", "모니터"], gift: false, leisure: false },
-    Category { name: "패션의류", min: 9_000.0, max: 350_000.0, alpha: 1.8, beta: 5.0, share: 15.0, nouns: &["니트", "코트", "청바지", "셔츠", "패딩", "운동화", "원피스"], gift: false, leisure: false },
-    Category { name: "뷰티", min: 5_000.0, max: 180_000.0, alpha: 1.6, beta: 5.0, share: 10.0, nouns: &["선크림", "토너", "립스틱", "세럼", "클렌징폼", "향수"], gift: false, leisure: false },
-    Category { name: "도서", min: 8_000.0, max: 60_000.0, alpha: 3.0, beta: 5.0, share: 7.0, nouns: &["소설", "에세이", "자기계발서", "요리책", "여행책", "만화"], gift: false, leisure: false },
-    Category { name: "스포츠레저", min: 9_000.0, max: 600_000.0, alpha: 1.4, beta: 5.0, share: 6.0, nouns: &["요가매트", "등산화", "텐트", "캠핑의자", "자전거 헬멧", "수영복"], gift: false, leisure: true },
-    Category { name: "여행레저", min: 40_000.0, max: 1_800_000.0, alpha: 1.5, beta: 4.0, share: 3.0, nouns: &["제주 항공권", "호텔 숙박권", "리조트 패키지", "워터파크 입장권", "캠핑장 예약"], gift: false, leisure: true },
-    Category { name: "선물세트", min: 19_000.0, max: 350_000.0, alpha: 2.0, beta: 3.5, share: 6.0, nouns: &["한우 선물세트", "과일 선물세트", "홍삼 세트", "참치 선물세트", "한과 세트", "건강즙 세트"], gift: true, leisure: false },
+    Category {
+        name: "식품",
+        min: 1_000.0,
+        max: 60_000.0,
+        alpha: 1.6,
+        beta: 5.0,
+        share: 18.0,
+        nouns: &["김치", "쌀", "라면", "참기름", "된장", "고추장", "두부", "만두", "김", "견과류"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "정육",
+        min: 9_000.0,
+        max: 180_000.0,
+        alpha: 2.0,
+        beta: 4.0,
+        share: 6.0,
+        nouns: &["한우 등심", "한우 불고기", "돼지 삼겹살", "양념갈비", "닭가슴살", "오리훈제"],
+        gift: true,
+        leisure: false,
+    },
+    Category {
+        name: "과일",
+        min: 5_000.0,
+        max: 90_000.0,
+        alpha: 2.0,
+        beta: 4.5,
+        share: 6.0,
+        nouns: &["감귤", "사과", "배", "샤인머스캣", "딸기", "한라봉", "복숭아"],
+        gift: true,
+        leisure: false,
+    },
+    Category {
+        name: "생활용품",
+        min: 2_000.0,
+        max: 70_000.0,
+        alpha: 1.5,
+        beta: 4.0,
+        share: 14.0,
+        nouns: &["세제", "휴지", "칫솔", "샴푸", "수건", "주방세제", "물티슈"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "전자기기",
+        min: 19_000.0,
+        max: 2_400_000.0,
+        alpha: 1.2,
+        beta: 6.0,
+        share: 9.0,
+        nouns: &["무선이어폰", "태블릿", "노트북", "스마트워치", "공기청정기", "전기밥솥", "모니터"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "패션의류",
+        min: 9_000.0,
+        max: 350_000.0,
+        alpha: 1.8,
+        beta: 5.0,
+        share: 15.0,
+        nouns: &["니트", "코트", "청바지", "셔츠", "패딩", "운동화", "원피스"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "뷰티",
+        min: 5_000.0,
+        max: 180_000.0,
+        alpha: 1.6,
+        beta: 5.0,
+        share: 10.0,
+        nouns: &["선크림", "토너", "립스틱", "세럼", "클렌징폼", "향수"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "도서",
+        min: 8_000.0,
+        max: 60_000.0,
+        alpha: 3.0,
+        beta: 5.0,
+        share: 7.0,
+        nouns: &["소설", "에세이", "자기계발서", "요리책", "여행책", "만화"],
+        gift: false,
+        leisure: false,
+    },
+    Category {
+        name: "스포츠레저",
+        min: 9_000.0,
+        max: 600_000.0,
+        alpha: 1.4,
+        beta: 5.0,
+        share: 6.0,
+        nouns: &["요가매트", "등산화", "텐트", "캠핑의자", "자전거 헬멧", "수영복"],
+        gift: false,
+        leisure: true,
+    },
+    Category {
+        name: "여행레저",
+        min: 40_000.0,
+        max: 1_800_000.0,
+        alpha: 1.5,
+        beta: 4.0,
+        share: 3.0,
+        nouns: &["제주 항공권", "호텔 숙박권", "리조트 패키지", "워터파크 입장권", "캠핑장 예약"],
+        gift: false,
+        leisure: true,
+    },
+    Category {
+        name: "선물세트",
+        min: 19_000.0,
+        max: 350_000.0,
+        alpha: 2.0,
+        beta: 3.5,
+        share: 6.0,
+        nouns: &["한우 선물세트", "과일 선물세트", "홍삼 세트", "참치 선물세트", "한과 세트", "건강즙 세트"],
+        gift: true,
+        leisure: false,
+    },
 ];
 
 pub const ADJECTIVES: &[&str] = &["프리미엄", "유기농", "국내산", "베스트", "실속", "대용량", "한정판", "친환경", "명품", "데일리"];
@@ -181,7 +293,8 @@ pub fn day_factors(d: NaiveDate) -> DayFactors {
         f.volume *= 1.1;
         f.events.push("summer");
     }
-    let last_day = NaiveDate::from_ymd_opt(d.year() + (d.month() / 12) as i32, d.month() % 12 + 1, 1).expect("valid") - chrono::Duration::days(1);
+    let last_day =
+        NaiveDate::from_ymd_opt(d.year() + (d.month() / 12) as i32, d.month() % 12 + 1, 1).expect("valid") - chrono::Duration::days(1);
     if d.day() <= 2 || d.day() == 25 || d == last_day {
         f.volume *= 1.25;
         f.events.push("payday");

@@ -172,7 +172,8 @@ fn bars(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, h: f32) {
     if rows.is_empty() || all_zero(&values) {
         return no_data(c, y, h, lang);
     }
-    let legend: Vec<(String, Rgb8)> = s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), PALETTE[i % PALETTE.len()])).collect();
+    let legend: Vec<(String, Rgb8)> =
+        s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), PALETTE[i % PALETTE.len()])).collect();
     let max = values.iter().flatten().cloned().fold(0.0, f64::max);
     let (left, top, w, ph, top_max) = frame(c, s, lang, y, h, max, &legend);
     let groups = labels.len() as f32;
@@ -311,10 +312,28 @@ fn funnel(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, h: f32)
         c.text(MARGIN + 24.0, ry + rh * 0.6, &l, 8.0, true, INK, Align::Right);
         c.text(cx, ry + rh * 0.6, &fmt::thousands(vals[i] as i128), 7.5, true, Rgb8(255, 255, 255), Align::Center);
         let of_first = vals[i] / first * 100.0;
-        let step = if i == 0 { String::new() } else if vals[i - 1] > 0.0 { format!("{:.1}%", vals[i] / vals[i - 1] * 100.0) } else { "–".into() };
+        let step = if i == 0 {
+            String::new()
+        } else if vals[i - 1] > 0.0 {
+            format!("{:.1}%", vals[i] / vals[i - 1] * 100.0)
+        } else {
+            "–".into()
+        };
         let t = match lang {
-            Lang::Ko => if i == 0 { "100%".to_string() } else { format!("전 단계 대비 {step} · 전체 {of_first:.1}%") },
-            Lang::En => if i == 0 { "100%".to_string() } else { format!("{step} of previous · {of_first:.1}% of all") },
+            Lang::Ko => {
+                if i == 0 {
+                    "100%".to_string()
+                } else {
+                    format!("전 단계 대비 {step} · 전체 {of_first:.1}%")
+                }
+            }
+            Lang::En => {
+                if i == 0 {
+                    "100%".to_string()
+                } else {
+                    format!("{step} of previous · {of_first:.1}% of all")
+                }
+            }
         };
         c.text(cx + bar_max / 2.0 + 4.0, ry + rh * 0.6, &t, 7.0, false, MUTED, Align::Left);
     }
@@ -333,7 +352,8 @@ fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
     let widths: Vec<f32> = s.columns.iter().map(|col| col.width.unwrap_or(1.0) / total * CONTENT_W).collect();
     c.rect(MARGIN, y, CONTENT_W, rh, Some(Rgb8::hex(0x2F3B4C)), None);
     let mut x = MARGIN;
-    let numeric: Vec<bool> = s.columns.iter().map(|col| rows.iter().any(|r| is_numeric(r.get(&col.column))) && col.format != Format::Text).collect();
+    let numeric: Vec<bool> =
+        s.columns.iter().map(|col| rows.iter().any(|r| is_numeric(r.get(&col.column))) && col.format != Format::Text).collect();
     for (i, col) in s.columns.iter().enumerate() {
         let (tx, align) = if numeric[i] { (x + widths[i] - 2.0, Align::Right) } else { (x + 2.0, Align::Left) };
         c.text(tx, y + 4.1, &c.fit(col.label.get(lang), 7.0, true, widths[i] - 3.0), 7.0, true, Rgb8(255, 255, 255), align);
@@ -355,13 +375,14 @@ fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
             let v = r.get(&col.column).unwrap_or(&Value::Null);
             let mut ink = INK;
             if col.shade
-                && let Some(n) = num(Some(v)) {
-                    let t = if shade_max[i] > 0.0 { (n / shade_max[i]) as f32 } else { 0.0 };
-                    c.rect(x + 0.2, ry + 0.2, widths[i] - 0.4, rh - 0.4, Some(Rgb8::hex(0xEAF1FB).mix(Rgb8::hex(0x2F6BD0), t)), None);
-                    if t > 0.55 {
-                        ink = Rgb8(255, 255, 255);
-                    }
+                && let Some(n) = num(Some(v))
+            {
+                let t = if shade_max[i] > 0.0 { (n / shade_max[i]) as f32 } else { 0.0 };
+                c.rect(x + 0.2, ry + 0.2, widths[i] - 0.4, rh - 0.4, Some(Rgb8::hex(0xEAF1FB).mix(Rgb8::hex(0x2F6BD0), t)), None);
+                if t > 0.55 {
+                    ink = Rgb8(255, 255, 255);
                 }
+            }
             let label = match (col.format, v) {
                 (Format::Text, Value::String(s)) => s.clone(),
                 _ if !numeric[i] => {

@@ -261,7 +261,11 @@ pub mod fmt {
             Format::Ratio => format!("{}%", trim(v * 100.0)),
             Format::Percent => format!("{}%", trim(v)),
             _ => {
-                if v.fract().abs() < 1e-9 { thousands(v as i128) } else { trim(v) }
+                if v.fract().abs() < 1e-9 {
+                    thousands(v as i128)
+                } else {
+                    trim(v)
+                }
             }
         }
     }
@@ -299,12 +303,24 @@ pub mod fmt {
         match (now, prev) {
             (Some(n), Some(p)) if matches!(f, Format::Ratio) => {
                 let d = (n - p) * 100.0;
-                let arrow = if d > 0.005 { "▲" } else if d < -0.005 { "▼" } else { "=" };
+                let arrow = if d > 0.005 {
+                    "▲"
+                } else if d < -0.005 {
+                    "▼"
+                } else {
+                    "="
+                };
                 (format!("{arrow} {:.1}%p", d.abs()), sign(d))
             }
             (Some(n), Some(p)) if p.abs() > f64::EPSILON => {
                 let d = (n - p) / p.abs() * 100.0;
-                let arrow = if d > 0.05 { "▲" } else if d < -0.05 { "▼" } else { "=" };
+                let arrow = if d > 0.05 {
+                    "▲"
+                } else if d < -0.05 {
+                    "▼"
+                } else {
+                    "="
+                };
                 (format!("{arrow} {:.1}%", d.abs()), sign(d))
             }
             _ => ("–".into(), 0),

@@ -29,15 +29,13 @@ pub struct Period {
 impl Period {
     fn describe(&self, lang: Lang) -> String {
         let last = self.end - chrono::Duration::seconds(1);
-        let ko_day = |d: NaiveDateTime| ["월", "화", "수", "목", "금", "토", "일"][d.date().format("%u").to_string().parse::<usize>().unwrap_or(1) - 1];
+        let ko_day = |d: NaiveDateTime| {
+            ["월", "화", "수", "목", "금", "토", "일"][d.date().format("%u").to_string().parse::<usize>().unwrap_or(1) - 1]
+        };
         match lang {
-            Lang::Ko => format!(
-                "{} ({}) ~ {} ({})",
-                self.start.format("%Y-%m-%d"),
-                ko_day(self.start),
-                last.format("%Y-%m-%d"),
-                ko_day(last)
-            ),
+            Lang::Ko => {
+                format!("{} ({}) ~ {} ({})", self.start.format("%Y-%m-%d"), ko_day(self.start), last.format("%Y-%m-%d"), ko_day(last))
+            }
             Lang::En => format!("{} – {}", self.start.format("%a %Y-%m-%d"), last.format("%a %Y-%m-%d")),
         }
     }

@@ -122,16 +122,23 @@ pub async fn execute(
             let Some(step) = pending.next() else { break };
             let run_id = match (&step.action, &step.existing) {
                 (Action::Skip, existing) => {
-                    let r = StepResult { logical_date: step.logical_date, run_id: existing.as_ref().map(|r| r.run_id), outcome: None, elapsed: Default::default() };
+                    let r = StepResult {
+                        logical_date: step.logical_date,
+                        run_id: existing.as_ref().map(|r| r.run_id),
+                        outcome: None,
+                        elapsed: Default::default(),
+                    };
                     on_done(&r);
                     results.push(r);
                     continue;
                 }
-                (Action::Create, _) => match runner.store.create_run(&dag, "backfill", step.logical_date, step.interval, conf, "queued").await? {
-                    Ok(run) => run.run_id,
-                    // Created meanwhile by someone else (another backfill, the scheduler).
-                    Err(crate::state::RunExists(run)) => run.run_id,
-                },
+                (Action::Create, _) => {
+                    match runner.store.create_run(&dag, "backfill", step.logical_date, step.interval, conf, "queued").await? {
+                        Ok(run) => run.run_id,
+                        // Created meanwhile by someone else (another backfill, the scheduler).
+                        Err(crate::state::RunExists(run)) => run.run_id,
+                    }
+                }
                 (Action::Resume, Some(r)) => r.run_id,
                 (Action::RerunFailed, Some(r)) => {
                     let tis = runner.store.task_instances(r.run_id).await?;

@@ -206,7 +206,8 @@ pub const NOTICE_CONN: &str = "smtp_default";
 async fn notify(runner: &Runner, dag: &Dag, task: &Task, run: &RunRow, claimed: &Claimed, report: &TryReport, to: &[String], log: &TryLog) {
     let retrying = report.state == TiState::UpForRetry;
     let what = if retrying { "failed and will be retried" } else { "failed" };
-    let subject = format!("[sluice] {}.{} {what} (run {}, try {}/{})", dag.dag_id, task.id, run.run_id, claimed.try_number, claimed.max_tries);
+    let subject =
+        format!("[sluice] {}.{} {what} (run {}, try {}/{})", dag.dag_id, task.id, run.run_id, claimed.try_number, claimed.max_tries);
     let mut text = format!(
         "DAG:          {}\nRun:          {} ({}, logical date {})\nTask:         {}\nTry:          {} of {}\nError:        {}\n",
         dag.dag_id,
@@ -240,13 +241,19 @@ async fn notify(runner: &Runner, dag: &Dag, task: &Task, run: &RunRow, claimed: 
     let outbox = runner.res.project_root.join("outbox");
     match crate::mail::deliver(&msg, conn, &outbox).await {
         Ok(crate::mail::Delivery::Sent { server, .. }) => tracing::info!("failure notice sent to {} through {server}", to.join(", ")),
-        Ok(crate::mail::Delivery::Outbox(p)) => tracing::warn!("no `{NOTICE_CONN}` SMTP connection: failure notice written to {}", p.display()),
+        Ok(crate::mail::Delivery::Outbox(p)) => {
+            tracing::warn!("no `{NOTICE_CONN}` SMTP connection: failure notice written to {}", p.display())
+        }
         Err(e) => tracing::error!("could not send the failure notice: {e}"),
     }
 }
 
 /// Outputs of the task's upstream tasks, for templates (`upstream.TASK`).
-pub fn upstream_of(task: &Task, dag: &Dag, outputs: &std::collections::HashMap<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+pub fn upstream_of(
+    task: &Task,
+    dag: &Dag,
+    outputs: &std::collections::HashMap<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
     task.upstream
         .iter()
         .filter_map(|&u| {
@@ -360,14 +367,12 @@ async fn render_and_execute(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskE
         let v = if raw_keys.contains(&key) { v.clone() } else { ctx.res.templates.render_yaml(v, &ctx.vars, key)? };
         rendered.insert(k.clone(), v);
     }
-    let config = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered))
-        .expect("the task's type is known")
-        .map_err(|e| {
-            TaskError::Config(format!(
-                "{}: {}",
-                e.path(),
-                crate::dag::parse::friendly_serde_message(&crate::connections::strip_location(&e.inner().to_string()))
-            ))
-        })?;
+    let config = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered)).expect("the task's type is known").map_err(|e| {
+        TaskError::Config(format!(
+            "{}: {}",
+            e.path(),
+            crate::dag::parse::friendly_serde_message(&crate::connections::strip_location(&e.inner().to_string()))
+        ))
+    })?;
     config.execute(ctx).await
 }

@@ -70,6 +70,9 @@ pub enum RunnerError {
     NoRun(i64),
 }
 
+/// The logs of the tries running in this process, by (run id, task id, try number).
+pub type LiveLogs = Arc<Mutex<HashMap<(i64, String, i32), TryLog>>>;
+
 /// A process that runs tasks.
 #[derive(Clone)]
 pub struct Runner {
@@ -82,7 +85,7 @@ pub struct Runner {
     /// A running try whose heartbeat is older than this is a zombie.
     pub zombie_timeout: Duration,
     /// Logs of tries running in this process, flushed with each heartbeat.
-    pub live_logs: Arc<Mutex<HashMap<(i64, String, i32), TryLog>>>,
+    pub live_logs: LiveLogs,
     /// Whether task logs are echoed to stderr as they are written.
     pub echo_logs: bool,
     /// Whether each driver reaps zombies (the daemon has one reaper instead).
@@ -154,24 +157,12 @@ impl Runner {
     /// Like [`Runner::drive`], with a graceful stop: once `drain` is
     /// cancelled no new try is claimed and the driver returns when this
     /// process's tries have ended; `interrupt` also stops those tries.
-    pub async fn drive_with(
-        &self,
-        dag: Arc<Dag>,
-        run_id: i64,
-        observer: &mut dyn Observer,
-        stop: Stop,
-    ) -> Result<RunOutcome, RunnerError> {
+    pub async fn drive_with(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
         let span = tracing::info_span!("run", dag = %dag.dag_id, run = run_id);
         tracing::Instrument::instrument(self.drive_inner(dag, run_id, observer, stop), span).await
     }
 
-    async fn drive_inner(
-        &self,
-        dag: Arc<Dag>,
-        run_id: i64,
-        observer: &mut dyn Observer,
-        stop: Stop,
-    ) -> Result<RunOutcome, RunnerError> {
+    async fn drive_inner(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
         let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
         self.store.start_run(run_id).await?;
         self.store.sync_task_instances(run_id, &dag).await?;
@@ -258,11 +249,7 @@ impl Runner {
             // to move the run on. After claiming, nothing else can start
             // until something ends (or another worker's claims are missed
             // for one poll).
-            let next_retry = tis
-                .iter()
-                .filter(|t| t.state() == TiState::UpForRetry)
-                .filter_map(|t| t.next_try_at)
-                .min();
+            let next_retry = tis.iter().filter(|t| t.state() == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
             let others_running = running_total > local.len();
             let mut wait = if others_running || ready { Duration::from_millis(500) } else { self.heartbeat_every };
             if let Some(at) = next_retry {

@@ -43,11 +43,9 @@ impl Store {
 
     /// Queued and running runs of every DAG.
     pub async fn active_runs(&self) -> Result<Vec<RunRow>, StateError> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{RUN_SELECT} WHERE state IN ('queued', 'running') ORDER BY logical_date, run_id"
-        )))
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE state IN ('queued', 'running') ORDER BY logical_date, run_id")))
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Moves a queued run to running if its DAG has fewer than
@@ -64,10 +62,12 @@ impl Store {
             tx.rollback().await.ok();
             return Ok(false);
         }
-        let r = sqlx::query("UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, now()) WHERE run_id = $1 AND state = 'queued'")
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, now()) WHERE run_id = $1 AND state = 'queued'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }

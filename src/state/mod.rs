@@ -522,14 +522,7 @@ impl Store {
     /// Records the end of a try. Returns false when the claim was lost
     /// meanwhile (the try was declared a zombie, or cleared): the instance is
     /// then left as the other party set it, and only the try row is written.
-    pub async fn finish_try(
-        &self,
-        run_id: i64,
-        task_id: &str,
-        try_number: i32,
-        worker: &str,
-        end: &TryEnd,
-    ) -> Result<bool, StateError> {
+    pub async fn finish_try(&self, run_id: i64, task_id: &str, try_number: i32, worker: &str, end: &TryEnd) -> Result<bool, StateError> {
         let try_state = if end.state == TiState::UpForRetry { "failed" } else { end.state.as_str() };
         // One statement, so atomic without a transaction of its own.
         let updated: i64 = sqlx::query_scalar(

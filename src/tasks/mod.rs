@@ -166,11 +166,8 @@ registry! {
 /// The property names of a config struct's JSON Schema.
 pub fn schema_keys<T: JsonSchema>() -> Vec<String> {
     let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
-    let mut keys: Vec<String> = schema
-        .get("properties")
-        .and_then(|p| p.as_object())
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
+    let mut keys: Vec<String> =
+        schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect()).unwrap_or_default();
     keys.sort();
     keys
 }
@@ -292,8 +289,7 @@ impl TaskCtx {
     /// Reads a project file (SQL, report definitions) and renders it.
     pub fn read_template_file(&self, rel: &str) -> Result<String, TaskError> {
         let path = self.project_path(rel);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", path.display())))?;
         self.render(&text).map_err(|e| TaskError::Failed(format!("in {rel}: {e}")))
     }
 
@@ -402,9 +398,10 @@ impl TaskCtx {
     /// A local path to a dataset's Parquet file (downloaded when on S3).
     pub async fn local_dataset(&self, ds: &DatasetSummary) -> Result<PathBuf, TaskError> {
         if ds.uri.starts_with("s3://") {
-            let client = self.res.staging_client()?.ok_or_else(|| {
-                TaskError::Failed(format!("dataset {} is on S3 but SLUICE_STAGING is not an s3:// prefix", ds.uri))
-            })?;
+            let client = self
+                .res
+                .staging_client()?
+                .ok_or_else(|| TaskError::Failed(format!("dataset {} is on S3 but SLUICE_STAGING is not an s3:// prefix", ds.uri)))?;
             let from = crate::s3::S3Uri::parse(&ds.uri).map_err(TaskError::Failed)?;
             let to = self.scratch.path().join(format!("in-{}.parquet", uuid::Uuid::new_v4().simple()));
             crate::s3::download(&client, &from, &to).await.map_err(|e| TaskError::Failed(format!("reading the dataset: {e}")))?;
@@ -424,9 +421,7 @@ impl TaskCtx {
     /// The dataset of upstream task `id`.
     pub fn input(&self, id: &str) -> Result<&DatasetRef, TaskError> {
         self.inputs.get(id).ok_or_else(|| {
-            TaskError::Failed(format!(
-                "input `{id}` has no dataset in this run (did `{id}` produce one, and did it succeed?)"
-            ))
+            TaskError::Failed(format!("input `{id}` has no dataset in this run (did `{id}` produce one, and did it succeed?)"))
         })
     }
 }

@@ -56,8 +56,14 @@ fn minutes_ago(n: i64) -> String {
 
 sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
     let start = minutes_ago(10);
-    p.write("dags/with.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
-    p.write("dags/without.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
+    p.write(
+        "dags/with.yaml",
+        &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+    );
+    p.write(
+        "dags/without.yaml",
+        &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+    );
     let mut d = daemon(&p, "a", &[]);
     wait_until("10 successful catch-up runs", Duration::from_secs(40), || {
         count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'with' AND state = 'success'") >= 10
@@ -143,8 +149,14 @@ tasks:
     assert!(term(&mut b).success());
     assert_eq!(p.state_sql("SELECT state FROM dag_runs WHERE dag_id = 'slow'"), vec!["success"]);
     assert_eq!(count(&p, "SELECT count(*) FROM task_tries WHERE state = 'success'"), 7);
-    assert_eq!(count(&p, "SELECT count(*) FROM (SELECT task_id FROM task_tries WHERE state = 'success' GROUP BY task_id HAVING count(*) > 1) x"), 0);
-    assert_eq!(count(&p, "SELECT count(*) FROM task_tries WHERE task_id = 's3' AND state = 'failed' AND error LIKE '%stopped heartbeating%'"), 1);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM (SELECT task_id FROM task_tries WHERE state = 'success' GROUP BY task_id HAVING count(*) > 1) x"),
+        0
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM task_tries WHERE task_id = 's3' AND state = 'failed' AND error LIKE '%stopped heartbeating%'"),
+        1
+    );
     assert_eq!(p.sql("SELECT count(*), count(DISTINCT id), sum(v) FROM crash_rows"), vec!["1000|1000|1501500"]);
     let done = std::fs::read_to_string(p.path().join("done.txt")).unwrap();
     assert_eq!(done.lines().filter(|l| *l == "s1").count(), 1, "{done}");
@@ -187,7 +199,10 @@ tasks:
 
 sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
     let start = minutes_ago(3);
-    p.write("dags/paused.yaml", &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"));
+    p.write(
+        "dags/paused.yaml",
+        &format!("schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+    );
     p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shell, command: 'echo n={{ params.n }} >> conf.txt' }\n");
     p.sluice(&["dags", "pause", "paused"]).ok();
     let mut d = daemon(&p, "a", &[]);
@@ -240,7 +255,12 @@ sluice_test!(backfill_dry_run_and_resumable_interruption, |p| {
     assert_eq!(count(&p, "SELECT count(*) FROM dag_runs"), 0, "a dry run created runs");
     // Interrupt a backfill part-way (mid-try: the killed try counts as
     // failed and is retried), then run it again.
-    let mut b = p.command(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut b = p
+        .command(&["backfill", "bf", "--from", "2024-01-01", "--to", "2024-01-06"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_until("two days done", Duration::from_secs(30), || count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") >= 2);
     unsafe { libc::kill(b.id() as i32, libc::SIGKILL) };
     b.wait().unwrap();
@@ -269,7 +289,11 @@ sluice_test!(health_metrics_status_and_json_logs, |p| {
     let (status, body) = http_get(&addr, "/health").unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((health["status"].as_str(), health["database"].as_str(), health["dags"].as_u64()), (Some("ok"), Some("ok"), Some(1)), "{body}");
+    assert_eq!(
+        (health["status"].as_str(), health["database"].as_str(), health["dags"].as_u64()),
+        (Some("ok"), Some("ok"), Some(1)),
+        "{body}"
+    );
 
     p.sluice(&["dags", "trigger", "slow"]).ok();
     wait_until("nap to run", Duration::from_secs(10), || count(&p, "SELECT count(*) FROM task_instances WHERE state = 'running'") == 1);
@@ -277,7 +301,12 @@ sluice_test!(health_metrics_status_and_json_logs, |p| {
     assert!(status.stdout.contains("| slow ") && status.stdout.contains("| nap "), "{}", status.stdout);
     assert!(status.stdout.contains("| alive "), "{}", status.stdout);
     let (_, metrics) = http_get(&addr, "/metrics").unwrap();
-    for want in ["sluice_task_instances{state=\"running\"} 1", "sluice_dag_runs{state=\"running\"} 1", "sluice_tasks_running_local 1", "sluice_dags_loaded 1"] {
+    for want in [
+        "sluice_task_instances{state=\"running\"} 1",
+        "sluice_dag_runs{state=\"running\"} 1",
+        "sluice_tasks_running_local 1",
+        "sluice_dags_loaded 1",
+    ] {
         assert!(metrics.contains(want), "no `{want}` in\n{metrics}");
     }
     wait_until("the run to succeed", Duration::from_secs(15), || count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") == 1);
@@ -291,7 +320,8 @@ sluice_test!(health_metrics_status_and_json_logs, |p| {
     assert!(v["workers"].as_array().unwrap().iter().all(|w| !w["stopped_at"].is_null()), "{}", stopped.stdout);
     // Every log line is a JSON object; the try's lines carry its run and task.
     let log = std::fs::read_to_string(p.path().join("daemon-h.log")).unwrap();
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
     assert!(
         lines.iter().any(|l| l["spans"].as_array().is_some_and(|s| s.iter().any(|s| s["task"] == "nap"))),
         "no log line inside nap's span:\n{log}"

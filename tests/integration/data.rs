@@ -114,7 +114,10 @@ sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns
     assert_eq!(p.scalar("SELECT user_name || '/' || product_name FROM orders WHERE order_id = 1"), "김민준/유기농 김치");
     assert_eq!(p.scalar("SELECT count(*) FROM users"), "4");
     assert_eq!(p.scalar("SELECT string_agg(name, ',' ORDER BY id) FROM products"), "유기농 김치,한우 불고기,제주 감귤 5kg");
-    assert_eq!(p.sql("SELECT channel, user_id, amount FROM channel_orders ORDER BY order_id"), vec!["naver|10|15500.00", "coupang|12|7200.50"]);
+    assert_eq!(
+        p.sql("SELECT channel, user_id, amount FROM channel_orders ORDER BY order_id"),
+        vec!["naver|10|15500.00", "coupang|12|7200.50"]
+    );
     assert_eq!(p.scalar("SELECT count(*) FROM visits"), "6");
     assert!(out.stdout.contains("6 rows from 1 file; 1 skipped (1 line does not match the pattern)"), "{}", out.stdout);
 
@@ -177,9 +180,9 @@ tasks:
     assert_eq!(p.sql("SELECT count(*), sum(amount), min(id), max(id) FROM t"), vec!["10|10|1|10"]);
 });
 
-/// A load uses COPY's binary format when every column type allows it and
-/// the text format otherwise; both must store exactly the same values,
-/// including the edges of each encoding.
+// A load uses COPY's binary format when every column type allows it and
+// the text format otherwise; both must store exactly the same values,
+// including the edges of each encoding.
 sluice_test!(binary_and_text_copy_store_the_same_values, |p| {
     p.write(
         "data/edges.csv",
@@ -226,12 +229,15 @@ tasks:
     assert!(log("load_txt").contains("in text format"), "{}", log("load_txt"));
     let cols = "i2, i4, i8, dec, num, f4, f8, b, t, v, d, ts, tz";
     // Newlines inside values are shown as ⏎: psql's output is split on lines.
-    let rows = |t: &str| p.sql(&format!("SET timezone = 'UTC'; SELECT replace(({cols})::text, E'\\n', '⏎') FROM {t} ORDER BY i8 NULLS LAST"));
+    let rows =
+        |t: &str| p.sql(&format!("SET timezone = 'UTC'; SELECT replace(({cols})::text, E'\\n', '⏎') FROM {t} ORDER BY i8 NULLS LAST"));
     let bin = rows("bin");
     assert_eq!(bin, rows("txt"));
     assert_eq!(bin.len(), 5);
     // And the values are the right ones, column by column.
-    let col = |c: &str| p.sql(&format!("SET timezone = 'UTC'; SELECT replace(coalesce({c}::text, 'NULL'), E'\\n', '⏎') FROM bin ORDER BY i8 NULLS LAST"));
+    let col = |c: &str| {
+        p.sql(&format!("SET timezone = 'UTC'; SELECT replace(coalesce({c}::text, 'NULL'), E'\\n', '⏎') FROM bin ORDER BY i8 NULLS LAST"))
+    };
     assert_eq!(col("i2"), ["-32768", "0", "1", "32767", "NULL"]);
     assert_eq!(col("i8"), ["-9223372036854775808", "0", "100000000", "9223372036854775807", "NULL"]);
     assert_eq!(col("dec"), ["-9999999999.99", "0.00", "10000.00", "0.01", "NULL"]);
@@ -243,8 +249,14 @@ tasks:
     assert_eq!(col("t"), ["tab\tand \\ back", "NULL", "x", "line⏎break", "NULL"]);
     assert_eq!(col("v"), ["é한", "v", "y", "NULL", "NULL"]);
     assert_eq!(col("d"), ["1999-12-31", "0001-01-01", "2024-02-29", "2000-01-01", "NULL"]);
-    assert_eq!(col("ts"), ["1999-12-31 23:59:59.999999", "2038-01-19 03:14:08", "2024-02-29 12:00:00.000001", "2000-01-01 00:00:00", "NULL"]);
-    assert_eq!(col("tz"), ["2000-01-01 00:00:00+00", "2262-04-11 23:47:16+00", "2024-02-29 03:00:00.000001+00", "1969-07-20 20:17:40.5+00", "NULL"]);
+    assert_eq!(
+        col("ts"),
+        ["1999-12-31 23:59:59.999999", "2038-01-19 03:14:08", "2024-02-29 12:00:00.000001", "2000-01-01 00:00:00", "NULL"]
+    );
+    assert_eq!(
+        col("tz"),
+        ["2000-01-01 00:00:00+00", "2262-04-11 23:47:16+00", "2024-02-29 03:00:00.000001+00", "1969-07-20 20:17:40.5+00", "NULL"]
+    );
 });
 
 sluice_test!(malformed_inputs_land_in_quarantine_with_reasons_and_lines, |p| {
@@ -294,7 +306,11 @@ tasks:
     assert_eq!(s["rejects_table"].0, "success");
     assert_eq!(s["strict"].0, "failed");
     assert_eq!(s["bounded"].0, "failed");
-    assert!(out.stdout.contains("2 rows from 1 file; 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("2 rows from 1 file; 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(
         p.sql("SELECT line || ' ' || reason || ' ' || detail FROM item_rejects ORDER BY line"),
         vec![
@@ -308,7 +324,8 @@ tasks:
     let lines: Vec<i64> = ev.column("line").unwrap().i64().unwrap().into_no_null_iter().collect();
     assert_eq!(lines, vec![2, 3, 4]);
     let json = p.run_json(run);
-    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    let err =
+        |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
     assert!(err("strict").contains("data/items.csv, line 3: unparsable value: column `price`: `x` is not an integer"), "{}", err("strict"));
     assert!(err("bounded").contains("4 of 6 rows are bad"), "{}", err("bounded"));
 });
@@ -388,7 +405,8 @@ tasks:
     let keys: Vec<&str> = listed.column("key").unwrap().str().unwrap().iter().map(|v| v.unwrap()).collect();
     assert_eq!(keys, vec!["in/a.txt", "in/b.txt"]);
     let json = p.run_json(run);
-    let err = json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "wait_gone").unwrap()["error"].as_str().unwrap().to_string();
+    let err =
+        json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == "wait_gone").unwrap()["error"].as_str().unwrap().to_string();
     assert!(err.contains("did not appear within 3s"), "{err}");
 });
 
@@ -410,7 +428,8 @@ tasks:
     let out = p.sluice(&["run", "u"]).code(1);
     let run = p.last_run("u");
     let json = p.run_json(run);
-    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    let err =
+        |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
     assert!(err("s3").contains(&format!("S3 connection `lake` (http://127.0.0.1:{closed})")), "{}", err("s3"));
     assert!(err("db").contains(&format!("cannot connect to Postgres connection `brokendb` (127.0.0.1:{closed})")), "{}", err("db"));
     assert!(err("http").contains(&format!("GET http://127.0.0.1:{closed}/x.csv")), "{}", err("http"));

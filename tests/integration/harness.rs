@@ -27,9 +27,7 @@ macro_rules! sluice_test {
 /// reused from a shared target directory may have been built in another
 /// checkout (cargo does not rebuild when only the checkout's path changed).
 pub fn repo() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
 pub fn bin() -> PathBuf {
@@ -37,9 +35,8 @@ pub fn bin() -> PathBuf {
 }
 
 pub fn service(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run the tests with scripts/test.sh, which starts PostgreSQL, S3 and SMTP servers")
-    })
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} is not set: run the tests with scripts/test.sh, which starts PostgreSQL, S3 and SMTP servers"))
 }
 
 pub fn db_url() -> String {
@@ -225,7 +222,9 @@ impl Project {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| (t["task_id"].as_str().unwrap().to_string(), (t["state"].as_str().unwrap().to_string(), t["try_number"].as_i64().unwrap())))
+            .map(|t| {
+                (t["task_id"].as_str().unwrap().to_string(), (t["state"].as_str().unwrap().to_string(), t["try_number"].as_i64().unwrap()))
+            })
             .collect()
     }
 
@@ -247,7 +246,12 @@ impl Drop for Project {
         }
         if let Some(url) = &self.url {
             let _ = std::process::Command::new("psql")
-                .args([url.as_str(), "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE", self.schema, self.wh_schema)])
+                .args([
+                    url.as_str(),
+                    "-q",
+                    "-c",
+                    &format!("DROP SCHEMA IF EXISTS {} CASCADE; DROP SCHEMA IF EXISTS {} CASCADE", self.schema, self.wh_schema),
+                ])
                 .env("PGOPTIONS", "-c client_min_messages=warning")
                 .output();
         }

@@ -119,10 +119,24 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     let png = p.path().join("pages");
     let status = Command::new("pdftoppm").args(["-r", "30", "-png"]).arg(&pdf).arg(&png).status().unwrap();
     assert!(status.success());
-    let rendered = std::fs::read_dir(p.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pages")).count();
+    let rendered =
+        std::fs::read_dir(p.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("pages")).count();
     assert_eq!(rendered, pages);
     let text = pdftotext(&pdf);
-    for heading in ["주간 KPI 리포트", "일별 매출", "카테고리별 매출과 비중", "요일·시간대별 주문", "고객 등급 분포", "RFM 세그먼트", "매출 상위 10개 상품", "구매 전환 퍼널", "코호트 리텐션", "데이터 품질", "파이프라인 상태", "2024-11-18 (월) ~ 2024-11-24 (일)"] {
+    for heading in [
+        "주간 KPI 리포트",
+        "일별 매출",
+        "카테고리별 매출과 비중",
+        "요일·시간대별 주문",
+        "고객 등급 분포",
+        "RFM 세그먼트",
+        "매출 상위 10개 상품",
+        "구매 전환 퍼널",
+        "코호트 리텐션",
+        "데이터 품질",
+        "파이프라인 상태",
+        "2024-11-18 (월) ~ 2024-11-24 (일)",
+    ] {
         assert!(text.contains(heading), "the PDF lacks {heading:?}");
     }
     // Every page is numbered "n / N".
@@ -131,7 +145,8 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     let week = "ordered_at >= '2024-11-18' AND ordered_at < '2024-11-25'";
     let revenue: i64 = p.sql(&format!("SELECT sum(total_amount) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
     let orders: i64 = p.sql(&format!("SELECT count(*) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
-    let buyers: i64 = p.sql(&format!("SELECT count(DISTINCT user_id) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
+    let buyers: i64 =
+        p.sql(&format!("SELECT count(DISTINCT user_id) FROM shop.orders WHERE status = 'paid' AND {week}"))[0].parse().unwrap();
     assert!(revenue > 0 && orders > 0);
     for number in [format!("{}원", thousands(revenue)), thousands(orders), thousands(buyers)] {
         assert!(text.contains(&number), "the PDF lacks {number}:\n{text}");
@@ -228,7 +243,8 @@ tasks:
     );
     let out = p.sluice(&["run", "mail"]).code(1);
     let json = p.run_json(p.last_run("mail"));
-    let err = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    let err =
+        |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
     assert!(err("down").contains(&format!("cannot reach SMTP server 127.0.0.1:{closed} (connection `down`)")), "{}", err("down"));
     assert!(err("login").contains("refused the login") && err("login").contains("check the user and password"), "{}", err("login"));
     assert!(!out.all().contains("l0gin-secret") && !json.to_string().contains("l0gin-secret"));

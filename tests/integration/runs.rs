@@ -11,7 +11,8 @@ use crate::harness::{Project, repo};
 fn run_case(name: &str) -> (Project, i64) {
     let p = Project::new(name);
     p.copy_from(&format!("tests/dags/run/{name}"));
-    let exp: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(repo().join(format!("tests/dags/run/{name}/expected.yaml"))).unwrap()).unwrap();
+    let exp: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo().join(format!("tests/dags/run/{name}/expected.yaml"))).unwrap()).unwrap();
     let args: Vec<String> = exp["args"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = p.sluice(&args).code(exp["exit"].as_i64().unwrap() as i32);

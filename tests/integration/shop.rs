@@ -123,7 +123,8 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     assert!(out.stderr.contains("10 ran (0 failed)"), "{}", out.all());
     let raw = p.path().join("data/raw");
     let faults: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(raw.join("faults.json")).unwrap()).unwrap();
-    let fault_orders = |kind: &str| -> BTreeSet<i64> { faults.iter().filter(|f| f["kind"] == kind).filter_map(|f| f["order_id"].as_i64()).collect() };
+    let fault_orders =
+        |kind: &str| -> BTreeSet<i64> { faults.iter().filter(|f| f["kind"] == kind).filter_map(|f| f["order_id"].as_i64()).collect() };
     let bad_orders: BTreeSet<i64> = ["unknown product", "negative quantity", "unknown user"].iter().flat_map(|k| fault_orders(k)).collect();
     assert!(!bad_orders.is_empty() && faults.iter().any(|f| f["kind"] == "cp949 file"), "the dirty data has faults of every kind");
 
@@ -163,7 +164,10 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     // The CP949 day was read, not lost: its Korean payment methods decode.
     let cp949_day = faults.iter().find(|f| f["kind"] == "cp949 file").unwrap()["date"].as_str().unwrap().to_string();
     let methods = p.sql(&format!("SELECT DISTINCT payment_method FROM shop.orders WHERE ordered_at::date = '{cp949_day}' ORDER BY 1"));
-    assert!(!methods.is_empty() && methods.iter().all(|m| ["간편결제", "계좌이체", "무통장입금", "카드"].contains(&m.as_str())), "{methods:?}");
+    assert!(
+        !methods.is_empty() && methods.iter().all(|m| ["간편결제", "계좌이체", "무통장입금", "카드"].contains(&m.as_str())),
+        "{methods:?}"
+    );
 
     // Every fault is in quarantine with its reason, and nothing else is.
     for kind in ["unknown product", "negative quantity", "unknown user", "duplicate line"] {
@@ -175,22 +179,30 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
         assert_eq!(got, fault_orders(kind), "{kind}");
     }
     for (kind, file) in [("wrong field count", "orders.csv"), ("unparsable value", "orders.csv"), ("log noise", "visits.log")] {
-        let want: BTreeSet<String> = faults
-            .iter()
-            .filter(|f| f["kind"] == kind)
-            .map(|f| format!("{}|{}", f["date"].as_str().unwrap(), f["line"]))
-            .collect();
+        let want: BTreeSet<String> =
+            faults.iter().filter(|f| f["kind"] == kind).map(|f| format!("{}|{}", f["date"].as_str().unwrap(), f["line"])).collect();
         let reason = if kind == "log noise" { "line does not match the pattern" } else { kind };
-        let got: BTreeSet<String> =
-            p.sql(&format!("SELECT ds || '|' || line FROM shop.quarantine WHERE source = '{file}' AND reason = '{reason}'")).into_iter().collect();
+        let got: BTreeSet<String> = p
+            .sql(&format!("SELECT ds || '|' || line FROM shop.quarantine WHERE source = '{file}' AND reason = '{reason}'"))
+            .into_iter()
+            .collect();
         assert_eq!(got, want, "{kind}");
     }
     let reasons: BTreeSet<String> = p.sql("SELECT DISTINCT reason FROM shop.quarantine").into_iter().collect();
     assert!(reasons.len() <= 7, "{reasons:?}");
 
     // Rerunning a day leaves the warehouse as it was.
-    let digest = |t: &str, order: &str| p.sql(&format!("SELECT count(*) || ':' || md5(string_agg(x::text, '|' ORDER BY {order})) FROM {t} x"));
-    let tables = [("shop.orders", "id"), ("shop.order_items", "order_id, line_no"), ("shop.users", "id"), ("shop.products", "id"), ("shop.quarantine", "ds, source, line, order_id, reason, detail"), ("shop.events", "ts, session_id, event"), ("shop.funnel_daily", "day, stage")];
+    let digest =
+        |t: &str, order: &str| p.sql(&format!("SELECT count(*) || ':' || md5(string_agg(x::text, '|' ORDER BY {order})) FROM {t} x"));
+    let tables = [
+        ("shop.orders", "id"),
+        ("shop.order_items", "order_id, line_no"),
+        ("shop.users", "id"),
+        ("shop.products", "id"),
+        ("shop.quarantine", "ds, source, line, order_id, reason, detail"),
+        ("shop.events", "ts, session_id, event"),
+        ("shop.funnel_daily", "day, stage"),
+    ];
     let before: Vec<_> = tables.iter().map(|(t, o)| digest(t, o)).collect();
     p.sluice(&["run", "ecommerce_etl", "--date", "2024-09-05", "--rerun"]).ok();
     p.sluice(&["run", "ecommerce_etl", "--date", &cp949_day, "--rerun"]).ok();
@@ -201,9 +213,7 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
 /// Inserts a user and `n` paid orders of `amount` won each (the last one
 /// rounding the total to `spend`), `days_ago` days before 2024-12-01.
 fn customer(p: &Project, id: i64, grade: &str, spend: i64, n: i64) {
-    p.sql(&format!(
-        "INSERT INTO shop.users (id, name, signup_at, grade) VALUES ({id}, 'u{id}', '2024-01-01', '{grade}')"
-    ));
+    p.sql(&format!("INSERT INTO shop.users (id, name, signup_at, grade) VALUES ({id}, 'u{id}', '2024-01-01', '{grade}')"));
     if n == 0 {
         return;
     }
@@ -242,10 +252,12 @@ sluice_test!(grade_update_respects_every_threshold_demotes_one_step_and_writes_h
         customer(&p, *id, grade, *spend, *n);
     }
     // Orders that must not count: older than six months, and not paid.
-    p.sql("INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count) VALUES
+    p.sql(
+        "INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count) VALUES
            (990001, 8, '2024-05-31 23:00', 'paid', 1000000, 1),
            (990002, 9, '2024-11-01', 'refunded', 1000000, 1),
-           (990003, 9, '2024-11-01', 'cancelled', 1000000, 1)");
+           (990003, 9, '2024-11-01', 'cancelled', 1000000, 1)",
+    );
     // As of 2024-12-01 00:00 KST (the interval ending then).
     let run = || p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T14:50:00Z"]);
     run().ok();
