@@ -38,15 +38,13 @@ pub struct BackfillArgs {
 }
 
 pub async fn run(app: &App, args: BackfillArgs) -> Result<ExitCode> {
-    let (bag, conns) = app.load(true)?;
-    let dag = match bag.get(&args.dag) {
-        Ok(d) => d,
-        Err(e) => return Ok(super::config_exit(&e)),
+    let (dag, conns) = match super::load_dag(app, &args.dag)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
     };
-    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
-    let params = match dag.resolve_params(&conf) {
+    let params = match super::conf_params(&dag, &args.conf)? {
         Ok(p) => p,
-        Err(e) => return Ok(super::config_exit(&e)),
+        Err(code) => return Ok(code),
     };
     let store = app.store().await?;
     store.sync_dags(&[dag.as_ref()]).await?;

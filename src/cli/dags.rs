@@ -125,15 +125,13 @@ async fn set_paused(app: &App, dag_id: &str, paused: bool) -> Result<ExitCode> {
 }
 
 async fn trigger(app: &App, dag_id: &str, args: &super::IntervalArgs) -> Result<ExitCode> {
-    let (bag, _) = app.load(true)?;
-    let dag = match bag.get(dag_id) {
-        Ok(d) => d,
-        Err(e) => return Ok(super::config_exit(&e)),
+    let (dag, _) = match super::load_dag(app, dag_id)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
     };
-    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
-    let params = match dag.resolve_params(&conf) {
+    let params = match super::conf_params(&dag, &args.conf)? {
         Ok(p) => p,
-        Err(e) => return Ok(super::config_exit(&e)),
+        Err(code) => return Ok(code),
     };
     let when = args.when()?;
     let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;

@@ -20,21 +20,8 @@ use crate::runner::{Quiet, RunOutcome, Runner};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// The first day of generated data.
-    #[arg(long, default_value = "2024-09-01")]
-    pub start: chrono::NaiveDate,
-    /// How many days of exports, from --start.
-    #[arg(long, default_value_t = 90)]
-    pub days: u32,
-    /// Customers who exist on the first day (more sign up every day).
-    #[arg(long, default_value_t = 10_000)]
-    pub users: u32,
-    /// Products in the catalogue.
-    #[arg(long, default_value_t = 20_000)]
-    pub products: u32,
-    /// The same seed gives the same data.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub shop: super::ShopArgs,
     /// Generate clean data (by default the demo injects faults to show the quarantine).
     #[arg(long)]
     pub clean: bool,
@@ -65,15 +52,7 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
 
     // 2. The raw exports.
     let out = root.join(crate::generate::DEFAULT_OUT);
-    let opts = crate::generate::Options {
-        out: out.clone(),
-        start: args.start,
-        days: args.days,
-        users: args.users,
-        products: args.products,
-        seed: args.seed,
-        dirty: !args.clean,
-    };
+    let opts = args.shop.options(out.clone(), !args.clean);
     if crate::generate::is_generated(&opts) {
         eprintln!("raw exports already generated in {} (same options)", crate::loader::display_path(&out).display());
     } else {
@@ -109,10 +88,10 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let runner = Runner::new(store.clone(), app.resources(conns));
 
     // 4. The daily ETL over every generated day.
-    let last = args.start + chrono::Duration::days(args.days as i64 - 1);
+    let last = args.shop.start + chrono::Duration::days(args.shop.days as i64 - 1);
     let etl_params = etl.resolve_params(&[]).map_err(anyhow::Error::msg)?;
     let summary =
-        super::backfill::backfill_dag(&runner, etl.clone(), args.start, last, Reprocess::Failed, None, false, &etl_params).await?;
+        super::backfill::backfill_dag(&runner, etl.clone(), args.shop.start, last, Reprocess::Failed, None, false, &etl_params).await?;
     if summary.failed > 0 {
         bail!("{} ETL run(s) failed; `sluice runs list ecommerce_etl --state failed` shows them", summary.failed);
     }
@@ -147,7 +126,7 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let sunday = last - chrono::Duration::days(last.weekday().num_days_from_sunday() as i64);
     let monday = sunday - chrono::Duration::days(6);
     let mut report_lines = Vec::new();
-    if monday >= args.start {
+    if monday >= args.shop.start {
         let (logical, interval) =
             report.manual_interval(crate::dag::ManualWhen::Date(monday), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
         let params = report.resolve_params(&[]).map_err(anyhow::Error::msg)?;

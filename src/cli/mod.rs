@@ -95,12 +95,11 @@ pub enum Command {
     Generate(GenerateArgs),
 }
 
+/// The generated shop's size and seed, shared by `sluice generate` and
+/// `sluice demo`.
 #[derive(Args, Debug)]
-pub struct GenerateArgs {
-    /// Where the files go: one folder per day.
-    #[arg(long, default_value = "data/raw")]
-    pub out: PathBuf,
-    /// The first day.
+pub struct ShopArgs {
+    /// The first day of generated data.
     #[arg(long, default_value = "2024-09-01")]
     pub start: chrono::NaiveDate,
     /// How many days of exports, from --start.
@@ -115,6 +114,29 @@ pub struct GenerateArgs {
     /// The same seed gives the same bytes.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+impl ShopArgs {
+    pub fn options(&self, out: PathBuf, dirty: bool) -> crate::generate::Options {
+        crate::generate::Options {
+            out,
+            start: self.start,
+            days: self.days,
+            users: self.users,
+            products: self.products,
+            seed: self.seed,
+            dirty,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Where the files go: one folder per day.
+    #[arg(long, default_value = "data/raw")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub shop: ShopArgs,
     /// Inject realistic faults (malformed lines, unknown ids, negative
     /// quantities, duplicate lines, CP949 files), listed in faults.json.
     #[arg(long)]
@@ -204,15 +226,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Runs(cmd) => runs::run(&app, cmd).await,
         Command::Logs(args) => runs::logs(&app, args).await,
         Command::Generate(a) => {
-            let opts = crate::generate::Options {
-                out: a.out.clone(),
-                start: a.start,
-                days: a.days,
-                users: a.users,
-                products: a.products,
-                seed: a.seed,
-                dirty: a.dirty,
-            };
+            let opts = a.shop.options(a.out.clone(), a.dirty);
             let started = std::time::Instant::now();
             let s = tokio::task::spawn_blocking(move || crate::generate::generate(&opts)).await??;
             println!(
@@ -239,6 +253,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Parses `--date YYYY-MM-DD` / `--logical-date RFC3339` into a manual run date.
+/// A DAG with the connections it may use.
+pub type Loaded = (Arc<crate::dag::Dag>, Arc<Connections>);
+
+/// Loads one DAG by id. An `Err` inside is the exit code after printing why
+/// it could not be loaded (EX_CONFIG).
+pub fn load_dag(app: &App, dag_id: &str) -> Result<Result<Loaded, ExitCode>> {
+    let (bag, conns) = app.load(true)?;
+    match bag.get(dag_id) {
+        Ok(d) => Ok(Ok((d, conns))),
+        Err(e) => Ok(Err(config_exit(&e))),
+    }
+}
+
+/// The DAG's params with `--conf KEY=VALUE` applied. An `Err` inside is the
+/// exit code after printing which value does not fit its param (EX_CONFIG).
+pub fn conf_params(dag: &crate::dag::Dag, conf: &[String]) -> Result<Result<serde_json::Map<String, serde_json::Value>, ExitCode>> {
+    let conf = crate::dag::parse_conf_args(conf).map_err(anyhow::Error::msg)?;
+    Ok(dag.resolve_params(&conf).map_err(|e| config_exit(&e)))
+}
+
 /// The interval a manual run covers and the params it overrides: the same
 /// flags for `sluice run`, `sluice dags trigger` and `sluice tasks test`.
 #[derive(clap::Args, Debug)]

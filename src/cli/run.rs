@@ -1,7 +1,6 @@
 //! `sluice run`, `sluice tasks test`, `sluice tasks clear`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -67,21 +66,8 @@ pub enum TasksCmd {
     },
 }
 
-/// A DAG with the connections it may use.
-type Loaded = (Arc<Dag>, Arc<crate::connections::Connections>);
-
-/// Loads one DAG; an `Err` inside is the exit code after printing why it
-/// could not be loaded.
-fn load_dag(app: &App, dag_id: &str) -> Result<Result<Loaded, ExitCode>> {
-    let (bag, conns) = app.load(true)?;
-    match bag.get(dag_id) {
-        Ok(d) => Ok(Ok((d, conns))),
-        Err(e) => Ok(Err(super::config_exit(&e))),
-    }
-}
-
 pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
-    let (dag, conns) = match load_dag(app, &args.dag)? {
+    let (dag, conns) = match super::load_dag(app, &args.dag)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
@@ -98,10 +84,9 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
         }
         None => {
             let when = args.interval.when()?;
-            let conf = crate::dag::parse_conf_args(&args.interval.conf).map_err(anyhow::Error::msg)?;
-            let params = match dag.resolve_params(&conf) {
+            let params = match super::conf_params(&dag, &args.interval.conf)? {
                 Ok(p) => p,
-                Err(e) => return Ok(super::config_exit(&e)),
+                Err(code) => return Ok(code),
             };
             let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
             match store.create_run(&dag, "manual", logical, interval, &params, "running").await? {
@@ -244,7 +229,7 @@ pub async fn tasks(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
 }
 
 async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs, run_id: Option<i64>) -> Result<ExitCode> {
-    let (dag, conns) = match load_dag(app, dag_id)? {
+    let (dag, conns) = match super::load_dag(app, dag_id)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
@@ -253,10 +238,9 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
         return Ok(super::config_exit(&format!("DAG `{dag_id}` has no task `{task_id}`{hint}")));
     };
     let when = args.when()?;
-    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
-    let params = match dag.resolve_params(&conf) {
+    let params = match super::conf_params(&dag, &args.conf)? {
         Ok(p) => p,
-        Err(e) => return Ok(super::config_exit(&e)),
+        Err(code) => return Ok(code),
     };
     let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
 
@@ -306,7 +290,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
         if let Some(st) = &store {
             let _ = res.state.set(st.clone());
         }
-        let ctx = test_ctx(&dag, task, &fake_run, inputs, upstream, log.clone(), res);
+        let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true)?;
         eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());
         crate::runner::exec::run_with_timeout(task, &ctx).instrument(span).await
     };
@@ -329,50 +313,8 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     }
 }
 
-fn test_ctx(
-    dag: &Dag,
-    task: &crate::dag::Task,
-    run: &RunRow,
-    inputs: std::collections::BTreeMap<String, crate::datasets::DatasetRef>,
-    upstream: serde_json::Map<String, serde_json::Value>,
-    log: crate::tasks::TryLog,
-    res: Arc<crate::resources::Resources>,
-) -> crate::tasks::TaskCtx {
-    let params = run.conf.as_object().cloned().unwrap_or_default();
-    let vars = crate::template::RenderVars {
-        dag_id: dag.dag_id.clone(),
-        task_id: task.id.clone(),
-        run_id: "test".into(),
-        try_number: 1,
-        tz: dag.timezone,
-        logical_date: run.logical_date,
-        interval_start: run.data_interval_start,
-        interval_end: run.data_interval_end,
-        params,
-        connections: res.connections.clone(),
-        upstream: upstream.clone(),
-    };
-    crate::tasks::TaskCtx {
-        dag_id: dag.dag_id.clone(),
-        task_id: task.id.clone(),
-        run_id: 0,
-        try_number: 1,
-        logical_date: run.logical_date,
-        interval: run.interval(),
-        tz: dag.timezone,
-        vars: vars.to_value(),
-        res,
-        inputs,
-        upstream,
-        deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
-        log,
-        test_mode: true,
-        scratch: Arc::new(crate::runner::exec::scratch_dir()),
-    }
-}
-
 async fn clear(app: &App, dag_id: &str, run_id: i64, pattern: Option<&str>, downstream: bool, only_failed: bool) -> Result<ExitCode> {
-    let (dag, _) = match load_dag(app, dag_id)? {
+    let (dag, _) = match super::load_dag(app, dag_id)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };

@@ -76,7 +76,7 @@ impl TryJob {
             };
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
-            let ctx = task_ctx(&runner, &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false);
+            let ctx = task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false)?;
             tokio::select! {
                 r = run_with_timeout(task, &ctx) => r,
                 _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
@@ -279,10 +279,11 @@ pub fn datasets_of(task: &Task, dag: &Dag, outputs: std::collections::HashMap<St
     out
 }
 
-/// The context of one try.
+/// The context of one try. In test mode (`sluice tasks test`) nothing is
+/// recorded and `run_id` renders as `test`.
 #[allow(clippy::too_many_arguments)]
 pub fn task_ctx(
-    runner: &Runner,
+    res: Arc<crate::resources::Resources>,
     dag: &Dag,
     task: &Task,
     run: &RunRow,
@@ -291,22 +292,22 @@ pub fn task_ctx(
     upstream: serde_json::Map<String, serde_json::Value>,
     log: TryLog,
     test_mode: bool,
-) -> TaskCtx {
+) -> Result<TaskCtx, TaskError> {
     let params = run.conf.as_object().cloned().unwrap_or_default();
     let vars = RenderVars {
         dag_id: dag.dag_id.clone(),
         task_id: task.id.clone(),
-        run_id: run.run_id.to_string(),
+        run_id: if test_mode { "test".into() } else { run.run_id.to_string() },
         try_number,
         tz: dag.timezone,
         logical_date: run.logical_date,
         interval_start: run.data_interval_start,
         interval_end: run.data_interval_end,
         params,
-        connections: runner.res.connections.clone(),
+        connections: res.connections.clone(),
         upstream: upstream.clone(),
     };
-    TaskCtx {
+    Ok(TaskCtx {
         dag_id: dag.dag_id.clone(),
         task_id: task.id.clone(),
         run_id: run.run_id,
@@ -315,19 +316,29 @@ pub fn task_ctx(
         interval: run.interval(),
         tz: dag.timezone,
         vars: vars.to_value(),
-        res: runner.res.clone(),
+        res,
         inputs,
         upstream,
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode,
-        scratch: std::sync::Arc::new(scratch_dir()),
-    }
+        scratch: Arc::new(scratch_dir()?),
+    })
 }
 
-/// A private temporary folder for one try.
-pub fn scratch_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("sluice-try-").tempdir().or_else(|_| tempfile::tempdir_in(".")).expect("a temporary folder")
+/// A private temporary folder for one try: in the system's (`TMPDIR`), or
+/// else in the working directory.
+fn scratch_dir() -> Result<tempfile::TempDir, TaskError> {
+    tempfile::Builder::new()
+        .prefix("sluice-try-")
+        .tempdir()
+        .or_else(|_| tempfile::Builder::new().prefix("sluice-try-").tempdir_in("."))
+        .map_err(|e| {
+            TaskError::Failed(format!(
+                "cannot create a temporary folder in {} or in the working directory: {e}; set TMPDIR to a writable folder",
+                std::env::temp_dir().display()
+            ))
+        })
 }
 
 /// Renders the task's config, parses it, and runs it under its

@@ -472,6 +472,9 @@ impl Store {
         // max_active_tasks holds however many processes drive the run.
         sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
         apply_decisions(&mut tx, run_id, decisions).await?;
+        // Only tasks of this process's version of the DAG are claimed: in a
+        // rolling deploy, a worker with an older file must leave a task it
+        // does not know to the workers that do.
         // One statement claims the instances, raises their max_tries to the
         // DAG file's (a DAG edited to allow more retries applies to running
         // instances; a clear may have raised it past the file's value) and
@@ -481,6 +484,7 @@ impl Store {
             "WITH c AS (
                  SELECT run_id, task_id FROM task_instances
                  WHERE run_id = $1 AND (state = 'queued' OR (state = 'up_for_retry' AND next_try_at <= now()))
+                   AND task_id = ANY($5::text[])
                  ORDER BY priority, task_id
                  LIMIT greatest(0, least($2, $4 - (SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running')))
                  FOR UPDATE SKIP LOCKED

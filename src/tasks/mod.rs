@@ -492,13 +492,5 @@ impl TaskError {
 
 /// Formats a count with thousands separators: 1234567 -> `1,234,567`.
 pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::report::def::fmt::thousands(n.into())
 }
