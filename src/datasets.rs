@@ -26,6 +26,10 @@ pub struct DatasetSummary {
     pub bytes: u64,
     /// Column names and types.
     pub schema: Vec<(String, String)>,
+    /// Where each row came from (an extract's source files and lines), as a
+    /// file next to the dataset: see [`crate::formats::Lineage`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<String>,
 }
 
 /// A dataset a task reads.
@@ -53,8 +57,12 @@ impl Staging {
     pub fn from_env(project_root: &Path) -> Result<Staging, String> {
         match std::env::var("SLUICE_STAGING").ok().filter(|s| !s.is_empty()) {
             Some(s) if s.starts_with("s3://") => {
-                Ok(Staging::S3 { root: S3Uri::parse(&s)?, conn: std::env::var("SLUICE_STAGING_CONN").unwrap_or_else(|_| "staging".into()) })
+                let root = S3Uri::parse(&s).map_err(|e| format!("{e}; write SLUICE_STAGING=s3://bucket/prefix"))?;
+                Ok(Staging::S3 { root, conn: std::env::var("SLUICE_STAGING_CONN").unwrap_or_else(|_| "staging".into()) })
             }
+            Some(s) if s.contains("://") || s.starts_with("s3:") => Err(format!(
+                "`{s}` is neither an s3://bucket/prefix nor a folder; datasets can be staged on S3 (s3://...) or in a local folder"
+            )),
             Some(s) => Ok(Staging::Local(project_root.join(s))),
             None => Ok(Staging::Local(project_root.join(".sluice/staging"))),
         }

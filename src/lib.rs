@@ -13,6 +13,7 @@ pub mod logging;
 pub mod mail;
 pub mod pgcopy;
 pub mod pgsetup;
+pub mod process;
 pub mod report;
 pub mod resources;
 pub mod runner;

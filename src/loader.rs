@@ -123,16 +123,10 @@ pub fn load(files: &[PathBuf], root: &Path, connections: &Connections, templates
     let mut origin: BTreeMap<String, PathBuf> = BTreeMap::new();
     for file in files {
         let display = display_path(file);
-        let source = match std::fs::read_to_string(file) {
+        let source = match read_dag_file(file) {
             Ok(s) => s,
-            Err(e) => {
-                bag.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file: display.clone(),
-                    pos: Pos::START,
-                    path: String::new(),
-                    message: format!("cannot read the file: {e}"),
-                });
+            Err((pos, message)) => {
+                bag.diagnostics.push(Diagnostic { severity: Severity::Error, file: display.clone(), pos, path: String::new(), message });
                 bag.failed.insert(display, None);
                 continue;
             }
@@ -162,6 +156,28 @@ pub fn load(files: &[PathBuf], root: &Path, connections: &Connections, templates
     }
     crate::diag::sort(&mut bag.diagnostics);
     bag
+}
+
+/// A DAG file's text, without a UTF-8 byte order mark. A byte that is not
+/// UTF-8 is reported at its line and column.
+pub fn read_dag_file(file: &Path) -> Result<String, (Pos, String)> {
+    let bytes = std::fs::read(file).map_err(|e| (Pos::START, format!("cannot read the file: {e}")))?;
+    let bytes = bytes.strip_prefix(crate::formats::BOM).unwrap_or(&bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_string()),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = good.len() - good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+            let byte = bytes[e.valid_up_to()];
+            Err((
+                Pos { line, col },
+                format!(
+                    "byte 0x{byte:02X} is not UTF-8; DAG files are UTF-8 text (save the file as UTF-8, e.g. `iconv -f cp949 -t utf-8`)"
+                ),
+            ))
+        }
+    }
 }
 
 /// Paths are shown relative to the current directory when they are under it.

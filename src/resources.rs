@@ -6,20 +6,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection as _, PgPool};
 
 use crate::connections::{Connection, Connections};
 use crate::datasets::Staging;
 use crate::tasks::TaskError;
 use crate::template::Templates;
 
+/// How long connecting to a task's database may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
 pub struct Resources {
     pub project_root: PathBuf,
     pub connections: Arc<Connections>,
     pub templates: Arc<Templates>,
     pub staging: Staging,
-    pools: tokio::sync::Mutex<HashMap<String, PgPool>>,
+    pools: std::sync::Mutex<HashMap<String, PgPool>>,
     s3: std::sync::Mutex<HashMap<String, aws_sdk_s3::Client>>,
     http: std::sync::OnceLock<reqwest::Client>,
     /// sluice's own state store, for tasks that report on the pipeline.
@@ -27,12 +32,12 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn new(project_root: PathBuf, connections: Arc<Connections>, templates: Arc<Templates>) -> Resources {
-        let staging = Staging::from_env(&project_root).unwrap_or_else(|e| {
-            tracing::warn!("SLUICE_STAGING is invalid ({e}); using the local staging folder");
-            Staging::Local(project_root.join(".sluice/staging"))
-        });
-        Resources {
+    /// The resources of a project. Fails when `SLUICE_STAGING` is invalid:
+    /// falling back to a local folder would hide datasets from the workers
+    /// on other machines.
+    pub fn new(project_root: PathBuf, connections: Arc<Connections>, templates: Arc<Templates>) -> Result<Resources, String> {
+        let staging = Staging::from_env(&project_root)?;
+        Ok(Resources {
             project_root,
             connections,
             templates,
@@ -41,27 +46,40 @@ impl Resources {
             s3: Default::default(),
             http: Default::default(),
             state: Default::default(),
-        }
+        })
     }
 
     /// A pool for a Postgres connection, opened on first use.
+    ///
+    /// No lock is held while connecting, so an unreachable database never
+    /// delays tasks on other connections; the first use connects once
+    /// directly, so that a refused connection fails at once with its
+    /// reason ("connection refused"), not after the pool's timeout.
     pub async fn pg_pool(&self, c: &Connection) -> Result<PgPool, TaskError> {
-        let mut pools = self.pools.lock().await;
-        if let Some(p) = pools.get(&c.id) {
+        if let Some(p) = self.pools.lock().unwrap_or_else(|e| e.into_inner()).get(&c.id) {
             return Ok(p.clone());
         }
-        let pool =
-            PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(15)).connect(c.uri()).await.map_err(|e| {
-                TaskError::Failed(format!(
+        let fail = |e: sqlx::Error| {
+            TaskError::with_kind(
+                crate::tasks::error::sqlx_kind(&e),
+                format!(
                     "cannot connect to Postgres connection `{}` ({}:{}): {}",
                     c.id,
                     c.host.as_deref().unwrap_or("localhost"),
                     c.port.unwrap_or(5432),
                     crate::state::describe_sqlx(&e)
-                ))
-            })?;
-        pools.insert(c.id.clone(), pool.clone());
-        Ok(pool)
+                ),
+            )
+        };
+        let opts = PgConnectOptions::from_str(c.uri()).map_err(fail)?;
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| fail(sqlx::Error::PoolTimedOut))?
+            .map_err(fail)?;
+        let _ = first.close().await;
+        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(CONNECT_TIMEOUT).connect_lazy_with(opts);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(pools.entry(c.id.clone()).or_insert(pool).clone())
     }
 
     /// An S3 client for an S3 connection.
@@ -70,19 +88,19 @@ impl Resources {
         if let Some(cl) = m.get(&c.id) {
             return Ok(cl.clone());
         }
-        let cl = crate::s3::client(c).map_err(|e| TaskError::Failed(e.to_string()))?;
+        let cl = crate::s3::client(c).map_err(|e| TaskError::with_kind(e.kind(), e.to_string()))?;
         m.insert(c.id.clone(), cl.clone());
         Ok(cl)
     }
 
-    /// The S3 client of the staging area, when it is on S3.
-    pub fn staging_client(&self) -> Result<Option<aws_sdk_s3::Client>, TaskError> {
+    /// The S3 client and connection of the staging area, which must be on S3.
+    pub fn staging_client(&self) -> Result<(aws_sdk_s3::Client, Connection), TaskError> {
         match &self.staging {
-            Staging::Local(_) => Ok(None),
+            Staging::Local(p) => Err(TaskError::Panic(format!("the staging area is the local folder {}, not S3", p.display()))),
             Staging::S3 { conn, .. } => {
                 let c = self.connections.get(conn)?;
                 c.expect_kind("s3")?;
-                Ok(Some(self.s3_client(c)?))
+                Ok((self.s3_client(c)?, c.clone()))
             }
         }
     }

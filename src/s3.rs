@@ -18,6 +18,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use crate::connections::Connection;
+use crate::tasks::ErrorKind;
 
 /// Files above this size are uploaded in parts.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -28,9 +29,21 @@ pub enum S3Error {
     #[error("{0}")]
     Config(String),
     #[error("{op} {uri}: {detail}")]
-    Request { op: &'static str, uri: String, detail: String },
+    Request { op: &'static str, uri: String, detail: String, kind: ErrorKind },
     #[error("{0}")]
     Io(String),
+}
+
+impl S3Error {
+    /// Whether another try may succeed: an unreachable server, a timeout or
+    /// a 5xx may pass; missing credentials or a 403 will not.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            S3Error::Config(_) => ErrorKind::Config,
+            S3Error::Request { kind, .. } => *kind,
+            S3Error::Io(_) => ErrorKind::Failed,
+        }
+    }
 }
 
 /// `s3://bucket/key`.
@@ -126,8 +139,49 @@ pub fn describe<E: std::error::Error>(e: &E) -> String {
     crate::secrets::mask(&s)
 }
 
-fn req<E: std::error::Error>(op: &'static str, uri: &S3Uri, e: E) -> S3Error {
-    S3Error::Request { op, uri: uri.to_string(), detail: describe(&e) }
+/// The innermost cause of an error, as text (`Connection refused (os error
+/// 111)` rather than the SDK's nested debug dump).
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    crate::secrets::mask(&cur.to_string())
+}
+
+type SdkError<E> = aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>;
+
+/// Classifies an SDK error and says what happened in a sentence.
+fn classify<E>(e: &SdkError<E>) -> (ErrorKind, String)
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError as S};
+    match e {
+        S::DispatchFailure(_) => (ErrorKind::Transient, format!("cannot reach the S3 server ({})", root_cause(e))),
+        S::TimeoutError(_) => (ErrorKind::Transient, "the S3 server did not answer in time".into()),
+        S::ResponseError(_) => (ErrorKind::Transient, format!("the S3 server's answer could not be read ({})", root_cause(e))),
+        S::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = e.code().unwrap_or("error");
+            let msg = e.message().map(|m| format!(": {m}")).unwrap_or_default();
+            let kind = match status {
+                404 => ErrorKind::Failed,
+                s => crate::tasks::error::http_status_kind(s),
+            };
+            (kind, crate::secrets::mask(&format!("HTTP {status} {code}{msg}")))
+        }
+        S::ConstructionFailure(_) => (ErrorKind::Config, format!("the request could not be built ({})", root_cause(e))),
+        _ => (ErrorKind::Failed, describe(e)),
+    }
+}
+
+pub fn req<E>(op: &'static str, uri: &S3Uri, e: SdkError<E>) -> S3Error
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    let (kind, detail) = classify(&e);
+    S3Error::Request { op, uri: uri.to_string(), detail, kind }
 }
 
 /// Uploads a local file; in parts above [`MULTIPART_THRESHOLD`]. The object
@@ -199,9 +253,12 @@ pub async fn download(client: &Client, from: &S3Uri, to: &Path) -> Result<u64, S
     let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
     let mut body = obj.body;
     let mut n = 0u64;
-    while let Some(chunk) =
-        body.try_next().await.map_err(|e| S3Error::Request { op: "GET", uri: from.to_string(), detail: e.to_string() })?
-    {
+    while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Request {
+        op: "GET",
+        uri: from.to_string(),
+        detail: format!("the download broke off ({})", root_cause(&e)),
+        kind: ErrorKind::Transient,
+    })? {
         n += chunk.len() as u64;
         file.write_all(&chunk).await.map_err(|e| S3Error::Io(format!("{}: {e}", tmp.display())))?;
     }

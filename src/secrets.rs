@@ -24,11 +24,17 @@ pub fn register(secret: &str) {
     if secret.chars().count() < 3 {
         return;
     }
+    // The secret as written, and as it reads after each quoting or escaping
+    // a message may have gone through before it is masked: URL encoding,
+    // JSON strings (`--log-format json`), shell and SQL single quotes.
     let mut forms = vec![secret.to_string()];
-    let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-    if encoded != secret {
-        forms.push(encoded);
-    }
+    forms.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    forms.push(json.get(1..json.len().saturating_sub(1)).unwrap_or_default().to_string());
+    forms.push(secret.replace('\'', "'\\''"));
+    forms.push(secret.replace('\'', "''"));
+    forms.push(secret.replace('\\', "\\\\").replace('"', "\\\""));
+    forms.retain(|f| f.chars().count() >= 3);
     let mut all = SECRETS.write().unwrap_or_else(|e| e.into_inner());
     for f in forms {
         if !all.contains(&f) {

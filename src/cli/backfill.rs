@@ -48,7 +48,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> Result<ExitCode> {
     };
     let store = app.store().await?;
     store.sync_dags(&[dag.as_ref()]).await?;
-    let runner = Runner::new(store.clone(), app.resources(conns));
+    let runner = Runner::new(store.clone(), app.resources(conns)?);
     let summary = backfill_dag(&runner, dag, args.from, args.to, args.reprocess, args.max_active_runs, args.dry_run, &params).await?;
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE
@@ -97,7 +97,7 @@ pub async fn backfill_dag(
     if dry_run {
         for s in &steps {
             let existing = s.existing.as_ref().map(|r| format!(" (run {}, {})", r.run_id, r.state)).unwrap_or_default();
-            println!("  {}  {:?}{existing}", day(s.logical_date), s.action);
+            outln!("  {}  {:?}{existing}", day(s.logical_date), s.action);
         }
         return Ok(summary);
     }
@@ -121,16 +121,16 @@ pub async fn backfill_dag(
         match r.outcome {
             None => {
                 summary.skipped += 1;
-                println!("  {}  - skipped (already done)   {run}", day(r.logical_date));
+                outln!("  {}  - skipped (already done)   {run}", day(r.logical_date));
             }
             Some(RunOutcome::Success) => {
                 summary.ran += 1;
-                println!("  {}  ✓ success  {:>8}  {run}", day(r.logical_date), format_elapsed(r.elapsed));
+                outln!("  {}  ✓ success  {:>8}  {run}", day(r.logical_date), format_elapsed(r.elapsed));
             }
             Some(RunOutcome::Failed) => {
                 summary.ran += 1;
                 summary.failed += 1;
-                println!(
+                outln!(
                     "  {}  ✗ failed   {:>8}  {run}: see `sluice runs show {}`",
                     day(r.logical_date),
                     format_elapsed(r.elapsed),
@@ -139,7 +139,7 @@ pub async fn backfill_dag(
             }
             Some(RunOutcome::Interrupted) => {
                 summary.interrupted = true;
-                println!("  {}  ~ interrupted          {run}", day(r.logical_date));
+                outln!("  {}  ~ interrupted          {run}", day(r.logical_date));
             }
         }
     };

@@ -51,7 +51,7 @@ pub async fn daemon(app: &App, args: DaemonArgs) -> Result<ExitCode> {
         poll: args.poll,
         reload_every: std::time::Duration::from_secs(2),
     };
-    crate::daemon::run(store, app.resources(conns), app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
+    crate::daemon::run(store, app.resources(conns)?, app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -68,7 +68,7 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
     let snapshot = store.metrics_snapshot().await?;
     let ready = snapshot.iter().find(|(n, _, _)| n == "sluice_queue_depth").map_or(0, |x| x.2);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "workers": workers, "running": running, "active_runs": active.len(), "ready_tries": ready })
@@ -98,7 +98,7 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
             state.into(),
         ]);
     }
-    println!("Workers:\n{t}");
+    outln!("Workers:\n{t}");
     let mut t = Table::new();
     t.load_preset(presets::ASCII_MARKDOWN);
     t.set_header(["run", "dag", "task", "try", "worker", "started", "heartbeat"]);
@@ -113,8 +113,8 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
             r.heartbeat_at.map(ago).unwrap_or_default(),
         ]);
     }
-    println!("\nRunning tasks:\n{t}");
+    outln!("\nRunning tasks:\n{t}");
     let queued = active.iter().filter(|r| r.state == "queued").count();
-    println!("\n{} active runs ({} queued), {ready} tries ready to start", active.len(), queued);
+    outln!("\n{} active runs ({} queued), {ready} tries ready to start", active.len(), queued);
     Ok(ExitCode::SUCCESS)
 }

@@ -78,11 +78,11 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
                 ShowFormat::Dot => graph::to_dot(&dag),
                 ShowFormat::Mermaid => graph::to_mermaid(&dag),
             };
-            print!("{out}");
+            out!("{out}");
             Ok(ExitCode::SUCCESS)
         }
         DagsCmd::Schema => {
-            println!("{}", serde_json::to_string_pretty(&dag_schema())?);
+            outln!("{}", serde_json::to_string_pretty(&dag_schema())?);
             Ok(ExitCode::SUCCESS)
         }
         DagsCmd::Pause { dag } => set_paused(app, &dag, true).await,
@@ -93,13 +93,13 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
             let mut n = 0;
             for (file, id) in &bag.failed {
                 n += 1;
-                println!("{} ({}):", file.display(), id.as_deref().unwrap_or("?"));
+                outln!("{} ({}):", file.display(), id.as_deref().unwrap_or("?"));
                 for d in bag.errors().filter(|d| &d.file == file) {
-                    println!("  {d}");
+                    outln!("  {d}");
                 }
             }
             if n == 0 {
-                println!("every DAG file loads");
+                outln!("every DAG file loads");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -120,7 +120,7 @@ async fn set_paused(app: &App, dag_id: &str, paused: bool) -> Result<ExitCode> {
             eprintln!("warning: {dag_id}'s file does not load right now; the flag was set on the stored DAG");
         }
     }
-    println!("{dag_id} is {}", if paused { "paused: no new runs are scheduled or started" } else { "unpaused" });
+    outln!("{dag_id} is {}", if paused { "paused: no new runs are scheduled or started" } else { "unpaused" });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -139,7 +139,7 @@ async fn trigger(app: &App, dag_id: &str, args: &super::IntervalArgs) -> Result<
     store.sync_dags(&[dag.as_ref()]).await?;
     match store.create_run(&dag, "manual", logical, interval, &params, "queued").await? {
         Ok(run) => {
-            println!(
+            outln!(
                 "run {} of {dag_id} queued (logical date {}); a running daemon starts it within a second",
                 run.run_id,
                 logical.to_rfc3339()
@@ -186,7 +186,7 @@ async fn list(app: &App, json: bool) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?);
     } else {
         let mut t = Table::new();
         t.load_preset(presets::ASCII_MARKDOWN);
@@ -200,7 +200,7 @@ async fn list(app: &App, json: bool) -> Result<ExitCode> {
             let p = paused_of(&d.dag_id).map_or("?".to_string(), |p| p.to_string());
             t.add_row([d.dag_id.clone(), sched, d.tasks.len().to_string(), d.file.display().to_string(), p]);
         }
-        println!("{t}");
+        outln!("{t}");
     }
     let failed = bag.failed.len();
     if failed > 0 {
@@ -223,14 +223,14 @@ fn validate(app: &App, paths: Vec<PathBuf>, no_environment: bool, json: bool) ->
     let errors = bag.errors().count();
     let warnings = bag.diagnostics.len() - errors;
     if json {
-        println!("{}", serde_json::to_string_pretty(&bag.diagnostics)?);
+        outln!("{}", serde_json::to_string_pretty(&bag.diagnostics)?);
     } else {
         for d in &bag.diagnostics {
-            println!("{}", crate::secrets::mask(&d.to_string()));
+            outln!("{}", crate::secrets::mask(&d.to_string()));
         }
         let files_n = files.len();
         let bad = bag.failed.len();
-        println!(
+        outln!(
             "{files_n} file{} checked: {} valid, {bad} invalid ({errors} error{}, {warnings} warning{})",
             if files_n == 1 { "" } else { "s" },
             files_n - bad,

@@ -85,7 +85,7 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let etl = bag.get("ecommerce_etl").map_err(anyhow::Error::msg)?;
     let grades = bag.get("grade_update").map_err(anyhow::Error::msg)?;
     store.sync_dags(&[etl.as_ref(), grades.as_ref()]).await?;
-    let runner = Runner::new(store.clone(), app.resources(conns));
+    let runner = Runner::new(store.clone(), app.resources(conns)?);
 
     // 4. The daily ETL over every generated day.
     let last = args.shop.start + chrono::Duration::days(args.shop.days as i64 - 1);
@@ -169,27 +169,27 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     // 7. What is in the warehouse now.
     print_summary(&url).await?;
     if !report_lines.is_empty() {
-        println!("\nWeekly KPI report:");
+        outln!("\nWeekly KPI report:");
         for l in report_lines {
-            println!("{l}");
+            outln!("{l}");
         }
     }
-    println!("\nRuns and their logs are in the state store (schema `{}`):", store.schema());
-    println!("  sluice runs list ecommerce_etl       sluice runs show RUN_ID       sluice logs RUN_ID TASK");
+    outln!("\nRuns and their logs are in the state store (schema `{}`):", store.schema());
+    outln!("  sluice runs list ecommerce_etl       sluice runs show RUN_ID       sluice logs RUN_ID TASK");
     if let Some(pg) = &private {
-        println!("To use this database from other commands:\n  export SLUICE_DATABASE_URL={}", pg.url);
-        println!("To stop it:\n  {}", pg.stop_command());
+        outln!("To use this database from other commands:\n  export SLUICE_DATABASE_URL={}", pg.url);
+        outln!("To stop it:\n  {}", pg.stop_command());
     }
-    println!("Demo finished in {}.", format_elapsed(started.elapsed()));
+    outln!("Demo finished in {}.", format_elapsed(started.elapsed()));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn print_summary(url: &str) -> Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await?;
-    println!("\nWarehouse (schema shop):");
+    outln!("\nWarehouse (schema shop):");
     for t in ["users", "products", "orders", "order_items", "events", "grade_history", "quarantine"] {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM shop.{t}"))).fetch_one(&pool).await?;
-        println!("  {t:<14} {:>12} rows", crate::tasks::thousands(n as u64));
+        outln!("  {t:<14} {:>12} rows", crate::tasks::thousands(n as u64));
     }
     let r = sqlx::query(
         "SELECT coalesce(sum(total_amount), 0)::float8 AS revenue, count(*) AS n, min(ordered_at)::date::text AS first, max(ordered_at)::date::text AS last
@@ -197,14 +197,14 @@ async fn print_summary(url: &str) -> Result<()> {
     )
     .fetch_one(&pool)
     .await?;
-    println!(
+    outln!(
         "  paid revenue   {:>12} won over {} orders, {} to {}",
         crate::tasks::thousands(r.get::<f64, _>("revenue") as u64),
         crate::tasks::thousands(r.get::<i64, _>("n") as u64),
         r.get::<Option<String>, _>("first").unwrap_or_default(),
         r.get::<Option<String>, _>("last").unwrap_or_default()
     );
-    println!("\nCustomer grades:");
+    outln!("\nCustomer grades:");
     let grades = sqlx::query(
         "SELECT grade, count(*) AS n FROM shop.users GROUP BY grade
          ORDER BY array_position(ARRAY['VIP','GOLD','SILVER','BRONZE'], grade)",
@@ -212,13 +212,13 @@ async fn print_summary(url: &str) -> Result<()> {
     .fetch_all(&pool)
     .await?;
     for g in grades {
-        println!("  {:<7} {:>8}", g.get::<String, _>("grade"), crate::tasks::thousands(g.get::<i64, _>("n") as u64));
+        outln!("  {:<7} {:>8}", g.get::<String, _>("grade"), crate::tasks::thousands(g.get::<i64, _>("n") as u64));
     }
     let q = sqlx::query("SELECT source, reason, count(*) AS n FROM shop.quarantine GROUP BY 1, 2 ORDER BY 1, 2").fetch_all(&pool).await?;
     if !q.is_empty() {
-        println!("\nQuarantined rows (shop.quarantine):");
+        outln!("\nQuarantined rows (shop.quarantine):");
         for r in q {
-            println!("  {:<14} {:<34} {:>6}", r.get::<String, _>("source"), r.get::<String, _>("reason"), r.get::<i64, _>("n"));
+            outln!("  {:<14} {:<34} {:>6}", r.get::<String, _>("source"), r.get::<String, _>("reason"), r.get::<i64, _>("n"));
         }
     }
     Ok(())

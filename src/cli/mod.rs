@@ -3,6 +3,19 @@
 //! Each command is a function in one of the submodules; they share [`App`],
 //! which knows where the project is and how to reach the state store.
 
+/// Prints on stdout like `println!`; a closed pipe (`sluice runs list |
+/// head`) ends the process quietly with status 0, as Unix tools do.
+macro_rules! outln {
+    () => { $crate::cli::write_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Prints on stdout like `print!`; see [`outln!`].
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*)) };
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,8 +37,26 @@ mod progress;
 mod run;
 mod runs;
 
+/// Writes to stdout; a reader that went away ends the process quietly.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|_| o.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        crate::process::kill_all_before_exit();
+        std::process::exit(0);
+    }
+}
+
 /// EX_CONFIG from sysexits.h: a configuration file is invalid.
 pub const EXIT_CONFIG: u8 = 78;
+
+/// A configuration problem (a missing DAG folder, no database URL, an
+/// invalid setting): sluice exits with [`EXIT_CONFIG`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about = "A batch ETL orchestrator: YAML DAGs, Postgres state, one small binary.")]
@@ -166,7 +197,7 @@ impl App {
     pub fn load(&self, use_env: bool) -> Result<(DagBag, Arc<Connections>)> {
         let (conns, conn_diags) = Connections::load(&self.project.root, use_env);
         let files = crate::loader::dag_files(std::slice::from_ref(&self.project.dags_dir))
-            .map_err(|e| anyhow::anyhow!("{e}; pass --dags-dir or set SLUICE_DAGS_DIR to the folder holding your DAG files"))?;
+            .map_err(|e| ConfigError(format!("{e}; pass --dags-dir or set SLUICE_DAGS_DIR to the folder holding your DAG files")))?;
         let mut bag = crate::loader::load(&files, &self.project.root, &conns, &self.templates);
         bag.diagnostics.extend(conn_diags);
         crate::diag::sort(&mut bag.diagnostics);
@@ -176,13 +207,20 @@ impl App {
     /// Connects to the state store (migrating it on first use).
     pub async fn store(&self) -> Result<Store> {
         let Some(url) = &self.global.database_url else {
-            bail!("no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url");
+            return Err(ConfigError(
+                "no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url"
+                    .into(),
+            )
+            .into());
         };
         Ok(Store::connect(url, &self.global.schema).await?)
     }
 
-    pub fn resources(&self, conns: Arc<Connections>) -> Arc<crate::resources::Resources> {
-        Arc::new(crate::resources::Resources::new(self.project.root.clone(), conns, self.templates.clone()))
+    /// The clients tasks share. An invalid `SLUICE_STAGING` is a config error.
+    pub fn resources(&self, conns: Arc<Connections>) -> Result<Arc<crate::resources::Resources>> {
+        let res = crate::resources::Resources::new(self.project.root.clone(), conns, self.templates.clone())
+            .map_err(|e| ConfigError(format!("SLUICE_STAGING: {e}")))?;
+        Ok(Arc::new(res))
     }
 }
 
@@ -204,11 +242,14 @@ pub fn main() -> ExitCode {
     let result = rt.block_on(dispatch(cli));
     // Do not wait for detached background work (pool reapers...).
     rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Commands of interrupted or timed-out tries get their SIGKILL now:
+    // none outlives sluice.
+    crate::process::kill_all_before_exit();
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", crate::secrets::mask(&format!("{e:#}")));
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some()) { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
 }
@@ -229,7 +270,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = a.shop.options(a.out.clone(), a.dirty);
             let started = std::time::Instant::now();
             let s = tokio::task::spawn_blocking(move || crate::generate::generate(&opts)).await??;
-            println!(
+            outln!(
                 "generated {} days into {}: {} users, {} products, {} orders ({} lines), {} visit events, {} faults, {:.1} MB in {}",
                 s.days,
                 a.out.display(),
@@ -246,7 +287,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Db(DbCmd::Migrate) => {
             let store = app.store().await.context("migrating the state database")?;
-            println!("state database is up to date (schema `{}`)", store.schema());
+            outln!("state database is up to date (schema `{}`)", store.schema());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -119,7 +119,7 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
         }
     };
 
-    let res = app.resources(conns);
+    let res = app.resources(conns)?;
     let mut runner = Runner::new(store.clone(), res);
     runner.parallelism = args.parallelism.max(1);
     runner.echo_logs = args.follow;
@@ -134,6 +134,7 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
                 eprintln!("\ninterrupted: stopping running tasks (press Ctrl-C again to force)");
                 stop.cancel();
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    crate::process::kill_all_before_exit();
                     std::process::exit(130);
                 }
             }
@@ -213,9 +214,9 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
         };
         t.add_row([ti.task_id.clone(), ti.state.clone(), ti.try_number.to_string(), dur, details]);
     }
-    println!("{t}");
+    outln!("{t}");
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    println!("{}: {} in {}", dag.dag_id, parts.join(", "), format_elapsed(elapsed));
+    outln!("{}: {} in {}", dag.dag_id, parts.join(", "), format_elapsed(elapsed));
     Ok(())
 }
 
@@ -262,7 +263,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     } else if run_id.is_some() {
         bail!("--run needs the state database (SLUICE_DATABASE_URL)");
     }
-    let res = app.resources(conns);
+    let res = app.resources(conns)?;
     let fake_run = RunRow {
         run_id: 0,
         dag_id: dag.dag_id.clone(),
@@ -292,7 +293,11 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
         }
         let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true)?;
         eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());
-        crate::runner::exec::run_with_timeout(task, &ctx).instrument(span).await
+        let fut = std::panic::AssertUnwindSafe(crate::runner::exec::run_with_timeout(&dag, task, &ctx));
+        match futures::FutureExt::catch_unwind(fut).instrument(span).await {
+            Ok(r) => r,
+            Err(p) => Err(crate::tasks::TaskError::Panic(crate::tasks::error::panic_message(p.as_ref()))),
+        }
     };
     drop(store);
     drop(guard);
@@ -302,7 +307,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
             let state = if o.skipped { "skipped" } else { "success" };
             eprintln!("{} {state} in {}: {note}", task.id, format_elapsed(started.elapsed()));
             if !o.metrics.is_empty() || o.dataset.is_some() {
-                println!("{}", serde_json::to_string_pretty(&o)?);
+                outln!("{}", serde_json::to_string_pretty(&o)?);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -342,21 +347,16 @@ async fn clear(app: &App, dag_id: &str, run_id: i64, pattern: Option<&str>, down
         roots.push(i);
     }
     if roots.is_empty() {
-        println!("no task instance of run {run_id} matches; nothing cleared");
+        outln!("no task instance of run {run_id} matches; nothing cleared");
         return Ok(ExitCode::SUCCESS);
     }
     let chosen = if downstream { dag.downstream_closure(&roots) } else { roots };
     let tasks: Vec<(String, i32)> = chosen.iter().map(|&i| (dag.tasks[i].id.clone(), dag.tasks[i].retries as i32)).collect();
     let (cleared, running) = store.clear(run_id, &tasks).await?;
-    println!(
-        "cleared {} task instance{} of run {run_id}: {}",
-        cleared.len(),
-        if cleared.len() == 1 { "" } else { "s" },
-        cleared.join(", ")
-    );
+    outln!("cleared {} task instance{} of run {run_id}: {}", cleared.len(), if cleared.len() == 1 { "" } else { "s" }, cleared.join(", "));
     if !running.is_empty() {
-        println!("left alone because they are running: {}", running.join(", "));
+        outln!("left alone because they are running: {}", running.join(", "));
     }
-    println!("run them with `sluice run {} --resume {run_id}`", dag.dag_id);
+    outln!("run them with `sluice run {} --resume {run_id}`", dag.dag_id);
     Ok(ExitCode::SUCCESS)
 }

@@ -69,7 +69,7 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
             }
             let runs = store.list_runs(dag.as_deref(), state.as_deref(), limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                outln!("{}", serde_json::to_string_pretty(&runs)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let mut t = Table::new();
@@ -86,17 +86,17 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                     dur(r.started_at, r.ended_at),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Show { run_id, json } => {
             let run = store.run(run_id).await?.with_context(|| format!("run {run_id} does not exist; `sluice runs list` shows runs"))?;
             let tis = store.task_instances(run_id).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "tasks": tis }))?);
+                outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "tasks": tis }))?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
+            outln!(
                 "run {} of {} ({}): {}\n  logical date {}, data interval [{}, {})\n  conf {}\n  started {}, {}",
                 run.run_id,
                 run.dag_id,
@@ -126,7 +126,7 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                     detail,
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -138,7 +138,7 @@ pub async fn logs(app: &App, args: LogsArgs) -> Result<ExitCode> {
     match store.try_log(args.run_id, &args.task, args.try_number).await? {
         Some((n, state, log)) => {
             eprintln!("# run {}, task {}, try {n} ({state})", args.run_id, args.task);
-            print!("{}", crate::secrets::mask(&log));
+            out!("{}", crate::secrets::mask(&log));
             Ok(ExitCode::SUCCESS)
         }
         None => {

@@ -52,6 +52,9 @@ pub struct Dag {
     /// Task indexes in a topological order (file order among equals).
     pub topo: Vec<usize>,
     index: HashMap<String, usize>,
+    /// Positions of keys in the file, for errors found at run time in the
+    /// rendered config.
+    pub spans: std::sync::Arc<spans::Spans>,
 }
 
 /// A validated task.

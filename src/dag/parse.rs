@@ -23,8 +23,8 @@ use serde_yaml::{Mapping, Value};
 use super::spec::{DagSpec, TaskArgs, TaskHead};
 use super::{Dag, Task, graph, schedule};
 use crate::connections::strip_location;
-use crate::diag::{At, Diagnostic, Diagnostics, Pos, hint, index, join};
-use crate::tasks::{TaskConfig, ValidateCx, ValidationEnv, schema_keys};
+use crate::diag::{At, Diagnostic, Diagnostics, Pos, SpanLookup, hint, index, join};
+use crate::tasks::{Produces, TaskConfig, ValidateCx, ValidationEnv, schema_keys};
 use crate::template::Templates;
 
 /// The result of parsing one DAG file.
@@ -51,16 +51,33 @@ struct ParsedTask {
 }
 
 pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Templates) -> Parsed {
-    let spans = super::spans::Spans::index(source);
-    let mut d = Diagnostics::new(file, &spans);
+    let spans = std::sync::Arc::new(super::spans::Spans::index(source));
+    let mut d = Diagnostics::new(file, spans.as_ref());
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("dag").to_string();
 
     let mut value: Value = match serde_yaml::from_str(source) {
         Ok(v) => v,
         Err(e) => {
             let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() }).unwrap_or(Pos::START);
-            let (pos, msg) = yaml_syntax_message(&e.to_string(), pos);
-            d.error(At::Pos(pos), msg);
+            let raw = e.to_string();
+            if raw.contains("duplicate entry") && !spans.duplicates.is_empty() {
+                for (path, at) in &spans.duplicates {
+                    let first = spans.key_pos(path).map_or(0, |p| p.line);
+                    let key = path.rsplit(['.', ']']).next().unwrap_or(path);
+                    d.error(
+                        At::Pos(*at),
+                        format!("duplicate key `{key}` ({path}); it is first on line {first}, and a key may appear only once in a mapping"),
+                    );
+                }
+            } else if let Some(tab) = indenting_tab(source, pos.line) {
+                d.error(
+                    At::Pos(tab),
+                    "this line is indented with a tab; YAML indentation must be spaces (tabs are only allowed inside values)",
+                );
+            } else {
+                let (pos, msg) = yaml_syntax_message(&raw, pos);
+                d.error(At::Pos(pos), msg);
+            }
             return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
         }
     };
@@ -215,13 +232,17 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     // Templates and each type's own checks.
     let param_names: BTreeSet<String> = spec.params.keys().cloned().collect();
     let conn_ids = env.connections().ids();
+    let outputs: BTreeMap<String, Produces> = tasks
+        .iter()
+        .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
+        .collect();
     for t in &tasks {
         check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, &mut d);
         if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
             check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, &mut d);
         }
         if let Some(cfg) = &t.config {
-            let mut cx = ValidateCx { diags: &mut d, path: t.path.clone(), env, templates, params: &param_names, task_ids: &task_ids };
+            let mut cx = ValidateCx { diags: &mut d, path: t.path.clone(), env, templates, params: &param_names, tasks: &outputs };
             cfg.validate(&mut cx);
         }
     }
@@ -281,9 +302,22 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         tasks: built,
         topo,
         index: Default::default(),
+        spans: spans.clone(),
     };
     dag.index_tasks();
     Parsed { dag: Some(dag), dag_id: Some(dag_id), diagnostics: d.into_vec() }
+}
+
+/// Checks a task's config as rendered for one try with the validators
+/// `sluice dags validate` runs, reporting at the positions of the keys in
+/// the DAG file.
+pub fn validate_rendered(dag: &Dag, task: &Task, config: &TaskConfig, env: &dyn ValidationEnv, templates: &Templates) -> Vec<Diagnostic> {
+    let mut d = Diagnostics::new(dag.file.clone(), dag.spans.as_ref());
+    let params: BTreeSet<String> = dag.params.keys().cloned().collect();
+    let outputs: BTreeMap<String, Produces> = dag.tasks.iter().map(|t| (t.id.clone(), t.config.produces())).collect();
+    let mut cx = ValidateCx { diags: &mut d, path: task.path.clone(), env, templates, params: &params, tasks: &outputs };
+    config.validate(&mut cx);
+    d.into_vec()
 }
 
 fn parse_task(
@@ -443,6 +477,15 @@ pub fn friendly_serde_message(msg: &str) -> String {
             m.replace_range(i..i + from.len(), to);
         }
     }
+    // serde's words for an untagged enum say nothing to a YAML writer.
+    if m.starts_with("data did not match any variant of untagged enum") {
+        let what = m.rsplit(' ').next().unwrap_or_default();
+        m = match what {
+            "Inputs" => "expected a list of task ids, or a mapping of table names to task ids".into(),
+            "Command" => "expected a string (run with `sh -c`) or a list of arguments".into(),
+            _ => "the value has none of the accepted shapes; see the task reference in the README".into(),
+        };
+    }
     for kind in ["unknown variant `", "unknown field `"] {
         if let Some(rest) = m.strip_prefix(kind) {
             let word = rest.split('`').next().unwrap_or_default().to_string();
@@ -501,7 +544,20 @@ pub fn yaml_syntax_message(raw: &str, pos: Pos) -> (Pos, String) {
             format!("YAML syntax error: while {} that starts here, {} (at line {} column {})", &c[4], &c[1], n(2), n(3)),
         );
     }
-    (pos, format!("YAML syntax error: {}", strip_location(raw)))
+    let mut msg = format!("YAML syntax error: {}", strip_location(raw));
+    if raw.contains("mapping values are not allowed") {
+        msg.push_str("; a `: ` inside an unquoted value starts a mapping: quote the value (`command: \"echo a: b\"`)");
+    }
+    (pos, msg)
+}
+
+/// The first line, up to `line`, whose indentation holds a tab: libyaml
+/// reports those as "cannot start any token" somewhere after them.
+fn indenting_tab(source: &str, line: usize) -> Option<Pos> {
+    source.lines().take(line.max(1)).enumerate().find_map(|(i, l)| {
+        let indent = l.len() - l.trim_start_matches([' ', '\t']).len();
+        l[..indent].find('\t').map(|c| Pos { line: i + 1, col: c + 1 })
+    })
 }
 
 fn parse_date(s: &str, tz: chrono_tz::Tz, key: &str, d: &mut Diagnostics<'_>) -> Option<DateTime<Utc>> {

@@ -18,6 +18,9 @@ use crate::diag::{Pos, SpanLookup};
 pub struct Spans {
     keys: HashMap<String, Pos>,
     values: HashMap<String, Pos>,
+    /// Keys that appear twice in one mapping: (path, position of the
+    /// second), in file order.
+    pub duplicates: Vec<(String, Pos)>,
 }
 
 impl Spans {
@@ -96,7 +99,12 @@ impl MarkedEventReceiver for Receiver {
                         self.spans.values.entry(path.clone()).or_insert(pos(mark));
                     }
                     let full = crate::diag::join(path, &text);
-                    self.spans.keys.entry(full).or_insert(pos(mark));
+                    match self.spans.keys.entry(full) {
+                        std::collections::hash_map::Entry::Occupied(e) => self.spans.duplicates.push((e.key().clone(), pos(mark))),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(pos(mark));
+                        }
+                    }
                     *key = Some(text);
                     return;
                 }

@@ -87,6 +87,11 @@ impl FromStr for ColumnType {
             None => (s, None),
         };
         let fmt = arg.filter(|a| !a.is_empty()).map(str::to_string);
+        if let Some(f) = &fmt
+            && matches!(name.to_ascii_lowercase().as_str(), "date" | "timestamp" | "datetime" | "timestamptz")
+        {
+            check_strftime(s, f)?;
+        }
         Ok(match (name.to_ascii_lowercase().as_str(), arg) {
             ("int" | "integer" | "bigint" | "int64", None) => ColumnType::Int,
             ("float" | "double" | "float64", None) => ColumnType::Float,
@@ -119,6 +124,17 @@ impl FromStr for ColumnType {
     }
 }
 
+/// Refuses a format with a directive chrono does not know (`%Q`).
+fn check_strftime(ty: &str, f: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if StrftimeItems::new(f).any(|i| matches!(i, Item::Error)) {
+        return Err(format!(
+            "invalid column type `{ty}`: `{f}` is not a valid strftime format (directives such as %Y %m %d %H %M %S %z; see https://docs.rs/chrono/latest/chrono/format/strftime/)"
+        ));
+    }
+    Ok(())
+}
+
 impl<'de> Deserialize<'de> for ColumnType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -145,18 +161,24 @@ pub struct Schema(pub Vec<(String, ColumnType)>);
 
 impl<'de> Deserialize<'de> for Schema {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // serde_yaml mappings keep file order; a BTreeMap would not.
-        let m = serde_yaml::Mapping::deserialize(d)?;
-        let mut out = Vec::with_capacity(m.len());
-        for (k, v) in m {
-            let name = k.as_str().ok_or_else(|| serde::de::Error::custom("column names must be strings"))?.to_string();
-            let ty = v
-                .as_str()
-                .ok_or_else(|| serde::de::Error::custom(format!("the type of column `{name}` must be a string such as `int`")))?;
-            let ty: ColumnType = ty.parse().map_err(|e: String| serde::de::Error::custom(format!("column `{name}`: {e}")))?;
-            out.push((name, ty));
+        // Visited key by key, in file order, so that an error is reported
+        // at the column's own key (`schema.day`).
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Schema;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of column names to types, e.g. {id: int, day: date}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Schema, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = m.next_key::<String>()? {
+                    let ty: ColumnType = m.next_value()?;
+                    out.push((name, ty));
+                }
+                Ok(Schema(out))
+            }
         }
-        Ok(Schema(out))
+        d.deserialize_map(V)
     }
 }
 

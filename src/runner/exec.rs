@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
+
 use chrono::Utc;
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,11 +45,15 @@ pub struct TryJob {
 }
 
 impl TryJob {
+    /// Runs the try and records how it ended. Whatever happens inside (an
+    /// error, a panic in the task or in blocking work it spawned), the try
+    /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
         let TryJob { runner, dag, run, claimed, interrupt, .. } = self;
-        let task = dag.task(&claimed.task_id).expect("claimed tasks exist in the DAG");
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
-        let key = (run.run_id, task.id.clone(), claimed.try_number);
+        let key = (run.run_id, claimed.task_id.clone(), claimed.try_number);
+        // Registered tries are heartbeated; a try leaves the registry only
+        // when its end is recorded (or given up on at shutdown).
         runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), log.clone());
         let guard = crate::logging::capture(&log);
         // WARN level so that every layer's filter keeps the span and can
@@ -56,11 +63,15 @@ impl TryJob {
             log_key = guard.0,
             dag = %dag.dag_id,
             run = run.run_id,
-            task = %task.id,
+            task = %claimed.task_id,
             try_number = claimed.try_number
         );
         let started = Instant::now();
-        let result = async {
+        let body = async {
+            // Claims only take tasks of this process's DAG (see Store::claim).
+            let Some(task) = dag.task(&claimed.task_id) else {
+                return Err(TaskError::Panic(format!("claimed task `{}` is not in DAG `{}`", claimed.task_id, dag.dag_id)));
+            };
             tracing::info!(
                 "starting try {}/{} of {} (run {}, worker {})",
                 claimed.try_number,
@@ -70,52 +81,128 @@ impl TryJob {
                 runner.worker.id
             );
             let upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
-            let outputs = match runner.store.outputs_of(run.run_id, &upstream_ids).await {
-                Ok(o) => o,
-                Err(e) => return Err(TaskError::Failed(format!("cannot read upstream outputs: {e}"))),
-            };
+            let outputs = runner.store.outputs_of(run.run_id, &upstream_ids).await.map_err(|e| match e {
+                crate::state::StateError::Sql(e) => TaskError::sql("cannot read upstream outputs", &e),
+                other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
+            })?;
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
             let ctx = task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false)?;
             tokio::select! {
-                r = run_with_timeout(task, &ctx) => r,
+                r = run_with_timeout(&dag, task, &ctx) => r,
                 _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
             }
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let result = match AssertUnwindSafe(body).catch_unwind().instrument(span.clone()).await {
+            Ok(r) => r,
+            Err(panic) => Err(TaskError::Panic(crate::tasks::error::panic_message(panic.as_ref()))),
+        };
         let elapsed = started.elapsed();
         // Instrumented, not entered: a guard held across an await would
         // leave the span entered on whatever thread runs other tasks meanwhile.
-        let report = record(&runner, &dag, task, &run, &claimed, result, elapsed, &log).instrument(span).await;
+        let recorded = AssertUnwindSafe(record(&runner, &dag, &run, &claimed, result, elapsed, &log, &interrupt)).catch_unwind();
+        let report = match recorded.instrument(span).await {
+            Ok(r) => r,
+            Err(panic) => {
+                // Recording itself panicked: record a plain failure instead.
+                let msg = format!(
+                    "sluice panicked while recording the try (a bug in sluice): {}",
+                    crate::tasks::error::panic_message(panic.as_ref())
+                );
+                tracing::error!("{msg}");
+                let end = TryEnd {
+                    state: TiState::Failed,
+                    error: Some(msg.clone()),
+                    output: None,
+                    exit_code: None,
+                    next_try_at: None,
+                    error_kind: Some(crate::tasks::ErrorKind::Internal),
+                    log: log.text(),
+                };
+                store_end(&runner, &run, &claimed, &end, &interrupt).await;
+                TryReport::new(&claimed, TiState::Failed, elapsed).with_error(msg)
+            }
+        };
         runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         drop(guard);
         report
     }
 }
 
+impl TryReport {
+    fn new(claimed: &Claimed, state: TiState, elapsed: Duration) -> TryReport {
+        TryReport {
+            task_id: claimed.task_id.clone(),
+            try_number: claimed.try_number,
+            max_tries: claimed.max_tries,
+            state,
+            elapsed,
+            note: None,
+            error: None,
+            retry_in: None,
+            warnings: Vec::new(),
+            interrupted: false,
+        }
+    }
+
+    fn with_error(mut self, e: String) -> TryReport {
+        self.error = Some(e);
+        self
+    }
+}
+
+/// Records the end of a try in the state store, retrying with backoff while
+/// the store is unreachable: the outcome is kept here until it is written,
+/// and the try keeps its heartbeat meanwhile. Gives up only when `give_up`
+/// is cancelled (shutdown); the try is then found by its stale heartbeat.
+async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, give_up: &CancellationToken) {
+    let mut wait = Duration::from_millis(250);
+    let mut logged = false;
+    loop {
+        match runner.store.finish_try(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end).await {
+            Ok(true) => {
+                if logged {
+                    tracing::info!("the end of the try is recorded now");
+                }
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    "this try's claim was lost meanwhile (cleared, or declared a zombie and retried); its result was not applied"
+                );
+                return;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::error!(error = %e, "could not record the end of the try; retrying until the state database accepts it");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = give_up.cancelled() => {
+                tracing::error!("stopping before the end of the try could be recorded; the next worker will find it by its stale heartbeat");
+                return;
+            }
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn record(
     runner: &Runner,
     dag: &Dag,
-    task: &Task,
     run: &RunRow,
     claimed: &Claimed,
     result: Result<Outcome, TaskError>,
     elapsed: Duration,
     log: &TryLog,
+    give_up: &CancellationToken,
 ) -> TryReport {
-    let mut report = TryReport {
-        task_id: task.id.clone(),
-        try_number: claimed.try_number,
-        max_tries: claimed.max_tries,
-        state: TiState::Success,
-        elapsed,
-        note: None,
-        error: None,
-        retry_in: None,
-        warnings: Vec::new(),
-        interrupted: false,
-    };
+    let mut report = TryReport::new(claimed, TiState::Success, elapsed);
+    let task = dag.task(&claimed.task_id);
     let took = crate::dag::duration::format_elapsed(elapsed);
     let end = match result {
         Ok(outcome) => {
@@ -133,13 +220,26 @@ async fn record(
                 output: serde_json::to_value(&outcome).ok(),
                 exit_code: outcome.metrics.get("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32),
                 next_try_at: None,
+                error_kind: None,
                 log: String::new(),
             }
         }
         Err(TaskError::Cancelled(why)) => {
             tracing::warn!("try interrupted ({why}) after {took}; it will run again when the run resumes");
-            if let Err(e) = runner.store.requeue_interrupted(run.run_id, &task.id, claimed.try_number, &runner.worker.id).await {
-                tracing::error!(error = %e, "could not requeue the interrupted try");
+            let mut wait = Duration::from_millis(250);
+            loop {
+                match runner.store.requeue_interrupted(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id).await {
+                    Ok(()) => break,
+                    Err(e) if wait < Duration::from_secs(5) => {
+                        tracing::warn!(error = %e, "could not requeue the interrupted try; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not requeue the interrupted try; the next worker will find it by its stale heartbeat");
+                        break;
+                    }
+                }
             }
             report.state = TiState::Queued;
             report.interrupted = true;
@@ -147,23 +247,33 @@ async fn record(
             return report;
         }
         Err(e) => {
+            let kind = e.kind();
             let msg = crate::secrets::mask(&e.to_string());
-            let will_retry = claimed.try_number < claimed.max_tries;
-            let (state, next) = if will_retry {
-                let wait = task.retry_wait(&dag.dag_id, run.logical_date, claimed.try_number);
-                report.retry_in = Some(wait);
-                (TiState::UpForRetry, Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()))
-            } else {
-                (TiState::Failed, None)
+            let retryable = kind.retryable();
+            let will_retry = claimed.try_number < claimed.max_tries && retryable;
+            let (state, next) = match task.filter(|_| will_retry) {
+                Some(task) => {
+                    let wait = task.retry_wait(&dag.dag_id, run.logical_date, claimed.try_number);
+                    report.retry_in = Some(wait);
+                    (TiState::UpForRetry, Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()))
+                }
+                None => (TiState::Failed, None),
             };
             match report.retry_in {
                 Some(w) => tracing::error!(
+                    kind = %kind,
                     "try {}/{} failed after {took}: {msg}; retrying in {}",
                     claimed.try_number,
                     claimed.max_tries,
                     crate::dag::duration::format(w)
                 ),
-                None => tracing::error!("try {}/{} failed after {took}: {msg}", claimed.try_number, claimed.max_tries),
+                None if !retryable && claimed.try_number < claimed.max_tries => tracing::error!(
+                    kind = %kind,
+                    "try {}/{} failed after {took}: {msg}; not retried: a {kind} error would happen again",
+                    claimed.try_number,
+                    claimed.max_tries
+                ),
+                None => tracing::error!(kind = %kind, "try {}/{} failed after {took}: {msg}", claimed.try_number, claimed.max_tries),
             }
             report.state = state;
             report.error = Some(msg.clone());
@@ -171,6 +281,7 @@ async fn record(
                 state,
                 error: Some(msg),
                 output: None,
+                error_kind: Some(kind),
                 exit_code: match &e {
                     TaskError::Exit { code, .. } => Some(*code),
                     _ => None,
@@ -181,11 +292,8 @@ async fn record(
         }
     };
     let end = TryEnd { log: log.text(), ..end };
-    match runner.store.finish_try(run.run_id, &task.id, claimed.try_number, &runner.worker.id, &end).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!("this try's claim was lost meanwhile (cleared or declared a zombie); its result was not applied"),
-        Err(e) => tracing::error!(error = %e, "could not record the end of the try"),
-    }
+    store_end(runner, run, claimed, &end, give_up).await;
+    let Some(task) = task else { return report };
     let recipients = match end.state {
         TiState::Failed => &task.email_on_failure,
         TiState::UpForRetry => &task.email_on_retry,
@@ -341,11 +449,11 @@ fn scratch_dir() -> Result<tempfile::TempDir, TaskError> {
         })
 }
 
-/// Renders the task's config, parses it, and runs it under its
+/// Renders the task's config, checks it again, and runs it under its
 /// execution_timeout. Dropping the future (timeout, interruption) cancels
 /// the task; task types clean up on drop (e.g. kill their process group).
-pub async fn run_with_timeout(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
-    let fut = render_and_execute(task, ctx);
+pub async fn run_with_timeout(dag: &Dag, task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+    let fut = render_and_execute(dag, task, ctx);
     match task.execution_timeout {
         Some(t) => match tokio::time::timeout(t, fut).await {
             Ok(r) => r,
@@ -360,7 +468,7 @@ pub fn truthy(s: &str) -> bool {
     !matches!(s.trim().to_ascii_lowercase().as_str(), "" | "false" | "no" | "0" | "none" | "off")
 }
 
-async fn render_and_execute(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+async fn render_and_execute(dag: &Dag, task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
     if let Some(w) = &task.when {
         let v = ctx.render(w).map_err(|e| TaskError::Config(format!("when: {e}")))?;
         if !truthy(&v) {
@@ -368,22 +476,77 @@ async fn render_and_execute(task: &Task, ctx: &TaskCtx) -> Result<Outcome, TaskE
             return Ok(Outcome { skipped: true, ..Outcome::note(format!("skipped: `when` is `{}`", v.trim())) });
         }
     }
+    let config = render_config(dag, task, ctx)?;
+    #[cfg(debug_assertions)]
+    debug_panic(task).await?;
+    config.execute(ctx).await
+}
+
+/// A fault-injection hook for the tests, in debug builds only:
+/// `SLUICE_DEBUG_PANIC=TASK` panics in the try's future,
+/// `SLUICE_DEBUG_PANIC=blocking:TASK` in blocking work the try spawns.
+#[cfg(debug_assertions)]
+async fn debug_panic(task: &Task) -> Result<(), TaskError> {
+    let Ok(spec) = std::env::var("SLUICE_DEBUG_PANIC") else { return Ok(()) };
+    if spec == task.id {
+        panic!("SLUICE_DEBUG_PANIC in the future of {}", task.id);
+    }
+    if spec.strip_prefix("blocking:") == Some(task.id.as_str()) {
+        let id = task.id.clone();
+        tokio::task::spawn_blocking(move || panic!("SLUICE_DEBUG_PANIC in blocking work of {id}"))
+            .await
+            .map_err(|e| TaskError::from_join("blocking work", e))?;
+    }
+    Ok(())
+}
+
+/// Renders a task's templated keys with the try's variables and checks the
+/// result with the same validators as `sluice dags validate`: a template
+/// that renders to an empty connection, an `s3://` source without an S3
+/// connection or an unknown mode is a configuration error naming the key.
+pub fn render_config(dag: &Dag, task: &Task, ctx: &TaskCtx) -> Result<TaskConfig, TaskError> {
     let raw_keys = TaskConfig::raw_keys(task.kind);
     let serde_yaml::Value::Mapping(map) = &task.raw else {
         return Err(TaskError::Config("the task's config is not a mapping".into()));
     };
     let mut rendered = serde_yaml::Mapping::new();
+    let mut templated = false;
     for (k, v) in map {
         let key = k.as_str().unwrap_or_default();
-        let v = if raw_keys.contains(&key) { v.clone() } else { ctx.res.templates.render_yaml(v, &ctx.vars, key)? };
+        let v = if raw_keys.contains(&key) {
+            v.clone()
+        } else {
+            let r = ctx.res.templates.render_yaml(v, &ctx.vars, key)?;
+            templated |= r != *v;
+            r
+        };
         rendered.insert(k.clone(), v);
     }
-    let config = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered)).expect("the task's type is known").map_err(|e| {
+    let parsed = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered))
+        .ok_or_else(|| TaskError::Panic(format!("task type `{}` is not registered", task.kind)))?;
+    let config = parsed.map_err(|e| {
         TaskError::Config(format!(
-            "{}: {}",
+            "{}.{}: {}",
+            task.path,
             e.path(),
             crate::dag::parse::friendly_serde_message(&crate::connections::strip_location(&e.inner().to_string()))
         ))
     })?;
-    config.execute(ctx).await
+    // Values written without templates were checked when the DAG loaded.
+    if templated {
+        let env = crate::loader::FsEnv { root: &ctx.res.project_root, connections: &ctx.res.connections };
+        let diags = crate::dag::parse::validate_rendered(dag, task, &config, &env, &ctx.res.templates);
+        let errors: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("{}:{}:{}: {}: {}", d.file.display(), d.pos.line, d.pos.col, d.path, d.message))
+            .collect();
+        for w in diags.iter().filter(|d| !d.is_error()) {
+            tracing::warn!("{w}");
+        }
+        if !errors.is_empty() {
+            return Err(TaskError::Config(format!("after rendering its templates: {}", errors.join("; "))));
+        }
+    }
+    Ok(config)
 }

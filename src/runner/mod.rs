@@ -70,8 +70,12 @@ pub enum RunnerError {
     NoRun(i64),
 }
 
-/// The logs of the tries running in this process, by (run id, task id, try number).
-pub type LiveLogs = Arc<Mutex<HashMap<(i64, String, i32), TryLog>>>;
+/// A try: (run id, task id, try number).
+pub type TryKey = (i64, String, i32);
+
+/// The logs of the tries running in this process, by try. A try is in
+/// here, and heartbeated, from its claim until its end is recorded.
+pub type LiveLogs = Arc<Mutex<HashMap<TryKey, TryLog>>>;
 
 /// A process that runs tasks.
 #[derive(Clone)]
@@ -116,25 +120,39 @@ impl Runner {
         }
     }
 
-    /// Starts the background heartbeat: the worker row, running tries'
-    /// heartbeats, and running tries' logs so far. Stops with `stop`.
+    /// Starts the background heartbeat: the worker row, the heartbeat of
+    /// each try running in this process, and those tries' logs so far.
+    /// Stops with `stop`.
     pub fn spawn_heartbeat(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.heartbeat_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = me.store.heartbeat(&me.worker).await {
-                    tracing::warn!(error = %e, "heartbeat failed");
-                }
-                let dirty: Vec<((i64, String, i32), String)> = {
+                let (tries, dirty): (Vec<TryKey>, Vec<(TryKey, String)>) = {
                     let logs = me.live_logs.lock().unwrap_or_else(|e| e.into_inner());
-                    logs.iter().filter(|(_, l)| l.take_dirty()).map(|(k, l)| (k.clone(), l.text())).collect()
+                    (
+                        logs.keys().cloned().collect(),
+                        logs.iter().filter(|(_, l)| l.take_dirty()).map(|(k, l)| (k.clone(), l.text())).collect(),
+                    )
                 };
+                match me.store.heartbeat(&me.worker, &tries).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("heartbeats reach the state database again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "heartbeat failed; retrying every {}", crate::dag::duration::format(me.heartbeat_every));
+                    }
+                    Err(_) => {}
+                }
                 for ((run, task, try_number), text) in dirty {
                     let _ = me.store.update_try_log(run, &task, try_number, &text).await;
                 }
@@ -163,17 +181,41 @@ impl Runner {
     }
 
     async fn drive_inner(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
-        let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
-        self.store.start_run(run_id).await?;
-        self.store.sync_task_instances(run_id, &dag).await?;
-        let run = Arc::new(run);
-        let max_tries: HashMap<String, i32> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32 + 1)).collect();
-        let interrupt = CancellationToken::new();
-        let mut tries: JoinSet<TryReport> = JoinSet::new();
-        let mut local: HashSet<String> = HashSet::new();
+        // Ride out an unreachable state store before the first claim, too.
+        let run = loop {
+            let begin = async {
+                let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                self.store.start_run(run_id).await?;
+                self.store.sync_task_instances(run_id, &dag).await?;
+                Ok::<_, RunnerError>(run)
+            };
+            match begin.await {
+                Ok(run) => break run,
+                Err(RunnerError::State(e)) if !stop.drain.is_cancelled() => {
+                    tracing::warn!(error = %e, "cannot reach the state database to start driving the run; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = stop.drain.cancelled() => {}
+                    }
+                }
+                Err(RunnerError::State(_)) => return Ok(RunOutcome::Interrupted),
+                Err(e) => return Err(e),
+            }
+        };
+        let mut d = Driver {
+            runner: self,
+            dag,
+            run: Arc::new(run),
+            interrupt: CancellationToken::new(),
+            tries: JoinSet::new(),
+            local: HashSet::new(),
+            last_reap: tokio::time::Instant::now() - self.heartbeat_every,
+        };
         let mut stopping = false;
-        let mut last_reap = tokio::time::Instant::now() - self.heartbeat_every;
         let mut interrupted = false;
+        // While the state store is unreachable: when it failed first, and the
+        // current wait between attempts.
+        let mut outage: Option<(tokio::time::Instant, Duration)> = None;
 
         loop {
             if stop.drain.is_cancelled() {
@@ -181,93 +223,51 @@ impl Runner {
             }
             if stop.interrupt.is_cancelled() && !interrupted {
                 interrupted = true;
-                interrupt.cancel();
+                d.interrupt.cancel();
             }
-            if self.reap_in_drive && last_reap.elapsed() >= self.heartbeat_every {
-                last_reap = tokio::time::Instant::now();
-                for (r, task, try_number, state) in self.store.reap(self.zombie_timeout).await? {
-                    tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
-                }
-            }
-            let mut tis = self.store.task_states(run_id).await?;
-            // decide() settles every pending instance it can in one pass, so
-            // the local copy is current after applying its result. The
-            // decisions are written by the claim below, in its transaction,
-            // or on their own when nothing is claimed.
-            let decisions = decide(&dag, &tis);
-            if !decisions.is_empty() {
-                let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
-                for t in tis.iter_mut() {
-                    if let Some(s) = decided.get(t.task_id.as_str()) {
-                        t.state = s.as_str().to_string();
+            // A failing state store never drops the tries running here: they
+            // keep running and record their ends when the store is back.
+            let wait = match d.step(observer, stopping).await {
+                Ok(Step::Done(outcome)) => return Ok(outcome),
+                Ok(Step::Wait(w)) => {
+                    if let Some((since, _)) = outage.take() {
+                        tracing::info!(
+                            "the state database is reachable again after {}",
+                            crate::dag::duration::format_elapsed(since.elapsed())
+                        );
                     }
+                    w
                 }
-                for (task, state) in &decisions {
-                    if *state != TiState::Queued {
-                        observer.event(&RunEvent::Decided { task: task.clone(), state: *state });
-                    }
-                }
-            }
-            let now = Utc::now();
-            let all_done = tis.iter().all(|t| t.state().is_terminal());
-            if all_done && tries.is_empty() {
-                self.store.decide(run_id, &decisions).await?;
-                let ok = tis.iter().all(|t| matches!(t.state(), TiState::Success | TiState::Skipped | TiState::Removed));
-                let state = if ok { "success" } else { "failed" };
-                self.store.finish_run(run_id, state).await?;
-                observer.event(&RunEvent::RunFinished { state: state.into() });
-                return Ok(if ok { RunOutcome::Success } else { RunOutcome::Failed });
-            }
-            if stopping && tries.is_empty() {
-                self.store.decide(run_id, &decisions).await?;
-                return Ok(RunOutcome::Interrupted);
-            }
-
-            let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
-            let ready = tis.iter().any(|t| is_ready(t, now));
-            if !ready || stopping {
-                self.store.decide(run_id, &decisions).await?;
-            } else {
-                let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(self.parallelism.saturating_sub(local.len()));
-                let claimed =
-                    self.store.claim(run_id, &self.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries, &decisions).await?;
-                for c in claimed {
-                    observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
-                    local.insert(c.task_id.clone());
-                    let job = exec::TryJob {
-                        runner: self.clone(),
-                        dag: dag.clone(),
-                        run: run.clone(),
-                        claimed: c,
-                        interrupt: interrupt.clone(),
-                        test_mode: false,
+                Err(e) => {
+                    let (since, w) = match outage {
+                        None => {
+                            tracing::warn!(error = %e, "cannot reach the state database; the run goes on when it is back (running tries continue)");
+                            (tokio::time::Instant::now(), Duration::from_millis(500))
+                        }
+                        Some((since, w)) => (since, (w * 2).min(Duration::from_secs(10))),
                     };
-                    tries.spawn(job.run());
+                    outage = Some((since, w));
+                    if stopping && d.tries.is_empty() {
+                        return Ok(RunOutcome::Interrupted);
+                    }
+                    w
                 }
-            }
-            // Wait for a try to end, a retry to come due, or other workers
-            // to move the run on. After claiming, nothing else can start
-            // until something ends (or another worker's claims are missed
-            // for one poll).
-            let next_retry = tis.iter().filter(|t| t.state() == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
-            let others_running = running_total > local.len();
-            let mut wait = if others_running || ready { Duration::from_millis(500) } else { self.heartbeat_every };
-            if let Some(at) = next_retry {
-                wait = wait.min(until(at));
-            }
+            };
             tokio::select! {
-                r = tries.join_next(), if !tries.is_empty() => {
+                r = d.tries.join_next(), if !d.tries.is_empty() => {
                     let mut results = vec![r];
-                    while let Some(more) = tries.try_join_next() {
+                    while let Some(more) = d.tries.try_join_next() {
                         results.push(Some(more));
                     }
                     for r in results.into_iter().flatten() {
                         match r {
                             Ok(report) => {
-                                local.remove(&report.task_id);
+                                d.local.remove(&report.task_id);
                                 observer.event(&RunEvent::Finished(report));
                             }
-                            Err(e) => tracing::error!(error = %e, "a try panicked; this is a bug in sluice"),
+                            // TryJob::run catches panics and records them;
+                            // this is only reached if the runtime aborts it.
+                            Err(e) => tracing::error!(error = %e, "a try's job ended abnormally"),
                         }
                     }
                 }
@@ -275,6 +275,119 @@ impl Runner {
                 _ = stop.drain.cancelled(), if !stopping => stopping = true,
                 _ = stop.interrupt.cancelled(), if !interrupted => {}
             }
+        }
+    }
+}
+
+/// What a driver step decided.
+enum Step {
+    Done(RunOutcome),
+    /// Wait at most this long before the next step.
+    Wait(Duration),
+}
+
+/// The state of one run's driver.
+struct Driver<'r> {
+    runner: &'r Runner,
+    dag: Arc<Dag>,
+    run: Arc<crate::state::RunRow>,
+    interrupt: CancellationToken,
+    tries: JoinSet<TryReport>,
+    /// Tasks with a try running in this driver.
+    local: HashSet<String>,
+    last_reap: tokio::time::Instant,
+}
+
+impl Driver<'_> {
+    /// One pass: reap zombies, settle trigger rules, finish the run or claim
+    /// and start ready tries. Store errors are returned; nothing running is
+    /// lost by them.
+    async fn step(&mut self, observer: &mut dyn Observer, stopping: bool) -> Result<Step, StateError> {
+        let runner = self.runner;
+        let store = &runner.store;
+        let dag = &self.dag;
+        let run_id = self.run.run_id;
+        if runner.reap_in_drive && self.last_reap.elapsed() >= runner.heartbeat_every {
+            self.last_reap = tokio::time::Instant::now();
+            for (r, task, try_number, state) in store.reap(runner.zombie_timeout).await? {
+                tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
+            }
+        }
+        let mut tis = store.task_states(run_id).await?;
+        // decide() settles every pending instance it can in one pass, so
+        // the local copy is current after applying its result. The
+        // decisions are written by the claim below, in its transaction,
+        // or on their own when nothing is claimed.
+        let decisions = decide(dag, &tis);
+        if !decisions.is_empty() {
+            let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+            for t in tis.iter_mut() {
+                if let Some(s) = decided.get(t.task_id.as_str()) {
+                    t.state = s.as_str().to_string();
+                }
+            }
+        }
+        let now = Utc::now();
+        let all_done = tis.iter().all(|t| t.state().is_terminal());
+        if all_done && self.tries.is_empty() {
+            store.decide(run_id, &decisions).await?;
+            report_decisions(observer, &decisions);
+            let ok = tis.iter().all(|t| matches!(t.state(), TiState::Success | TiState::Skipped | TiState::Removed));
+            let state = if ok { "success" } else { "failed" };
+            store.finish_run(run_id, state).await?;
+            observer.event(&RunEvent::RunFinished { state: state.into() });
+            return Ok(Step::Done(if ok { RunOutcome::Success } else { RunOutcome::Failed }));
+        }
+        if stopping && self.tries.is_empty() {
+            store.decide(run_id, &decisions).await?;
+            report_decisions(observer, &decisions);
+            return Ok(Step::Done(RunOutcome::Interrupted));
+        }
+
+        let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
+        let ready = tis.iter().any(|t| is_ready(t, now));
+        if !ready || stopping {
+            store.decide(run_id, &decisions).await?;
+            report_decisions(observer, &decisions);
+        } else {
+            let max_tries: HashMap<String, i32> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32 + 1)).collect();
+            let slots =
+                (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
+            let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries, &decisions).await?;
+            report_decisions(observer, &decisions);
+            for c in claimed {
+                observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
+                self.local.insert(c.task_id.clone());
+                let job = exec::TryJob {
+                    runner: runner.clone(),
+                    dag: dag.clone(),
+                    run: self.run.clone(),
+                    claimed: c,
+                    interrupt: self.interrupt.clone(),
+                    test_mode: false,
+                };
+                self.tries.spawn(job.run());
+            }
+        }
+        // Wait for a try to end, a retry to come due, or other workers
+        // to move the run on. After claiming, nothing else can start
+        // until something ends (or another worker's claims are missed
+        // for one poll).
+        let next_retry = tis.iter().filter(|t| t.state() == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
+        let others_running = running_total > self.local.len();
+        let mut wait = if others_running || ready { Duration::from_millis(500) } else { runner.heartbeat_every };
+        if let Some(at) = next_retry {
+            wait = wait.min(until(at));
+        }
+        Ok(Step::Wait(wait))
+    }
+}
+
+/// Tells the observer about skips and upstream failures once they are written.
+fn report_decisions(observer: &mut dyn Observer, decisions: &[(String, TiState)]) {
+    for (task, state) in decisions {
+        if *state != TiState::Queued {
+            observer.event(&RunEvent::Decided { task: task.clone(), state: *state });
         }
     }
 }

@@ -162,6 +162,9 @@ pub struct TiRow {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// The kind of the last try's error: config, permanent, transient,
+    /// failed, timeout, internal.
+    pub error_kind: Option<String>,
     pub output: Option<Value>,
 }
 
@@ -197,6 +200,8 @@ pub struct Claimed {
 pub struct TryEnd {
     pub state: TiState,
     pub error: Option<String>,
+    /// The kind of the error, for failed tries.
+    pub error_kind: Option<crate::tasks::ErrorKind>,
     pub output: Option<Value>,
     pub exit_code: Option<i32>,
     pub next_try_at: Option<DateTime<Utc>>,
@@ -419,7 +424,7 @@ impl Store {
 
     pub async fn task_instances(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
         Ok(sqlx::query_as(
-            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, output
+            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, error_kind, output
              FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
         )
         .bind(run_id)
@@ -432,7 +437,7 @@ impl Store {
     pub async fn task_states(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
         Ok(sqlx::query_as(
             "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at,
-                    NULL::text AS error, NULL::jsonb AS output
+                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output
              FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
         )
         .bind(run_id)
@@ -495,7 +500,7 @@ impl Store {
                  SET state = 'running', try_number = t.try_number + 1,
                      max_tries = greatest(t.max_tries, coalesce(m.max_tries, 0), t.try_number + 1),
                      worker_id = $3, claimed_at = now(), heartbeat_at = now(), started_at = now(),
-                     ended_at = NULL, error = NULL, next_try_at = NULL
+                     ended_at = NULL, error = NULL, error_kind = NULL, next_try_at = NULL
                  FROM c LEFT JOIN m ON m.task_id = c.task_id
                  WHERE t.run_id = c.run_id AND t.task_id = c.task_id
                  RETURNING t.task_id, t.try_number, t.max_tries
@@ -504,7 +509,7 @@ impl Store {
                  INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
                  SELECT $1, task_id, try_number, $3, 'running' FROM claimed
                  ON CONFLICT (run_id, task_id, try_number) DO UPDATE
-                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, log = ''
+                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, error_kind = NULL, log = ''
              )
              SELECT task_id, try_number, max_tries FROM claimed",
         )
@@ -531,13 +536,14 @@ impl Store {
         // One statement, so atomic without a transaction of its own.
         let updated: i64 = sqlx::query_scalar(
             "WITH ti AS (
-                 UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL
+                 UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL,
+                     error_kind = $12
                  WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'
                  RETURNING 1
              ),
              tr AS (
-                 UPDATE task_tries SET state = $9, ended_at = now(), error = $6, output = $7, exit_code = $10, log = $11
-                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3
+                 UPDATE task_tries SET state = $9, ended_at = now(), error = $6, output = $7, exit_code = $10, log = $11, error_kind = $12
+                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'
              )
              SELECT count(*) FROM ti",
         )
@@ -552,6 +558,7 @@ impl Store {
         .bind(try_state)
         .bind(end.exit_code)
         .bind(&end.log)
+        .bind(end.error_kind.map(|k| k.as_str()))
         .fetch_one(&self.pool)
         .await?;
         Ok(updated > 0)
@@ -650,7 +657,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let cleared: Vec<String> = sqlx::query_scalar(
             "UPDATE task_instances t SET state = 'pending', max_tries = t.try_number + u.retries + 1, next_try_at = NULL,
-                 error = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL
+                 error = NULL, error_kind = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL
              FROM UNNEST($2::text[], $3::int[]) AS u(task_id, retries)
              WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state NOT IN ('running')
              RETURNING t.task_id",

@@ -72,15 +72,28 @@ impl Store {
         Ok(())
     }
 
-    /// Heartbeats the worker and every try it is running.
-    pub async fn heartbeat(&self, w: &Worker) -> Result<(), StateError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1").bind(&w.id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE task_instances SET heartbeat_at = now() WHERE worker_id = $1 AND state = 'running'")
-            .bind(&w.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+    /// Heartbeats the worker and the given tries, by (run, task, try
+    /// number): per try, so that a try whose executor is gone (it panicked,
+    /// or its end could not be recorded and was given up on) stops being
+    /// heartbeated and is found by the zombie check.
+    pub async fn heartbeat(&self, w: &Worker, tries: &[(i64, String, i32)]) -> Result<(), StateError> {
+        let runs: Vec<i64> = tries.iter().map(|t| t.0).collect();
+        let tasks: Vec<&str> = tries.iter().map(|t| t.1.as_str()).collect();
+        let numbers: Vec<i32> = tries.iter().map(|t| t.2).collect();
+        // One statement: the worker row and its tries.
+        sqlx::query(
+            "WITH w AS (UPDATE workers SET heartbeat_at = now() WHERE worker_id = $1)
+             UPDATE task_instances t SET heartbeat_at = now()
+             FROM UNNEST($2::bigint[], $3::text[], $4::int[]) AS u(run_id, task_id, try_number)
+             WHERE t.run_id = u.run_id AND t.task_id = u.task_id AND t.try_number = u.try_number
+               AND t.worker_id = $1 AND t.state = 'running'",
+        )
+        .bind(&w.id)
+        .bind(&runs)
+        .bind(&tasks)
+        .bind(&numbers)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -175,6 +175,7 @@ impl TaskType for CheckConfig {
         if self.checks.is_empty() {
             cx.error("checks", "`checks` is empty");
         }
+        let engine = if self.input.is_some() { super::sqlcheck::Engine::Polars } else { super::sqlcheck::Engine::Postgres };
         for (i, c) in self.checks.iter().enumerate() {
             if c.kinds() != 1 {
                 cx.error(
@@ -182,6 +183,18 @@ impl TaskType for CheckConfig {
                     "each check names exactly one kind: row_count, not_null, unique, accepted_values, freshness or sql",
                 );
             }
+            if let Some(q) = &c.sql
+                && !crate::template::is_template(q)
+                && let Err(e) = super::sqlcheck::parse(q, engine)
+            {
+                cx.error(&format!("checks[{i}].sql"), format!("the check's SQL does not parse: {e}"));
+            }
+        }
+        if let Some(f) = &self.filter
+            && !crate::template::is_template(f)
+            && let Err(e) = super::sqlcheck::parse(&format!("SELECT 1 FROM t WHERE {f}"), super::sqlcheck::Engine::Postgres)
+        {
+            cx.error("where", format!("`where` is not a valid SQL condition: {e}"));
         }
     }
 
@@ -245,7 +258,7 @@ impl CheckTask {
                 let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM ({sql}) AS q")))
                     .fetch_one(pool)
                     .await
-                    .map_err(|e| TaskError::Failed(format!("{}: {sql}", crate::state::describe_sqlx(&e))))?;
+                    .map_err(|e| TaskError::sql(format!("the check query `{sql}`"), &e))?;
                 let rows: Vec<String> =
                     sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT row_to_json(q)::text FROM ({sql}) AS q LIMIT 20")))
                         .fetch_all(pool)
@@ -253,11 +266,11 @@ impl CheckTask {
                 Ok(Rows { count: count as u64, shown: rows.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n") })
             }
             Target::Dataset { .. } => {
-                let ctx = sql_ctx.as_mut().expect("dataset context");
+                let ctx = sql_ctx.as_mut().ok_or_else(|| TaskError::Panic("a dataset check has no SQL context".into()))?;
                 let df = ctx
                     .execute(sql)
                     .and_then(|lf| lf.collect())
-                    .map_err(|e| TaskError::Failed(format!("{e}: {sql}")))?;
+                    .map_err(|e| TaskError::with_kind(super::transform::polars_kind(&e), format!("{e}: {sql}")))?;
                 let shown = if df.height() == 0 { String::new() } else { format!("{}", df.head(Some(20))) };
                 Ok(Rows { count: df.height() as u64, shown })
             }
@@ -346,7 +359,7 @@ impl CheckTask {
             Target::Dataset { .. } => {
                 let df = sql_ctx
                     .as_mut()
-                    .expect("dataset context")
+                    .ok_or_else(|| TaskError::Panic("a dataset check has no SQL context".into()))?
                     .execute(&format!("SELECT max({}) AS latest FROM {rel}", ident(column)))
                     .and_then(|lf| lf.collect())
                     .map_err(|e| TaskError::Failed(e.to_string()))?;

@@ -62,7 +62,8 @@ impl TaskType for EmailConfig {
     type Built = Email;
 
     fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
-        if let Some(c) = &self.conn {
+        // An empty connection (a variable left unset) means the outbox.
+        if let Some(c) = self.conn.as_deref().filter(|c| !c.trim().is_empty()) {
             cx.check_conn("conn", c, "smtp");
         }
         if self.to.is_empty() {
@@ -77,7 +78,7 @@ impl TaskType for EmailConfig {
             }
         }
         for a in &self.attach {
-            cx.check_input("attach", a);
+            cx.check_artifacts("attach", a);
         }
     }
 
@@ -86,7 +87,7 @@ impl TaskType for EmailConfig {
     }
 
     fn connections(&self) -> Vec<String> {
-        self.conn.iter().cloned().collect()
+        self.conn.iter().filter(|c| !c.trim().is_empty()).cloned().collect()
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Email, TaskError> {

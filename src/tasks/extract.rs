@@ -24,8 +24,12 @@ use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
 use crate::dag::duration::Dur;
 use crate::datasets::{DatasetWriter, RejectsSummary};
 use crate::formats::columns::Schema;
-use crate::formats::{self, CsvOptions, Encoding, FormatError, OnBadRows, Sink, XmlOptions};
+use crate::formats::{CsvOptions, Encoding, FormatError, Lineage, OnBadRows, Reader, Sink, SourceFile, XmlOptions};
 use crate::s3::S3Uri;
+
+/// The share of bad rows an extract accepts unless `max_bad_ratio` says
+/// otherwise.
+pub const DEFAULT_MAX_BAD_RATIO: f64 = 0.1;
 
 /// Reads a source (local files, S3 objects, an HTTP URL or a Postgres
 /// query) into a dataset.
@@ -41,7 +45,8 @@ pub struct ExtractConfig {
     pub query: Option<String>,
     /// The connection for S3 sources (an s3 connection), HTTP sources (an
     /// http connection whose headers and credentials are sent) or queries
-    /// (a postgres connection).
+    /// (a postgres connection). Empty means none, so that one DAG can read
+    /// local files or S3 depending on a variable.
     pub conn: Option<String>,
     /// csv, tsv, json (an array of objects), ndjson, parquet, xml or log.
     /// Default: from the file extension.
@@ -63,7 +68,9 @@ pub struct ExtractConfig {
     pub on_bad_rows: OnBadRows,
     /// Fail when there are more bad rows than this.
     pub max_bad_rows: Option<u64>,
-    /// Fail when bad rows are more than this share of all rows (0 to 1).
+    /// Fail when bad rows are more than this share of the rows read (0 to
+    /// 1). Default 0.1 with `skip` or `quarantine`; a file whose rows are all
+    /// bad fails too, unless this is 1.
     pub max_bad_ratio: Option<f64>,
     /// Text values read as null. Default: the empty string.
     pub null_values: Option<Vec<String>>,
@@ -99,9 +106,12 @@ pub struct LogOptions {
     /// A regular expression each line must match; its named groups
     /// (`(?P<user_id>\d+)`) are the columns.
     pub pattern: String,
-    /// `utf-8` (default) or `cp949`.
+    /// `utf-8` (default), `cp949` (also `euc-kr`) or `auto`.
     #[serde(default)]
     pub encoding: Encoding,
+    /// Lines to skip at the start of each file (a header line). Default 0.
+    #[serde(default)]
+    pub skip_lines: u64,
 }
 
 fn format_of(source: &str) -> Option<Format> {
@@ -119,12 +129,25 @@ fn format_of(source: &str) -> Option<Format> {
     })
 }
 
+/// Where an extract reads from, resolved for one try.
+enum Source {
+    /// A path or glob under the project root.
+    Files(String),
+    S3 { uri: S3Uri, conn: crate::connections::Connection, client: aws_sdk_s3::Client },
+    Http { url: String, conn: Option<crate::connections::Connection> },
+    Query { sql: String, conn: crate::connections::Connection },
+}
+
 pub struct Extract {
     cfg: ExtractConfig,
-    format: Format,
-    conn: Option<crate::connections::Connection>,
-    s3: Option<aws_sdk_s3::Client>,
-    regex: Option<regex::Regex>,
+    source: Source,
+    /// The format's reader; None for Parquet, which polars reads itself.
+    reader: Option<Box<dyn Reader>>,
+}
+
+/// Whether a `conn` value names a connection: empty means none.
+fn conn_id(c: &Option<String>) -> Option<&str> {
+    c.as_deref().filter(|c| !c.trim().is_empty())
 }
 
 impl TaskType for ExtractConfig {
@@ -132,10 +155,11 @@ impl TaskType for ExtractConfig {
     type Built = Extract;
 
     fn validate(&self, cx: &mut ValidateCx<'_, '_>) {
+        let conn = conn_id(&self.conn);
         let source = match (&self.source, &self.query) {
             (Some(s), None) => s.as_str(),
             (None, Some(_)) => {
-                match &self.conn {
+                match conn {
                     Some(c) => cx.check_conn("conn", c, "postgres"),
                     None => cx.error("query", "a query needs `conn`, a Postgres connection"),
                 }
@@ -153,32 +177,52 @@ impl TaskType for ExtractConfig {
                 return;
             }
         };
+        let templated = crate::template::is_template(source);
         let fmt = if self.query.is_some() { Some(Format::Csv) } else { self.format.or_else(|| format_of(source)) };
-        if fmt.is_none() && !crate::template::is_template(source) {
+        if fmt.is_none() && !templated {
             cx.error("source", format!("cannot tell the format of `{source}` from its name; set `format` (csv, tsv, json, ndjson, parquet, xml, log)"));
         }
+        if source.trim().is_empty() && self.query.is_none() {
+            cx.error("source", "the source is empty");
+        }
         if source.starts_with("s3://") {
-            match &self.conn {
+            match conn {
                 Some(c) => cx.check_conn("conn", c, "s3"),
+                None if self.conn.is_some() => {
+                    cx.error("conn", format!("an s3:// source needs `conn`, an S3 connection, but `conn` is empty (source `{source}`)"))
+                }
                 None => cx.error("source", "an s3:// source needs `conn`, an S3 connection"),
             }
             if let Err(e) = S3Uri::parse(source) {
                 cx.error("source", e);
             }
         } else if source.starts_with("http://") || source.starts_with("https://") {
-            if let Some(c) = &self.conn {
+            if let Some(c) = conn {
                 cx.check_conn("conn", c, "http");
             }
-        } else if self.conn.is_some() && self.query.is_none() && !crate::template::is_template(source) {
+        } else if conn.is_some() && self.query.is_none() && !templated {
             cx.warning("conn", "`conn` is only used for s3://, http(s):// sources and queries");
         }
+        let txt = source.to_ascii_lowercase().ends_with(".txt") && self.format.is_none();
         match fmt {
             Some(Format::Xml) if self.xml.is_none() => cx.error("format", "XML needs `xml: {record: path/of/record}`"),
+            Some(Format::Log) if self.log.is_none() && txt => cx.error(
+                "source",
+                "a `.txt` file is read as a log (format: log), which needs `log: {pattern: '...'}`; for delimited text set `format: csv` (with `csv: {delimiter: ...}`) or `format: tsv`",
+            ),
             Some(Format::Log) if self.log.is_none() => cx.error("format", "logs need `log: {pattern: '...'}` with named groups"),
             _ => {}
         }
         if self.csv.is_some() && !matches!(fmt, Some(Format::Csv | Format::Tsv) | None) {
             cx.warning("csv", "`csv` options are ignored for this format");
+        }
+        if let Some(c) = &self.csv {
+            if !c.delimiter.is_ascii() || !c.quote.is_ascii() {
+                cx.error("csv", "the delimiter and the quote must be single ASCII characters");
+            }
+            if c.max_lines_per_row == 0 {
+                cx.error("csv", "max_lines_per_row must be at least 1");
+            }
         }
         if let Some(l) = &self.log {
             match regex::Regex::new(&l.pattern) {
@@ -190,7 +234,13 @@ impl TaskType for ExtractConfig {
                     if let Some(s) = &self.schema {
                         for (col, _) in &s.0 {
                             if !groups.contains(&col.as_str()) {
-                                cx.error("schema", format!("column `{col}` is not a named group of the log pattern{}", crate::diag::hint(col, groups.iter().copied())));
+                                cx.error(
+                                    "schema",
+                                    format!(
+                                        "column `{col}` is not a named group of the log pattern{}",
+                                        crate::diag::hint(col, groups.iter().copied())
+                                    ),
+                                );
                             }
                         }
                     }
@@ -199,9 +249,10 @@ impl TaskType for ExtractConfig {
             }
         }
         if let Some(r) = self.max_bad_ratio
-            && !(0.0..=1.0).contains(&r) {
-                cx.error("max_bad_ratio", "max_bad_ratio is a share between 0 and 1");
-            }
+            && !(0.0..=1.0).contains(&r)
+        {
+            cx.error("max_bad_ratio", "max_bad_ratio is a share between 0 and 1");
+        }
         if let Some(s) = &self.schema {
             for old in self.rename.keys() {
                 if !s.0.iter().any(|(c, _)| c == old) {
@@ -215,112 +266,155 @@ impl TaskType for ExtractConfig {
     }
 
     fn connections(&self) -> Vec<String> {
-        self.conn.iter().cloned().collect()
+        conn_id(&self.conn).map(str::to_string).into_iter().collect()
+    }
+
+    fn produces(&self) -> super::Produces {
+        let parquet = self.format == Some(Format::Parquet)
+            || (self.format.is_none() && self.source.as_deref().and_then(format_of) == Some(Format::Parquet));
+        super::Produces { dataset: true, rejects: self.on_bad_rows == OnBadRows::Quarantine && !parquet, artifacts: false }
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Extract, TaskError> {
-        let source = self.source.clone().unwrap_or_default();
+        let conn = conn_id(&self.conn);
+        let source = match (&self.source, &self.query) {
+            (_, Some(q)) => {
+                let id = conn.ok_or_else(|| TaskError::Config("conn: a query needs `conn`, a Postgres connection".into()))?;
+                Source::Query { sql: q.clone(), conn: ctx.conn(id, "postgres")?.clone() }
+            }
+            (Some(s), None) if s.starts_with("s3://") => {
+                let id = conn.ok_or_else(|| {
+                    TaskError::Config(format!("conn: the source `{s}` is on S3, so `conn` must name an S3 connection, and it is empty"))
+                })?;
+                let c = ctx.conn(id, "s3")?.clone();
+                let uri = S3Uri::parse(s).map_err(|e| TaskError::Config(format!("source: {e}")))?;
+                let client = ctx.res.s3_client(&c)?;
+                Source::S3 { uri, conn: c, client }
+            }
+            (Some(s), None) if s.starts_with("http://") || s.starts_with("https://") => {
+                Source::Http { url: s.clone(), conn: conn.map(|id| ctx.conn(id, "http").cloned()).transpose()? }
+            }
+            (Some(s), None) => Source::Files(s.clone()),
+            (None, None) => return Err(TaskError::Config("an extract needs `source` or `query`".into())),
+        };
+        let name = self.source.as_deref().unwrap_or_default();
         let format = if self.query.is_some() {
             Format::Csv
         } else {
             self.format
-                .or_else(|| format_of(&source))
-                .ok_or_else(|| TaskError::Config(format!("cannot tell the format of `{source}`; set `format`")))?
+                .or_else(|| format_of(name))
+                .ok_or_else(|| TaskError::Config(format!("source: cannot tell the format of `{name}` from its name; set `format`")))?
         };
-        let (conn, s3) = match self.conn.as_ref().filter(|c| !c.is_empty()) {
-            Some(id) if self.query.is_some() => (Some(ctx.conn(id, "postgres")?.clone()), None),
-            Some(id) if source.starts_with("s3://") => {
-                let c = ctx.conn(id, "s3")?.clone();
-                let client = ctx.res.s3_client(&c)?;
-                (Some(c), Some(client))
+        let nulls = self.null_values.clone().unwrap_or_else(|| vec![String::new()]);
+        let reader: Option<Box<dyn Reader>> = match format {
+            Format::Csv | Format::Tsv => {
+                let mut opts = self.csv.clone().unwrap_or_default();
+                if format == Format::Tsv && self.csv.is_none() {
+                    opts.delimiter = '\t';
+                }
+                Some(Box::new(crate::formats::csv::CsvReader { opts, nulls }))
             }
-            Some(id) if source.starts_with("http://") || source.starts_with("https://") => (Some(ctx.conn(id, "http")?.clone()), None),
-            _ => (None, None),
+            Format::Json | Format::Ndjson => Some(Box::new(crate::formats::json::JsonReader { array: format == Format::Json })),
+            Format::Xml => {
+                let opts = self.xml.clone().ok_or_else(|| TaskError::Config("xml: XML needs `xml: {record: path/of/record}`".into()))?;
+                Some(Box::new(crate::formats::xml::XmlReader { opts, nulls }))
+            }
+            Format::Log => {
+                let l = self.log.as_ref().ok_or_else(|| TaskError::Config("log: logs need `log: {pattern: '...'}`".into()))?;
+                let regex = regex::Regex::new(&l.pattern).map_err(|e| TaskError::Config(format!("log.pattern: {e}")))?;
+                Some(Box::new(crate::formats::log::LogReader { regex, encoding: l.encoding, skip_lines: l.skip_lines, nulls }))
+            }
+            Format::Parquet => None,
         };
-        let regex = match &self.log {
-            Some(l) => Some(regex::Regex::new(&l.pattern).map_err(|e| TaskError::Config(format!("log.pattern: {e}")))?),
-            None => None,
-        };
-        Ok(Extract { cfg: self, format, conn, s3, regex })
+        if format == Format::Log && name.to_ascii_lowercase().ends_with(".txt") && self.format.is_none() {
+            tracing::info!("reading `{name}` as a log (format: log, from its .txt extension)");
+        }
+        Ok(Extract { cfg: self, source, reader })
     }
 }
 
-/// A fetched source file: its local path and the name it is reported by.
-type Fetched = Vec<(PathBuf, String)>;
-
 impl Extract {
-    async fn fetch(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
-        if let Some(q) = &self.cfg.query {
-            return self.fetch_query(ctx, q).await;
-        }
-        let src = self.cfg.source.as_deref().unwrap_or_default();
-        if src.starts_with("s3://") {
-            self.fetch_s3(ctx).await
-        } else if src.starts_with("http://") || src.starts_with("https://") {
-            self.fetch_http(ctx).await
-        } else {
-            let pattern = ctx.project_path(src);
-            let text = pattern.to_string_lossy().into_owned();
-            let mut files: Vec<PathBuf> = if text.contains(['*', '?', '[']) {
-                glob::glob(&text)
-                    .map_err(|e| TaskError::Config(format!("source `{src}` is not a valid glob: {e}")))?
-                    .filter_map(Result::ok)
-                    .filter(|p| p.is_file())
-                    .collect()
-            } else if pattern.is_file() {
-                vec![pattern.clone()]
-            } else {
-                Vec::new()
-            };
-            files.sort();
-            Ok(files
-                .into_iter()
-                .map(|p| {
-                    let name = p.strip_prefix(&ctx.res.project_root).unwrap_or(&p).display().to_string();
-                    (p, name)
-                })
-                .collect())
+    async fn fetch(&self, ctx: &TaskCtx) -> Result<Vec<SourceFile>, TaskError> {
+        match &self.source {
+            Source::Query { sql, conn } => self.fetch_query(ctx, sql, conn).await,
+            Source::S3 { uri, conn, client } => self.fetch_s3(ctx, uri, conn, client).await,
+            Source::Http { url, conn } => self.fetch_http(ctx, url, conn.as_ref()).await,
+            Source::Files(src) => {
+                let pattern = ctx.project_path(src);
+                let text = pattern.to_string_lossy().into_owned();
+                let mut files: Vec<PathBuf> = if text.contains(['*', '?', '[']) {
+                    glob::glob(&text)
+                        .map_err(|e| TaskError::Config(format!("source: `{src}` is not a valid glob: {e}")))?
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .collect()
+                } else if pattern.is_file() {
+                    vec![pattern.clone()]
+                } else {
+                    Vec::new()
+                };
+                files.sort();
+                Ok(files
+                    .into_iter()
+                    .map(|p| {
+                        let name = p.strip_prefix(&ctx.res.project_root).unwrap_or(&p).display().to_string();
+                        SourceFile { path: p, name }
+                    })
+                    .collect())
+            }
         }
     }
 
     /// Streams a query's rows out of Postgres as CSV into a scratch file.
-    async fn fetch_query(&self, ctx: &TaskCtx, query: &str) -> Result<Fetched, TaskError> {
+    async fn fetch_query(&self, ctx: &TaskCtx, query: &str, conn: &crate::connections::Connection) -> Result<Vec<SourceFile>, TaskError> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
-        let conn = self.conn.as_ref().expect("built with a connection");
         let pool = ctx.res.pg_pool(conn).await?;
-        let mut db = pool.acquire().await?;
+        let mut db = pool.acquire().await.map_err(|e| TaskError::sql(format!("connection `{}`", conn.id), &e))?;
         let q = query.trim().trim_end_matches(';');
-        let mut stream = db
-            .copy_out_raw(&format!("COPY ({q}) TO STDOUT WITH (FORMAT csv, HEADER true)"))
-            .await
-            .map_err(|e| TaskError::Failed(format!("the query failed: {}", crate::state::describe_sqlx(&e))))?;
         let local = ctx.scratch.path().join("query.csv");
-        let mut file = tokio::fs::File::create(&local).await.map_err(|e| TaskError::Failed(format!("{}: {e}", local.display())))?;
-        let mut n = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| TaskError::Failed(format!("the query failed: {}", crate::state::describe_sqlx(&e))))?;
-            n += chunk.len();
-            file.write_all(&chunk).await.map_err(|e| TaskError::Failed(e.to_string()))?;
-        }
-        file.flush().await.map_err(|e| TaskError::Failed(e.to_string()))?;
+        let copy = async {
+            let mut stream = db.copy_out_raw(&format!("COPY ({q}) TO STDOUT WITH (FORMAT csv, HEADER true)")).await?;
+            let mut file =
+                tokio::fs::File::create(&local).await.map_err(|e| sqlx::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", local.display()))))?;
+            let mut n = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                n += chunk.len();
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            Ok::<usize, sqlx::Error>(n)
+        };
+        let n = match copy.await {
+            Ok(n) => n,
+            Err(e) => {
+                // A connection that saw an error mid-COPY is not returned to
+                // the pool: its protocol state is unknown.
+                db.close_on_drop();
+                return Err(TaskError::sql("the query failed", &e));
+            }
+        };
         tracing::info!(bytes = n, "query read from `{}`", conn.id);
-        Ok(vec![(local, format!("query on {}", conn.id))])
+        Ok(vec![SourceFile { path: local, name: format!("query on {}", conn.id) }])
     }
 
-    async fn fetch_s3(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
-        let client = self.s3.as_ref().expect("built with an S3 client");
-        let uri = S3Uri::parse(self.cfg.source.as_deref().unwrap_or_default()).map_err(TaskError::Config)?;
-        let conn = self.conn.as_ref().expect("built with a connection");
+    async fn fetch_s3(
+        &self,
+        ctx: &TaskCtx,
+        uri: &S3Uri,
+        conn: &crate::connections::Connection,
+        client: &aws_sdk_s3::Client,
+    ) -> Result<Vec<SourceFile>, TaskError> {
         let fail = |e: crate::s3::S3Error| {
-            TaskError::Failed(format!("S3 connection `{}` ({}): {e}", conn.id, crate::s3::endpoint_of(conn)))
+            TaskError::with_kind(e.kind(), format!("S3 connection `{}` ({}): {e}", conn.id, crate::s3::endpoint_of(conn)))
         };
         let keys: Vec<String> = if let Some((prefix, pat)) = crate::s3::glob_parts(&uri.key) {
             let listed = crate::s3::list(client, &S3Uri { bucket: uri.bucket.clone(), key: prefix }).await.map_err(fail)?;
             listed.into_iter().map(|o| o.key).filter(|k| pat.matches(k)).collect()
         } else if uri.key.is_empty() || uri.key.ends_with('/') {
-            crate::s3::list(client, &uri).await.map_err(fail)?.into_iter().map(|o| o.key).filter(|k| !k.ends_with('/')).collect()
-        } else if crate::s3::exists(client, &uri).await.map_err(fail)? {
+            crate::s3::list(client, uri).await.map_err(fail)?.into_iter().map(|o| o.key).filter(|k| !k.ends_with('/')).collect()
+        } else if crate::s3::exists(client, uri).await.map_err(fail)? {
             vec![uri.key.clone()]
         } else {
             Vec::new()
@@ -331,10 +425,10 @@ impl Extract {
             let local = ctx.scratch.path().join(format!("src-{i}-{}", key.rsplit('/').next().unwrap_or("object")));
             let n = tokio::time::timeout(self.timeout(), crate::s3::download(client, &obj, &local))
                 .await
-                .map_err(|_| TaskError::Failed(format!("downloading {obj} timed out")))?
+                .map_err(|_| TaskError::transient(format!("downloading {obj} timed out after {}", crate::dag::duration::format(self.timeout()))))?
                 .map_err(fail)?;
             tracing::info!(bytes = n, "downloaded {obj}");
-            out.push((local, obj.to_string()));
+            out.push(SourceFile { path: local, name: obj.to_string() });
         }
         Ok(out)
     }
@@ -343,12 +437,11 @@ impl Extract {
         self.cfg.timeout.map_or(std::time::Duration::from_secs(300), |d| d.0)
     }
 
-    async fn fetch_http(&self, ctx: &TaskCtx) -> Result<Fetched, TaskError> {
+    async fn fetch_http(&self, ctx: &TaskCtx, url: &str, conn: Option<&crate::connections::Connection>) -> Result<Vec<SourceFile>, TaskError> {
         use tokio::io::AsyncWriteExt;
-        let url = self.cfg.source.as_deref().unwrap_or_default();
         let shown = crate::secrets::mask(url);
         let mut req = ctx.res.http().get(url).timeout(self.timeout());
-        if let Some(c) = &self.conn {
+        if let Some(c) = conn {
             for (k, v) in &c.headers {
                 req = req.header(k, v);
             }
@@ -360,26 +453,27 @@ impl Extract {
             crate::secrets::register(v);
             req = req.header(k, v);
         }
-        let resp = req.send().await.map_err(|e| TaskError::Failed(format!("GET {shown}: {}", crate::secrets::mask(&error_chain(&e)))))?;
+        let resp = req.send().await.map_err(|e| TaskError::transient(format!("GET {shown}: {}", crate::secrets::mask(&error_chain(&e)))))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
         if !status.is_success() {
             let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(TaskError::Failed(format!("GET {shown}: HTTP {status}: {}", crate::secrets::mask(&body))));
+            let msg = format!("GET {shown}: HTTP {status}: {}", crate::secrets::mask(&body));
+            return Err(TaskError::with_kind(crate::tasks::error::http_status_kind(status.as_u16()), msg));
         }
         let local = ctx.scratch.path().join("download");
         let mut file = tokio::fs::File::create(&local).await.map_err(|e| TaskError::Failed(format!("{}: {e}", local.display())))?;
         let mut resp = resp;
         let mut n = 0usize;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| TaskError::Failed(format!("GET {shown}: {}", error_chain(&e))))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| TaskError::transient(format!("GET {shown}: {}", error_chain(&e))))? {
             n += chunk.len();
             file.write_all(&chunk).await.map_err(|e| TaskError::Failed(e.to_string()))?;
         }
         file.flush().await.map_err(|e| TaskError::Failed(e.to_string()))?;
         tracing::info!(bytes = n, "downloaded {shown}");
-        Ok(vec![(local, shown)])
+        Ok(vec![SourceFile { path: local, name: shown }])
     }
 }
 
@@ -401,10 +495,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// What the blocking read produced.
 struct ReadResult {
     tmp: PathBuf,
+    /// Rows written to the dataset.
     rows: u64,
     schema: polars::prelude::Schema,
     bad: BTreeMap<String, u64>,
+    /// Records known to exist but not read (malformed XML, kept before the error).
+    lost: u64,
     rejects: Option<DataFrame>,
+    lineage: Option<Lineage>,
+}
+
+/// The four numbers of an extract: rows read = loaded + quarantined + skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCounts {
+    pub read: u64,
+    pub loaded: u64,
+    pub quarantined: u64,
+    pub skipped: u64,
+}
+
+impl RowCounts {
+    fn of(r: &ReadResult, policy: OnBadRows) -> RowCounts {
+        let bad: u64 = r.bad.values().sum();
+        let (quarantined, skipped) = if policy == OnBadRows::Quarantine { (bad, 0) } else { (0, bad) };
+        RowCounts { read: r.rows + bad, loaded: r.rows, quarantined, skipped }
+    }
 }
 
 impl Run for Extract {
@@ -415,6 +530,7 @@ impl Run for Extract {
             if self.cfg.allow_empty {
                 tracing::warn!("source `{source}` matches nothing; writing an empty dataset (allow_empty)");
             } else {
+                // A file that has not arrived yet may be there on the next try.
                 return Err(TaskError::Failed(format!(
                     "source `{}` matches no file or object; check the path (relative to the project root) or set allow_empty: true",
                     crate::secrets::mask(source)
@@ -427,27 +543,31 @@ impl Run for Extract {
         let guard = TmpGuard(Some(tmp.clone()));
         let this = std::sync::Arc::new(self);
         let job = this.clone();
-        let read = tokio::task::spawn_blocking(move || job.read_all(&files, tmp))
-            .await
-            .map_err(|e| TaskError::Failed(format!("reading panicked: {e}")))?;
-        let r = read.map_err(|e| TaskError::Failed(e.to_string()))?;
+        let read = tokio::task::spawn_blocking(move || job.read_all(&files, tmp)).await.map_err(|e| TaskError::from_join("reading the source", e))?;
+        let r = read.map_err(format_error)?;
         let cfg = &this.cfg;
-
-        let bad_total: u64 = r.bad.values().sum();
-        let total = r.rows + bad_total;
+        let counts = RowCounts::of(&r, cfg.on_bad_rows);
+        let bad_total = counts.quarantined + counts.skipped;
         for (reason, n) in &r.bad {
             tracing::warn!(reason = %reason, count = n, "bad rows");
         }
-        if let Some(max) = cfg.max_bad_ratio
-            && total > 0 && bad_total as f64 / total as f64 > max {
-                return Err(TaskError::Failed(format!(
-                    "{bad_total} of {total} rows are bad ({:.2}%), more than max_bad_ratio {:.2}%: {}",
-                    100.0 * bad_total as f64 / total as f64,
-                    100.0 * max,
-                    describe_bad(&r.bad)
-                )));
-            }
-        let dataset = ctx.commit_dataset(&r.tmp, &ctx.task_id, r.rows, &r.schema).await?;
+        let max = cfg.max_bad_ratio.unwrap_or(DEFAULT_MAX_BAD_RATIO);
+        if counts.read > 0 && bad_total as f64 / counts.read as f64 > max {
+            let set = if cfg.max_bad_ratio.is_some() { "" } else { " (the default)" };
+            return Err(TaskError::Failed(format!(
+                "{bad_total} of {} rows are bad ({:.2}%), more than max_bad_ratio {}{set}: {}. Is the format right (delimiter, encoding, schema)? If this many bad rows are expected, raise max_bad_ratio",
+                counts.read,
+                100.0 * bad_total as f64 / counts.read as f64,
+                max,
+                describe_bad(&r.bad)
+            )));
+        }
+        let lineage = match r.lineage.as_ref().filter(|l| !l.runs.is_empty()) {
+            Some(l) => Some(write_lineage(ctx, l).await?),
+            None => None,
+        };
+        let mut dataset = ctx.commit_dataset(&r.tmp, &ctx.task_id, r.rows, &r.schema).await?;
+        dataset.lineage = lineage;
         guard.disarm();
         // Quarantine always writes its dataset, empty or not, so that
         // downstream tasks can read it every day.
@@ -459,20 +579,58 @@ impl Run for Extract {
             }
             rejects = Some(summary);
         }
-        let mut note = if cfg.query.is_some() {
-            format!("{} rows from the query", super::thousands(r.rows))
+        let from = if cfg.query.is_some() {
+            "the query".to_string()
         } else {
-            format!("{} rows from {n_files} file{}", super::thousands(r.rows), if n_files == 1 { "" } else { "s" })
+            format!("{n_files} file{}", if n_files == 1 { "" } else { "s" })
         };
-        if bad_total > 0 {
-            let verb = if cfg.on_bad_rows == OnBadRows::Quarantine { "quarantined" } else { "skipped" };
-            note.push_str(&format!("; {} {verb} ({})", super::thousands(bad_total), describe_bad(&r.bad)));
+        let mut note = format!("{} rows read from {from}: {} loaded", super::thousands(counts.read), super::thousands(counts.loaded));
+        if counts.quarantined > 0 {
+            note.push_str(&format!(", {} quarantined", super::thousands(counts.quarantined)));
         }
-        let mut out = Outcome::note(note).metric("rows", r.rows).metric("files", n_files as u64).metric("bad_rows", bad_total);
+        if counts.skipped > 0 {
+            note.push_str(&format!(", {} skipped", super::thousands(counts.skipped)));
+        }
+        if bad_total > 0 {
+            note.push_str(&format!(" ({})", describe_bad(&r.bad)));
+        }
+        if r.lost > 0 {
+            note.push_str(&format!("; {} records after malformed XML lost (keep_rows_before_error)", super::thousands(r.lost)));
+        }
+        let mut out = Outcome::note(note)
+            .metric("rows", counts.loaded)
+            .metric("rows_read", counts.read)
+            .metric("rows_quarantined", counts.quarantined)
+            .metric("rows_skipped", counts.skipped)
+            .metric("files", n_files as u64)
+            .metric("bad_rows", bad_total);
+        if r.lost > 0 {
+            out = out.metric("rows_lost", r.lost);
+            out.warnings.push(format!("{} XML records after a syntax error were not read", r.lost));
+        }
         out.dataset = Some(dataset);
         out.rejects = rejects;
         Ok(out)
     }
+}
+
+/// A reader's failure as a task error: a bad row under `on_bad_rows: fail`
+/// or a malformed file fails the try; the data will not change by itself,
+/// but a corrected file may arrive, so it is retried by the task's rules.
+fn format_error(e: FormatError) -> TaskError {
+    match e {
+        FormatError::Io(what, e) if e.kind() == std::io::ErrorKind::NotFound => TaskError::Failed(format!("{what}: {e}")),
+        other => TaskError::Failed(other.to_string()),
+    }
+}
+
+/// Writes where each dataset row came from next to the dataset, so that a
+/// load failing on a row can name its source file and line.
+async fn write_lineage(ctx: &TaskCtx, l: &Lineage) -> Result<String, TaskError> {
+    let tmp = ctx.scratch.path().join(format!("{}.lineage.json", ctx.task_id));
+    let text = serde_json::to_vec(l).map_err(|e| TaskError::Failed(e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(|e| TaskError::Failed(format!("cannot write {}: {e}", tmp.display())))?;
+    ctx.commit_file(&tmp, &format!("{}.lineage.json", ctx.task_id)).await
 }
 
 /// Deletes a temporary file when dropped, unless disarmed.
@@ -497,43 +655,15 @@ pub fn describe_bad(bad: &BTreeMap<String, u64>) -> String {
 }
 
 impl Extract {
-    fn nulls(&self) -> Vec<String> {
-        self.cfg.null_values.clone().unwrap_or_else(|| vec![String::new()])
-    }
-
-    fn csv_options(&self) -> CsvOptions {
-        let mut o = self.cfg.csv.clone().unwrap_or_default();
-        if self.format == Format::Tsv && self.cfg.csv.is_none() {
-            o.delimiter = '\t';
-        }
-        o
-    }
-
     /// Reads every file into a temporary Parquet file (blocking).
-    fn read_all(&self, files: &Fetched, tmp: PathBuf) -> Result<ReadResult, FormatError> {
-        if self.format == Format::Parquet {
-            return self.read_parquet(files, tmp);
-        }
-        let nulls = self.nulls();
+    fn read_all(&self, files: &[SourceFile], tmp: PathBuf) -> Result<ReadResult, FormatError> {
+        let Some(reader) = &self.reader else { return self.read_parquet(files, tmp) };
         let schema = match &self.cfg.schema {
             Some(s) => s.clone(),
-            None => match self.format {
-                Format::Csv | Format::Tsv => formats::infer_csv(files, &self.csv_options(), &nulls)?,
-                Format::Json => formats::infer_json(files, true)?,
-                Format::Ndjson => formats::infer_json(files, false)?,
-                Format::Xml => formats::infer_xml(files, self.cfg.xml.as_ref().expect("validated"))?,
-                Format::Log => formats::infer_log(
-                    files,
-                    self.regex.as_ref().expect("built"),
-                    self.cfg.log.as_ref().map_or(Encoding::Utf8, |l| l.encoding),
-                )?,
-                Format::Parquet => unreachable!(),
-            },
+            None => reader.infer(files)?,
         };
         if schema.0.is_empty() {
-            return Err(FormatError::Invalid(
-                "the source has no records, so no columns could be inferred; declare a `schema`".into(),
-            ));
+            return Err(FormatError::Invalid("the source has no records, so no columns could be inferred; declare a `schema`".into()));
         }
         // Output names after renames.
         let mut out_schema = schema.clone();
@@ -554,34 +684,44 @@ impl Extract {
             writer.write(&df)
         };
         let mut sink = Sink::new(&schema, self.cfg.on_bad_rows, self.cfg.source_column.as_deref(), self.cfg.max_bad_rows, &mut write);
-        for (path, name) in files {
-            match self.format {
-                Format::Csv | Format::Tsv => formats::read_csv(path, name, &self.csv_options(), &schema, &nulls, &mut sink)?,
-                Format::Json => formats::read_json_array(path, name, &schema, &mut sink)?,
-                Format::Ndjson => formats::read_ndjson(path, name, &schema, &mut sink)?,
-                Format::Xml => formats::read_xml(path, name, self.cfg.xml.as_ref().expect("validated"), &schema, &nulls, &mut sink)?,
-                Format::Log => formats::read_log(
-                    path,
-                    name,
-                    self.regex.as_ref().expect("built"),
-                    self.cfg.log.as_ref().map_or(Encoding::Utf8, |l| l.encoding),
-                    &schema,
-                    &nulls,
-                    &mut sink,
-                )?,
-                Format::Parquet => unreachable!(),
+        let max_ratio = self.cfg.max_bad_ratio.unwrap_or(DEFAULT_MAX_BAD_RATIO);
+        for file in files {
+            sink.start_file();
+            reader.read(file, &schema, &mut sink)?;
+            let f = sink.file;
+            // A file of nothing but bad rows is the wrong format, not data.
+            if f.bad > 0 && f.good == 0 && max_ratio < 1.0 {
+                let bad: BTreeMap<String, u64> = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                return Err(FormatError::Invalid(format!(
+                    "every one of the {} rows of {} is bad (so far: {}): is the format right (delimiter, encoding, schema)? Set max_bad_ratio: 1 to accept it",
+                    f.read,
+                    file.name,
+                    describe_bad(&bad)
+                )));
             }
         }
         let bad: BTreeMap<String, u64> = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let rejects = sink.finish()?;
+        let (good, lost) = (sink.good, sink.lost);
+        let (rejects, lineage) = sink.finish()?;
         let (tmp, rows, schema) = writer.finish().map_err(FormatError::Write)?;
-        Ok(ReadResult { tmp, rows, schema, bad, rejects })
+        // Every row read is written, quarantined or skipped; anything else
+        // is a bug that would lose data, so it fails loudly.
+        let quarantined = rejects.as_ref().map_or(0, |r| r.height() as u64);
+        let bad_total: u64 = bad.values().sum();
+        if rows != good || (self.cfg.on_bad_rows == OnBadRows::Quarantine && quarantined != bad_total) {
+            return Err(FormatError::Invalid(format!(
+                "rows are unaccounted for: {good} good rows read but {rows} written, {bad_total} bad rows but {quarantined} quarantined (a bug in sluice)"
+            )));
+        }
+        Ok(ReadResult { tmp, rows, schema, bad, lost, rejects, lineage: Some(lineage) })
     }
 
-    fn read_parquet(&self, files: &Fetched, tmp: PathBuf) -> Result<ReadResult, FormatError> {
+    fn read_parquet(&self, files: &[SourceFile], tmp: PathBuf) -> Result<ReadResult, FormatError> {
         let mut frames = Vec::new();
-        for (path, name) in files {
-            let mut lf = crate::datasets::scan(path).map_err(|e| FormatError::Invalid(format!("{name}: {e}")))?;
+        for file in files {
+            let name = &file.name;
+            // Each file is read on its own, so that an error names it.
+            let mut lf = crate::datasets::scan(&file.path).map_err(|e| FormatError::Invalid(format!("{name}: cannot read Parquet: {e}")))?;
             if let Some(s) = &self.cfg.schema {
                 let exprs: Vec<Expr> = s.0.iter().map(|(c, t)| col(c.as_str()).strict_cast(t.dtype())).collect();
                 lf = lf.select(exprs);
@@ -589,7 +729,8 @@ impl Extract {
             if let Some(c) = &self.cfg.source_column {
                 lf = lf.with_column(lit(name.clone()).alias(c.as_str()));
             }
-            frames.push(lf);
+            let df = lf.collect().map_err(|e| FormatError::Invalid(format!("{name}: cannot read Parquet: {e}")))?;
+            frames.push(df.lazy());
         }
         let lf = if frames.is_empty() {
             let s = self.cfg.schema.clone().unwrap_or_default();
@@ -603,6 +744,14 @@ impl Extract {
             df.rename(old, new.as_str().into()).map_err(|e| FormatError::Invalid(e.to_string()))?;
         }
         crate::datasets::write_frame(&tmp, &mut df).map_err(FormatError::Write)?;
-        Ok(ReadResult { tmp, rows: df.height() as u64, schema: df.schema().as_ref().clone(), bad: BTreeMap::new(), rejects: None })
+        Ok(ReadResult {
+            tmp,
+            rows: df.height() as u64,
+            schema: df.schema().as_ref().clone(),
+            bad: BTreeMap::new(),
+            lost: 0,
+            rejects: None,
+            lineage: None,
+        })
     }
 }

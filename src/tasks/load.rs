@@ -73,6 +73,8 @@ pub struct TableName {
     pub display: String,
     /// `"schema"."table"` or `"table"`.
     pub quoted: String,
+    /// `"schema"`, when the name has one.
+    pub schema: Option<String>,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -85,7 +87,11 @@ pub fn parse_table(s: &str) -> Result<TableName, String> {
     if parts.is_empty() || parts.len() > 2 || !parts.iter().all(|p| ok(p)) {
         return Err(format!("`{s}` is not a table name: write `table` or `schema.table` (letters, digits, `_`)"));
     }
-    Ok(TableName { display: s.to_string(), quoted: parts.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join(".") })
+    Ok(TableName {
+        display: s.to_string(),
+        quoted: parts.iter().map(|p| quote_ident(p)).collect::<Vec<_>>().join("."),
+        schema: (parts.len() == 2).then(|| quote_ident(parts[0])),
+    })
 }
 
 pub struct Load {
@@ -93,6 +99,8 @@ pub struct Load {
     table: TableName,
     pool: sqlx::PgPool,
     path: std::path::PathBuf,
+    /// Where the dataset's rows came from, when an extract wrote it.
+    lineage_uri: Option<String>,
 }
 
 impl TaskType for LoadConfig {
@@ -134,7 +142,7 @@ impl TaskType for LoadConfig {
         let ds = ctx.input(&self.input)?.clone();
         let path = ctx.local_dataset(&ds).await?;
         let pool = ctx.pg(&self.conn).await?;
-        Ok(Load { cfg: self, table, pool, path })
+        Ok(Load { cfg: self, table, pool, path, lineage_uri: ds.lineage.clone() })
     }
 }
 
@@ -218,6 +226,10 @@ impl Load {
         if self.cfg.mode == Mode::Upsert {
             defs.push(format!("PRIMARY KEY ({})", self.cfg.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")));
         }
+        if let Some(schema) = &self.table.schema {
+            // `create: true` creates what the table needs, its schema included.
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}"))).execute(&mut *conn).await?;
+        }
         let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", self.table.quoted, defs.join(", "));
         tracing::info!("creating table {}", self.table.display);
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await?;
@@ -227,7 +239,13 @@ impl Load {
     /// COPYs the frame into `target` (whose columns are `table`) through
     /// the open transaction, encoding in a blocking thread while the
     /// previous chunk is sent. Binary when every column allows it.
-    async fn copy(&self, conn: &mut sqlx::PgConnection, df: std::sync::Arc<DataFrame>, target: &str, table: &[TableColumn]) -> Result<u64, TaskError> {
+    async fn copy(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        df: std::sync::Arc<DataFrame>,
+        target: &str,
+        table: &[TableColumn],
+    ) -> Result<u64, LoadError> {
         let cols = df.get_column_names().iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
         let pg_types: Vec<&str> = df
             .get_column_names()
@@ -273,23 +291,23 @@ impl Load {
                 let _ = tx.blocking_send(Ok(end));
             }
         });
-        let mut copy = conn.copy_in_raw(&stmt).await?;
+        let mut copy = conn.copy_in_raw(&stmt).await.map_err(LoadError::Copy)?;
         while let Some(chunk) = rx.recv().await {
             match chunk {
                 Ok(bytes) => {
                     if let Err(e) = copy.send(bytes).await {
                         let _ = encoder.await;
-                        return Err(e.into());
+                        return Err(LoadError::Copy(e));
                     }
                 }
                 Err(e) => {
                     let _ = copy.abort(e.clone()).await;
-                    return Err(TaskError::Failed(e));
+                    return Err(LoadError::Task(TaskError::Failed(e)));
                 }
             }
         }
         let _ = encoder.await;
-        Ok(copy.finish().await?)
+        copy.finish().await.map_err(LoadError::Copy)
     }
 
     /// The bounds of the run's interval in the partition column's type.
@@ -361,7 +379,7 @@ impl Run for Load {
             crate::pgcopy::prepare(df)
         })
             .await
-            .map_err(|e| TaskError::Failed(format!("reading the dataset panicked: {e}")))?
+            .map_err(|e| TaskError::from_join("reading the dataset", e))?
             .map_err(TaskError::Failed)?;
         let df = std::sync::Arc::new(df);
         let rows = df.height() as u64;
@@ -391,7 +409,53 @@ impl Run for Load {
             }
         }
 
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.acquire().await.map_err(|e| TaskError::sql(format!("connection `{}`", self.cfg.conn), &e))?;
+        let loaded = self.load_in_tx(ctx, &mut conn, df).await;
+        if loaded.is_err() {
+            // The connection saw an error: it is not returned to the pool.
+            conn.close_on_drop();
+        }
+        let (inserted, updated, deleted) = match loaded {
+            Ok(x) => x,
+            Err(LoadError::Copy(e)) => return Err(self.explain_copy_error(ctx, e).await),
+            Err(LoadError::Task(e)) => return Err(e),
+        };
+        let took = crate::dag::duration::format_elapsed(started.elapsed());
+        tracing::info!(inserted, updated, deleted, "loaded {rows} rows into {} in {took}", self.table.display);
+        let mut note = format!("{} rows into {}", super::thousands(rows), self.table.display);
+        if updated > 0 || self.cfg.mode == Mode::Upsert {
+            note = format!("{} inserted, {} updated in {}", super::thousands(inserted), super::thousands(updated), self.table.display);
+        }
+        if deleted > 0 {
+            note.push_str(&format!(" ({} replaced)", super::thousands(deleted)));
+        }
+        Ok(Outcome::note(note).metric("rows_inserted", inserted).metric("rows_updated", updated).metric("rows_deleted", deleted))
+    }
+}
+
+
+/// Why a load's transaction failed: COPY errors are explained with the
+/// source file and line of the row they name.
+enum LoadError {
+    Copy(sqlx::Error),
+    Task(TaskError),
+}
+
+impl<E: Into<TaskError>> From<E> for LoadError {
+    fn from(e: E) -> LoadError {
+        LoadError::Task(e.into())
+    }
+}
+
+impl Load {
+    /// Everything that touches the table, in one transaction: on any error
+    /// it rolls back and the table is exactly as it was.
+    async fn load_in_tx(
+        &self,
+        ctx: &TaskCtx,
+        conn: &mut sqlx::PgConnection,
+        df: std::sync::Arc<DataFrame>,
+    ) -> Result<(u64, u64, u64), LoadError> {
         let mut tx = conn.begin().await?;
         if let Some(left) = ctx.remaining() {
             let ms = left.as_millis().max(1);
@@ -401,13 +465,13 @@ impl Run for Load {
             Some(c) => c,
             None if self.cfg.create => {
                 self.create_table(&mut tx, &df).await?;
-                table_columns(&mut tx, &self.table).await?.expect("just created")
+                table_columns(&mut tx, &self.table).await?.ok_or_else(|| TaskError::Failed(format!("table {} vanished after it was created", self.table.display)))?
             }
             None => {
                 return Err(TaskError::Failed(format!(
                     "table {} does not exist; create it (e.g. in a sql task) or set `create: true`",
                     self.table.display
-                )));
+                )).into());
             }
         };
         self.check_columns(&df, &cols)?;
@@ -420,7 +484,7 @@ impl Run for Load {
                 (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, deleted)
             }
             Mode::ReplacePartition => {
-                let pcol = self.cfg.partition_column.as_deref().expect("validated");
+                let pcol = self.cfg.partition_column.as_deref().ok_or_else(|| TaskError::Config("partition_column: mode replace_partition needs it".into()))?;
                 let t = cols.iter().find(|c| c.name == pcol).ok_or_else(|| {
                     TaskError::Failed(format!("partition_column `{pcol}` is not a column of {}", self.table.display))
                 })?;
@@ -429,7 +493,7 @@ impl Run for Load {
                 if outside > 0 {
                     return Err(TaskError::Failed(format!(
                         "{outside} row(s) have `{pcol}` outside the run's interval [{start}, {end}) (or null); a rerun could not replace them, so nothing was loaded; filter them in a transform"
-                    )));
+                    )).into());
                 }
                 let sql = format!("DELETE FROM {} WHERE {} >= $1::{kind} AND {} < $2::{kind}", self.table.quoted, quote_ident(pcol), quote_ident(pcol));
                 let deleted = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&start).bind(&end).execute(&mut *tx).await?.rows_affected();
@@ -464,17 +528,45 @@ impl Run for Load {
             }
         };
         tx.commit().await?;
-        let took = crate::dag::duration::format_elapsed(started.elapsed());
-        tracing::info!(inserted, updated, deleted, "loaded {rows} rows into {} in {took}", self.table.display);
-        let mut note = format!("{} rows into {}", super::thousands(rows), self.table.display);
-        if updated > 0 || self.cfg.mode == Mode::Upsert {
-            note = format!("{} inserted, {} updated in {}", super::thousands(inserted), super::thousands(updated), self.table.display);
-        }
-        if deleted > 0 {
-            note.push_str(&format!(" ({} replaced)", super::thousands(deleted)));
-        }
-        Ok(Outcome::note(note).metric("rows_inserted", inserted).metric("rows_updated", updated).metric("rows_deleted", deleted))
+        Ok((inserted, updated, deleted))
     }
+
+    /// A COPY error names a row of the dataset ("COPY t, line 3"); this says
+    /// which line of which source file it came from, when the dataset was
+    /// extracted from files.
+    async fn explain_copy_error(&self, ctx: &TaskCtx, e: sqlx::Error) -> TaskError {
+        let base = TaskError::sql(format!("loading {} into {}", self.cfg.input, self.table.display), &e);
+        let row = match &e {
+            sqlx::Error::Database(db) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| pg.r#where())
+                .and_then(copy_line),
+            _ => None,
+        };
+        let Some(row) = row else { return base };
+        let kind = base.kind();
+        let at = match self.lineage(ctx).await {
+            Some(l) => match l.locate(row - 1) {
+                Some((source, line)) => format!("the row COPY calls line {row} is {source}, line {line}"),
+                None => format!("the row COPY calls line {row} is row {row} of dataset `{}`", self.cfg.input),
+            },
+            None => format!("the row COPY calls line {row} is row {row} of dataset `{}` (written by a transform, so it has no source line)", self.cfg.input),
+        };
+        TaskError::with_kind(kind, format!("{base}; {at}"))
+    }
+
+    async fn lineage(&self, ctx: &TaskCtx) -> Option<crate::formats::Lineage> {
+        let uri = self.lineage_uri.as_ref()?;
+        let path = ctx.local_artifact(uri).await.ok()?;
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// The row number in a COPY error's context: `COPY t, line 3, column x: ...`.
+fn copy_line(context: &str) -> Option<u64> {
+    let rest = context.strip_prefix("COPY ")?;
+    let at = rest.find(", line ")?;
+    rest[at + 7..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 impl Load {

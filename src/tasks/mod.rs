@@ -24,14 +24,17 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::connections::{ConnError, Connection, Connections};
+use crate::connections::{Connection, Connections};
 use crate::dag::schedule::DataInterval;
 use crate::datasets::{DatasetRef, DatasetSummary};
 use crate::diag::{At, Diagnostics};
 use crate::resources::Resources;
-use crate::template::{TemplateError, Templates};
+use crate::template::Templates;
 
+pub mod error;
 pub mod log;
+pub mod sqlcheck;
+pub use error::{ErrorKind, TaskError};
 pub use log::TryLog;
 
 /// What a task type implements.
@@ -56,6 +59,13 @@ pub trait TaskType: DeserializeOwned + JsonSchema + std::fmt::Debug + Send + Syn
     /// dependencies.
     fn inputs(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// What this task leaves for downstream tasks to read, so that an input
+    /// naming a task without a dataset (or without rejects) is refused at
+    /// validation.
+    fn produces(&self) -> Produces {
+        Produces::default()
     }
 
     /// Connection ids this task uses (for `dags show` and the environment check).
@@ -115,6 +125,10 @@ macro_rules! registry {
                 match self { $(TaskConfig::$variant(c) => c.inputs()),* }
             }
 
+            pub fn produces(&self) -> Produces {
+                match self { $(TaskConfig::$variant(c) => c.produces()),* }
+            }
+
             pub fn connections(&self) -> Vec<String> {
                 match self { $(TaskConfig::$variant(c) => c.connections()),* }
             }
@@ -172,6 +186,17 @@ pub fn schema_keys<T: JsonSchema>() -> Vec<String> {
     keys
 }
 
+/// The datasets a task writes for downstream tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Produces {
+    /// A dataset named after the task.
+    pub dataset: bool,
+    /// A `<task>_rejects` dataset (quarantined rows).
+    pub rejects: bool,
+    /// Files to attach to mail (a report's PDF).
+    pub artifacts: bool,
+}
+
 /// What validation may look at outside the DAG file.
 pub trait ValidationEnv {
     /// Reads a project file by a path relative to the project root.
@@ -188,7 +213,8 @@ pub struct ValidateCx<'a, 'd> {
     pub env: &'a dyn ValidationEnv,
     pub templates: &'a Templates,
     pub params: &'a BTreeSet<String>,
-    pub task_ids: &'a BTreeSet<String>,
+    /// Every task of the DAG, with what it produces.
+    pub tasks: &'a BTreeMap<String, Produces>,
 }
 
 impl ValidateCx<'_, '_> {
@@ -235,11 +261,48 @@ impl ValidateCx<'_, '_> {
         self.env.connections().check_reference(id, kind, At::Value(&p), self.diags);
     }
 
-    /// Checks that an input names a task of this DAG (or its `_rejects`).
+    /// Checks that an input names a task of this DAG that writes a
+    /// dataset (or, for `X_rejects`, a task that quarantines rows).
     pub fn check_input(&mut self, key: &str, id: &str) {
-        if crate::dag::input_task(id, |t| self.task_ids.contains(t)).is_none() {
-            let hint = crate::diag::hint(id, self.task_ids.iter().map(String::as_str));
-            self.error(key, format!("input `{id}` is not a task of this DAG{hint}"));
+        if crate::template::is_template(id) {
+            return;
+        }
+        match self.tasks.get(id) {
+            Some(p) if p.dataset => {}
+            Some(_) => self.error(
+                key,
+                format!("input `{id}` is a task that writes no dataset; only extract and transform tasks produce datasets to read"),
+            ),
+            None => match id.strip_suffix("_rejects").and_then(|t| self.tasks.get(t).map(|p| (t, p))) {
+                Some((_, p)) if p.rejects => {}
+                Some((t, _)) => self.error(
+                    key,
+                    format!(
+                        "input `{id}` names the rejects of `{t}`, which keeps none: an extract quarantines rows only with `on_bad_rows: quarantine` (and never from Parquet), a transform only with `rejects:`"
+                    ),
+                ),
+                None => {
+                    let hint = crate::diag::hint(id, self.tasks.keys().map(String::as_str));
+                    self.error(key, format!("input `{id}` is not a task of this DAG{hint}"));
+                }
+            },
+        }
+    }
+}
+
+impl ValidateCx<'_, '_> {
+    /// Checks that `id` names a task of this DAG whose files can be attached.
+    pub fn check_artifacts(&mut self, key: &str, id: &str) {
+        if crate::template::is_template(id) {
+            return;
+        }
+        match self.tasks.get(id) {
+            Some(p) if p.artifacts => {}
+            Some(_) => self.error(key, format!("`{id}` writes no file to attach; attach names tasks that write files, such as a report")),
+            None => {
+                let hint = crate::diag::hint(id, self.tasks.keys().map(String::as_str));
+                self.error(key, format!("`{id}` is not a task of this DAG{hint}"));
+            }
         }
     }
 }
@@ -289,8 +352,9 @@ impl TaskCtx {
     /// Reads a project file (SQL, report definitions) and renders it.
     pub fn read_template_file(&self, rel: &str) -> Result<String, TaskError> {
         let path = self.project_path(rel);
-        let text = std::fs::read_to_string(&path).map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", path.display())))?;
-        self.render(&text).map_err(|e| TaskError::Failed(format!("in {rel}: {e}")))
+        // A project file that is missing now will be missing on the next try.
+        let text = std::fs::read_to_string(&path).map_err(|e| TaskError::permanent(format!("cannot read {}: {e}", path.display())))?;
+        self.render(&text).map_err(|e| TaskError::Config(format!("in {rel}: {e}")))
     }
 
     pub fn conn(&self, id: &str, kind: &str) -> Result<&Connection, TaskError> {
@@ -341,7 +405,7 @@ impl TaskCtx {
         let bytes = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
         let uri = self.commit_file(tmp, &format!("{name}.parquet")).await?;
         tracing::info!(dataset = name, rows, bytes, uri = %uri, "dataset written");
-        Ok(DatasetSummary { uri, rows, bytes, schema: crate::datasets::schema_of(schema) })
+        Ok(DatasetSummary { uri, rows, bytes, schema: crate::datasets::schema_of(schema), lineage: None })
     }
 
     /// Moves a finished file into the run's staging folder as `file_name`
@@ -363,9 +427,18 @@ impl TaskCtx {
                 Ok(dest.display().to_string())
             }
             crate::datasets::Staging::S3 { root, .. } => {
-                let client = self.res.staging_client()?.expect("S3 staging has a client");
+                let (client, conn) = self.res.staging_client()?;
                 let to = root.join(&format!("{}/{}/{file_name}", self.dag_id, self.run_key()));
-                crate::s3::upload(&client, tmp, &to).await.map_err(|e| TaskError::Failed(format!("uploading {file_name}: {e}")))?;
+                crate::s3::upload(&client, tmp, &to).await.map_err(|e| {
+                    TaskError::with_kind(
+                        e.kind(),
+                        format!(
+                            "uploading {file_name} to the staging area (S3 connection `{}` at {}): {e}",
+                            conn.id,
+                            crate::s3::endpoint_of(&conn)
+                        ),
+                    )
+                })?;
                 let _ = std::fs::remove_file(tmp);
                 Ok(to.to_string())
             }
@@ -374,7 +447,7 @@ impl TaskCtx {
 
     /// A local path to a file in the staging area (downloaded when on S3).
     pub async fn local_artifact(&self, uri: &str) -> Result<PathBuf, TaskError> {
-        let summary = DatasetSummary { uri: uri.to_string(), rows: 0, bytes: 0, schema: Vec::new() };
+        let summary = DatasetSummary { uri: uri.to_string(), rows: 0, bytes: 0, schema: Vec::new(), lineage: None };
         self.local_dataset(&summary).await
     }
 
@@ -388,7 +461,7 @@ impl TaskCtx {
             (frame, r)
         })
         .await
-        .map_err(|e| TaskError::Failed(format!("writing the dataset panicked: {e}")))?;
+        .map_err(|e| TaskError::from_join("writing the dataset", e))?;
         *df = frame;
         res.map_err(TaskError::Failed)?;
         let schema = df.schema().as_ref().clone();
@@ -398,13 +471,25 @@ impl TaskCtx {
     /// A local path to a dataset's Parquet file (downloaded when on S3).
     pub async fn local_dataset(&self, ds: &DatasetSummary) -> Result<PathBuf, TaskError> {
         if ds.uri.starts_with("s3://") {
-            let client = self
-                .res
-                .staging_client()?
-                .ok_or_else(|| TaskError::Failed(format!("dataset {} is on S3 but SLUICE_STAGING is not an s3:// prefix", ds.uri)))?;
+            if !matches!(self.res.staging, crate::datasets::Staging::S3 { .. }) {
+                return Err(TaskError::permanent(format!(
+                    "dataset {} is on S3 but SLUICE_STAGING here is not an s3:// prefix; every worker needs the same SLUICE_STAGING",
+                    ds.uri
+                )));
+            }
+            let (client, conn) = self.res.staging_client()?;
             let from = crate::s3::S3Uri::parse(&ds.uri).map_err(TaskError::Failed)?;
             let to = self.scratch.path().join(format!("in-{}.parquet", uuid::Uuid::new_v4().simple()));
-            crate::s3::download(&client, &from, &to).await.map_err(|e| TaskError::Failed(format!("reading the dataset: {e}")))?;
+            crate::s3::download(&client, &from, &to).await.map_err(|e| {
+                TaskError::with_kind(
+                    e.kind(),
+                    format!(
+                        "reading the dataset from the staging area (S3 connection `{}` at {}): {e}",
+                        conn.id,
+                        crate::s3::endpoint_of(&conn)
+                    ),
+                )
+            })?;
             Ok(to)
         } else {
             let p = PathBuf::from(&ds.uri);
@@ -459,34 +544,6 @@ impl Outcome {
     pub fn metric(mut self, key: &str, v: impl Into<serde_json::Value>) -> Outcome {
         self.metrics.insert(key.to_string(), v.into());
         self
-    }
-}
-
-/// Why a try failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    #[error("{0}")]
-    Failed(String),
-    /// A process exited with a non-zero status.
-    #[error("{message}")]
-    Exit { code: i32, message: String },
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    #[error(transparent)]
-    Connection(#[from] ConnError),
-    #[error("{}", crate::state::describe_sqlx(.0))]
-    Sql(#[from] sqlx::Error),
-    #[error("the rendered config is invalid: {0}")]
-    Config(String),
-    #[error("timed out after {0} (execution_timeout)")]
-    Timeout(String),
-    #[error("cancelled: {0}")]
-    Cancelled(String),
-}
-
-impl TaskError {
-    pub fn failed(msg: impl Into<String>) -> TaskError {
-        TaskError::Failed(msg.into())
     }
 }
 

@@ -97,6 +97,10 @@ impl TaskType for ReportConfig {
         vec![self.conn.clone()]
     }
 
+    fn produces(&self) -> super::Produces {
+        super::Produces { artifacts: true, ..Default::default() }
+    }
+
     async fn build(self, ctx: &TaskCtx) -> Result<Report, TaskError> {
         let text = std::fs::read_to_string(ctx.project_path(&self.definition))
             .map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", self.definition)))?;
@@ -204,7 +208,7 @@ impl Run for Report {
             crate::report::render(&crate::report::Input { def: &def, lang, period, generated: chrono::Utc::now(), data: &d2, fonts: &fonts })
         })
         .await
-        .map_err(|e| TaskError::Failed(format!("rendering panicked: {e}")))?
+        .map_err(|e| TaskError::from_join("rendering the report", e))?
         .map_err(|e| TaskError::Failed(format!("rendering {}: {e}", self.definition)))?;
 
         // The staging copy, for downstream tasks; then the local copy.

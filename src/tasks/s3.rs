@@ -118,7 +118,7 @@ fn uri(v: &Option<String>, key: &str) -> Result<S3Uri, TaskError> {
 
 impl S3Task {
     fn fail(&self) -> impl Fn(crate::s3::S3Error) -> TaskError + '_ {
-        move |e| TaskError::Failed(format!("S3 connection `{}` ({}): {e}", self.conn_id, self.endpoint))
+        move |e| TaskError::with_kind(e.kind(), format!("S3 connection `{}` ({}): {e}", self.conn_id, self.endpoint))
     }
 
     fn local_files(&self, ctx: &TaskCtx, src: &str) -> Result<Vec<PathBuf>, TaskError> {
@@ -187,7 +187,7 @@ impl Run for S3Task {
                     .key(&to.key)
                     .send()
                     .await
-                    .map_err(|e| TaskError::Failed(format!("copy {from} to {to}: {}", crate::s3::describe(&e))))?;
+                    .map_err(|e| self.fail()(crate::s3::req("COPY", &to, e)))?;
                 Ok(Outcome::note(format!("copied {from} to {to}")))
             }
             Op::Delete => {
@@ -204,7 +204,7 @@ impl Run for S3Task {
                         .key(k)
                         .send()
                         .await
-                        .map_err(|e| TaskError::Failed(format!("delete s3://{}/{k}: {}", at.bucket, crate::s3::describe(&e))))?;
+                        .map_err(|e| self.fail()(crate::s3::req("DELETE", &S3Uri { bucket: at.bucket.clone(), key: k.clone() }, e)))?;
                 }
                 Ok(Outcome::note(format!("deleted {} object(s)", keys.len())).metric("objects", keys.len() as u64))
             }

@@ -9,7 +9,8 @@
 //!
 //! The command runs in its own process group: when the try times out or is
 //! interrupted, the whole group (the shell and everything it started) gets
-//! SIGTERM, then SIGKILL two seconds later.
+//! SIGTERM, then SIGKILL two seconds later; when the worker dies, the group
+//! dies with it (see [`crate::process`]).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -44,11 +45,36 @@ pub struct ShellConfig {
 }
 
 /// A shell string or an argument list.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum Command {
     Shell(String),
     Argv(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_yaml::Value;
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        };
+        match Value::deserialize(d)? {
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| scalar(v).ok_or_else(|| D::Error::custom(format!("argument {} of the command list is not a string", i + 1))))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Command::Argv),
+            Value::Mapping(_) => Err(D::Error::custom(
+                "the command is a mapping, so YAML read a `: ` in it as a key; quote the whole command (`command: \"echo a: b\"`) or use a list of arguments",
+            )),
+            v => scalar(&v).map(Command::Shell).ok_or_else(|| D::Error::custom("the command must be a string (run with `sh -c`) or a list of arguments")),
+        }
+    }
 }
 
 pub struct Shell {
@@ -105,13 +131,21 @@ impl Run for Shell {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        tracing::info!("running {}", shell_words(&self.argv));
+        let worker = std::process::id() as libc::pid_t;
+        // SAFETY: `supervise` makes only async-signal-safe calls (see there).
+        unsafe {
+            cmd.pre_exec(move || crate::process::supervise(worker));
+        }
+        // Masked before quoting: a quoted secret would not match its mask.
+        let shown: Vec<String> = self.argv.iter().map(|a| crate::secrets::mask(a)).collect();
+        tracing::info!("running {}", shell_words(&shown));
         let mut child = cmd
             .spawn()
             .map_err(|e| TaskError::Failed(format!("cannot start `{}`: {e}", self.argv[0])))?;
-        let group = GroupGuard(child.id().map(|p| p as i32));
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
+        let group = crate::process::Group::new(child.id());
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(TaskError::Panic("the command's output pipes are missing".into()));
+        };
         let log_out = ctx.log.clone();
         let log_err = ctx.log.clone();
         let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<String>::new()));
@@ -156,34 +190,6 @@ impl Run for Shell {
                 Err(TaskError::Exit { code: code.unwrap_or(-1), message })
             }
         }
-    }
-}
-
-/// Kills the process group when dropped while armed: a try that times out
-/// or is interrupted drops the future running the command.
-struct GroupGuard(Option<i32>);
-
-impl GroupGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let Some(pgid) = self.0 else { return };
-        // SAFETY: killpg only sends signals; a missing group is ESRCH.
-        unsafe {
-            libc::killpg(pgid, libc::SIGTERM);
-        }
-        tracing::warn!(pgid, "killed the command's process group");
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_secs(2));
-            // SAFETY: as above.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        });
     }
 }
 

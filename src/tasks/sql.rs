@@ -43,6 +43,7 @@ pub struct SqlConfig {
 }
 
 pub struct Sql {
+    conn: String,
     pool: sqlx::PgPool,
     statements: Vec<Statement>,
     params: Vec<serde_json::Value>,
@@ -99,16 +100,16 @@ impl TaskType for SqlConfig {
         let (text, source) = match (&self.sql, &self.file) {
             (Some(s), _) => (s.clone(), "inline SQL".to_string()),
             (None, Some(f)) => (ctx.read_template_file(f)?, f.clone()),
-            (None, None) => return Err(TaskError::Config("no `sql` or `file`".into())),
+            (None, None) => return Err(TaskError::Config("a sql task needs `sql` or `file`".into())),
         };
         let statements = split_statements(&text);
         if statements.is_empty() {
-            return Err(TaskError::Failed(format!("{source} holds no SQL statement")));
+            return Err(TaskError::Config(format!("{source} holds no SQL statement")));
         }
         let params = self.parameters.iter().map(|p| ctx.render_native(p)).collect::<Result<Vec<_>, _>>()?;
         for s in &statements {
             if s.max_param > params.len() {
-                return Err(TaskError::Failed(format!(
+                return Err(TaskError::Config(format!(
                     "{source}, line {}: the statement uses ${} but only {} parameter(s) are given",
                     s.line,
                     s.max_param,
@@ -117,17 +118,35 @@ impl TaskType for SqlConfig {
             }
         }
         let pool = ctx.pg(&self.conn).await?;
-        Ok(Sql { pool, statements, params, transaction: self.transaction.unwrap_or(true), source })
+        Ok(Sql { conn: self.conn.clone(), pool, statements, params, transaction: self.transaction.unwrap_or(true), source })
     }
 }
 
 impl Run for Sql {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.acquire().await.map_err(|e| TaskError::sql(format!("connection `{}`", self.conn), &e))?;
+        let result = self.run_on(ctx, &mut conn).await;
+        if result.is_err() {
+            // A connection that saw an error is closed, never returned to
+            // the pool: a later task must not inherit its state.
+            conn.close_on_drop();
+        }
+        let (n, last_rows) = result?;
+        let plural = if n == 1 { "" } else { "s" };
+        Ok(Outcome::note(format!("{n} statement{plural}, last: {} rows", super::thousands(last_rows)))
+            .metric("statements", n as u64)
+            .metric("rows", last_rows))
+    }
+}
+
+impl Sql {
+    /// Runs the statements; returns how many ran and the rows the last one
+    /// affected, as the server reported them.
+    async fn run_on(&self, ctx: &TaskCtx, conn: &mut PgConnection) -> Result<(usize, u64), TaskError> {
         let n = self.statements.len();
         let mut last_rows = 0u64;
         if self.transaction {
-            let mut tx = conn.begin().await?;
+            let mut tx = conn.begin().await.map_err(|e| TaskError::sql("BEGIN", &e))?;
             if let Some(left) = ctx.remaining() {
                 // Stop the server-side work too when the try times out.
                 let ms = left.as_millis().max(1);
@@ -136,16 +155,13 @@ impl Run for Sql {
             for (i, s) in self.statements.iter().enumerate() {
                 last_rows = self.execute(&mut tx, s, i, n).await?;
             }
-            tx.commit().await?;
+            tx.commit().await.map_err(|e| TaskError::sql("COMMIT", &e))?;
         } else {
             for (i, s) in self.statements.iter().enumerate() {
-                last_rows = self.execute(&mut conn, s, i, n).await?;
+                last_rows = self.execute(conn, s, i, n).await?;
             }
         }
-        let plural = if n == 1 { "" } else { "s" };
-        Ok(Outcome::note(format!("{n} statement{plural}, last: {} rows", super::thousands(last_rows)))
-            .metric("statements", n as u64)
-            .metric("rows", last_rows))
+        Ok((n, last_rows))
     }
 }
 
@@ -161,16 +177,7 @@ impl Sql {
             }
             q.execute(&mut *conn).await
         };
-        let r = result.map_err(|e| {
-            TaskError::Failed(format!(
-                "{}, statement {}/{} (line {}): {}",
-                self.source,
-                i + 1,
-                n,
-                s.line,
-                crate::state::describe_sqlx(&e)
-            ))
-        })?;
+        let r = result.map_err(|e| TaskError::sql(format!("{}, statement {}/{} (line {})", self.source, i + 1, n, s.line), &e))?;
         tracing::info!(
             "statement {}/{} (line {}): {} rows in {}",
             i + 1,

@@ -118,19 +118,27 @@ impl TaskType for TransformConfig {
         for (_, t) in &pairs {
             cx.check_input("inputs", t);
         }
+        let tables: Vec<String> = pairs.iter().map(|(a, _)| a.clone()).collect();
         match (&self.sql, &self.file) {
             (Some(_), Some(_)) => cx.error("file", "give either `sql` or `file`, not both"),
+            (Some(q), None) => check_query(cx, "sql", q, &tables),
             (None, Some(f)) => {
-                cx.check_file("file", f);
+                if let Some(q) = cx.check_file("file", f) {
+                    check_query(cx, "file", &q, &tables);
+                }
             }
-            (None, None) if pairs.len() != 1 => cx.error("inputs", "without `sql` or `file`, a transform takes exactly one input (its steps apply to it)"),
+            (None, None) if pairs.len() != 1 => {
+                cx.error("inputs", "without `sql` or `file`, a transform takes exactly one input (its steps apply to it)")
+            }
             _ => {}
         }
         if let Some(r) = &self.rejects {
             match (&r.sql, &r.file) {
-                (Some(_), None) => {}
+                (Some(q), None) => check_query(cx, "rejects.sql", q, &tables),
                 (None, Some(f)) => {
-                    cx.check_file("rejects", f);
+                    if let Some(q) = cx.check_file("rejects.file", f) {
+                        check_query(cx, "rejects.file", &q, &tables);
+                    }
                 }
                 _ => cx.error("rejects", "`rejects` needs exactly one of `sql` or `file`"),
             }
@@ -150,6 +158,10 @@ impl TaskType for TransformConfig {
 
     fn inputs(&self) -> Vec<String> {
         self.inputs.pairs().into_iter().map(|(_, t)| t).collect()
+    }
+
+    fn produces(&self) -> super::Produces {
+        super::Produces { dataset: true, rejects: self.rejects.is_some(), artifacts: false }
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Transform, TaskError> {
@@ -172,8 +184,42 @@ impl TaskType for TransformConfig {
     }
 }
 
+/// Checks that a query parses and reads only the transform's input tables.
+fn check_query(cx: &mut ValidateCx<'_, '_>, key: &str, sql: &str, tables: &[String]) {
+    if crate::template::is_template(sql) {
+        return;
+    }
+    let stmts = match super::sqlcheck::parse(sql, super::sqlcheck::Engine::Polars) {
+        Ok(s) => s,
+        Err(e) => return cx.error(key, format!("the query does not parse: {e}")),
+    };
+    for t in super::sqlcheck::tables_read(&stmts) {
+        if !tables.iter().any(|x| x.eq_ignore_ascii_case(&t)) {
+            let hint = crate::diag::hint(&t, tables.iter().map(String::as_str));
+            cx.error(
+                key,
+                format!(
+                    "the query reads table `{t}`, which is not an input of this transform{hint}; its tables are its inputs: {} (add `{t}` to `inputs`)",
+                    tables.join(", ")
+                ),
+            );
+        }
+    }
+}
+
 fn polars_err(what: &str) -> impl Fn(PolarsError) -> TaskError + '_ {
-    move |e| TaskError::Failed(format!("{what}: {e}"))
+    move |e| TaskError::with_kind(polars_kind(&e), format!("{what}: {e}"))
+}
+
+/// A query that does not parse or names a missing table or column fails
+/// the same way on every try.
+pub fn polars_kind(e: &PolarsError) -> super::ErrorKind {
+    match e {
+        PolarsError::SQLSyntax(_) | PolarsError::SQLInterface(_) | PolarsError::ColumnNotFound(_) | PolarsError::SchemaFieldNotFound(_) => {
+            super::ErrorKind::Permanent
+        }
+        _ => super::ErrorKind::Failed,
+    }
 }
 
 /// Applies declarative steps to a lazy frame.
@@ -229,7 +275,7 @@ impl Run for Transform {
                 sql.register(name, crate::datasets::scan(path).map_err(polars_err("reading input"))?);
             }
             let base = match &query {
-                Some(q) => sql.execute(q).map_err(|e| TaskError::Failed(format!("the query failed: {e}")))?,
+                Some(q) => sql.execute(q).map_err(|e| TaskError::with_kind(polars_kind(&e), format!("the query failed: {e}")))?,
                 None => crate::datasets::scan(&tables[0].1).map_err(polars_err("reading input"))?,
             };
             let lf = apply_steps(base, &steps)?;
@@ -255,7 +301,7 @@ impl Run for Transform {
             Ok((df, rejects))
         })
         .await
-        .map_err(|e| TaskError::Failed(format!("the transform panicked: {e}")))??;
+        .map_err(|e| TaskError::from_join("the transform", e))??;
         let dataset = ctx.write_dataset(&ctx.task_id, &mut df).await?;
         let mut out = Outcome::note(format!("{} rows", super::thousands(df.height() as u64))).metric("rows", df.height() as u64);
         if let Some(mut r) = rejects {

@@ -3,39 +3,14 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::Project;
+use crate::harness::{Project, term, wait_until};
 
-/// Starts `sluice daemon` in the project, logging to `daemon-<name>.log`.
 fn daemon(p: &Project, name: &str, extra: &[&str]) -> Child {
-    // The daemon migrates too, but the test's own queries may come first.
-    p.sluice(&["db", "migrate"]).ok();
-    let log = std::fs::File::create(p.path().join(format!("daemon-{name}.log"))).unwrap();
-    let mut args = vec!["daemon", "--poll", "200ms", "-v"];
-    if !extra.contains(&"--health-addr") {
-        args.extend_from_slice(&["--health-addr", "off"]);
-    }
-    args.extend_from_slice(extra);
-    p.command(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    p.daemon(name, extra)
 }
 
 fn count(p: &Project, sql: &str) -> i64 {
-    p.state_sql(sql).first().map(|s| s.parse().unwrap()).unwrap_or(0)
-}
-
-fn term(child: &mut Child) -> std::process::ExitStatus {
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap()
+    p.count(sql)
 }
 
 /// A plain HTTP/1.1 GET; returns the status line and the body.
@@ -98,7 +73,9 @@ sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
 sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {
     let mut dag = String::from("max_active_tasks: 12\ntasks:\n");
     for i in 0..200 {
-        dag.push_str(&format!("  - {{ id: t{i:03}, type: shell, command: 'echo {{{{ task_id }}}} $PPID >> ran.txt' }}\n"));
+        dag.push_str(&format!(
+            "  - {{ id: t{i:03}, type: shell, command: 'echo {{{{ task_id }}}} $(cut -d\" \" -f4 /proc/$PPID/stat) >> ran.txt' }}\n"
+        ));
     }
     p.write("dags/many.yaml", &dag);
     let mut a = daemon(&p, "a", &["--parallelism", "6"]);

@@ -100,7 +100,11 @@ sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns
     assert!(states.values().all(|(s, _)| s == "success"), "{states:?}\n{}", out.all());
 
     // Extract: bad rows quarantined with their lines and reasons.
-    assert!(out.stdout.contains("6 rows from 1 file; 2 quarantined (1 unparsable value, 1 wrong field count)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("8 rows read from 1 file: 6 loaded, 2 quarantined (1 unparsable value, 1 wrong field count)"),
+        "{}",
+        out.stdout
+    );
     let rejects = read_parquet(&p.path().join(format!(".sluice/staging/pipeline/{run}/orders_rejects.parquet")));
     let lines: Vec<i64> = rejects.column("line").unwrap().i64().unwrap().into_no_null_iter().collect();
     let reasons: Vec<&str> = rejects.column("reason").unwrap().str().unwrap().iter().map(|v| v.unwrap()).collect();
@@ -119,7 +123,7 @@ sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns
         vec!["naver|10|15500.00", "coupang|12|7200.50"]
     );
     assert_eq!(p.scalar("SELECT count(*) FROM visits"), "6");
-    assert!(out.stdout.contains("6 rows from 1 file; 1 skipped (1 line does not match the pattern)"), "{}", out.stdout);
+    assert!(out.stdout.contains("7 rows read from 1 file: 6 loaded, 1 skipped (1 line does not match the pattern)"), "{}", out.stdout);
 
     // Checks: the warn-level check recorded a warning and let the run go on.
     assert!(out.all().contains("check big_baskets failed"), "{}", out.all());
@@ -274,11 +278,13 @@ tasks:
     source: data/items.csv
     schema: { id: int, price: int, day: date }
     on_bad_rows: quarantine
+    max_bad_ratio: 1
   - id: events
     type: extract
     source: data/events.ndjson
     schema: { id: int, kind: text }
     on_bad_rows: quarantine
+    max_bad_ratio: 1
   - id: strict
     type: extract
     source: data/items.csv
@@ -307,7 +313,8 @@ tasks:
     assert_eq!(s["strict"].0, "failed");
     assert_eq!(s["bounded"].0, "failed");
     assert!(
-        out.stdout.contains("2 rows from 1 file; 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"),
+        out.stdout
+            .contains("6 rows read from 1 file: 2 loaded, 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"),
         "{}",
         out.stdout
     );

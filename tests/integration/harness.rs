@@ -6,8 +6,9 @@
 //! fail and say so: a skipped test would pass without testing anything.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Defines a test that gets a fresh [`Project`] named after the test.
 #[macro_export]
@@ -233,6 +234,90 @@ impl Project {
         let out = self.sluice(&["runs", "list", dag, "--json", "--limit", "1"]).ok();
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
         v[0]["run_id"].as_i64().expect("a run exists")
+    }
+}
+
+impl Project {
+    /// Runs sluice and waits at most `deadline` for it to exit; a run that
+    /// hangs is killed and the test fails, saying so.
+    #[track_caller]
+    pub fn sluice_within(&self, args: &[&str], deadline: Duration) -> Out {
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run sluice");
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if start.elapsed() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "`sluice {}` did not finish within {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `sluice daemon` in the project, logging to `daemon-<name>.log`.
+    pub fn daemon(&self, name: &str, extra: &[&str]) -> Child {
+        // The daemon migrates too, but the test's own queries may come first.
+        self.sluice(&["db", "migrate"]).ok();
+        let log = std::fs::File::create(self.path().join(format!("daemon-{name}.log"))).unwrap();
+        let mut args = vec!["daemon", "--poll", "200ms", "-v"];
+        if !extra.contains(&"--health-addr") {
+            args.extend_from_slice(&["--health-addr", "off"]);
+        }
+        args.extend_from_slice(extra);
+        self.command(&args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    /// A number from the state schema.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.state_sql(sql).first().map(|s| s.parse().unwrap()).unwrap_or(0)
+    }
+
+    /// A task instance of a run, from `sluice runs show --json`.
+    pub fn task_json(&self, run_id: i64, task: &str) -> serde_json::Value {
+        let v = self.run_json(run_id);
+        v["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == task).cloned().unwrap_or_else(|| panic!("no task {task} in {v}"))
+    }
+}
+
+/// Waits for a condition, polling; fails the test after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Sends SIGTERM and waits for the process to exit.
+pub fn term(child: &mut Child) -> std::process::ExitStatus {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap()
+}
+
+/// Whether a process exists and is not a zombie (a dead process that its
+/// parent, here maybe a container's init, has not reaped yet).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_none_or(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 

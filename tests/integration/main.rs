@@ -8,6 +8,8 @@ mod cli;
 mod daemon;
 mod data;
 mod report;
+mod rows;
 mod runs;
 mod shop;
+mod tries;
 mod validate;
