@@ -584,13 +584,13 @@ impl Run for Extract {
         } else {
             format!("{n_files} file{}", if n_files == 1 { "" } else { "s" })
         };
-        let mut note = format!("{} rows read from {from}: {} loaded", super::thousands(counts.read), super::thousands(counts.loaded));
-        if counts.quarantined > 0 {
-            note.push_str(&format!(", {} quarantined", super::thousands(counts.quarantined)));
-        }
-        if counts.skipped > 0 {
-            note.push_str(&format!(", {} skipped", super::thousands(counts.skipped)));
-        }
+        let mut note = format!(
+            "{} rows read from {from}: {} loaded, {} quarantined, {} skipped",
+            super::thousands(counts.read),
+            super::thousands(counts.loaded),
+            super::thousands(counts.quarantined),
+            super::thousands(counts.skipped)
+        );
         if bad_total > 0 {
             note.push_str(&format!(" ({})", describe_bad(&r.bad)));
         }

@@ -101,7 +101,7 @@ sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns
 
     // Extract: bad rows quarantined with their lines and reasons.
     assert!(
-        out.stdout.contains("8 rows read from 1 file: 6 loaded, 2 quarantined (1 unparsable value, 1 wrong field count)"),
+        out.stdout.contains("8 rows read from 1 file: 6 loaded, 2 quarantined, 0 skipped (1 unparsable value, 1 wrong field count)"),
         "{}",
         out.stdout
     );
@@ -123,7 +123,11 @@ sluice_test!(the_data_pipeline_extracts_every_format_loads_every_mode_and_reruns
         vec!["naver|10|15500.00", "coupang|12|7200.50"]
     );
     assert_eq!(p.scalar("SELECT count(*) FROM visits"), "6");
-    assert!(out.stdout.contains("7 rows read from 1 file: 6 loaded, 1 skipped (1 line does not match the pattern)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("7 rows read from 1 file: 6 loaded, 0 quarantined, 1 skipped (1 line does not match the pattern)"),
+        "{}",
+        out.stdout
+    );
 
     // Checks: the warn-level check recorded a warning and let the run go on.
     assert!(out.all().contains("check big_baskets failed"), "{}", out.all());
@@ -313,8 +317,9 @@ tasks:
     assert_eq!(s["strict"].0, "failed");
     assert_eq!(s["bounded"].0, "failed");
     assert!(
-        out.stdout
-            .contains("6 rows read from 1 file: 2 loaded, 4 quarantined (1 invalid encoding, 2 unparsable value, 1 wrong field count)"),
+        out.stdout.contains(
+            "6 rows read from 1 file: 2 loaded, 4 quarantined, 0 skipped (1 invalid encoding, 2 unparsable value, 1 wrong field count)"
+        ),
         "{}",
         out.stdout
     );
@@ -456,4 +461,41 @@ sluice_test!(a_wrong_http_token_fails_with_the_status, |p| {
     let json = p.run_json(p.last_run("h"));
     let e = json["tasks"][0]["error"].as_str().unwrap().to_string();
     assert!(e.contains("HTTP 401 Unauthorized: missing or wrong token"), "{e}");
+});
+
+// A COPY error names a row of the dataset; the load says which line of
+// which source file it came from (bad rows and blank lines before it make
+// the two differ).
+sluice_test!(a_copy_error_names_the_source_file_and_line, |p| {
+    p.write("data/pay.csv", "id,amount\n1,10\n2,oops\n\n3,30\n4,-40\n5,50\n");
+    p.write(
+        "dags/pay.yaml",
+        r#"
+tasks:
+  - id: table
+    type: sql
+    conn: warehouse
+    sql: CREATE TABLE pay (id int PRIMARY KEY, amount int NOT NULL CHECK (amount >= 0))
+  - id: pay
+    type: extract
+    source: data/pay.csv
+    schema: { id: int, amount: int }
+    on_bad_rows: quarantine
+    max_bad_ratio: 0.5
+  - { id: load, type: load, input: pay, conn: warehouse, table: pay, mode: append, depends_on: [table] }
+  - id: moved
+    type: transform
+    inputs: [pay]
+    sql: SELECT * FROM pay ORDER BY id DESC
+  - { id: load_moved, type: load, input: moved, conn: warehouse, table: pay, mode: append, depends_on: [load], trigger_rule: all_done }
+"#,
+    );
+    p.sluice(&["run", "pay", "--date", "2024-01-05"]).code(1);
+    let run = p.last_run("pay");
+    let e = p.task_json(run, "load")["error"].as_str().unwrap().to_string();
+    // Dataset row 3 (COPY's "line 3") is line 6 of the file.
+    assert!(e.contains("pay_amount_check") && e.contains("the row COPY calls line 3 is data/pay.csv, line 6"), "{e}");
+    let e = p.task_json(run, "load_moved")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("row 2 of dataset `moved`"), "{e}");
+    assert_eq!(p.scalar("SELECT count(*) FROM pay"), "0");
 });
