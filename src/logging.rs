@@ -50,25 +50,36 @@ impl Drop for CaptureGuard {
 }
 
 /// Sets up logging. `default_level` applies to sluice's own events when
-/// `RUST_LOG` is unset.
-pub fn init(format: LogFormat, default_level: Level) {
+/// `RUST_LOG` is unset; `show_tries` also prints the events inside tries
+/// (which go to each try's own log in any case).
+pub fn init(format: LogFormat, default_level: Level, show_tries: bool) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,sluice={}", default_level.as_str().to_ascii_lowercase())));
     let writer = || MaskingWriter::new(std::io::stderr());
     let stderr_layer = match format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(writer).with_target(false).compact().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().with_writer(writer).json().flatten_event(true).boxed(),
+        LogFormat::Human => {
+            tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(use_color()).with_target(false).compact().boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false).json().flatten_event(true).boxed(),
     };
     let capture_filter = filter::Targets::new().with_target("sluice", Level::INFO).with_default(Level::WARN);
     // Events inside a try belong to the try's log (and the progress display);
     // on stderr they only add noise unless asked for with -v.
-    let show_tries = default_level >= Level::INFO || std::env::var_os("RUST_LOG").is_some();
+    let show_tries = show_tries || std::env::var_os("RUST_LOG").is_some();
     let outside_tries =
         filter::DynFilterFn::new(move |_, cx| show_tries || !cx.lookup_current().is_some_and(|s| s.scope().any(|x| x.name() == "try")));
     let _ = tracing_subscriber::registry()
         .with(stderr_layer.with_filter(filter).with_filter(outside_tries))
         .with(CaptureLayer.with_filter(capture_filter))
         .try_init();
+}
+
+/// Colour on a terminal only, and never with `NO_COLOR` set
+/// (<https://no-color.org>): a log written to a file or a pipe has no
+/// escape codes.
+pub fn use_color() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 struct CaptureLayer;

@@ -82,7 +82,8 @@ pub async fn backfill_dag(
 ) -> Result<BackfillSummary> {
     let steps = backfill::plan(runner, &dag, from, to, reprocess).await.context("planning the backfill")?;
     let tz = dag.timezone;
-    let day = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
+    // With the offset: an hour that happens twice must read as two.
+    let day = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M%:z").to_string();
     let mut summary = BackfillSummary::default();
     let count = |a: &Action| steps.iter().filter(|s| &s.action == a).count();
     eprintln!(
@@ -106,12 +107,17 @@ pub async fn backfill_dag(
     let hb = runner.spawn_heartbeat(hb_stop.clone());
     let stop = CancellationToken::new();
     {
+        // Ctrl-C and SIGTERM stop the running tries (requeued, not failed)
+        // and end the backfill; running the same command again resumes it.
         let stop = stop.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("\ninterrupted: the runs in progress are stopped; run the same backfill again to continue");
-                stop.cancel();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match &mut term { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
+            eprintln!("\ninterrupted: the runs in progress are stopped; run the same backfill again to continue");
+            stop.cancel();
         });
     }
     let max = max_active.unwrap_or(dag.max_active_runs as usize).max(1);
@@ -147,7 +153,7 @@ pub async fn backfill_dag(
     hb_stop.cancel();
     let _ = hb.await;
     runner.store.stop_worker(&runner.worker).await.ok();
-    result?;
+    result.with_context(|| format!("the backfill of {} stopped; run the same command again to resume it", dag.dag_id))?;
     if stop.is_cancelled() {
         summary.interrupted = true;
     }

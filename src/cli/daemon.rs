@@ -21,9 +21,15 @@ pub struct DaemonArgs {
     #[arg(long, env = "SLUICE_GRACE_PERIOD", default_value = "60s", value_parser = parse_dur)]
     pub grace_period: std::time::Duration,
     /// A running try whose worker has not heartbeated for this long is
-    /// failed and retried by its retry rules.
+    /// taken for lost with its worker, and requeued.
     #[arg(long, env = "SLUICE_HEARTBEAT_TIMEOUT", default_value = "60s", value_parser = parse_dur)]
     pub heartbeat_timeout: std::time::Duration,
+    /// How many tries of one task instance may be lost with their worker
+    /// (killed, crashed) and requeued without using a retry; past that, a
+    /// lost try counts as a failed one, so a task that keeps killing its
+    /// worker still stops.
+    #[arg(long, env = "SLUICE_WORKER_FAILURES", default_value_t = crate::runner::DEFAULT_WORKER_FAILURES)]
+    pub worker_failures: i32,
     /// How often the state store is polled for due and triggered runs.
     #[arg(long, default_value = "1s", value_parser = parse_dur)]
     pub poll: std::time::Duration,
@@ -50,6 +56,7 @@ pub async fn daemon(app: &App, args: DaemonArgs) -> Result<ExitCode> {
         heartbeat_timeout: args.heartbeat_timeout,
         poll: args.poll,
         reload_every: std::time::Duration::from_secs(2),
+        worker_failures: args.worker_failures.max(0),
     };
     crate::daemon::run(store, app.resources(conns)?, app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
     Ok(ExitCode::SUCCESS)

@@ -226,12 +226,16 @@ impl App {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon says what it does at the default level (what it loaded,
+    // where it listens, each run created and finished); other commands
+    // print their own output and only warnings besides.
+    let quiet = if matches!(cli.command, Command::Daemon(_)) { tracing::Level::INFO } else { tracing::Level::WARN };
     let default_level = match cli.global.verbose {
-        0 => tracing::Level::WARN,
+        0 => quiet,
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     };
-    crate::logging::init(cli.global.log_format, default_level);
+    crate::logging::init(cli.global.log_format, default_level, cli.global.verbose > 0);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -46,6 +46,9 @@ pub struct Options {
     pub heartbeat_timeout: Duration,
     pub poll: Duration,
     pub reload_every: Duration,
+    /// Tries of a task instance that may be lost with their worker without
+    /// using a retry.
+    pub worker_failures: i32,
 }
 
 /// The DAGs this daemon runs, with the state of their files.
@@ -141,9 +144,16 @@ pub async fn run(
     runner.parallelism = opts.parallelism.max(1);
     runner.reap_in_drive = false;
     runner.zombie_timeout = opts.heartbeat_timeout;
+    runner.worker_failures = opts.worker_failures;
     runner.heartbeat_every = (opts.heartbeat_timeout / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));
     store.register_worker(&runner.worker, "daemon").await?;
-    tracing::info!(worker = %runner.worker.id, parallelism = runner.parallelism, "daemon started");
+    tracing::info!(
+        worker = %runner.worker.id,
+        parallelism = runner.parallelism,
+        staging = %res.staging.describe(),
+        "daemon started; DAGs from {}",
+        dags_dir.display()
+    );
     let metrics = Arc::new(Metrics::default());
     let hb_stop = CancellationToken::new();
     let hb = runner.spawn_heartbeat(hb_stop.clone());
@@ -176,7 +186,7 @@ pub async fn run(
     let root = res.project_root.clone();
     let mut set = DagSet::new();
     let stop = Stop::default();
-    let mut drivers: JoinSet<(i64, Result<RunOutcome, crate::runner::RunnerError>)> = JoinSet::new();
+    let mut drivers: JoinSet<Driven> = JoinSet::new();
     let mut driving: HashSet<i64> = HashSet::new();
     let mut last_reload = tokio::time::Instant::now() - opts.reload_every;
     let mut last_reap = tokio::time::Instant::now() - runner.heartbeat_every;
@@ -194,7 +204,7 @@ pub async fn run(
         }
         if last_reap.elapsed() >= runner.heartbeat_every {
             last_reap = tokio::time::Instant::now();
-            match store.reap(opts.heartbeat_timeout).await {
+            match store.reap(runner.reap_timeout(), runner.worker_failures, &runner.worker.id, &runner.live_tries()).await {
                 Ok(reaped) => {
                     for (r, task, try_number, state) in reaped {
                         tracing::warn!(run = r, task = %task, try_number, new_state = %state, "a try's worker stopped heartbeating");
@@ -248,18 +258,21 @@ pub async fn run(
     Ok(())
 }
 
-fn finished(done: Result<(i64, Result<RunOutcome, crate::runner::RunnerError>), tokio::task::JoinError>, driving: &mut HashSet<i64>) {
+/// A run driver's end: the run, its DAG, and how it went.
+type Driven = (i64, String, Result<RunOutcome, crate::runner::RunnerError>);
+
+fn finished(done: Result<Driven, tokio::task::JoinError>, driving: &mut HashSet<i64>) {
     match done {
-        Ok((run_id, result)) => {
+        Ok((run_id, dag, result)) => {
             driving.remove(&run_id);
             match result {
-                Ok(RunOutcome::Success) => tracing::info!(run = run_id, "run succeeded"),
-                Ok(RunOutcome::Failed) => tracing::warn!(run = run_id, "run failed"),
-                Ok(RunOutcome::Interrupted) => tracing::info!(run = run_id, "stopped driving the run"),
-                Err(e) => tracing::error!(run = run_id, "driving the run failed: {e}"),
+                Ok(RunOutcome::Success) => tracing::info!(dag = %dag, run = run_id, "run succeeded"),
+                Ok(RunOutcome::Failed) => tracing::warn!(dag = %dag, run = run_id, "run failed: `sluice runs show {run_id}` says why"),
+                Ok(RunOutcome::Interrupted) => tracing::info!(dag = %dag, run = run_id, "stopped driving the run"),
+                Err(e) => tracing::error!(dag = %dag, run = run_id, "driving the run failed: {e}"),
             }
         }
-        Err(e) => tracing::error!("a run driver panicked: {e}"),
+        Err(e) => tracing::error!("a run driver ended abnormally: {e}"),
     }
 }
 
@@ -312,7 +325,7 @@ async fn tick(
     set: &DagSet,
     metrics: &Arc<Metrics>,
     stop: &Stop,
-    drivers: &mut JoinSet<(i64, Result<RunOutcome, crate::runner::RunnerError>)>,
+    drivers: &mut JoinSet<Driven>,
     driving: &mut HashSet<i64>,
 ) -> Result<(), crate::state::StateError> {
     let now = Utc::now();
@@ -371,8 +384,9 @@ async fn tick(
         let metrics = metrics.clone();
         drivers.spawn(async move {
             let mut obs = RunObserver { metrics, planned, started: false };
+            let dag_id = dag.dag_id.clone();
             let res = me.drive_with(dag, r.run_id, &mut obs, stop).await;
-            (r.run_id, res)
+            (r.run_id, dag_id, res)
         });
     }
     Ok(())

@@ -118,6 +118,17 @@ mod tests {
     }
 
     #[test]
+    fn an_hourly_dag_gets_every_hour_of_the_autumn_dst_day() {
+        let d = dag(
+            "schedule: '@hourly'\ntimezone: America/New_York\nstart_date: 2024-11-03\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n",
+        );
+        let due_all = due(&d, None, utc("2024-11-04T05:00:00Z"), 100);
+        assert_eq!(due_all.len(), 25);
+        assert!(due_all.iter().all(|i| i.end - i.start == chrono::Duration::hours(1)));
+        assert!(due_all.windows(2).all(|w| w[0].end == w[1].start));
+    }
+
+    #[test]
     fn end_date_and_wake_expressions() {
         let d = dag(
             "schedule: '@hourly'\nstart_date: '2024-01-05T00:00:00Z'\nend_date: '2024-01-05T02:00:00Z'\ncatchup: true\ntasks: [{id: a, type: shell, command: 'true'}]\n",

@@ -202,8 +202,9 @@ impl Task {
     /// jitter of up to one base, derived from the task and logical date,
     /// capped at `max_retry_delay`.
     pub fn retry_wait(&self, dag_id: &str, logical_date: DateTime<Utc>, try_number: i32) -> Duration {
+        // As in Airflow, max_retry_delay caps only the backoff.
         if !self.retry_exponential_backoff {
-            return self.retry_delay.min(self.max_retry_delay);
+            return self.retry_delay;
         }
         let exp = (try_number.max(1) - 1).min(40) as u32;
         let base = (self.retry_delay.as_secs_f64() * 2f64.powi(exp as i32)).ceil();
@@ -275,6 +276,45 @@ pub fn parse_conf_args(args: &[String]) -> Result<Vec<(String, String)>, String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(delay: u64, backoff: bool, max: u64) -> Task {
+        Task {
+            id: "t".into(),
+            kind: "shell",
+            description: None,
+            config: crate::tasks::TaskConfig::parse("shell", serde_yaml::from_str("{command: 'true'}").unwrap()).unwrap().unwrap(),
+            raw: serde_yaml::Value::Null,
+            upstream: vec![],
+            downstream: vec![],
+            trigger_rule: Default::default(),
+            retries: 3,
+            retry_delay: Duration::from_secs(delay),
+            retry_exponential_backoff: backoff,
+            max_retry_delay: Duration::from_secs(max),
+            execution_timeout: None,
+            email_on_failure: vec![],
+            email_on_retry: vec![],
+            path: "tasks[0]".into(),
+            when: None,
+        }
+    }
+
+    #[test]
+    fn retry_waits() {
+        let at = DateTime::parse_from_rfc3339("2024-01-05T00:00:00Z").unwrap().with_timezone(&Utc);
+        // A fixed delay is not capped by max_retry_delay (Airflow caps only the backoff).
+        assert_eq!(task(4, false, 1).retry_wait("d", at, 1), Duration::from_secs(4));
+        assert_eq!(task(4, false, 1).retry_wait("d", at, 3), Duration::from_secs(4));
+        // Backoff: base retry_delay * 2^(try-1) plus a deterministic jitter
+        // below one base, capped.
+        for try_number in 1..=4 {
+            let w = task(10, true, 3600).retry_wait("d", at, try_number).as_secs();
+            let base = 10 * 2u64.pow(try_number as u32 - 1);
+            assert!((base..2 * base).contains(&w), "try {try_number}: {w}s");
+            assert_eq!(w, task(10, true, 3600).retry_wait("d", at, try_number).as_secs(), "deterministic");
+        }
+        assert_eq!(task(10, true, 15).retry_wait("d", at, 4), Duration::from_secs(15));
+    }
 
     #[test]
     fn conf_coercion() {

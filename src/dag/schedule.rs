@@ -20,6 +20,10 @@ pub struct Schedule {
     /// As written in the DAG file.
     pub expr: String,
     cron: Cron,
+    /// Whether the hour field is `*`: such schedules step through real
+    /// time across DST changes (an hourly DAG gets 25 runs on the day the
+    /// clocks go back), as Airflow's timetables do.
+    every_hour: bool,
 }
 
 /// A half-open interval `[start, end)` of data a run processes.
@@ -67,27 +71,56 @@ impl Schedule {
         // Classic cron ORs day-of-month and day-of-week when both are set.
         let parser = CronParser::builder().seconds(Seconds::Disallowed).year(Year::Disallowed).dom_and_dow(false).build();
         let cron = parser.parse(pattern).map_err(|e| format!("invalid cron expression `{trimmed}`: {e}"))?;
-        Ok(Schedule { expr: trimmed.to_string(), cron })
+        let hour = pattern.split_whitespace().nth(1).unwrap_or("*");
+        let every_hour = matches!(hour, "*" | "*/1" | "0-23");
+        Ok(Schedule { expr: trimmed.to_string(), cron, every_hour })
     }
 
     /// The first tick strictly after `t`.
+    ///
+    /// Follows Airflow's DST rules: the expression is evaluated on the
+    /// zone's wall clock; a schedule whose hour field is `*` steps through
+    /// real time (so an hour that happens twice gets two runs and an hour
+    /// that is skipped gets none), while one at fixed hours runs at the
+    /// second of two identical wall-clock times and, in a gap, as many
+    /// minutes after the gap as it was meant to be into it (`30 2 * * *`
+    /// runs at 03:30 on the day 02:00 becomes 03:00).
     pub fn next_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&whole_seconds(t).with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+        let t = whole_seconds(t);
+        let naive = t.with_timezone(&tz).naive_local();
+        let next = self.cron.find_next_occurrence(&naive.and_utc(), false).ok()?.naive_utc();
+        if self.every_hour { Some(t + (next - naive)) } else { Some(make_aware(next, tz)) }
+    }
+
+    /// The last tick strictly before `t` (see [`Schedule::next_after`]).
+    pub fn prev_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let t = whole_seconds(t);
+        let naive = t.with_timezone(&tz).naive_local();
+        let prev = self.cron.find_previous_occurrence(&naive.and_utc(), false).ok()?.naive_utc();
+        if self.every_hour {
+            return Some(t - (naive - prev));
+        }
+        let p = make_aware(prev, tz);
+        if p < t {
+            return Some(p);
+        }
+        // In the hour that happens twice, the wall clock of `t` may be past
+        // the tick's while `t` itself is before it (01:45 EDT is before the
+        // tick at 01:30 EST): the tick before that one.
+        let prev = self.cron.find_previous_occurrence(&prev.and_utc(), false).ok()?.naive_utc();
+        Some(make_aware(prev, tz))
     }
 
     /// The first tick at or after `t`.
     pub fn next_at_or_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&whole_seconds(t).with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
+        let t = whole_seconds(t);
+        self.next_after(t - chrono::Duration::seconds(1), tz)
     }
 
     /// The last tick at or before `t`.
     pub fn prev_at_or_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_previous_occurrence(&whole_seconds(t).with_timezone(&tz), true).ok().map(|d| d.with_timezone(&Utc))
-    }
-
-    /// The last tick strictly before `t`.
-    pub fn prev_before(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        self.cron.find_previous_occurrence(&whole_seconds(t).with_timezone(&tz), false).ok().map(|d| d.with_timezone(&Utc))
+        let t = whole_seconds(t);
+        if self.is_tick(t, tz) { Some(t) } else { self.prev_before(t, tz) }
     }
 
     pub fn is_tick(&self, t: DateTime<Utc>, tz: Tz) -> bool {
@@ -125,6 +158,22 @@ impl Schedule {
                     after.unwrap_or_else(|| "none".into())
                 ))
             }
+        }
+    }
+}
+
+/// A wall-clock time in `tz` as an instant, as Airflow makes it aware: the
+/// second of two identical times when the clocks go back, and, in the gap
+/// when they go forward, the time read with the offset before the gap
+/// (02:30 in a gap from 02:00 to 03:00 is 03:30).
+pub fn make_aware(naive: chrono::NaiveDateTime, tz: Tz) -> DateTime<Utc> {
+    use chrono::Offset;
+    match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(_, later) => later.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            let before = tz.offset_from_utc_datetime(&(naive - chrono::Duration::hours(3))).fix();
+            Utc.from_utc_datetime(&(naive - before))
         }
     }
 }
@@ -240,6 +289,67 @@ mod tests {
         let after = s.next_after(utc("2024-03-11T00:00:00Z"), tz).unwrap();
         assert_eq!(before, utc("2024-03-09T17:00:00Z")); // EST, UTC-5
         assert_eq!(after, utc("2024-03-11T16:00:00Z")); // EDT, UTC-4
+    }
+
+    /// Ticks of a schedule from `from` (inclusive) to `to` (exclusive), in UTC.
+    fn ticks(expr: &str, tz: &str, from: &str, to: &str) -> Vec<String> {
+        let s = Schedule::parse(expr).unwrap();
+        let tz: Tz = tz.parse().unwrap();
+        let mut t = s.next_at_or_after(utc(from), tz);
+        let mut out = Vec::new();
+        while let Some(x) = t.filter(|x| *x < utc(to)) {
+            out.push(x.format("%H:%M").to_string());
+            t = s.next_after(x, tz);
+        }
+        out
+    }
+
+    #[test]
+    fn hourly_runs_every_real_hour_across_dst() {
+        // New York, 2024-11-03: 01:00-02:00 happens twice. Airflow gives 25
+        // one-hour runs; every hour of real time gets its run.
+        let day = ticks("@hourly", "America/New_York", "2024-11-03T04:00:00Z", "2024-11-04T05:00:00Z");
+        assert_eq!(day.len(), 25);
+        assert_eq!(&day[..4], ["04:00", "05:00", "06:00", "07:00"]); // 00:00 EDT, 01:00 EDT, 01:00 EST, 02:00 EST
+        let s = Schedule::parse("@hourly").unwrap();
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let i = s.interval_starting(utc("2024-11-03T05:00:00Z"), ny).unwrap();
+        assert_eq!(i.end - i.start, chrono::Duration::hours(1));
+        // 2024-03-10: 02:00-03:00 does not exist: 23 runs.
+        assert_eq!(ticks("@hourly", "America/New_York", "2024-03-10T05:00:00Z", "2024-03-11T04:00:00Z").len(), 23);
+        // Berlin (back on 2024-10-27 at 03:00) and Sydney (southern
+        // hemisphere: back on 2024-04-07, forward on 2024-10-06).
+        assert_eq!(ticks("0 * * * *", "Europe/Berlin", "2024-10-26T22:00:00Z", "2024-10-27T23:00:00Z").len(), 25);
+        assert_eq!(ticks("*/30 * * * *", "Europe/Berlin", "2024-03-30T23:00:00Z", "2024-03-31T22:00:00Z").len(), 46);
+        assert_eq!(ticks("@hourly", "Australia/Sydney", "2024-04-06T13:00:00Z", "2024-04-07T14:00:00Z").len(), 25);
+        assert_eq!(ticks("@hourly", "Australia/Sydney", "2024-10-05T14:00:00Z", "2024-10-06T13:00:00Z").len(), 23);
+        // Going backwards agrees.
+        assert_eq!(s.prev_before(utc("2024-11-03T07:00:00Z"), ny), Some(utc("2024-11-03T06:00:00Z")));
+        assert_eq!(s.prev_before(utc("2024-11-03T06:00:00Z"), ny), Some(utc("2024-11-03T05:00:00Z")));
+    }
+
+    #[test]
+    fn fixed_times_in_dst_changes_follow_airflow() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        // 01:30 happens twice on 2024-11-03: the second, 01:30 EST.
+        let s = Schedule::parse("30 1 * * *").unwrap();
+        assert_eq!(s.next_after(utc("2024-11-03T04:00:00Z"), ny), Some(utc("2024-11-03T06:30:00Z")));
+        assert!(!s.is_tick(utc("2024-11-03T05:30:00Z"), ny));
+        assert_eq!(s.prev_before(utc("2024-11-03T05:45:00Z"), ny), Some(utc("2024-11-02T05:30:00Z")));
+        assert_eq!(s.prev_before(utc("2024-11-03T07:00:00Z"), ny), Some(utc("2024-11-03T06:30:00Z")));
+        // 02:30 does not exist on 2024-03-10: 03:30 EDT, as in Airflow.
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        assert_eq!(s.next_after(utc("2024-03-10T05:00:00Z"), ny), Some(utc("2024-03-10T07:30:00Z")));
+        assert_eq!(s.next_after(utc("2024-03-10T07:30:00Z"), ny), Some(utc("2024-03-11T06:30:00Z")));
+        // Berlin, 2024-03-31 02:30 (gap 02:00-03:00): 03:30 CEST = 01:30 UTC;
+        // 2024-10-27 02:30 twice: the second, 02:30 CET = 01:30 UTC.
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        assert_eq!(s.next_after(utc("2024-03-30T23:00:00Z"), berlin), Some(utc("2024-03-31T01:30:00Z")));
+        assert_eq!(s.next_after(utc("2024-10-26T23:00:00Z"), berlin), Some(utc("2024-10-27T01:30:00Z")));
+        // A daily DAG still has one run per day on both days.
+        let d = Schedule::parse("@daily").unwrap();
+        let i = d.interval_on_date(NaiveDate::from_ymd_opt(2024, 11, 3).unwrap(), ny).unwrap();
+        assert_eq!(i.end - i.start, chrono::Duration::hours(25));
     }
 
     #[test]

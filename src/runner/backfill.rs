@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Observer, RunOutcome, Runner, RunnerError};
+use super::{Observer, RunOutcome, Runner, RunnerError, retry_store};
 use crate::dag::Dag;
 use crate::dag::schedule::{DataInterval, local_midnight};
 use crate::state::RunRow;
@@ -120,6 +120,7 @@ pub async fn execute(
     loop {
         while active.len() < max_active.max(1) && !stop.is_cancelled() {
             let Some(step) = pending.next() else { break };
+            let store = &runner.store;
             let run_id = match (&step.action, &step.existing) {
                 (Action::Skip, existing) => {
                     let r = StepResult {
@@ -133,7 +134,11 @@ pub async fn execute(
                     continue;
                 }
                 (Action::Create, _) => {
-                    match runner.store.create_run(&dag, "backfill", step.logical_date, step.interval, conf, "queued").await? {
+                    let created = retry_store("creating a backfill run", &stop, || {
+                        store.create_run(&dag, "backfill", step.logical_date, step.interval, conf, "queued")
+                    })
+                    .await?;
+                    match created {
                         Ok(run) => run.run_id,
                         // Created meanwhile by someone else (another backfill, the scheduler).
                         Err(crate::state::RunExists(run)) => run.run_id,
@@ -141,21 +146,21 @@ pub async fn execute(
                 }
                 (Action::Resume, Some(r)) => r.run_id,
                 (Action::RerunFailed, Some(r)) => {
-                    let tis = runner.store.task_instances(r.run_id).await?;
+                    let tis = retry_store("reading a run", &stop, || store.task_instances(r.run_id)).await?;
                     let failed: Vec<(String, i32)> = tis
                         .iter()
                         .filter(|t| matches!(t.state(), crate::state::TiState::Failed | crate::state::TiState::UpstreamFailed))
                         .filter_map(|t| dag.task(&t.task_id).map(|d| (t.task_id.clone(), d.retries as i32)))
                         .collect();
-                    runner.store.clear(r.run_id, &failed).await?;
+                    retry_store("clearing failed tasks", &stop, || store.clear(r.run_id, &failed)).await?;
                     r.run_id
                 }
                 (Action::RerunAll, Some(r)) => {
                     let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
-                    runner.store.clear(r.run_id, &all).await?;
+                    retry_store("clearing tasks", &stop, || store.clear(r.run_id, &all)).await?;
                     r.run_id
                 }
-                (_, None) => unreachable!("only Create has no existing run"),
+                (_, None) => return Err(RunnerError::State(crate::state::StateError::Invalid("a backfill step has no run".into()))),
             };
             let me = runner.clone();
             let dag = dag.clone();
@@ -175,7 +180,9 @@ pub async fn execute(
                 results.push(r);
             }
             Some(Ok(Err(e))) => return Err(e),
-            Some(Err(e)) => return Err(RunnerError::State(crate::state::StateError::Invalid(format!("a run panicked: {e}")))),
+            Some(Err(e)) => {
+                return Err(RunnerError::State(crate::state::StateError::Invalid(format!("driving a run ended abnormally: {e}"))));
+            }
         }
     }
     results.sort_by_key(|r| r.logical_date);

@@ -437,16 +437,54 @@ pub fn task_ctx(
 /// A private temporary folder for one try: in the system's (`TMPDIR`), or
 /// else in the working directory.
 fn scratch_dir() -> Result<tempfile::TempDir, TaskError> {
-    tempfile::Builder::new()
-        .prefix("sluice-try-")
-        .tempdir()
-        .or_else(|_| tempfile::Builder::new().prefix("sluice-try-").tempdir_in("."))
-        .map_err(|e| {
-            TaskError::Failed(format!(
-                "cannot create a temporary folder in {} or in the working directory: {e}; set TMPDIR to a writable folder",
-                std::env::temp_dir().display()
-            ))
-        })
+    let prefix = format!("{SCRATCH_PREFIX}{}-", std::process::id());
+    tempfile::Builder::new().prefix(&prefix).tempdir().or_else(|_| tempfile::Builder::new().prefix(&prefix).tempdir_in(".")).map_err(|e| {
+        TaskError::Failed(format!(
+            "cannot create a temporary folder in {} or in the working directory: {e}; set TMPDIR to a writable folder",
+            std::env::temp_dir().display()
+        ))
+    })
+}
+
+/// Scratch folders are `sluice-try-PID-...`, so that those of a killed
+/// worker can be found and removed.
+const SCRATCH_PREFIX: &str = "sluice-try-";
+
+/// Removes what killed workers on this machine left behind: their tries'
+/// scratch folders and half-written staging files (`.NAME.tmp-PID-...`).
+/// Returns the number of entries removed.
+pub fn clean_leftovers(staging: &crate::datasets::Staging) -> usize {
+    let dead = |name: &str, marker: &str| -> bool {
+        let Some(rest) = name.split(marker).nth(1) else { return false };
+        let pid: i32 = rest.split('-').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        pid > 0 && pid as u32 != std::process::id() && !crate::state::worker::pid_alive(pid)
+    };
+    let mut removed = 0;
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(SCRATCH_PREFIX) && dead(&name, SCRATCH_PREFIX) && std::fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    if let crate::datasets::Staging::Local(root) = staging {
+        // {root}/{dag}/{run}/.{name}.tmp-PID-...
+        for dag in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            for run in std::fs::read_dir(dag.path()).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(run.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') && dead(&name, ".tmp-") && std::fs::remove_file(f.path()).is_ok() {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!("removed {removed} temporary files and folders left by killed workers");
+    }
+    removed
 }
 
 /// Renders the task's config, checks it again, and runs it under its

@@ -70,6 +70,10 @@ pub enum RunnerError {
     NoRun(i64),
 }
 
+/// Tries of one task instance that may be lost with their worker without
+/// using a retry.
+pub const DEFAULT_WORKER_FAILURES: i32 = 3;
+
 /// A try: (run id, task id, try number).
 pub type TryKey = (i64, String, i32);
 
@@ -88,12 +92,18 @@ pub struct Runner {
     pub heartbeat_every: Duration,
     /// A running try whose heartbeat is older than this is a zombie.
     pub zombie_timeout: Duration,
+    /// How many tries of a task instance may be lost with their worker
+    /// before a lost try counts as a failed one.
+    pub worker_failures: i32,
     /// Logs of tries running in this process, flushed with each heartbeat.
     pub live_logs: LiveLogs,
     /// Whether task logs are echoed to stderr as they are written.
     pub echo_logs: bool,
     /// Whether each driver reaps zombies (the daemon has one reaper instead).
     pub reap_in_drive: bool,
+    /// Heartbeats that reached the state store: since when without a break,
+    /// and the latest.
+    pub heartbeats_ok: Arc<Mutex<Option<(std::time::Instant, std::time::Instant)>>>,
 }
 
 /// How a driver is stopped: `drain` stops claiming, `interrupt` also stops
@@ -107,6 +117,7 @@ pub struct Stop {
 impl Runner {
     pub fn new(store: Store, res: Arc<Resources>) -> Runner {
         let _ = res.state.set(store.clone());
+        exec::clean_leftovers(&res.staging);
         Runner {
             store,
             res,
@@ -114,10 +125,33 @@ impl Runner {
             parallelism: 32,
             heartbeat_every: Duration::from_secs(5),
             zombie_timeout: Duration::from_secs(60),
+            worker_failures: DEFAULT_WORKER_FAILURES,
             live_logs: Default::default(),
             echo_logs: false,
             reap_in_drive: true,
+            heartbeats_ok: Default::default(),
         }
+    }
+
+    /// The heartbeat age past which a running try counts as lost, now: none
+    /// unless this process's own heartbeats have reached the store, each on
+    /// time, for a whole timeout. After an outage (or a stall) of the state
+    /// database every heartbeat is stale; reaping then would requeue tries
+    /// that are still running, so only workers known to be dead are reaped
+    /// meanwhile.
+    pub fn reap_timeout(&self) -> Duration {
+        let ok = *self.heartbeats_ok.lock().unwrap_or_else(|e| e.into_inner());
+        match ok {
+            Some((since, last)) if since.elapsed() >= self.zombie_timeout && last.elapsed() <= self.heartbeat_every * 2 => {
+                self.zombie_timeout
+            }
+            _ => Duration::from_secs(100 * 365 * 86_400),
+        }
+    }
+
+    /// The tries running in this process (or still recording their end).
+    pub fn live_tries(&self) -> Vec<TryKey> {
+        self.live_logs.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     /// Starts the background heartbeat: the worker row, the heartbeat of
@@ -141,7 +175,22 @@ impl Runner {
                         logs.iter().filter(|(_, l)| l.take_dirty()).map(|(k, l)| (k.clone(), l.text())).collect(),
                     )
                 };
-                match me.store.heartbeat(&me.worker, &tries).await {
+                let sent = std::time::Instant::now();
+                let ok = me.store.heartbeat(&me.worker, &tries).await;
+                {
+                    // A heartbeat that failed, or took longer than a beat
+                    // (the store stalled), breaks the streak.
+                    let mut hb = me.heartbeats_ok.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = std::time::Instant::now();
+                    *hb = match (&ok, *hb) {
+                        (Ok(()), Some((since, last))) if now - last <= me.heartbeat_every * 2 && now - sent <= me.heartbeat_every => {
+                            Some((since, now))
+                        }
+                        (Ok(()), _) => Some((now, now)),
+                        (Err(_), _) => None,
+                    };
+                }
+                match ok {
                     Ok(()) if failing => {
                         failing = false;
                         tracing::info!("heartbeats reach the state database again");
@@ -309,7 +358,8 @@ impl Driver<'_> {
         let run_id = self.run.run_id;
         if runner.reap_in_drive && self.last_reap.elapsed() >= runner.heartbeat_every {
             self.last_reap = tokio::time::Instant::now();
-            for (r, task, try_number, state) in store.reap(runner.zombie_timeout).await? {
+            let live = runner.live_tries();
+            for (r, task, try_number, state) in store.reap(runner.reap_timeout(), runner.worker_failures, &runner.worker.id, &live).await? {
                 tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
             }
         }
@@ -380,6 +430,43 @@ impl Driver<'_> {
             wait = wait.min(until(at));
         }
         Ok(Step::Wait(wait))
+    }
+}
+
+/// Runs a state-store call, retrying with backoff while the store is
+/// unreachable (a restart, an outage), until it answers or `stop` is
+/// cancelled. Other errors are returned at once.
+pub async fn retry_store<T, F, Fut>(what: &str, stop: &CancellationToken, mut f: F) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StateError>>,
+{
+    let mut wait = Duration::from_millis(500);
+    let mut warned = false;
+    loop {
+        match f().await {
+            Ok(v) => {
+                if warned {
+                    tracing::info!("the state database answers again ({what})");
+                }
+                return Ok(v);
+            }
+            Err(StateError::Sql(e)) if crate::tasks::error::sqlx_kind(&e) == crate::tasks::ErrorKind::Transient && !stop.is_cancelled() => {
+                if !warned {
+                    tracing::warn!(
+                        "cannot reach the state database ({what}): {}; retrying until it is back",
+                        crate::state::describe_sqlx(&e)
+                    );
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => return Err(StateError::Sql(e)),
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -96,10 +96,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Workers for `sluice status`: running ones, and stopped or silent ones
+    /// for ten minutes after they stopped or fell silent. Rows of workers
+    /// gone for a week are forgotten.
     pub async fn workers(&self) -> Result<Vec<WorkerRow>, StateError> {
+        sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - interval '7 days' AND worker_id NOT IN (SELECT worker_id FROM task_instances WHERE state = 'running' AND worker_id IS NOT NULL)")
+            .execute(self.pool())
+            .await?;
         Ok(sqlx::query_as(
             "SELECT worker_id, hostname, pid, kind, version, started_at, heartbeat_at, stopped_at FROM workers
-             WHERE stopped_at IS NULL OR stopped_at > now() - interval '1 hour'
+             WHERE coalesce(stopped_at, heartbeat_at) > now() - interval '10 minutes'
+                OR worker_id IN (SELECT worker_id FROM task_instances WHERE state = 'running' AND worker_id IS NOT NULL)
              ORDER BY kind, started_at",
         )
         .fetch_all(self.pool())

@@ -242,7 +242,9 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            // Short: while the database is down, callers retry and say so
+            // rather than wait silently in the pool.
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await
             .map_err(connect_err)?;
@@ -657,7 +659,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let cleared: Vec<String> = sqlx::query_scalar(
             "UPDATE task_instances t SET state = 'pending', max_tries = t.try_number + u.retries + 1, next_try_at = NULL,
-                 error = NULL, error_kind = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL
+                 error = NULL, error_kind = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL,
+                 worker_failures = 0
              FROM UNNEST($2::text[], $3::int[]) AS u(task_id, retries)
              WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state NOT IN ('running')
              RETURNING t.task_id",
@@ -680,40 +683,69 @@ impl Store {
 
     // ---- workers and zombies ----
 
-    /// Fails tries whose worker stopped heartbeating for longer than
+    /// Finds tries whose worker stopped heartbeating for longer than
     /// `timeout` (a NULL heartbeat counts from the claim), or whose worker
-    /// is known dead. Each becomes up_for_retry or failed by its retry rules.
+    /// is known dead. The death of a worker is not the task's fault: such a
+    /// try is requeued without using a retry, as long as the instance has
+    /// lost fewer than `worker_failures` tries this way; past that budget it
+    /// becomes up_for_retry or failed by its retry rules, so that a task
+    /// that keeps killing its worker still stops.
     /// Returns (run_id, task_id, try_number, new state).
-    pub async fn reap_zombies(&self, timeout: Duration, dead_workers: &[String]) -> Result<Vec<(i64, String, i32, String)>, StateError> {
+    pub async fn reap_zombies(
+        &self,
+        timeout: Duration,
+        dead_workers: &[String],
+        worker_failures: i32,
+        me: &str,
+        live: &[(i64, String, i32)],
+    ) -> Result<Vec<(i64, String, i32, String)>, StateError> {
+        let runs: Vec<i64> = live.iter().map(|t| t.0).collect();
+        let tasks: Vec<&str> = live.iter().map(|t| t.1.as_str()).collect();
+        let numbers: Vec<i32> = live.iter().map(|t| t.2).collect();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "UPDATE task_instances SET
-                 state = CASE WHEN try_number < max_tries THEN 'up_for_retry' ELSE 'failed' END,
-                 next_try_at = CASE WHEN try_number < max_tries THEN now() END,
-                 ended_at = now(),
-                 error = 'the worker running this try (' || worker_id || ') stopped heartbeating',
+                 state = CASE WHEN worker_failures < $3 THEN 'queued'
+                              WHEN try_number < max_tries THEN 'up_for_retry' ELSE 'failed' END,
+                 max_tries = CASE WHEN worker_failures < $3 THEN max_tries + 1 ELSE max_tries END,
+                 next_try_at = CASE WHEN worker_failures >= $3 AND try_number < max_tries THEN now() END,
+                 ended_at = CASE WHEN worker_failures < $3 THEN NULL ELSE now() END,
+                 error = 'the worker running try ' || try_number || ' (' || worker_id || ') stopped heartbeating' ||
+                     CASE WHEN worker_failures < $3
+                          THEN '; requeued without using a retry (worker failure ' || (worker_failures + 1) || ' of ' || $3 || ')'
+                          ELSE '; the budget of ' || $3 || ' worker failures is used up, so it counts as a failed try' END,
+                 error_kind = 'worker_lost',
+                 worker_failures = worker_failures + 1,
                  heartbeat_at = NULL
              WHERE state = 'running'
                AND (COALESCE(heartbeat_at, claimed_at) < now() - make_interval(secs => $1) OR worker_id = ANY($2))
-             RETURNING run_id, task_id, try_number, state",
+               AND NOT (worker_id = $4 AND (run_id, task_id, try_number) IN (SELECT * FROM UNNEST($5::bigint[], $6::text[], $7::int[])))
+             RETURNING run_id, task_id, try_number, state, error",
         )
         .bind(timeout.as_secs_f64())
         .bind(dead_workers)
+        .bind(worker_failures)
+        .bind(me)
+        .bind(&runs)
+        .bind(&tasks)
+        .bind(&numbers)
         .fetch_all(&mut *tx)
         .await?;
-        let out: Vec<(i64, String, i32, String)> =
-            rows.into_iter().map(|r| (r.get("run_id"), r.get("task_id"), r.get("try_number"), r.get("state"))).collect();
-        for (run_id, task_id, try_number, _) in &out {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (run_id, task_id, try_number, state, error): (i64, String, i32, String, String) =
+                (r.get("run_id"), r.get("task_id"), r.get("try_number"), r.get("state"), r.get("error"));
             sqlx::query(
-                "UPDATE task_tries SET state = 'failed', ended_at = now(),
-                     error = 'the worker running this try stopped heartbeating'
+                "UPDATE task_tries SET state = 'failed', ended_at = now(), error = $4, error_kind = 'worker_lost'
                  WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND state = 'running'",
             )
             .bind(run_id)
-            .bind(task_id)
+            .bind(&task_id)
             .bind(try_number)
+            .bind(&error)
             .execute(&mut *tx)
             .await?;
+            out.push((run_id, task_id, try_number, state));
         }
         tx.commit().await?;
         Ok(out)

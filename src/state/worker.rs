@@ -125,9 +125,17 @@ impl Store {
         Ok(dead)
     }
 
-    /// Reaps zombies: see [`Store::reap_zombies`].
-    pub async fn reap(&self, timeout: Duration) -> Result<Vec<(i64, String, i32, String)>, StateError> {
+    /// Reaps zombies: see [`Store::reap_zombies`]. `me` and `live` are the
+    /// reaping worker and the tries it is running (or still recording),
+    /// which are never zombies, however late their heartbeat.
+    pub async fn reap(
+        &self,
+        timeout: Duration,
+        worker_failures: i32,
+        me: &str,
+        live: &[(i64, String, i32)],
+    ) -> Result<Vec<(i64, String, i32, String)>, StateError> {
         let dead = self.dead_workers().await?;
-        self.reap_zombies(timeout, &dead).await
+        self.reap_zombies(timeout, &dead, worker_failures, me, live).await
     }
 }

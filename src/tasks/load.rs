@@ -416,7 +416,18 @@ impl Run for Load {
             conn.close_on_drop();
         }
         let (inserted, updated, deleted) = match loaded {
-            Ok(x) => x,
+            Ok(Loaded::Rows(i, u, d)) => (i, u, d),
+            Ok(Loaded::AlreadyLoaded(done)) => {
+                let note = format!(
+                    "already loaded: run {} (try {}) appended {} rows for this interval at {}; nothing appended again",
+                    done.run_id,
+                    done.try_number,
+                    super::thousands(done.rows as u64),
+                    done.loaded_at.to_rfc3339()
+                );
+                tracing::info!("{note} (delete its row from {} to load it again)", MARKER_TABLE);
+                return Ok(Outcome::note(note).metric("rows_inserted", 0).metric("rows_updated", 0).metric("rows_deleted", 0));
+            }
             Err(LoadError::Copy(e)) => return Err(self.explain_copy_error(ctx, e).await),
             Err(LoadError::Task(e)) => return Err(e),
         };
@@ -433,6 +444,111 @@ impl Run for Load {
     }
 }
 
+
+/// What a load's transaction did.
+enum Loaded {
+    /// Rows inserted, updated, deleted.
+    Rows(u64, u64, u64),
+    /// An append this interval already made (found by its marker).
+    AlreadyLoaded(Done),
+}
+
+/// The table of append markers, next to the target table.
+pub const MARKER_TABLE: &str = "sluice_load_markers";
+
+/// The marker of an append load: this task appended these rows for this
+/// interval into this table.
+struct Marker {
+    table: String,
+    dag_id: String,
+    task_id: String,
+    logical_date: chrono::DateTime<chrono::Utc>,
+    target: String,
+    run_id: i64,
+    try_number: i32,
+}
+
+/// A marker found: the load already done.
+struct Done {
+    run_id: i64,
+    try_number: i32,
+    rows: i64,
+    loaded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Marker {
+    fn of(ctx: &TaskCtx, table: &TableName) -> Marker {
+        let table_name = match &table.schema {
+            Some(s) => format!("{s}.{MARKER_TABLE}"),
+            None => MARKER_TABLE.to_string(),
+        };
+        Marker {
+            table: table_name,
+            dag_id: ctx.dag_id.clone(),
+            task_id: ctx.task_id.clone(),
+            logical_date: ctx.logical_date,
+            target: table.display.clone(),
+            run_id: ctx.run_id,
+            try_number: ctx.try_number,
+        }
+    }
+
+    async fn find(&self, conn: &mut sqlx::PgConnection) -> Result<Option<Done>, TaskError> {
+        // Created in a savepoint of the load's transaction: when two loads
+        // create it at once, one gets a duplicate-key error, which only
+        // means the table is there.
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                 dag_id text NOT NULL, task_id text NOT NULL, logical_date timestamptz NOT NULL, target text NOT NULL,
+                 run_id bigint NOT NULL, try_number int NOT NULL, rows bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (dag_id, task_id, logical_date, target))",
+            self.table
+        );
+        sqlx::raw_sql("SAVEPOINT sluice_marker").execute(&mut *conn).await?;
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut *conn).await {
+            Ok(_) => sqlx::raw_sql("RELEASE SAVEPOINT sluice_marker").execute(&mut *conn).await?,
+            Err(e) if is_duplicate(&e) => sqlx::raw_sql("ROLLBACK TO SAVEPOINT sluice_marker").execute(&mut *conn).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT run_id, try_number, rows, loaded_at FROM {} WHERE dag_id = $1 AND task_id = $2 AND logical_date = $3 AND target = $4",
+            self.table
+        )))
+        .bind(&self.dag_id)
+        .bind(&self.task_id)
+        .bind(self.logical_date)
+        .bind(&self.target)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(row.map(|r| Done { run_id: r.get("run_id"), try_number: r.get("try_number"), rows: r.get("rows"), loaded_at: r.get("loaded_at") }))
+    }
+
+    /// Writes the marker in the load's transaction. A concurrent try of the
+    /// same load (a zombie that kept running) fails here on the key and
+    /// rolls back its rows.
+    async fn insert(&self, conn: &mut sqlx::PgConnection, rows: u64) -> Result<(), TaskError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} (dag_id, task_id, logical_date, target, run_id, try_number, rows) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.table
+        )))
+        .bind(&self.dag_id)
+        .bind(&self.task_id)
+        .bind(self.logical_date)
+        .bind(&self.target)
+        .bind(self.run_id)
+        .bind(self.try_number)
+        .bind(rows as i64)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Two sessions creating the same table at once: one gets a duplicate-key
+/// error on the catalog, which only means the table is there.
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("23505" | "42P07")))
+}
 
 /// Why a load's transaction failed: COPY errors are explained with the
 /// source file and line of the row they name.
@@ -455,7 +571,7 @@ impl Load {
         ctx: &TaskCtx,
         conn: &mut sqlx::PgConnection,
         df: std::sync::Arc<DataFrame>,
-    ) -> Result<(u64, u64, u64), LoadError> {
+    ) -> Result<Loaded, LoadError> {
         let mut tx = conn.begin().await?;
         if let Some(left) = ctx.remaining() {
             let ms = left.as_millis().max(1);
@@ -478,7 +594,24 @@ impl Load {
 
         // (inserted, updated, deleted)
         let (inserted, updated, deleted): (u64, u64, u64) = match self.cfg.mode {
-            Mode::Append => (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, 0),
+            Mode::Append => {
+                // Exactly once per interval, even across a crash between the
+                // warehouse's commit and the state store's record of it: a
+                // marker is committed with the rows, and a later try that
+                // finds it loads nothing.
+                let marker = (!ctx.test_mode).then(|| Marker::of(ctx, &self.table));
+                if let Some(m) = &marker
+                    && let Some(done) = m.find(&mut tx).await?
+                {
+                    tx.rollback().await?;
+                    return Ok(Loaded::AlreadyLoaded(done));
+                }
+                let n = self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?;
+                if let Some(m) = &marker {
+                    m.insert(&mut tx, n).await?;
+                }
+                (n, 0, 0)
+            }
             Mode::Replace => {
                 let deleted = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DELETE FROM {}", self.table.quoted))).execute(&mut *tx).await?.rows_affected();
                 (self.copy(&mut tx, df.clone(), &self.table.quoted, &cols).await?, 0, deleted)
@@ -528,7 +661,7 @@ impl Load {
             }
         };
         tx.commit().await?;
-        Ok((inserted, updated, deleted))
+        Ok(Loaded::Rows(inserted, updated, deleted))
     }
 
     /// A COPY error names a row of the dataset ("COPY t, line 3"); this says

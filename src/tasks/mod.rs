@@ -387,7 +387,7 @@ impl TaskCtx {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         match &self.res.staging {
             crate::datasets::Staging::Local(root) => {
-                root.join(&self.dag_id).join(self.run_key()).join(format!(".{name}.parquet.tmp-{}", &unique[..12]))
+                root.join(&self.dag_id).join(self.run_key()).join(format!(".{name}.parquet.tmp-{}-{}", std::process::id(), &unique[..12]))
             }
             crate::datasets::Staging::S3 { .. } => self.scratch.path().join(format!("{name}-{}.parquet", &unique[..12])),
         }
@@ -419,7 +419,7 @@ impl TaskCtx {
                 if std::fs::rename(tmp, &dest).is_err() {
                     // A temporary file on another file system: copy next to the
                     // destination first, then rename.
-                    let near = dir.join(format!(".{file_name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+                    let near = dir.join(format!(".{file_name}.tmp-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
                     std::fs::copy(tmp, &near).map_err(|e| TaskError::Failed(format!("cannot copy to {}: {e}", near.display())))?;
                     std::fs::rename(&near, &dest).map_err(|e| TaskError::Failed(format!("cannot move to {}: {e}", dest.display())))?;
                     let _ = std::fs::remove_file(tmp);

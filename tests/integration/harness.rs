@@ -81,6 +81,9 @@ pub struct Project {
     url: Option<String>,
     /// A database of this test's own (see [`Project::own_database`]).
     own_db: Option<(String, String)>,
+    /// The state store and warehouse are a database of the test's own,
+    /// dropped with it (see [`Project::use_database`]).
+    plain_db: bool,
 }
 
 impl Project {
@@ -97,7 +100,7 @@ impl Project {
         if let Some(u) = &url {
             psql(u, &format!("CREATE SCHEMA IF NOT EXISTS {wh_schema}"));
         }
-        Project { dir, schema, wh_schema, env: Vec::new(), url, own_db: None }
+        Project { dir, schema, wh_schema, env: Vec::new(), url, own_db: None, plain_db: false }
     }
 
     pub fn path(&self) -> &Path {
@@ -125,6 +128,13 @@ impl Project {
         self.own_db = Some((base, name));
         self.url = Some(url.clone());
         url
+    }
+
+    /// Uses another server (a [`PrivatePg`]) for the state store and the
+    /// warehouse.
+    pub fn use_database(&mut self, url: &str) {
+        self.url = Some(url.to_string());
+        self.plain_db = true;
     }
 
     /// Copies the shipped project (dags/, sql/, config/, reports/) into this one.
@@ -172,7 +182,7 @@ impl Project {
         }
         if self.url.is_some() {
             c.env("SLUICE_DATABASE_URL", self.db());
-            let wh = if self.own_db.is_some() { self.db() } else { self.warehouse_url() };
+            let wh = if self.own_db.is_some() || self.plain_db { self.db() } else { self.warehouse_url() };
             c.env("SLUICE_CONN_WAREHOUSE", wh);
         }
         c.env("SLUICE_SCHEMA", &self.schema);
@@ -195,7 +205,7 @@ impl Project {
     /// Runs SQL with psql in the warehouse schema (or the test's own
     /// database); returns rows of `|`-joined fields.
     pub fn sql(&self, sql: &str) -> Vec<String> {
-        if self.own_db.is_some() {
+        if self.own_db.is_some() || self.plain_db {
             return psql(&self.db(), sql);
         }
         psql(&self.db(), &format!("CREATE SCHEMA IF NOT EXISTS {0}; SET search_path TO {0}; {sql}", self.wh_schema))
@@ -329,7 +339,7 @@ impl Drop for Project {
                 .output();
             return;
         }
-        if let Some(url) = &self.url {
+        if let Some(url) = self.url.as_ref().filter(|_| !self.plain_db) {
             let _ = std::process::Command::new("psql")
                 .args([
                     url.as_str(),
@@ -363,5 +373,101 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(e.path(), dest).unwrap();
         }
+    }
+}
+
+/// A PostgreSQL cluster of a test's own, for faults that would disturb
+/// the shared server: restarts and outages. Runs as the `postgres` user
+/// when the tests run as root (initdb refuses root).
+pub struct PrivatePg {
+    pub dir: PathBuf,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePg {
+    pub fn start(name: &str) -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (scripts/test.sh installs it)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("a PostgreSQL bin folder");
+        let dir = PathBuf::from(format!("/var/tmp/sluice-test-pg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pg = PrivatePg { dir, port, bin };
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(Command::new("chown").args(["postgres:postgres", pg.dir.to_str().unwrap()]).status().unwrap().success());
+        }
+        let data = pg.dir.join("data");
+        pg.pg(&["initdb", "-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]);
+        pg.start_again();
+        pg
+    }
+
+    fn pg(&self, args: &[&str]) {
+        let tool = self.bin.join(args[0]);
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            Command::new(&tool)
+        };
+        let out = c.args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start_again(&self) {
+        let data = self.dir.join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off", self.port, self.dir.display());
+        self.pg(&[
+            "pg_ctl",
+            "-D",
+            data.to_str().unwrap(),
+            "-l",
+            self.dir.join("log").to_str().unwrap(),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &opts,
+            "start",
+        ]);
+    }
+
+    pub fn stop(&self) {
+        self.pg(&["pg_ctl", "-D", self.dir.join("data").to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    }
+
+    /// `pg_ctl restart -m fast`: every connection is cut.
+    pub fn restart(&self) {
+        self.stop();
+        self.start_again();
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let tool = self.bin.join("pg_ctl");
+        let mut c = if unsafe { libc::geteuid() } == 0 {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            Command::new(&tool)
+        };
+        let _ = c.args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,6 +7,7 @@ pub mod harness;
 mod cli;
 mod daemon;
 mod data;
+mod faults;
 mod report;
 mod rows;
 mod runs;
