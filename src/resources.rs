@@ -105,6 +105,20 @@ impl Resources {
         }
     }
 
+    /// Checks at start that the staging area can be used: an S3 prefix
+    /// must be reachable with its connection, or other machines would
+    /// never see the datasets this one writes.
+    pub async fn check_staging(&self) -> Result<(), String> {
+        let Staging::S3 { root, conn } = &self.staging else { return Ok(()) };
+        let what = format!("SLUICE_STAGING {root} (connection `{conn}`, set by SLUICE_STAGING_CONN)");
+        let (client, c) = self.staging_client().map_err(|e| format!("{what}: {e}"))?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, crate::s3::probe(&client, root)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("{what} at {}: {e}", crate::s3::endpoint_of(&c))),
+            Err(_) => Err(format!("{what} at {}: no answer within {}s", crate::s3::endpoint_of(&c), CONNECT_TIMEOUT.as_secs())),
+        }
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
             reqwest::Client::builder()

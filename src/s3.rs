@@ -301,6 +301,12 @@ pub async fn list(client: &Client, at: &S3Uri) -> Result<Vec<Object>, S3Error> {
     Ok(out)
 }
 
+/// Checks that a bucket and prefix can be listed (one request).
+pub async fn probe(client: &Client, at: &S3Uri) -> Result<(), S3Error> {
+    client.list_objects_v2().bucket(&at.bucket).prefix(&at.key).max_keys(1).send().await.map_err(|e| req("LIST", at, e))?;
+    Ok(())
+}
+
 /// Whether an object exists.
 pub async fn exists(client: &Client, at: &S3Uri) -> Result<bool, S3Error> {
     match client.head_object().bucket(&at.bucket).key(&at.key).send().await {

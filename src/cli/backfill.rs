@@ -48,7 +48,7 @@ pub async fn run(app: &App, args: BackfillArgs) -> Result<ExitCode> {
     };
     let store = app.store().await?;
     store.sync_dags(&[dag.as_ref()]).await?;
-    let runner = Runner::new(store.clone(), app.resources(conns)?);
+    let runner = Runner::new(store.clone(), app.checked_resources(conns).await?);
     let summary = backfill_dag(&runner, dag, args.from, args.to, args.reprocess, args.max_active_runs, args.dry_run, &params).await?;
     Ok(if summary.failed > 0 {
         ExitCode::FAILURE

@@ -58,7 +58,7 @@ pub async fn daemon(app: &App, args: DaemonArgs) -> Result<ExitCode> {
         reload_every: std::time::Duration::from_secs(2),
         worker_failures: args.worker_failures.max(0),
     };
-    crate::daemon::run(store, app.resources(conns)?, app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
+    crate::daemon::run(store, app.checked_resources(conns).await?, app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -222,6 +222,14 @@ impl App {
             .map_err(|e| ConfigError(format!("SLUICE_STAGING: {e}")))?;
         Ok(Arc::new(res))
     }
+
+    /// [`App::resources`], with the staging area checked: an S3 staging
+    /// prefix that cannot be reached is a config error at start.
+    pub async fn checked_resources(&self, conns: Arc<Connections>) -> Result<Arc<crate::resources::Resources>> {
+        let res = self.resources(conns)?;
+        res.check_staging().await.map_err(ConfigError)?;
+        Ok(res)
+    }
 }
 
 pub fn main() -> ExitCode {

@@ -119,7 +119,7 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
         }
     };
 
-    let res = app.resources(conns)?;
+    let res = app.checked_resources(conns).await?;
     let mut runner = Runner::new(store.clone(), res);
     runner.parallelism = args.parallelism.max(1);
     runner.echo_logs = args.follow;
@@ -263,7 +263,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     } else if run_id.is_some() {
         bail!("--run needs the state database (SLUICE_DATABASE_URL)");
     }
-    let res = app.resources(conns)?;
+    let res = app.checked_resources(conns).await?;
     let fake_run = RunRow {
         run_id: 0,
         dag_id: dag.dag_id.clone(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use crate::harness::{Project, service};
+use crate::harness::{Project, with_s3};
 
 /// Serves files from `dir` over HTTP/1.1 on loopback; requests must carry
 /// `Authorization: Bearer <token>` or get a 401. Runs until the test ends.
@@ -41,26 +41,6 @@ fn http_server(dir: PathBuf, token: &'static str) -> String {
         }
     });
     format!("http://{addr}")
-}
-
-/// Creates a bucket on the test S3 server (moto accepts unsigned requests).
-fn create_bucket(name: &str) {
-    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
-}
-
-/// Points the `lake` connection at the test S3 server and makes a bucket.
-fn with_s3(p: &mut Project, bucket: &str) {
-    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
-    let hostport = endpoint.trim_start_matches("http://");
-    p.set_env("SLUICE_CONN_LAKE", &format!("s3://testkey:testsecret@{hostport}?region=us-east-1&tls=false"));
-    p.set_env("SLUICE_VAR_BUCKET", bucket);
-    create_bucket(bucket);
 }
 
 fn write_cp949(path: &Path, text: &str) {

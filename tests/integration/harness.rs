@@ -471,3 +471,29 @@ impl Drop for PrivatePg {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Creates a bucket on the test S3 server (moto accepts unsigned requests).
+pub fn create_bucket(name: &str) {
+    use std::io::{Read, Write};
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
+}
+
+/// The test S3 server as a connection URI.
+pub fn s3_uri() -> String {
+    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
+    let hostport = endpoint.trim_start_matches("http://");
+    format!("s3://testkey:testsecret@{hostport}?region=us-east-1&tls=false")
+}
+
+/// Points the `lake` connection at the test S3 server and makes a bucket.
+pub fn with_s3(p: &mut Project, bucket: &str) {
+    p.set_env("SLUICE_CONN_LAKE", &s3_uri());
+    p.set_env("SLUICE_VAR_BUCKET", bucket);
+    create_bucket(bucket);
+}

@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod data;
 mod faults;
+mod machines;
 mod report;
 mod rows;
 mod runs;

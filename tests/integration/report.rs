@@ -1,12 +1,11 @@
 //! The weekly KPI report: PDF, email through a real SMTP server, archive
 //! to a real S3 server, failure notices.
 
-use std::io::{Read, Write};
 
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Project, service};
+use crate::harness::{Project, create_bucket, service};
 
 /// Messages in the test SMTP server's Maildir whose recipients include
 /// `rcpt`, parsed by Python's email module.
@@ -53,16 +52,6 @@ fn s3_get(bucket: &str, key: &str) -> Vec<u8> {
     let out = Command::new(python).args(["-c", script, &endpoint, bucket, key]).output().unwrap();
     assert!(out.status.success(), "boto3 GET {bucket}/{key}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
-}
-
-fn create_bucket(name: &str) {
-    let endpoint = service("SLUICE_TEST_S3_ENDPOINT");
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "PUT /{name} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
 }
 
 fn pdftotext(pdf: &Path) -> String {
