@@ -310,3 +310,36 @@ sluice_test!(health_metrics_status_and_json_logs, |p| {
         "no log line inside nap's span:\n{log}"
     );
 });
+
+sluice_test!(the_daemon_says_what_it_does_at_the_default_level_without_colour_codes, |p| {
+    let start = minutes_ago(3);
+    p.write(
+        "dags/tick.yaml",
+        &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+    );
+    p.sluice(&["db", "migrate"]).ok();
+    // A worker that stopped an hour ago, and one that fell silent then.
+    p.state_sql(
+        "INSERT INTO workers (worker_id, hostname, pid, kind, version, heartbeat_at, stopped_at) VALUES
+         ('old:1:stopped', 'h', 1, 'daemon', 'x', now() - interval '1 hour', now() - interval '1 hour'),
+         ('old:2:silent', 'h', 2, 'daemon', 'x', now() - interval '1 hour', NULL)",
+    );
+    let log_path = p.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // No -v, stderr to a file (not a terminal), and no NO_COLOR.
+    let mut d = p.command(&["daemon", "--poll", "200ms", "--health-addr", "off"]).env_remove("NO_COLOR").stderr(log).spawn().unwrap();
+    wait_until("a scheduled run to succeed", Duration::from_secs(60), || {
+        count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success'") >= 1
+    });
+    let status = p.sluice(&["status", "--json"]).ok();
+    assert!(term(&mut d).success());
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for said in ["daemon started", "DAG loaded from dags/tick.yaml", "scheduled run created", "run succeeded", "daemon stopped"] {
+        assert!(text.contains(said), "the daemon did not say `{said}`:\n{text}");
+    }
+    assert!(!text.contains('\x1b'), "colour codes in a log file:\n{text}");
+    assert!(!text.contains("starting try"), "events inside tries belong to the try logs:\n{text}");
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let ids: Vec<&str> = v["workers"].as_array().unwrap().iter().map(|w| w["worker_id"].as_str().unwrap()).collect();
+    assert!(ids.len() == 1 && !ids.iter().any(|i| i.starts_with("old:")), "{ids:?}");
+});

@@ -29,7 +29,11 @@ const TABLES: [(&str, &str); 7] = [
 fn digests(p: &Project) -> Vec<String> {
     TABLES
         .iter()
-        .map(|(t, order)| p.scalar(&format!("SELECT '{t} ' || count(*) || ' ' || md5(coalesce(string_agg(x::text, '|' ORDER BY {order}), '')) FROM {t} x")))
+        .map(|(t, order)| {
+            p.scalar(&format!(
+                "SELECT '{t} ' || count(*) || ' ' || md5(coalesce(string_agg(x::text, '|' ORDER BY {order}), '')) FROM {t} x"
+            ))
+        })
         .collect()
 }
 

@@ -12,6 +12,7 @@ mod machines;
 mod report;
 mod rows;
 mod runs;
+mod secrets;
 mod shop;
 mod tries;
 mod validate;

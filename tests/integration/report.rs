@@ -1,42 +1,10 @@
 //! The weekly KPI report: PDF, email through a real SMTP server, archive
 //! to a real S3 server, failure notices.
 
-
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Project, create_bucket, service};
-
-/// Messages in the test SMTP server's Maildir whose recipients include
-/// `rcpt`, parsed by Python's email module.
-fn messages_to(rcpt: &str) -> Vec<serde_json::Value> {
-    let maildir = service("SLUICE_TEST_MAILDIR");
-    let script = r#"
-import email, email.policy, hashlib, json, os, sys
-out = []
-new = os.path.join(sys.argv[1], "new")
-for name in sorted(os.listdir(new) if os.path.isdir(new) else []):
-    with open(os.path.join(new, name), "rb") as f:
-        m = email.message_from_binary_file(f, policy=email.policy.default)
-    rcpts = m.get_all("X-RcptTo") or []
-    if not any(sys.argv[2] in r for r in rcpts):
-        continue
-    text = m.get_body(preferencelist=("plain",))
-    html = m.get_body(preferencelist=("html",))
-    atts = []
-    for part in m.iter_attachments():
-        data = part.get_payload(decode=True)
-        atts.append({"filename": part.get_filename(), "type": part.get_content_type(),
-                     "sha256": hashlib.sha256(data).hexdigest(), "head": data[:5].decode("latin-1")})
-    out.append({"to": str(m["To"]), "cc": str(m["Cc"] or ""), "rcpt": rcpts, "from": str(m["From"]),
-                "subject": str(m["Subject"]), "text": text.get_content() if text else None,
-                "html": html.get_content() if html else None, "attachments": atts})
-print(json.dumps(out))
-"#;
-    let out = Command::new("python3").arg("-c").arg(script).arg(&maildir).arg(rcpt).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use crate::harness::{Project, create_bucket, messages_to, service};
 
 fn sha256_file(p: &Path) -> String {
     use sha2::Digest;
