@@ -32,11 +32,19 @@ use world::{AGE_BANDS, CATEGORIES, DayFactors};
 /// Where `sluice generate` and `sluice demo` write, under the project root.
 pub const DEFAULT_OUT: &str = "data/raw";
 
+/// The version of what the generator writes: raised whenever the same
+/// options give different data, so that data from an older generator is
+/// made again.
+pub const GENERATOR_VERSION: u64 = 2;
+
 /// Whether `o.out` already holds exactly what `o` would generate (its
-/// manifest records the same options).
+/// manifest records this generator version and the same options).
 pub fn is_generated(o: &Options) -> bool {
     let Ok(text) = std::fs::read_to_string(o.out.join("manifest.json")) else { return false };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
+    if v["generator"].as_u64() != Some(GENERATOR_VERSION) {
+        return false;
+    }
     let mut want = serde_json::to_value(o).unwrap_or_default();
     let mut have = v["options"].clone();
     for x in [&mut want, &mut have] {
@@ -112,6 +120,8 @@ struct Product {
     category: usize,
     price: i64,
     created_day: i64,
+    /// When it enters the catalogue: no order has it before.
+    created: NaiveDateTime,
     weight: f64,
 }
 
@@ -264,7 +274,7 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         product_rows[export_day].push(format!("{id},{name},{},{price},{stock},{}", c.name, fmt_ts(created)));
         // Popularity: a Zipf-like weight over a random rank.
         let rank = rng.random_range(1..=o.products) as f64;
-        products.push(Product { id, category, price, created_day: day, weight: 1.0 / rank.powf(0.8) });
+        products.push(Product { id, category, price, created_day: day, created, weight: 1.0 / rank.powf(0.8) });
     }
     sum.products = products.len() as u64;
 
@@ -305,6 +315,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
     }
 
     let mut next_order = 1_000_000i64;
+    // Session ids are unique across users and days.
+    let mut next_session = 1u64;
     let mut unknown_product = 9_000_000i64;
     let mut unknown_user = 8_000_000i64;
     let hour_shares: Vec<Vec<f64>> = (0..AGE_BANDS).map(|b| (0..24).map(|h| world::hour_weight(b, h)).collect()).collect();
@@ -442,8 +454,17 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                         (Some(fi), true) => fresh[fi.sample(&mut rng)],
                         _ => best[best_index.sample(&mut rng)],
                     };
-                    if !picked.contains(&p) {
+                    // A product created later today cannot be ordered yet.
+                    if !picked.contains(&p) && products[p].created <= ordered_at {
                         picked.push(p);
+                    }
+                }
+                if picked.is_empty() {
+                    // Every draw was a product of later today: the best
+                    // seller that exists already.
+                    match best.iter().copied().find(|&p| products[p].created <= ordered_at) {
+                        Some(p) => picked.push(p),
+                        None => continue,
                     }
                 }
                 let discount = if factors.events.contains(&"black_friday") { 0.8 } else { 1.0 };
@@ -473,7 +494,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                     partner.push((order_id, users[ui].id, ordered_at, status, items.clone()));
                 }
                 // The session that led to the order.
-                let session = format!("s{:08x}", rng.random::<u32>());
+                let session = format!("s{next_session:010x}");
+                next_session += 1;
                 // The session stays within the day: a day's log holds that day's events.
                 let start = (ordered_at - Duration::seconds(rng.random_range(120..1800))).max(day_start);
                 let span = (ordered_at - start).num_seconds().max(items.len() as i64 + 2);
@@ -499,7 +521,8 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
             if t < users[ui].signup {
                 continue;
             }
-            let session = format!("s{:08x}", rng.random::<u32>());
+            let session = format!("s{next_session:010x}");
+            next_session += 1;
             visits.push((t, format!("event=visit session={session} user={uid}")));
             let x: f64 = rng.random();
             if x < 0.5 {
@@ -566,6 +589,24 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
                 }
                 unknown_user += 1;
                 faults.push(Fault { date: ds.clone(), file: "orders.csv".into(), kind: "unknown user", line: None, order_id: Some(oid) });
+            }
+            if rng.random_bool(0.2) {
+                // An order for a product that enters the catalogue later the
+                // same day: the export's clock and the catalogue disagree.
+                let i = pick(&mut rng, &lines);
+                let later = products.iter().find(|p| p.created_day == day as i64 && p.created > lines[i].ordered_at).map(|p| p.id);
+                let clean = !faults.iter().any(|f| f.order_id == Some(lines[i].order_id));
+                if let Some(pid) = later.filter(|_| clean) {
+                    let oid = lines[i].order_id;
+                    lines[i].product_id = pid;
+                    faults.push(Fault {
+                        date: ds.clone(),
+                        file: "orders.csv".into(),
+                        kind: "product not yet created",
+                        line: None,
+                        order_id: Some(oid),
+                    });
+                }
             }
             if rng.random_bool(0.3) {
                 let i = pick(&mut rng, &lines);
@@ -647,7 +688,7 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
     if let Some(m) = options.as_object_mut() {
         m.remove("out");
     }
-    let manifest = serde_json::json!({ "options": options, "summary": sum });
+    let manifest = serde_json::json!({ "generator": GENERATOR_VERSION, "options": options, "summary": sum });
     write_json(&o.out.join("manifest.json"), &manifest)?;
     if o.dirty {
         write_json(&o.out.join("faults.json"), &serde_json::to_value(&faults).unwrap_or_default())?;

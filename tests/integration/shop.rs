@@ -115,6 +115,55 @@ sluice_test!(the_generator_is_deterministic_and_follows_the_shop_rules, |p| {
     assert!((9..=11).contains(&peak(&hours[1])), "50s peak at {}", peak(&hours[1]));
 });
 
+sluice_test!(the_generator_keeps_time_ids_and_noise_realistic, |p| {
+    p.sluice(&["generate", "--out", "g", "--days", "14", "--users", "2000", "--products", "800", "--seed", "3"]).ok();
+    let root = p.path().join("g");
+    // Products are never sold before they exist.
+    let mut created: HashMap<String, String> = HashMap::new();
+    let mut days: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|d| d.is_dir()).collect();
+    days.sort();
+    for d in &days {
+        let bytes = std::fs::read(d.join("products.csv")).unwrap();
+        let text = match String::from_utf8(bytes.clone()) {
+            Ok(t) => t,
+            Err(_) => encoding_rs::EUC_KR.decode(&bytes).0.into_owned(),
+        };
+        for l in text.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            created.insert(f[0].to_string(), f[5].to_string());
+        }
+    }
+    let mut lines = 0;
+    for d in &days {
+        for (_, f) in read_orders(&d.join("orders.csv")) {
+            let product_created = created.get(&f[6]).unwrap_or_else(|| panic!("product {} is in no export", f[6]));
+            assert!(product_created.as_str() <= f[2].as_str(), "order {} at {} has product {} created at {product_created}", f[0], f[2], f[6]);
+            lines += 1;
+        }
+    }
+    assert!(lines > 1000);
+    // A session id belongs to one user, across days.
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for d in &days {
+        for l in std::fs::read_to_string(d.join("visits.log")).unwrap().lines() {
+            let (Some(s), Some(u)) = (l.split("session=").nth(1), l.split("user=").nth(1)) else { continue };
+            let (s, u) = (s.split(' ').next().unwrap().to_string(), u.split(' ').next().unwrap().to_string());
+            let prev = owner.entry(s.clone()).or_insert_with(|| u.clone());
+            assert_eq!(*prev, u, "session {s} has two users");
+        }
+    }
+    // Two weekdays do not repeat each other's hourly pattern: the orders of
+    // each hour are drawn, not copied.
+    let hours = |d: &Path| -> Vec<usize> {
+        let mut h = vec![0usize; 24];
+        for (_, f) in read_orders(&d.join("orders.csv")) {
+            h[f[2][11..13].parse::<usize>().unwrap()] += 1;
+        }
+        h
+    };
+    assert_ne!(hours(&days[7]), hours(&days[8]));
+});
+
 sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_the_faults, |p| {
     p.own_database();
     p.copy_shipped();
@@ -125,7 +174,8 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     let faults: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(raw.join("faults.json")).unwrap()).unwrap();
     let fault_orders =
         |kind: &str| -> BTreeSet<i64> { faults.iter().filter(|f| f["kind"] == kind).filter_map(|f| f["order_id"].as_i64()).collect() };
-    let bad_orders: BTreeSet<i64> = ["unknown product", "negative quantity", "unknown user"].iter().flat_map(|k| fault_orders(k)).collect();
+    let bad_orders: BTreeSet<i64> =
+        ["unknown product", "negative quantity", "unknown user", "product not yet created"].iter().flat_map(|k| fault_orders(k)).collect();
     assert!(!bad_orders.is_empty() && faults.iter().any(|f| f["kind"] == "cp949 file"), "the dirty data has faults of every kind");
 
     // What should land, computed from the raw files.
@@ -170,7 +220,9 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     );
 
     // Every fault is in quarantine with its reason, and nothing else is.
-    for kind in ["unknown product", "negative quantity", "unknown user", "duplicate line"] {
+    // (An order for a product created after it is caught too.)
+    assert!(!fault_orders("product not yet created").is_empty(), "the dirty data has an order for a product not yet created");
+    for kind in ["unknown product", "negative quantity", "unknown user", "duplicate line", "product not yet created"] {
         let got: BTreeSet<i64> = p
             .sql(&format!("SELECT DISTINCT order_id FROM shop.quarantine WHERE reason = '{kind}'"))
             .iter()
@@ -189,7 +241,7 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
         assert_eq!(got, want, "{kind}");
     }
     let reasons: BTreeSet<String> = p.sql("SELECT DISTINCT reason FROM shop.quarantine").into_iter().collect();
-    assert!(reasons.len() <= 7, "{reasons:?}");
+    assert!(reasons.len() <= 8, "{reasons:?}");
 
     // Rerunning a day leaves the warehouse as it was.
     let digest =
