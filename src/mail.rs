@@ -27,8 +27,11 @@ pub enum MailError {
     Address(String, String),
     #[error("cannot build the message: {0}")]
     Build(String),
-    #[error("{0}")]
-    Smtp(String),
+    /// The SMTP server could not be reached or did not take the message;
+    /// `permanent` when it refused it with a 5xx reply (sending again
+    /// would be refused again).
+    #[error("{message}")]
+    Smtp { message: String, permanent: bool },
     #[error("cannot write {0}: {1}")]
     Outbox(PathBuf, std::io::Error),
 }
@@ -64,8 +67,10 @@ pub fn parse_mailbox(s: &str) -> Result<Mailbox, MailError> {
 }
 
 fn build(msg: &Outgoing, default_from: &str) -> Result<Message, MailError> {
-    let from = msg.from.clone().unwrap_or_else(|| default_from.to_string());
-    let mut b = Message::builder().from(parse_mailbox(&from)?).subject(msg.subject.clone());
+    let from = parse_mailbox(msg.from.as_deref().unwrap_or(default_from))?;
+    // The Message-ID names the sender's domain, not this machine.
+    let id = format!("<{}@{}>", uuid::Uuid::new_v4().simple(), from.email.domain());
+    let mut b = Message::builder().from(from).message_id(Some(id)).subject(msg.subject.clone());
     for a in split_addresses(&msg.to) {
         b = b.to(parse_mailbox(&a)?);
     }
@@ -92,30 +97,49 @@ fn build(msg: &Outgoing, default_from: &str) -> Result<Message, MailError> {
     m.map_err(|e| MailError::Build(e.to_string()))
 }
 
-/// The default sender: the connection's `from` parameter, else `sluice@<host>`.
+/// The sender when a message names none: the connection's `from`
+/// parameter, else its login when that is an address, else
+/// `sluice@localhost` (never the machine's name, which mail servers reject
+/// or mark as spam, and which says nothing to the reader).
+pub const FALLBACK_FROM: &str = "sluice@localhost";
+
 fn default_from(conn: Option<&Connection>) -> String {
-    conn.and_then(|c| c.extra.get("from").cloned()).unwrap_or_else(|| format!("sluice@{}", crate::state::worker::hostname()))
+    conn.and_then(|c| c.extra.get("from").cloned().or_else(|| c.login.clone().filter(|l| l.contains('@'))))
+        .unwrap_or_else(|| FALLBACK_FROM.to_string())
+}
+
+/// Writes the message as an `.eml` file to `outbox`: as `name` when given
+/// (replacing an earlier copy), else named by time and subject.
+pub fn save(msg: &Outgoing, conn: Option<&Connection>, outbox: &Path, name: Option<&str>) -> Result<PathBuf, MailError> {
+    let message = build(msg, &default_from(conn))?;
+    std::fs::create_dir_all(outbox).map_err(|e| MailError::Outbox(outbox.to_path_buf(), e))?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let slug: String = msg.subject.chars().map(|ch| if ch.is_alphanumeric() { ch } else { '-' }).take(60).collect();
+            format!("{}-{}.eml", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"), slug.trim_matches('-'))
+        }
+    };
+    let path = outbox.join(name);
+    let tmp = path.with_extension("eml.tmp");
+    std::fs::write(&tmp, message.formatted()).map_err(|e| MailError::Outbox(tmp.clone(), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| MailError::Outbox(path.clone(), e))?;
+    Ok(path)
 }
 
 /// Sends through `conn`, or writes to `outbox` when there is none.
 pub async fn deliver(msg: &Outgoing, conn: Option<&Connection>, outbox: &Path) -> Result<Delivery, MailError> {
-    let message = build(msg, &default_from(conn))?;
     let Some(c) = conn else {
-        std::fs::create_dir_all(outbox).map_err(|e| MailError::Outbox(outbox.to_path_buf(), e))?;
-        let slug: String = msg.subject.chars().map(|ch| if ch.is_alphanumeric() { ch } else { '-' }).take(60).collect();
-        let name = format!("{}-{}.eml", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"), slug.trim_matches('-'));
-        let path = outbox.join(name);
-        let tmp = path.with_extension("eml.tmp");
-        std::fs::write(&tmp, message.formatted()).map_err(|e| MailError::Outbox(tmp.clone(), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| MailError::Outbox(path.clone(), e))?;
-        return Ok(Delivery::Outbox(path));
+        return Ok(Delivery::Outbox(save(msg, None, outbox, None)?));
     };
+    let message = build(msg, &default_from(conn))?;
     let host = c.host.clone().unwrap_or_else(|| "localhost".into());
     let implicit_tls = c.scheme == "smtps" || c.extra.get("tls").is_some_and(|t| t == "tls");
     let no_tls = c.extra.get("tls").is_some_and(|t| matches!(t.as_str(), "none" | "false" | "off"));
     let port = c.port.unwrap_or(if implicit_tls { 465 } else { 587 });
     let server = format!("{host}:{port}");
-    let smtp_err = |e: lettre::transport::smtp::Error| MailError::Smtp(describe_smtp(&e, &c.id, &server));
+    let smtp_err =
+        |e: lettre::transport::smtp::Error| MailError::Smtp { message: describe_smtp(&e, &c.id, &server), permanent: e.is_permanent() };
     let mut builder = if no_tls {
         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host)
     } else if implicit_tls {

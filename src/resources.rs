@@ -27,8 +27,34 @@ pub struct Resources {
     pools: std::sync::Mutex<HashMap<String, PgPool>>,
     s3: std::sync::Mutex<HashMap<String, aws_sdk_s3::Client>>,
     http: std::sync::OnceLock<reqwest::Client>,
-    /// sluice's own state store, for tasks that report on the pipeline.
-    pub state: std::sync::OnceLock<crate::state::Store>,
+    /// A read-only view of the pipeline's own runs, for reports on it; set
+    /// by the runner (tasks never see the state store itself).
+    pub pipeline: std::sync::OnceLock<Arc<dyn PipelineView>>,
+}
+
+/// Runs of one DAG in a period, for reports on the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DagRunStats {
+    pub dag_id: String,
+    /// Runs whose logical date is in the period.
+    pub runs: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    /// Queued or running.
+    pub unfinished: i64,
+}
+
+/// What a task may know about the pipeline's own runs: statistics, not
+/// the state store's tables.
+pub trait PipelineView: Send + Sync {
+    /// Every DAG the store knows, with its runs whose logical date is in
+    /// `[from, to)`, leaving out run `exclude` (the report's own).
+    fn dag_run_stats(
+        &self,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        exclude: Option<i64>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<DagRunStats>, String>>;
 }
 
 impl Resources {
@@ -45,7 +71,7 @@ impl Resources {
             pools: Default::default(),
             s3: Default::default(),
             http: Default::default(),
-            state: Default::default(),
+            pipeline: Default::default(),
         })
     }
 

@@ -146,6 +146,27 @@ impl Templates {
         problems
     }
 
+    /// Renders, at validate time, a template that reads nothing but
+    /// variables (`var.X`), looking each up with `lookup`. `None` when it
+    /// reads anything else (it can only be rendered in a run); an error for
+    /// a variable `lookup` does not know or a template that fails.
+    pub fn render_vars_only(&self, src: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<Result<String, String>> {
+        let tmpl = self.env.template_from_str(src).ok()?;
+        let names = tmpl.undeclared_variables(true);
+        let mut vars = serde_json::Map::new();
+        for name in &names {
+            let var = name.strip_prefix("var.")?;
+            match lookup(var) {
+                Some(v) => {
+                    vars.insert(var.to_string(), serde_json::Value::from(v));
+                }
+                None => return Some(Err(format!("variable `{var}` is not defined"))),
+            }
+        }
+        let ctx = Value::from_serialize(serde_json::json!({ "var": vars }));
+        Some(tmpl.render(ctx).map_err(|e| describe(&e)))
+    }
+
     /// Renders `src` with `ctx`. Strings without template syntax are
     /// returned unchanged.
     pub fn render(&self, src: &str, ctx: &Value) -> Result<String, TemplateError> {

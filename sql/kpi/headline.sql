@@ -21,33 +21,39 @@ newc AS (
     FROM periods p LEFT JOIN shop.users u ON u.signup_at >= p.s AND u.signup_at < p.e
     GROUP BY p.p
 ),
--- Each period's paying customers once (a busy week has many orders per
--- customer), then whether they had bought before the period: one index
--- probe per customer, however long the history.
+-- Repeat customers: of the customers with a paid order in the 12 months
+-- up to each period's end, the share with at least two (what a manager
+-- means by the repeat purchase rate).
+repeat AS (
+    SELECT p.p,
+           count(*) FILTER (WHERE x.n >= 1) AS buyers_12m,
+           count(*) FILTER (WHERE x.n >= 2) AS repeaters_12m
+    FROM periods p
+    JOIN LATERAL (
+        SELECT user_id, count(*) AS n
+        FROM shop.orders
+        WHERE status = 'paid' AND ordered_at >= p.e - interval '365 days' AND ordered_at < p.e
+        GROUP BY user_id
+    ) x ON true
+    GROUP BY p.p
+),
+-- Each period's paying customers.
 buyers AS (
-    SELECT DISTINCT CASE WHEN ordered_at >= $1::timestamp THEN 'now' ELSE 'prev' END AS p, user_id
+    SELECT CASE WHEN ordered_at >= $1::timestamp THEN 'now' ELSE 'prev' END AS p, count(DISTINCT user_id) AS buyers
     FROM shop.orders
     WHERE status = 'paid' AND ordered_at >= $1::timestamp - interval '7 days' AND ordered_at < $2::timestamp
-),
-repeat AS (
-    SELECT b.p,
-           count(*) AS buyers,
-           count(*) FILTER (WHERE EXISTS (
-               SELECT 1 FROM shop.orders x
-               WHERE x.user_id = b.user_id AND x.status = 'paid' AND x.ordered_at < p.s
-           )) AS returning
-    FROM buyers b JOIN periods p USING (p)
-    GROUP BY b.p
+    GROUP BY 1
 ),
 v AS (
     SELECT p.p, coalesce(m.revenue, 0) AS revenue, coalesce(m.orders, 0) AS orders,
            CASE WHEN m.orders > 0 THEN round(m.revenue / m.orders) END AS aov,
-           coalesce(r.buyers, 0) AS active_customers, n.new_customers,
-           CASE WHEN r.buyers > 0 THEN r.returning::numeric / r.buyers END AS repeat_rate,
+           coalesce(b.buyers, 0) AS active_customers, n.new_customers,
+           CASE WHEN r.buyers_12m > 0 THEN r.repeaters_12m::numeric / r.buyers_12m END AS repeat_rate,
            CASE WHEN m.all_orders > 0 THEN m.cancelled::numeric / m.all_orders END AS cancel_rate
     FROM periods p
     JOIN newc n USING (p)
     LEFT JOIN m USING (p)
+    LEFT JOIN buyers b USING (p)
     LEFT JOIN repeat r USING (p)
 )
 SELECT 'revenue' AS metric, (SELECT revenue FROM v WHERE p = 'now') AS value, (SELECT revenue FROM v WHERE p = 'prev') AS previous

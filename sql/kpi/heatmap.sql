@@ -1,5 +1,6 @@
--- Orders by weekday (1 = Monday) and hour of the day.
+-- Paid orders by weekday (1 = Monday) and hour of the day: the same orders
+-- as the Orders card, so the cells add up to it.
 SELECT extract(isodow FROM ordered_at)::int AS weekday, extract(hour FROM ordered_at)::int AS hour, count(*) AS orders
 FROM shop.orders
-WHERE ordered_at >= $1::timestamp AND ordered_at < $2::timestamp
+WHERE status = 'paid' AND ordered_at >= $1::timestamp AND ordered_at < $2::timestamp
 GROUP BY 1, 2

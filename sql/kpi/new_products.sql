@@ -1,23 +1,13 @@
--- Products whose first paid purchase happened in the period: sold (paid) in
--- the period and never before it. The "never before" probe uses the
--- (product_id, ordered_at) index, so its cost does not grow with history.
-WITH sold AS (
-    SELECT i.product_id, min(i.ordered_at) AS first_at, sum(i.quantity) AS units
-    FROM shop.order_items i JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
-    WHERE i.ordered_at >= $1::timestamp AND i.ordered_at < $2::timestamp
-    GROUP BY i.product_id
-)
-SELECT p.name, p.category, to_char(s.first_at, 'MM-DD HH24:MI') AS first_purchase, s.units
-FROM sold s
-JOIN shop.products p ON p.id = s.product_id
--- LIMIT 1 keeps this a probe per product (a plain NOT EXISTS may be
--- planned as an anti join over the whole history).
+-- Products added to the catalogue in the period (created_at in the
+-- period), with their paid units and revenue in it, best sellers first.
+SELECT p.name, p.category, to_char(p.created_at, 'MM-DD HH24:MI') AS created,
+       coalesce(s.units, 0) AS units, coalesce(s.revenue, 0) AS revenue
+FROM shop.products p
 LEFT JOIN LATERAL (
-    SELECT 1 AS found
+    SELECT sum(i.quantity) AS units, sum(i.quantity * i.unit_price) AS revenue
     FROM shop.order_items i JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
-    WHERE i.product_id = s.product_id AND i.ordered_at < $1::timestamp
-    LIMIT 1
-) earlier ON true
-WHERE earlier.found IS NULL
-ORDER BY s.units DESC, s.first_at
+    WHERE i.product_id = p.id AND i.ordered_at >= $1::timestamp AND i.ordered_at < $2::timestamp
+) s ON true
+WHERE p.created_at >= $1::timestamp AND p.created_at < $2::timestamp
+ORDER BY coalesce(s.units, 0) DESC, p.created_at
 LIMIT 10

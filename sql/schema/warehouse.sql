@@ -109,3 +109,72 @@ CREATE INDEX IF NOT EXISTS users_signup_at ON shop.users (signup_at);
 CREATE INDEX IF NOT EXISTS events_ts ON shop.events (ts);
 CREATE INDEX IF NOT EXISTS grade_history_changed_at ON shop.grade_history (changed_at);
 CREATE INDEX IF NOT EXISTS quarantine_ds ON shop.quarantine (ds);
+CREATE INDEX IF NOT EXISTS products_created_at ON shop.products (created_at);
+
+-- The report's definitions of a customer's grade and RFM segment at a point
+-- in time, each written once and read by every query that shows them.
+
+-- Grades at `at`, replayed from grade_history: the latest change before
+-- `at`; BRONZE for a customer never graded; only customers signed up by then.
+CREATE OR REPLACE FUNCTION shop.grades_at(at timestamp)
+RETURNS TABLE (user_id bigint, grade text) LANGUAGE sql STABLE AS $$
+    WITH latest AS (
+        SELECT DISTINCT ON (h.user_id) h.user_id, h.new_grade
+        FROM shop.grade_history h
+        WHERE h.changed_at < at
+        ORDER BY h.user_id, h.changed_at DESC, h.id DESC
+    )
+    SELECT u.id, coalesce(l.new_grade, 'BRONZE')
+    FROM shop.users u LEFT JOIN latest l ON l.user_id = u.id
+    WHERE u.signup_at < at
+$$;
+
+-- RFM scores and segments at `at`, of the customers with a paid order in
+-- the 12 months before it.
+--
+-- Scores (1 to 5, 5 best) rank customers on recency (whole days since the
+-- last paid order, fewer is better), frequency (paid orders) and monetary
+-- value (paid revenue): a score is 1 + floor(5 x the share of customers
+-- with a worse value), at most 5, so equal values get equal scores (in
+-- integer arithmetic: rank() - 1 customers are worse, of count - 1 others).
+-- FM is the mean of F and M, rounded half up.
+--
+-- The segments are the 11 of Putler's R x FM table ("RFM Analysis For
+-- Successful Customer Segmentation", putler.com), made a partition of the
+-- 5 x 5 grid, each cell inside the table's ranges for its segment:
+--
+--   R \ FM  1               2                    3                    4                5
+--   5       New Customers   Potential Loyalists  Potential Loyalists  Champions        Champions
+--   4       Promising       Potential Loyalists  Loyal                Champions        Champions
+--   3       About to Sleep  Need Attention       Loyal                Loyal            Loyal
+--   2       Hibernating     Hibernating          At Risk              At Risk          At Risk
+--   1       Lost            Lost                 At Risk              Can't Lose Them  Can't Lose Them
+CREATE OR REPLACE FUNCTION shop.rfm_at(at timestamp)
+RETURNS TABLE (user_id bigint, recency_days int, frequency bigint, monetary numeric, r int, f int, m int, segment text)
+LANGUAGE sql STABLE AS $$
+    WITH c AS (
+        SELECT o.user_id,
+               floor(extract(epoch FROM at - max(o.ordered_at)) / 86400)::int AS recency_days,
+               count(*) AS frequency,
+               sum(o.total_amount) AS monetary
+        FROM shop.orders o
+        WHERE o.status = 'paid' AND o.ordered_at >= at - interval '365 days' AND o.ordered_at < at
+        GROUP BY o.user_id
+    ),
+    s AS (
+        SELECT c.*,
+               least(5, 1 + 5 * (rank() OVER (ORDER BY c.recency_days DESC) - 1) / greatest(count(*) OVER () - 1, 1))::int AS r,
+               least(5, 1 + 5 * (rank() OVER (ORDER BY c.frequency) - 1) / greatest(count(*) OVER () - 1, 1))::int AS f,
+               least(5, 1 + 5 * (rank() OVER (ORDER BY c.monetary) - 1) / greatest(count(*) OVER () - 1, 1))::int AS m
+        FROM c
+    )
+    SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m,
+           (ARRAY[
+               ARRAY['Lost', 'Lost', 'At Risk', 'Can''t Lose Them', 'Can''t Lose Them'],
+               ARRAY['Hibernating', 'Hibernating', 'At Risk', 'At Risk', 'At Risk'],
+               ARRAY['About to Sleep', 'Need Attention', 'Loyal', 'Loyal', 'Loyal'],
+               ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
+               ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
+           ])[s.r][floor((s.f + s.m) / 2.0 + 0.5)::int]
+    FROM s
+$$;

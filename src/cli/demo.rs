@@ -16,7 +16,7 @@ use super::App;
 use crate::connections::Connections;
 use crate::dag::duration::format_elapsed;
 use crate::runner::backfill::Reprocess;
-use crate::runner::{Quiet, RunOutcome, Runner};
+use crate::runner::{Quiet, Runner};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -53,7 +53,10 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     // 2. The raw exports.
     let out = root.join(crate::generate::DEFAULT_OUT);
     let opts = args.shop.options(out.clone(), !args.clean);
-    if crate::generate::is_generated(&opts) {
+    // Exports made afresh (other options, a newer generator) invalidate what
+    // earlier demos loaded: every run below is then done again.
+    let fresh = !crate::generate::is_generated(&opts);
+    if !fresh {
         eprintln!("raw exports already generated in {} (same options)", crate::loader::display_path(&out).display());
     } else {
         let t = std::time::Instant::now();
@@ -90,33 +93,49 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     // 4. The daily ETL over every generated day.
     let last = args.shop.start + chrono::Duration::days(args.shop.days as i64 - 1);
     let etl_params = etl.resolve_params(&[]).map_err(anyhow::Error::msg)?;
-    let summary =
-        super::backfill::backfill_dag(&runner, etl.clone(), args.shop.start, last, Reprocess::Failed, None, false, &etl_params).await?;
+    let summary = super::backfill::backfill_dag(&runner, etl.clone(), args.shop.start, last, redo(fresh), None, false, &etl_params).await?;
     if summary.failed > 0 {
         bail!("{} ETL run(s) failed; `sluice runs list ecommerce_etl --state failed` shows them", summary.failed);
     }
 
-    // 5. Grades as of the end of the data.
-    let end = crate::dag::schedule::local_midnight(last.succ_opt().unwrap_or(last), grades.timezone);
-    let (logical, interval) =
-        grades.manual_interval(crate::dag::ManualWhen::Logical(end), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+    // 5. Grades through the demo window. The shipped schedule grades every
+    // ten minutes (12,960 ticks for 90 days); the demo runs one tick a day,
+    // the last of each day (23:50, grading as of midnight), in order, so the
+    // grade history has the real upgrades and downgrades of each day.
     let params = grades.resolve_params(&[]).map_err(anyhow::Error::msg)?;
-    let run = match store.create_run(&grades, "manual", logical, interval, &params, "queued").await? {
-        Ok(r) => Some(r),
-        Err(crate::state::RunExists(r)) if r.state == "success" => {
-            eprintln!("grades as of {} already computed (run {})", end.with_timezone(&grades.timezone).format("%Y-%m-%d %H:%M"), r.run_id);
-            None
+    if fresh {
+        // Grades are state carried from one tick to the next: start over.
+        sqlx::raw_sql("UPDATE shop.users SET grade = 'BRONZE', grade_updated_at = NULL; DELETE FROM shop.grade_history")
+            .execute(&mut <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?)
+            .await
+            .context("resetting the grades of an earlier demo")?;
+    }
+    let (mut graded, mut already) = (0, 0);
+    let t = std::time::Instant::now();
+    store.register_worker(&runner.worker, "demo").await?;
+    let mut day = args.shop.start;
+    while day <= last {
+        let midnight = crate::dag::schedule::local_midnight(day.succ_opt().unwrap_or(day), grades.timezone);
+        let tick = crate::dag::ManualWhen::Logical(midnight - chrono::Duration::minutes(10));
+        match run_once(&runner, &grades, tick, &params, fresh, "backfill").await? {
+            (_, false) => already += 1,
+            (run, true) if run.state != "success" => {
+                store.stop_worker(&runner.worker).await.ok();
+                bail!("the grade update as of {midnight} failed; see `sluice runs show {}`", run.run_id);
+            }
+            _ => graded += 1,
         }
-        Err(crate::state::RunExists(r)) => Some(r),
-    };
-    if let Some(run) = run {
-        store.register_worker(&runner.worker, "demo").await?;
-        let outcome = runner.drive(grades.clone(), run.run_id, &mut Quiet, CancellationToken::new()).await?;
-        if outcome != RunOutcome::Success {
-            bail!("the grade update failed; see `sluice runs show {}`", run.run_id);
-        }
-        eprintln!("graded every customer as of {} (run {})", end.with_timezone(&grades.timezone).format("%Y-%m-%d %H:%M"), run.run_id);
-        store.stop_worker(&runner.worker).await.ok();
+        day = day.succ_opt().unwrap_or(day);
+    }
+    store.stop_worker(&runner.worker).await.ok();
+    if graded > 0 {
+        eprintln!(
+            "graded every customer at the end of each day: {graded} grade run(s) in {}{}",
+            format_elapsed(t.elapsed()),
+            if already > 0 { format!(", {already} already done") } else { String::new() }
+        );
+    } else {
+        eprintln!("grades of all {already} days already computed");
     }
 
     // 6. The weekly report of the last full Monday-to-Sunday week.
@@ -127,31 +146,23 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let monday = sunday - chrono::Duration::days(6);
     let mut report_lines = Vec::new();
     if monday >= args.shop.start {
-        let (logical, interval) =
-            report.manual_interval(crate::dag::ManualWhen::Date(monday), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
         let params = report.resolve_params(&[]).map_err(anyhow::Error::msg)?;
-        let run = match store.create_run(&report, "manual", logical, interval, &params, "queued").await? {
-            Ok(r) => r,
-            Err(crate::state::RunExists(r)) => r,
-        };
         // Redo a finished report whose PDF is gone.
-        let pdf_exists = store
-            .outputs(run.run_id)
-            .await?
-            .get("weekly_report")
-            .and_then(|o| o.pointer("/artifacts/local").and_then(|v| v.as_str()).map(|p| std::path::Path::new(p).exists()))
-            .unwrap_or(false);
-        if run.state == "success" && !pdf_exists {
-            let all: Vec<(String, i32)> = report.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
-            store.clear(run.run_id, &all).await?;
-        }
-        if run.state != "success" || !pdf_exists {
-            store.register_worker(&runner.worker, "demo").await?;
-            let outcome = runner.drive(report.clone(), run.run_id, &mut Quiet, CancellationToken::new()).await?;
-            store.stop_worker(&runner.worker).await.ok();
-            if outcome != RunOutcome::Success {
-                bail!("the weekly report failed; see `sluice runs show {}`", run.run_id);
-            }
+        let existing = report.manual_interval(crate::dag::ManualWhen::Date(monday), chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+        let pdf_gone = match store.find_run(&report.dag_id, existing.0).await? {
+            Some(r) => !store
+                .outputs(r.run_id)
+                .await?
+                .get("weekly_report")
+                .and_then(|o| o.pointer("/artifacts/local").and_then(|v| v.as_str()).map(|p| std::path::Path::new(p).exists()))
+                .unwrap_or(false),
+            None => false,
+        };
+        store.register_worker(&runner.worker, "demo").await?;
+        let (run, _) = run_once(&runner, &report, crate::dag::ManualWhen::Date(monday), &params, fresh || pdf_gone, "manual").await?;
+        store.stop_worker(&runner.worker).await.ok();
+        if run.state != "success" {
+            bail!("the weekly report failed; see `sluice runs show {}`", run.run_id);
         }
         let outputs = store.outputs(run.run_id).await?;
         if let Some(pdf) = outputs.get("weekly_report").and_then(|o| o.pointer("/artifacts/local")).and_then(|v| v.as_str()) {
@@ -182,6 +193,39 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     }
     outln!("Demo finished in {}.", format_elapsed(started.elapsed()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a backfill of the demo's days does with the runs of earlier demos.
+fn redo(fresh: bool) -> Reprocess {
+    if fresh { Reprocess::All } else { Reprocess::Failed }
+}
+
+/// Runs `dag` once at `when`, unless a run there already succeeded and
+/// `again` is false. Returns the run and whether it was driven now.
+async fn run_once(
+    runner: &Runner,
+    dag: &Arc<crate::dag::Dag>,
+    when: crate::dag::ManualWhen,
+    params: &serde_json::Map<String, serde_json::Value>,
+    again: bool,
+    run_type: &str,
+) -> Result<(crate::state::RunRow, bool)> {
+    let store = &runner.store;
+    let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
+    let run = match store.create_run(dag, run_type, logical, interval, params, "queued").await? {
+        Ok(r) => r,
+        Err(crate::state::RunExists(r)) if r.state == "success" && !again => return Ok((r, false)),
+        Err(crate::state::RunExists(r)) => {
+            if r.state != "queued" && r.state != "running" {
+                let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
+                store.clear(r.run_id, &all).await?;
+            }
+            r
+        }
+    };
+    runner.drive(dag.clone(), run.run_id, &mut Quiet, CancellationToken::new()).await?;
+    let run = store.run(run.run_id).await?.context("the run vanished from the state store")?;
+    Ok((run, true))
 }
 
 async fn print_summary(url: &str) -> Result<()> {

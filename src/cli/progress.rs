@@ -78,6 +78,10 @@ impl Observer for Progress {
                 for warn in &r.warnings {
                     self.line(format!("    warning: {}", first_line(warn)));
                 }
+                if let Some(n) = &r.notice {
+                    let mark = if n.delivered() { "    " } else { "    ✗ " };
+                    self.line(format!("{mark}{}", first_line(&crate::secrets::mask(&n.to_string()))));
+                }
             }
             RunEvent::Decided { task, state } => {
                 let sym = if *state == TiState::Skipped { "-" } else { "↑" };

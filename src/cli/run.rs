@@ -215,6 +215,10 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
         t.add_row([ti.task_id.clone(), ti.state.clone(), ti.try_number.to_string(), dur, details]);
     }
     outln!("{t}");
+    // Failure notices: where each went, or that it was lost.
+    for ti in tis.iter().filter(|ti| ti.notice.is_some()) {
+        outln!("{}: {}", ti.task_id, crate::secrets::mask(ti.notice.as_deref().unwrap_or_default()));
+    }
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     outln!("{}: {} in {}", dag.dag_id, parts.join(", "), format_elapsed(elapsed));
     Ok(())
@@ -289,7 +293,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     let result = {
         use tracing::Instrument;
         if let Some(st) = &store {
-            let _ = res.state.set(st.clone());
+            let _ = res.pipeline.set(std::sync::Arc::new(st.clone()));
         }
         let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true)?;
         eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());

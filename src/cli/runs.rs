@@ -127,6 +127,9 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                 ]);
             }
             outln!("{t}");
+            for ti in tis.iter().filter(|ti| ti.notice.is_some()) {
+                outln!("{}: {}", ti.task_id, crate::secrets::mask(ti.notice.as_deref().unwrap_or_default()));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -44,7 +44,9 @@ pub fn valid_id(id: &str) -> bool {
 struct ParsedTask {
     path: String,
     head: Option<TaskHead>,
+    /// The run policy with `default_args` applied, and as the task wrote it.
     args: TaskArgs,
+    own_args: TaskArgs,
     config: Option<TaskConfig>,
     kind: Option<&'static str>,
     raw: Mapping,
@@ -236,7 +238,16 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         .iter()
         .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
         .collect();
+    let notices = |args: &TaskArgs, path: &str, d: &mut Diagnostics<'_>| {
+        for (key, list) in [("email_on_failure", &args.email_on_failure), ("email_on_retry", &args.email_on_retry)] {
+            if let Some(list) = list {
+                check_notice_addresses(list, &join(path, key), templates, &param_names, env.connections(), &conn_ids, d);
+            }
+        }
+    };
+    notices(&spec.default_args, "default_args", &mut d);
     for t in &tasks {
+        notices(&t.own_args, &t.path, &mut d);
         check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, &mut d);
         if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
             check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, &mut d);
@@ -390,12 +401,13 @@ fn parse_task(
         head_map.insert(Value::from("type"), Value::from("?"));
     }
     let head: Option<TaskHead> = deserialize_collect(head_map, &path, d);
-    let args: TaskArgs = deserialize_collect::<TaskArgs>(args_map, &path, d).unwrap_or_default().or(defaults);
+    let own_args: TaskArgs = deserialize_collect::<TaskArgs>(args_map, &path, d).unwrap_or_default();
+    let args = own_args.or(defaults);
     let config = kind.and_then(|k| {
         let mut m = type_map.clone();
         collect_errors(&mut m, &path, d, |v| TaskConfig::parse(k, v).expect("known type"))
     });
-    ParsedTask { path, head, args, config, kind, raw: type_map }
+    ParsedTask { path, head, args, own_args, config, kind, raw: type_map }
 }
 
 /// Reports keys of `map` not in `known` and removes them.
@@ -498,6 +510,58 @@ pub fn friendly_serde_message(msg: &str) -> String {
         }
     }
     m
+}
+
+/// Failure-notice addresses: each entry an address (or several, separated
+/// by commas), or a template that renders to them. Templates that read only
+/// variables are rendered now; others when the notice is sent.
+fn check_notice_addresses(
+    list: &[String],
+    path: &str,
+    templates: &Templates,
+    params: &BTreeSet<String>,
+    connections: &crate::connections::Connections,
+    conn_ids: &BTreeSet<String>,
+    d: &mut Diagnostics<'_>,
+) {
+    for (i, entry) in list.iter().enumerate() {
+        let at = index(path, i);
+        let rendered = if crate::template::is_template(entry) {
+            let problems = templates.check(entry, params, Some(conn_ids));
+            if !problems.is_empty() {
+                for p in problems {
+                    d.error(At::Value(&at), p);
+                }
+                continue;
+            }
+            match templates.render_vars_only(entry, &|v| connections.variable(v)) {
+                None => continue,
+                Some(Err(e)) => {
+                    d.error(
+                        At::Value(&at),
+                        format!("the notice address `{entry}` cannot be rendered: {e} (define it in config/variables.yaml or as SLUICE_VAR_<NAME>)"),
+                    );
+                    continue;
+                }
+                Some(Ok(r)) => r,
+            }
+        } else {
+            entry.clone()
+        };
+        let addresses = crate::mail::split_addresses(std::slice::from_ref(&rendered));
+        if addresses.is_empty() {
+            d.error(At::Value(&at), format!("the notice address `{entry}` is empty"));
+        }
+        for a in addresses {
+            if let Err(e) = crate::mail::parse_mailbox(&a) {
+                let from = if &rendered != entry { format!(" (from `{entry}`)") } else { String::new() };
+                d.error(
+                    At::Value(&at),
+                    format!("{e}{from}; a notice address looks like `oncall@shop.example` or `On call <oncall@shop.example>`"),
+                );
+            }
+        }
+    }
 }
 
 fn check_templates(

@@ -175,6 +175,17 @@ impl Canvas {
         ]);
     }
 
+    /// A dashed line (comparison series).
+    pub fn dashed_line(&mut self, points: &[(f32, f32)], color: Rgb8, thickness: f32) {
+        if points.len() < 2 {
+            return;
+        }
+        self.ops.push(Op::SaveGraphicsState);
+        self.ops.push(Op::SetLineDashPattern { dash: LineDashPattern::new(0.0, &[3.0, 2.0]) });
+        self.line(points, color, thickness);
+        self.ops.push(Op::RestoreGraphicsState);
+    }
+
     pub fn new_page(&mut self) {
         let ops = std::mem::take(&mut self.ops);
         self.pages.push(ops);
@@ -183,7 +194,7 @@ impl Canvas {
 
     /// Starts a new page unless `height` mm fit below the cursor.
     pub fn ensure(&mut self, height: f32) {
-        if self.y + height > BOTTOM && self.y > MARGIN + 1.0 {
+        if self.y + height > BOTTOM + 0.01 && self.y > MARGIN + 1.0 {
             self.new_page();
         }
     }

@@ -62,36 +62,80 @@ pub fn height(s: &Section, rows: &[Row]) -> f32 {
     title + chart + 6.0
 }
 
-/// Draws a section below the cursor and moves the cursor past it.
-pub fn draw(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang) {
-    let h = height(s, rows);
-    if s.new_page {
-        c.new_page();
+/// Wraps `text` into lines of at most `max` mm.
+fn wrap(c: &Canvas, text: &str, size: f32, max: f32) -> Vec<String> {
+    let mut lines = Vec::new();
+    for para in text.split('\n') {
+        let mut line = String::new();
+        for word in para.split(' ') {
+            let candidate = if line.is_empty() { word.to_string() } else { format!("{line} {word}") };
+            if !line.is_empty() && c.width(&candidate, size, false) > max {
+                lines.push(std::mem::replace(&mut line, word.to_string()));
+            } else {
+                line = candidate;
+            }
+        }
+        lines.push(line);
     }
-    c.ensure(h);
-    let mut y = c.y;
+    lines
+}
+
+/// The height of a section's title and note.
+pub fn head_height(c: &Canvas, s: &Section, lang: Lang) -> f32 {
+    let title = if s.title.is_some() { 7.0 } else { 0.0 };
+    let note = s.note.as_ref().map_or(0.0, |n| wrap(c, n.get(lang), 7.5, CONTENT_W).len() as f32 * 3.4 + 0.8);
+    title + note
+}
+
+/// Draws the title and note at `y`; returns the y below them.
+fn head(c: &mut Canvas, s: &Section, lang: Lang, mut y: f32) -> f32 {
     if let Some(t) = &s.title {
         c.text(MARGIN, y + 4.5, t.get(lang), 11.5, true, INK, Align::Left);
         y += 7.0;
     }
     if let Some(n) = &s.note {
-        c.text(MARGIN, y + 2.0, n.get(lang), 7.5, false, MUTED, Align::Left);
-        y += 4.0;
+        for l in wrap(c, n.get(lang), 7.5, CONTENT_W) {
+            c.text(MARGIN, y + 2.4, &l, 7.5, false, MUTED, Align::Left);
+            y += 3.4;
+        }
+        y += 0.8;
     }
+    y
+}
+
+/// The height a chart section takes at its default size: its title and
+/// note (wrapped as drawn), the chart, and the gap after it.
+pub fn natural_height(c: &Canvas, s: &Section, rows: &[Row], lang: Lang) -> f32 {
+    height(s, rows) - 7.0 * f32::from(u8::from(s.title.is_some())) - 4.0 * f32::from(u8::from(s.note.is_some())) + head_height(c, s, lang)
+}
+
+/// Draws a section below the cursor and moves the cursor past it, at the
+/// height the page layout chose (see `layout`). Tables continue on the next
+/// page, under their repeated header, rather than leave a page part blank.
+pub fn draw(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, incomplete: bool, h: Option<f32>) {
+    if s.new_page {
+        c.new_page();
+    }
+    if s.kind == Kind::Table {
+        return table(c, s, rows, lang);
+    }
+    let h = h.unwrap_or_else(|| natural_height(c, s, rows, lang));
+    c.ensure(h);
+    let y = head(c, s, lang, c.y);
     let body = c.y + h - 6.0 - y;
     match s.kind {
-        Kind::Cards => cards(c, s, rows, lang, y),
+        Kind::Cards => cards(c, s, rows, lang, y, incomplete),
         Kind::Bars => bars(c, s, rows, lang, y, body),
         Kind::Lines => lines(c, s, rows, lang, y, body),
         Kind::Hbars => hbars(c, s, rows, lang, y, body),
         Kind::Heatmap => heatmap(c, s, rows, lang, y, body),
         Kind::Funnel => funnel(c, s, rows, lang, y, body),
-        Kind::Table => table(c, s, rows, lang, y),
+        Kind::Table => {}
     }
     c.y += h;
 }
 
-fn cards(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
+fn cards(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, incomplete: bool) {
     let per_row = 4usize;
     let gap = 3.0;
     let w = (CONTENT_W - gap * (per_row as f32 - 1.0)) / per_row as f32;
@@ -117,7 +161,8 @@ fn cards(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
         if let (Some(v), Format::Won) = (now, m.format) {
             c.text(x + 3.0, top + 15.3, &fmt::won_exact(v, lang), 6.0, false, MUTED, Align::Left);
         }
-        let (delta, dir) = fmt::change(now, prev, m.format);
+        // An incomplete week is not compared: its missing days are not a fall.
+        let (delta, dir) = if incomplete { ("–".to_string(), 0) } else { fmt::change(now, prev, m.format) };
         let good = if m.lower_is_better { -dir } else { dir };
         let color = match good {
             1 => GOOD,
@@ -128,32 +173,99 @@ fn cards(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
     }
 }
 
-/// Axes and gridlines for a value chart; returns (plot left, top, width, height, max).
+/// The plot area of a value chart and its value axis.
+struct Plot {
+    left: f32,
+    top: f32,
+    w: f32,
+    h: f32,
+    lo: f64,
+    hi: f64,
+}
+
+impl Plot {
+    /// The y of value `v`.
+    fn y(&self, v: f64) -> f32 {
+        self.top + self.h - ((v - self.lo) / (self.hi - self.lo)) as f32 * self.h
+    }
+}
+
+/// A value axis for `min..=max`: from zero (bars must start there), or for
+/// lines whose values stay far from zero, from a round value under the
+/// lowest, so that a change between two lines can be seen. Returns (lo, hi, step).
+fn value_axis(min: f64, max: f64, from_zero: bool) -> (f64, f64, f64) {
+    if from_zero || min <= 0.0 || max <= 0.0 || (max - min) / max > 0.5 {
+        let (hi, step) = nice_axis(max);
+        return (0.0, hi, step);
+    }
+    let (_, step) = nice_axis(max - min);
+    let lo = ((min / step).floor() - 1.0).max(0.0) * step;
+    let hi = (max / step).ceil() * step + if (max / step).fract() == 0.0 { step } else { 0.0 };
+    (lo, hi, step)
+}
+
+/// How a legend entry shows its series.
+#[derive(Clone, Copy)]
+enum Swatch {
+    Box,
+    Line,
+    Dashed,
+}
+
+/// Axes and gridlines for a value chart.
 #[allow(clippy::too_many_arguments)]
-fn frame(c: &mut Canvas, s: &Section, lang: Lang, y: f32, h: f32, max: f64, legend: &[(String, Rgb8)]) -> (f32, f32, f32, f32, f64) {
-    let (top_max, step) = nice_axis(max);
-    let left = MARGIN + 16.0;
-    let top = y + 6.0;
-    let w = CONTENT_W - 18.0;
-    let ph = h - 14.0;
-    let mut v = 0.0;
-    while v <= top_max + step / 2.0 {
-        let gy = top + ph - (v / top_max) as f32 * ph;
-        c.line(&[(left, gy), (left + w, gy)], if v == 0.0 { MUTED } else { RULE }, if v == 0.0 { 0.6 } else { 0.3 });
+fn frame(
+    c: &mut Canvas,
+    s: &Section,
+    lang: Lang,
+    y: f32,
+    h: f32,
+    range: (f64, f64),
+    from_zero: bool,
+    legend: &[(String, Rgb8, Swatch)],
+) -> Plot {
+    let (lo, hi, step) = value_axis(range.0, range.1, from_zero);
+    let plot = Plot { left: MARGIN + 16.0, top: y + 6.0, w: CONTENT_W - 18.0, h: h - 14.0, lo, hi };
+    let (left, top, w, ph) = (plot.left, plot.top, plot.w, plot.h);
+    let mut v = lo;
+    while v <= hi + step / 2.0 {
+        let gy = plot.y(v);
+        let base = v == lo;
+        c.line(&[(left, gy), (left + w, gy)], if base { MUTED } else { RULE }, if base { 0.6 } else { 0.3 });
         c.text(left - 2.0, gy + 1.0, &fmt::axis(v, s.format, lang), 6.0, false, MUTED, Align::Right);
         v += step;
     }
+    // The value axis's title, above its labels; the category axis's, under them.
+    if let Some(t) = &s.y_title {
+        c.text(MARGIN, y + 2.5, t.get(lang), 6.5, false, MUTED, Align::Left);
+    }
+    if let Some(t) = &s.x_title {
+        c.text(left + w / 2.0, top + ph + 8.5, t.get(lang), 6.5, false, MUTED, Align::Center);
+    }
     // Legend, top right.
     let mut lx = MARGIN + CONTENT_W;
-    for (label, color) in legend.iter().rev() {
+    for (label, color, swatch) in legend.iter().rev() {
         let tw = c.width(label, 7.0, false);
         lx -= tw;
         c.text(lx, y + 2.5, label, 7.0, false, INK, Align::Left);
-        lx -= 4.0;
-        c.rect(lx, y, 3.0, 3.0, Some(*color), None);
+        match swatch {
+            Swatch::Box => {
+                lx -= 4.0;
+                c.rect(lx, y, 3.0, 3.0, Some(*color), None);
+            }
+            Swatch::Line => {
+                lx -= 7.0;
+                c.line(&[(lx, y + 1.5), (lx + 6.0, y + 1.5)], *color, 1.6);
+                c.rect(lx + 2.1, y + 0.6, 1.8, 1.8, Some(*color), None);
+            }
+            Swatch::Dashed => {
+                lx -= 7.0;
+                c.dashed_line(&[(lx, y + 1.5), (lx + 6.0, y + 1.5)], *color, 0.9);
+            }
+        }
         lx -= 4.0;
     }
-    (left, top, w, ph, top_max)
+    plot
 }
 
 fn series_data(s: &Section, rows: &[Row]) -> (Vec<String>, Vec<Vec<f64>>) {
@@ -172,18 +284,19 @@ fn bars(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, h: f32) {
     if rows.is_empty() || all_zero(&values) {
         return no_data(c, y, h, lang);
     }
-    let legend: Vec<(String, Rgb8)> =
-        s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), PALETTE[i % PALETTE.len()])).collect();
+    let color = |i: usize| if s.series[i].comparison { PALETTE[1] } else { PALETTE[i % PALETTE.len()] };
+    let legend: Vec<_> = s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), color(i), Swatch::Box)).collect();
     let max = values.iter().flatten().cloned().fold(0.0, f64::max);
-    let (left, top, w, ph, top_max) = frame(c, s, lang, y, h, max, &legend);
+    let p = frame(c, s, lang, y, h, (0.0, max), true, &legend);
+    let (left, top, w, ph) = (p.left, p.top, p.w, p.h);
     let groups = labels.len() as f32;
     let gw = w / groups;
     let bw = (gw * 0.75) / values.len() as f32;
     for (gi, label) in labels.iter().enumerate() {
         let gx = left + gi as f32 * gw + gw * 0.125;
         for (si, vals) in values.iter().enumerate() {
-            let bh = (vals[gi] / top_max) as f32 * ph;
-            c.rect(gx + si as f32 * bw, top + ph - bh, bw * 0.92, bh, Some(PALETTE[si % PALETTE.len()]), None);
+            let bh = top + ph - p.y(vals[gi]);
+            c.rect(gx + si as f32 * bw, top + ph - bh, bw * 0.92, bh, Some(color(si)), None);
         }
         let l = s.x_labels.get(label).map(|t| t.get(lang).to_string()).unwrap_or_else(|| label.clone());
         c.text(left + gi as f32 * gw + gw / 2.0, top + ph + 4.0, &l, 6.5, false, INK, Align::Center);
@@ -195,22 +308,37 @@ fn lines(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, h: f32) 
     if rows.is_empty() || all_zero(&values) {
         return no_data(c, y, h, lang);
     }
-    let legend: Vec<(String, Rgb8)> = s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), line_color(i))).collect();
+    let color = |i: usize| if s.series[i].comparison { COMPARISON } else { line_color(i) };
+    let swatch = |i: usize| if s.series[i].comparison { Swatch::Dashed } else { Swatch::Line };
+    let legend: Vec<_> = s.series.iter().enumerate().map(|(i, se)| (se.label.get(lang).to_string(), color(i), swatch(i))).collect();
     let max = values.iter().flatten().cloned().fold(0.0, f64::max);
-    let (left, top, w, ph, top_max) = frame(c, s, lang, y, h, max, &legend);
+    let min = values.iter().flatten().cloned().fold(f64::INFINITY, f64::min);
+    let p = frame(c, s, lang, y, h, (min, max), false, &legend);
+    let (left, top, w, ph) = (p.left, p.top, p.w, p.h);
     let n = labels.len().max(1) as f32;
     let px = |i: usize| left + (i as f32 + 0.5) * w / n;
-    for (si, vals) in values.iter().enumerate() {
-        let pts: Vec<(f32, f32)> = vals.iter().enumerate().map(|(i, v)| (px(i), top + ph - (*v / top_max) as f32 * ph)).collect();
-        c.line(&pts, line_color(si), 1.4);
-        for (x, yy) in &pts {
-            c.rect(x - 0.8, yy - 0.8, 1.6, 1.6, Some(line_color(si)), None);
+    // Comparison series (last week) first, thin and dashed, so that the
+    // period's own line is drawn over them and never hidden.
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by_key(|&i| !s.series[i].comparison);
+    for si in order {
+        let pts: Vec<(f32, f32)> = values[si].iter().enumerate().map(|(i, v)| (px(i), p.y(*v))).collect();
+        if s.series[si].comparison {
+            c.dashed_line(&pts, color(si), 0.9);
+        } else {
+            c.line(&pts, color(si), 1.6);
+            for (x, yy) in &pts {
+                c.rect(x - 0.9, yy - 0.9, 1.8, 1.8, Some(color(si)), None);
+            }
         }
     }
     for (i, label) in labels.iter().enumerate() {
         c.text(px(i), top + ph + 4.0, label, 6.5, false, INK, Align::Center);
     }
 }
+
+/// Comparison series (last week): a light grey-blue.
+const COMPARISON: Rgb8 = Rgb8(0x9A, 0xA6, 0xB8);
 
 fn line_color(i: usize) -> Rgb8 {
     [PALETTE[0], Rgb8::hex(0x9A_A6_B8), PALETTE[2], PALETTE[3]][i % 4]
@@ -284,12 +412,18 @@ fn heatmap(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32, h: f32
             c.text(MARGIN + label_w + ci as f32 * cw + cw / 2.0, y + nr as f32 * rh + 3.5, l.get(lang), 6.0, false, MUTED, Align::Center);
         }
     }
-    // Scale.
+    if let Some(t) = &s.x_title {
+        c.text(MARGIN + label_w, y + nr as f32 * rh + 8.2, t.get(lang), 6.5, false, MUTED, Align::Left);
+    }
+    // Scale, with what it measures.
     let sy = y + nr as f32 * rh + 6.0;
+    if let Some(t) = &s.value_title {
+        c.text(MARGIN + CONTENT_W - 44.0, sy + 2.2, t.get(lang), 6.0, false, MUTED, Align::Right);
+    }
     for i in 0..20 {
         c.rect(MARGIN + CONTENT_W - 40.0 + i as f32 * 1.5, sy, 1.5, 2.5, Some(lo.mix(hi, i as f32 / 19.0)), None);
     }
-    c.text(MARGIN + CONTENT_W - 41.0, sy + 2.2, "0", 6.0, false, MUTED, Align::Right);
+    c.text(MARGIN + CONTENT_W - 40.5, sy + 5.4, "0", 6.0, false, MUTED, Align::Center);
     c.text(MARGIN + CONTENT_W - 9.0, sy + 2.2, &fmt::thousands(max as i128), 6.0, false, MUTED, Align::Left);
 }
 
@@ -343,30 +477,53 @@ fn is_numeric(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::Number(_))) || v.and_then(|v| v.as_str()).is_some_and(|s| s.parse::<f64>().is_ok())
 }
 
-fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
-    let rh = 6.0;
+/// A table row's height, in mm.
+pub const TABLE_ROW: f32 = 6.0;
+
+/// The height a table's title, header and first rows (at most three, or the
+/// "no data" box) need together: a table starts on a page only with them.
+pub fn table_start(c: &Canvas, s: &Section, rows: &[Row], lang: Lang) -> (f32, f32) {
+    let head_h = head_height(c, s, lang);
+    (head_h, head_h + TABLE_ROW * (rows.len().min(3) + 1) as f32 + 2.0)
+}
+
+fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang) {
+    let rh = TABLE_ROW;
+    c.ensure(table_start(c, s, rows, lang).1);
+    let y = head(c, s, lang, c.y);
     if rows.is_empty() {
-        return no_data(c, y, rh * 2.0, lang);
+        no_data(c, y, rh * 2.0, lang);
+        c.y = y + rh * 2.0 + 6.0;
+        return;
     }
     let total: f32 = s.columns.iter().map(|col| col.width.unwrap_or(1.0)).sum();
     let widths: Vec<f32> = s.columns.iter().map(|col| col.width.unwrap_or(1.0) / total * CONTENT_W).collect();
-    c.rect(MARGIN, y, CONTENT_W, rh, Some(Rgb8::hex(0x2F3B4C)), None);
-    let mut x = MARGIN;
     let numeric: Vec<bool> =
         s.columns.iter().map(|col| rows.iter().any(|r| is_numeric(r.get(&col.column))) && col.format != Format::Text).collect();
-    for (i, col) in s.columns.iter().enumerate() {
-        let (tx, align) = if numeric[i] { (x + widths[i] - 2.0, Align::Right) } else { (x + 2.0, Align::Left) };
-        c.text(tx, y + 4.1, &c.fit(col.label.get(lang), 7.0, true, widths[i] - 3.0), 7.0, true, Rgb8(255, 255, 255), align);
-        x += widths[i];
-    }
+    let header = |c: &mut Canvas, y: f32| {
+        c.rect(MARGIN, y, CONTENT_W, rh, Some(Rgb8::hex(0x2F3B4C)), None);
+        let mut x = MARGIN;
+        for (i, col) in s.columns.iter().enumerate() {
+            let (tx, align) = if numeric[i] { (x + widths[i] - 2.0, Align::Right) } else { (x + 2.0, Align::Left) };
+            c.text(tx, y + 4.1, &c.fit(col.label.get(lang), 7.0, true, widths[i] - 3.0), 7.0, true, Rgb8(255, 255, 255), align);
+            x += widths[i];
+        }
+    };
+    header(c, y);
     // Shaded columns are coloured by value relative to their own maximum.
     let shade_max: Vec<f64> = s
         .columns
         .iter()
         .map(|col| if col.shade { rows.iter().filter_map(|r| num(r.get(&col.column))).fold(0.0, f64::max) } else { 0.0 })
         .collect();
+    let mut ry = y + rh;
     for (ri, r) in rows.iter().enumerate() {
-        let ry = y + rh * (ri + 1) as f32;
+        if ry + rh > BOTTOM {
+            c.line(&[(MARGIN, ry), (MARGIN + CONTENT_W, ry)], RULE, 0.5);
+            c.new_page();
+            header(c, c.y);
+            ry = c.y + rh;
+        }
         if ri % 2 == 1 {
             c.rect(MARGIN, ry, CONTENT_W, rh, Some(PANEL), None);
         }
@@ -395,8 +552,10 @@ fn table(c: &mut Canvas, s: &Section, rows: &[Row], lang: Lang, y: f32) {
             c.text(tx, ry + 4.1, &c.fit(&label, 7.0, false, widths[i] - 3.0), 7.0, false, ink, align);
             x += widths[i];
         }
+        ry += rh;
     }
-    c.line(&[(MARGIN, y + rh * (rows.len() + 1) as f32), (MARGIN + CONTENT_W, y + rh * (rows.len() + 1) as f32)], RULE, 0.5);
+    c.line(&[(MARGIN, ry), (MARGIN + CONTENT_W, ry)], RULE, 0.5);
+    c.y = ry + 6.0;
 }
 
 #[cfg(test)]

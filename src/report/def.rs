@@ -82,10 +82,15 @@ pub struct ReportDef {
     /// lose to JIT compilation.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// A query giving one row per day of the period with `day` (text) and
+    /// `loaded` (whether the day has data). When a day has none, the first
+    /// page says the period is incomplete and the cards show no change
+    /// against the previous period.
+    pub coverage: Option<String>,
     pub sections: Vec<Section>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Headline cards: one row per metric (`metric`, `value`, `previous`).
@@ -104,15 +109,45 @@ pub enum Kind {
     Table,
 }
 
-/// Where a section's query runs.
+/// Where a section's rows come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// The report task's connection (default).
+    /// The section's `query`, on the report task's connection (default).
     #[default]
     Warehouse,
-    /// sluice's own state store (runs and task tries).
-    State,
+    /// The pipeline's own runs in the period, one row per DAG: `dag_id`,
+    /// `runs`, `succeeded`, `failed`, `unfinished` (the report's own run
+    /// left out). No query.
+    Pipeline,
+}
+
+/// A model applied to a section's rows before they are drawn.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    /// `clv`: customer lifetime value. The query gives one row per customer
+    /// (`frequency`: repeat purchases, `recency` and `age`: weeks from the
+    /// first to the last purchase and to the period's end, `monetary`: the
+    /// mean value of the repeat purchases, `historical`: revenue so far),
+    /// plus the column named by `by`. BG/NBD and Gamma-Gamma are fitted on
+    /// all customers; the rows drawn are one per value of `by`: `customers`,
+    /// `historical` and `predicted` (mean per customer, the next
+    /// `horizon_weeks`) and `predicted_total`.
+    pub kind: ModelKind,
+    /// The column the customers are grouped by.
+    pub by: String,
+    /// The horizon of the prediction, in weeks. Default 52.
+    pub horizon_weeks: Option<f64>,
+    /// The order of the groups (values of `by`); others follow.
+    #[serde(default)]
+    pub order: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Clv,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -123,10 +158,12 @@ pub struct Section {
     pub title: Option<Text>,
     /// A line under the title.
     pub note: Option<Text>,
-    /// The SQL file, relative to the project root.
-    pub query: String,
+    /// The SQL file, relative to the project root (not for `source: pipeline`).
+    pub query: Option<String>,
     #[serde(default)]
     pub source: Source,
+    /// A model computed from the query's rows (customer lifetime value).
+    pub model: Option<Model>,
     /// The column of category labels (bars, lines, funnel, hbars).
     pub x: Option<String>,
     /// Value columns drawn as series.
@@ -158,6 +195,12 @@ pub struct Section {
     pub new_page: bool,
     /// Height in millimetres (charts).
     pub height: Option<f32>,
+    /// The value axis's title, with its unit (charts).
+    pub y_title: Option<Text>,
+    /// The category axis's title, with its unit (charts, heatmap columns).
+    pub x_title: Option<Text>,
+    /// What a heatmap's colour scale measures.
+    pub value_title: Option<Text>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -165,6 +208,10 @@ pub struct Section {
 pub struct Series {
     pub column: String,
     pub label: Text,
+    /// A comparison series (last week): drawn lighter, dashed, and under
+    /// the others.
+    #[serde(default)]
+    pub comparison: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -12,7 +12,9 @@ use chrono_tz::Tz;
 
 pub mod canvas;
 pub mod charts;
+pub mod clv;
 pub mod def;
+pub mod layout;
 
 use canvas::*;
 pub use charts::Row;
@@ -68,6 +70,8 @@ pub struct Input<'a> {
     /// Rows of each section's query, in section order.
     pub data: &'a [Vec<Row>],
     pub fonts: &'a (Vec<u8>, Vec<u8>),
+    /// Days of the period without data (`MM-DD`): the report is incomplete.
+    pub missing_days: &'a [String],
 }
 
 /// Renders a report: the PDF's bytes and its page count.
@@ -87,8 +91,32 @@ pub fn render(i: &Input<'_>) -> Result<(Vec<u8>, usize), String> {
     };
     c.text(MARGIN, 22.5, &sub, 9.5, false, Rgb8::hex(0xC9D3E0), Align::Left);
     c.y = 36.0;
-    for (s, rows) in i.def.sections.iter().zip(i.data) {
-        charts::draw(&mut c, s, rows, i.lang);
+    let incomplete = !i.missing_days.is_empty();
+    if incomplete {
+        // Said first: the numbers below cover only part of the period.
+        let days = i.missing_days.join(", ");
+        let (head, body) = match i.lang {
+            Lang::Ko => (
+                "불완전한 기간".to_string(),
+                format!(
+                    "{days}의 데이터가 아직 적재되지 않았습니다. 이 기간의 수치는 일부 날짜만 반영하며, 전주 대비 변화는 표시하지 않습니다."
+                ),
+            ),
+            Lang::En => (
+                "Incomplete period".to_string(),
+                format!(
+                    "No data is loaded yet for {days}. The numbers below cover part of the period; changes against last week are not shown."
+                ),
+            ),
+        };
+        c.rect(MARGIN, c.y, CONTENT_W, 11.0, Some(Rgb8::hex(0xFFF4E0)), Some((Rgb8::hex(0xE0A040), 0.5)));
+        c.text(MARGIN + 3.0, c.y + 4.5, &head, 8.5, true, Rgb8::hex(0x8A5300), Align::Left);
+        c.text(MARGIN + 3.0, c.y + 8.7, &c.fit(&body, 7.0, false, CONTENT_W - 6.0), 7.0, false, INK, Align::Left);
+        c.y += 15.0;
+    }
+    let heights = layout::plan(&c, &i.def.sections, i.data, i.lang, c.y);
+    for ((s, rows), h) in i.def.sections.iter().zip(i.data).zip(heights) {
+        charts::draw(&mut c, s, rows, i.lang, incomplete, h);
     }
     let local = i.generated.with_timezone(&i.period.tz);
     let generated = match i.lang {

@@ -33,6 +33,8 @@ pub struct TryReport {
     pub warnings: Vec<String>,
     /// True when the try was interrupted and put back in the queue.
     pub interrupted: bool,
+    /// What became of the failure notice mailed after the try, if any.
+    pub notice: Option<super::notice::Notice>,
 }
 
 pub struct TryJob {
@@ -142,6 +144,7 @@ impl TryReport {
             retry_in: None,
             warnings: Vec::new(),
             interrupted: false,
+            notice: None,
         }
     }
 
@@ -300,60 +303,10 @@ async fn record(
         _ => return report,
     };
     if !recipients.is_empty() {
-        notify(runner, dag, task, run, claimed, &report, recipients, log).await;
+        let sent = super::notice::notify(runner, dag, task, run, claimed, &report, recipients, log).await;
+        report.notice = Some(sent);
     }
     report
-}
-
-/// The connection failure notices go through, when it is defined.
-pub const NOTICE_CONN: &str = "smtp_default";
-
-/// Mails a short notice of a failed try. Problems sending it are logged;
-/// they never change the try's outcome.
-#[allow(clippy::too_many_arguments)]
-async fn notify(runner: &Runner, dag: &Dag, task: &Task, run: &RunRow, claimed: &Claimed, report: &TryReport, to: &[String], log: &TryLog) {
-    let retrying = report.state == TiState::UpForRetry;
-    let what = if retrying { "failed and will be retried" } else { "failed" };
-    let subject =
-        format!("[sluice] {}.{} {what} (run {}, try {}/{})", dag.dag_id, task.id, run.run_id, claimed.try_number, claimed.max_tries);
-    let mut text = format!(
-        "DAG:          {}\nRun:          {} ({}, logical date {})\nTask:         {}\nTry:          {} of {}\nError:        {}\n",
-        dag.dag_id,
-        run.run_id,
-        run.run_type,
-        run.logical_date.with_timezone(&dag.timezone).to_rfc3339(),
-        task.id,
-        claimed.try_number,
-        claimed.max_tries,
-        report.error.as_deref().unwrap_or("")
-    );
-    if let Some(w) = report.retry_in {
-        text.push_str(&format!("Next try in:  {}\n", crate::dag::duration::format(w)));
-    }
-    text.push_str(&format!("\nLast lines of the log (`sluice logs {} {} --try {}`):\n", run.run_id, task.id, claimed.try_number));
-    for l in log.last_lines(30) {
-        text.push_str(&l);
-        text.push('\n');
-    }
-    let msg = crate::mail::Outgoing {
-        from: None,
-        to: to.to_vec(),
-        cc: Vec::new(),
-        bcc: Vec::new(),
-        subject,
-        text: crate::secrets::mask(&text),
-        html: None,
-        attachments: Vec::new(),
-    };
-    let conn = runner.res.connections.get(NOTICE_CONN).ok().filter(|c| c.kind() == "smtp");
-    let outbox = runner.res.project_root.join("outbox");
-    match crate::mail::deliver(&msg, conn, &outbox).await {
-        Ok(crate::mail::Delivery::Sent { server, .. }) => tracing::info!("failure notice sent to {} through {server}", to.join(", ")),
-        Ok(crate::mail::Delivery::Outbox(p)) => {
-            tracing::warn!("no `{NOTICE_CONN}` SMTP connection: failure notice written to {}", p.display())
-        }
-        Err(e) => tracing::error!("could not send the failure notice: {e}"),
-    }
 }
 
 /// Outputs of the task's upstream tasks, for templates (`upstream.TASK`).

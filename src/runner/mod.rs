@@ -27,6 +27,7 @@ use crate::tasks::TryLog;
 
 pub mod backfill;
 pub mod exec;
+pub mod notice;
 pub use exec::TryReport;
 
 /// Something that wants to know what a run is doing (the terminal progress
@@ -116,7 +117,7 @@ pub struct Stop {
 
 impl Runner {
     pub fn new(store: Store, res: Arc<Resources>) -> Runner {
-        let _ = res.state.set(store.clone());
+        let _ = res.pipeline.set(Arc::new(store.clone()));
         exec::clean_leftovers(&res.staging);
         Runner {
             store,

@@ -123,3 +123,43 @@ impl Store {
         .await?)
     }
 }
+
+impl crate::resources::PipelineView for Store {
+    fn dag_run_stats(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        exclude: Option<i64>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<crate::resources::DagRunStats>, String>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT d.dag_id,
+                        count(r.run_id) AS runs,
+                        count(r.run_id) FILTER (WHERE r.state = 'success') AS succeeded,
+                        count(r.run_id) FILTER (WHERE r.state = 'failed') AS failed,
+                        count(r.run_id) FILTER (WHERE r.state IN ('queued', 'running')) AS unfinished
+                 FROM dags d
+                 LEFT JOIN dag_runs r ON r.dag_id = d.dag_id AND r.logical_date >= $1 AND r.logical_date < $2
+                      AND r.run_id IS DISTINCT FROM $3
+                 GROUP BY d.dag_id
+                 ORDER BY d.dag_id",
+            )
+            .bind(from)
+            .bind(to)
+            .bind(exclude)
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| super::describe_sqlx(&e))?;
+            Ok(rows
+                .into_iter()
+                .map(|r| crate::resources::DagRunStats {
+                    dag_id: r.get("dag_id"),
+                    runs: r.get("runs"),
+                    succeeded: r.get("succeeded"),
+                    failed: r.get("failed"),
+                    unfinished: r.get("unfinished"),
+                })
+                .collect())
+        })
+    }
+}

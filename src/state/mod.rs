@@ -166,6 +166,8 @@ pub struct TiRow {
     /// failed, timeout, internal.
     pub error_kind: Option<String>,
     pub output: Option<Value>,
+    /// What became of the failure notice of the last failed try.
+    pub notice: Option<String>,
 }
 
 impl TiRow {
@@ -426,7 +428,7 @@ impl Store {
 
     pub async fn task_instances(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
         Ok(sqlx::query_as(
-            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, error_kind, output
+            "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, error_kind, output, notice
              FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
         )
         .bind(run_id)
@@ -434,12 +436,36 @@ impl Store {
         .await?)
     }
 
+    /// Records what became of a try's failure notice: with the instance,
+    /// and as the last line of the try's log.
+    pub async fn record_notice(&self, run_id: i64, task_id: &str, try_number: i32, text: &str) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE task_instances SET notice = $3 WHERE run_id = $1 AND task_id = $2")
+            .bind(run_id)
+            .bind(task_id)
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE task_tries SET log = log || CASE WHEN log = '' OR right(log, 1) = E'\\n' THEN '' ELSE E'\\n' END || $4 || E'\\n'
+             WHERE run_id = $1 AND task_id = $2 AND try_number = $3",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The states of a run's instances, without their outputs and errors:
     /// what the runner polls.
     pub async fn task_states(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
         Ok(sqlx::query_as(
             "SELECT task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at,
-                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output
+                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice
              FROM task_instances WHERE run_id = $1 ORDER BY priority, task_id",
         )
         .bind(run_id)
@@ -502,7 +528,7 @@ impl Store {
                  SET state = 'running', try_number = t.try_number + 1,
                      max_tries = greatest(t.max_tries, coalesce(m.max_tries, 0), t.try_number + 1),
                      worker_id = $3, claimed_at = now(), heartbeat_at = now(), started_at = now(),
-                     ended_at = NULL, error = NULL, error_kind = NULL, next_try_at = NULL
+                     ended_at = NULL, error = NULL, error_kind = NULL, notice = NULL, next_try_at = NULL
                  FROM c LEFT JOIN m ON m.task_id = c.task_id
                  WHERE t.run_id = c.run_id AND t.task_id = c.task_id
                  RETURNING t.task_id, t.try_number, t.max_tries
@@ -659,7 +685,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let cleared: Vec<String> = sqlx::query_scalar(
             "UPDATE task_instances t SET state = 'pending', max_tries = t.try_number + u.retries + 1, next_try_at = NULL,
-                 error = NULL, error_kind = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL,
+                 error = NULL, error_kind = NULL, notice = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL,
                  worker_failures = 0
              FROM UNNEST($2::text[], $3::int[]) AS u(task_id, retries)
              WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state NOT IN ('running')

@@ -11,8 +11,11 @@
 //!   attach: [weekly_report]
 //! ```
 //!
-//! A failed send fails the try, which is retried like any other; the
-//! attachment stays in the staging area, so nothing is lost.
+//! A failed send fails the try, which is retried like any other, except
+//! when the server refused the message for good (a 5xx reply). The message
+//! is then also written to the outbox (`outbox/DAG.TASK.run-N.eml`, replaced
+//! by each try and removed once a try sends it), and the error names the
+//! file: when the last try fails, the report is still there to send by hand.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -136,10 +139,34 @@ impl TaskType for EmailConfig {
 }
 
 impl Run for Email {
-    async fn run(self, _ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+    async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
         let n_attach = self.msg.attachments.len();
-        match crate::mail::deliver(&self.msg, self.conn.as_ref(), &self.outbox).await.map_err(|e| TaskError::Failed(e.to_string()))? {
+        // Where an unsent message is kept: one file per run and task.
+        let pending = format!("{}.{}.run-{}.eml", ctx.dag_id, ctx.task_id, ctx.run_id);
+        let delivered = match crate::mail::deliver(&self.msg, self.conn.as_ref(), &self.outbox).await {
+            Ok(d) => d,
+            Err(crate::mail::MailError::Smtp { message, permanent }) => {
+                let kept = match crate::mail::save(&self.msg, self.conn.as_ref(), &self.outbox, Some(&pending)) {
+                    Ok(p) => format!("the message is saved in {}", crate::loader::display_path(&p).display()),
+                    Err(e) => format!("and it could not be saved to the outbox either: {e}"),
+                };
+                let text = format!("{message}; {kept}");
+                return Err(if permanent {
+                    TaskError::permanent(format!("{text} (a permanent refusal: not retried)"))
+                } else {
+                    TaskError::transient(text)
+                });
+            }
+            // A bad address or message would fail the same way again.
+            Err(e @ (crate::mail::MailError::Address(..) | crate::mail::MailError::Build(_))) => {
+                return Err(TaskError::permanent(e.to_string()));
+            }
+            Err(e) => return Err(TaskError::Failed(e.to_string())),
+        };
+        match delivered {
             Delivery::Sent { server, recipients } => {
+                // A copy kept by an earlier, failed try is delivered now.
+                let _ = std::fs::remove_file(self.outbox.join(&pending));
                 tracing::info!("sent `{}` to {recipients} recipient(s) through {server}", self.msg.subject);
                 Ok(Outcome::note(format!("sent to {recipients} recipient(s), {n_attach} attachment(s)")).metric("recipients", recipients as u64))
             }

@@ -38,14 +38,21 @@ pub struct ReportConfig {
     /// Where the local copy of the PDF goes, relative to the project root.
     /// Default `reports/out/<dag_id>_<ds>.pdf`.
     pub output: Option<String>,
+    /// Where to write the numbers behind the PDF, relative to the project
+    /// root: a JSON file with the rows each section draws (by section title),
+    /// for checking a number or reusing it. Default: none.
+    pub data_output: Option<String>,
 }
 
 pub struct Report {
     def: ReportDef,
     lang: Lang,
-    queries: Vec<String>,
+    /// Each section's SQL (None for `source: pipeline`).
+    queries: Vec<Option<String>>,
+    coverage: Option<String>,
     pool: sqlx::PgPool,
     output: PathBuf,
+    data_output: Option<PathBuf>,
     definition: String,
 }
 
@@ -61,9 +68,10 @@ impl TaskType for ReportConfig {
         cx.check_conn("conn", &self.conn, "postgres");
         if let Some(l) = &self.lang
             && !crate::template::is_template(l)
-                && let Err(e) = parse_lang(l) {
-                    cx.error("lang", e);
-                }
+            && let Err(e) = parse_lang(l)
+        {
+            cx.error("lang", e);
+        }
         if crate::template::is_template(&self.definition) {
             return;
         }
@@ -71,25 +79,39 @@ impl TaskType for ReportConfig {
             cx.check_file("definition", &self.definition);
             return;
         };
-        match load_def(&text, &self.definition) {
-            Ok(def) => {
-                for (i, s) in def.sections.iter().enumerate() {
-                    cx.check_file("definition", &s.query);
-                    let need = |what: &str| format!("{}: sections[{i}] ({:?}) needs `{what}`", self.definition, s.kind).to_lowercase();
-                    match s.kind {
-                        Kind::Cards if s.metrics.is_empty() => cx.error("definition", need("metrics")),
-                        Kind::Bars | Kind::Lines | Kind::Hbars | Kind::Funnel if s.series.is_empty() || s.x.is_none() => {
-                            cx.error("definition", need("x and series"))
-                        }
-                        Kind::Table if s.columns.is_empty() => cx.error("definition", need("columns")),
-                        Kind::Heatmap if s.row_labels.is_empty() || s.col_labels.is_empty() => {
-                            cx.error("definition", need("row_labels and col_labels"))
-                        }
-                        _ => {}
-                    }
+        let def = match load_def(&text, &self.definition) {
+            Ok(def) => def,
+            Err(e) => return cx.error("definition", e),
+        };
+        if let Some(c) = &def.coverage {
+            cx.check_file("definition", c);
+        }
+        for (i, s) in def.sections.iter().enumerate() {
+            let need = |what: &str| format!("{}: sections[{i}] ({:?}) needs `{what}`", self.definition, s.kind).to_lowercase();
+            match (&s.query, s.source) {
+                (Some(q), Source::Warehouse) => {
+                    cx.check_file("definition", q);
                 }
+                (None, Source::Warehouse) => cx.error("definition", need("query")),
+                (Some(_), Source::Pipeline) => {
+                    cx.error("definition", format!("{}: sections[{i}] reads the pipeline's runs; it has no `query`", self.definition))
+                }
+                (None, Source::Pipeline) => {}
             }
-            Err(e) => cx.error("definition", e),
+            if s.model.is_some() && s.kind != Kind::Table {
+                cx.error("definition", format!("{}: sections[{i}]: a model's rows are drawn as a table", self.definition));
+            }
+            match s.kind {
+                Kind::Cards if s.metrics.is_empty() => cx.error("definition", need("metrics")),
+                Kind::Bars | Kind::Lines | Kind::Hbars | Kind::Funnel if s.series.is_empty() || s.x.is_none() => {
+                    cx.error("definition", need("x and series"))
+                }
+                Kind::Table if s.columns.is_empty() => cx.error("definition", need("columns")),
+                Kind::Heatmap if s.row_labels.is_empty() || s.col_labels.is_empty() => {
+                    cx.error("definition", need("row_labels and col_labels"))
+                }
+                _ => {}
+            }
         }
     }
 
@@ -103,9 +125,11 @@ impl TaskType for ReportConfig {
 
     async fn build(self, ctx: &TaskCtx) -> Result<Report, TaskError> {
         let text = std::fs::read_to_string(ctx.project_path(&self.definition))
-            .map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", self.definition)))?;
+            .map_err(|e| TaskError::permanent(format!("cannot read {}: {e}", self.definition)))?;
         let def = load_def(&text, &self.definition).map_err(TaskError::Config)?;
-        let queries = def.sections.iter().map(|s| ctx.read_template_file(&s.query)).collect::<Result<Vec<_>, _>>()?;
+        let queries =
+            def.sections.iter().map(|s| s.query.as_deref().map(|q| ctx.read_template_file(q)).transpose()).collect::<Result<Vec<_>, _>>()?;
+        let coverage = def.coverage.as_deref().map(|q| ctx.read_template_file(q)).transpose()?;
         let pool = ctx.pg(&self.conn).await?;
         let ds = ctx.logical_date.with_timezone(&ctx.tz).format("%Y-%m-%d").to_string();
         let output = ctx.project_path(self.output.as_deref().unwrap_or(&format!("reports/out/{}_{ds}.pdf", ctx.dag_id)));
@@ -113,8 +137,23 @@ impl TaskType for ReportConfig {
             Some(l) => parse_lang(l).map_err(TaskError::Config)?,
             None => def.lang,
         };
-        Ok(Report { lang, def, queries, pool, output, definition: self.definition })
+        let data_output = self.data_output.as_deref().map(|p| ctx.project_path(p));
+        Ok(Report { lang, def, queries, coverage, pool, output, data_output, definition: self.definition })
     }
+}
+
+/// Writes a file through a `.part` file beside it, so that a reader never
+/// sees half of it.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<(), TaskError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| TaskError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut part = path.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    std::fs::write(&part, bytes)
+        .and_then(|_| std::fs::rename(&part, path))
+        .map_err(|e| TaskError::Failed(format!("cannot write {}: {e}", path.display())))
 }
 
 fn parse_lang(s: &str) -> Result<Lang, String> {
@@ -137,6 +176,25 @@ pub fn period_of(ctx: &TaskCtx) -> Period {
     Period { start: midnight(start_day), end: midnight(end_day), tz: ctx.tz }
 }
 
+/// The pipeline's runs in the period, one row per DAG, without the report's
+/// own run.
+async fn pipeline_rows(ctx: &TaskCtx, p: &Period) -> Result<Vec<Row>, TaskError> {
+    let Some(view) = ctx.res.pipeline.get() else {
+        tracing::warn!("no state database here: the pipeline section is empty");
+        return Ok(Vec::new());
+    };
+    let utc = |t: chrono::NaiveDateTime| crate::dag::schedule::make_aware(t, p.tz);
+    let own = (!ctx.test_mode).then_some(ctx.run_id);
+    let stats = view.dag_run_stats(utc(p.start), utc(p.end), own).await.map_err(TaskError::transient)?;
+    Ok(stats
+        .into_iter()
+        .map(|s| match serde_json::to_value(s) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => Row::new(),
+        })
+        .collect())
+}
+
 /// Runs one query in a read-only transaction of its own (a report never
 /// changes the warehouse), with the definition's settings.
 async fn fetch(
@@ -146,7 +204,7 @@ async fn fetch(
     what: &str,
     settings: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<Row>, TaskError> {
-    let err = |e: sqlx::Error| TaskError::Failed(format!("{what}: {}", crate::state::describe_sqlx(&e)));
+    let err = |e: sqlx::Error| TaskError::sql(what, &e);
     let mut tx = pool.begin().await.map_err(err)?;
     sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(err)?;
     for (name, value) in settings.into_iter().flatten() {
@@ -155,7 +213,7 @@ async fn fetch(
             .bind(value)
             .execute(&mut *tx)
             .await
-            .map_err(|e| TaskError::Failed(format!("report setting {name} = {value}: {}", crate::state::describe_sqlx(&e))))?;
+            .map_err(|e| TaskError::sql(format!("report setting {name} = {value}"), &e))?;
     }
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
@@ -169,43 +227,78 @@ impl Run for Report {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
         let period = period_of(ctx);
         let started = std::time::Instant::now();
-        let state_pool = ctx.res.state.get().map(|s| s.pool().clone());
         // Sections drawing the same query (a bars and a lines chart of one
         // day-by-day query) share one execution.
-        let mut distinct: Vec<(Source, &str, &str)> = Vec::new();
-        let mut which = Vec::with_capacity(self.queries.len());
+        let mut distinct: Vec<(&str, &str)> = Vec::new();
+        let mut which: Vec<Option<usize>> = Vec::with_capacity(self.queries.len());
         for (s, sql) in self.def.sections.iter().zip(&self.queries) {
-            let key = (s.source, sql.as_str(), s.query.as_str());
-            which.push(match distinct.iter().position(|d| (d.0, d.1) == (key.0, key.1)) {
+            let Some(sql) = sql else {
+                which.push(None);
+                continue;
+            };
+            let what = s.query.as_deref().unwrap_or("query");
+            which.push(Some(match distinct.iter().position(|d| d.0 == sql.as_str()) {
                 Some(i) => i,
                 None => {
-                    distinct.push(key);
+                    distinct.push((sql.as_str(), what));
                     distinct.len() - 1
                 }
-            });
+            }));
         }
         let settings = &self.def.settings;
-        let mut futures = Vec::new();
-        for &(source, sql, what) in &distinct {
-            let pool = match source {
-                Source::Warehouse => self.pool.clone(),
-                Source::State => state_pool.clone().ok_or_else(|| {
-                    TaskError::Failed(format!("section `{what}` reads the state store, which this process has no connection to"))
-                })?,
+        let fetches = distinct.iter().map(|&(sql, what)| fetch(&self.pool, sql, &period, what, Some(settings)));
+        let coverage = async {
+            match &self.coverage {
+                Some(sql) => fetch(&self.pool, sql, &period, "coverage", Some(settings)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (results, coverage) = futures::future::try_join(futures::future::try_join_all(fetches), coverage).await?;
+        let pipeline = match self.def.sections.iter().any(|s| s.source == Source::Pipeline) {
+            true => pipeline_rows(ctx, &period).await?,
+            false => Vec::new(),
+        };
+        let mut data: Vec<Vec<Row>> = Vec::with_capacity(which.len());
+        for (s, w) in self.def.sections.iter().zip(&which) {
+            let rows = match w {
+                Some(i) => results[*i].clone(),
+                None => pipeline.clone(),
             };
-            // The state store's queries are sluice's own: no user settings.
-            let settings = if source == Source::State { None } else { Some(settings) };
-            futures.push(async move { fetch(&pool, sql, &period, what, settings).await });
+            let rows = match &s.model {
+                Some(m) => crate::report::clv::summarize(&rows, m).map_err(|e| {
+                    TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")))
+                })?,
+                None => rows,
+            };
+            data.push(rows);
         }
-        let results: Vec<Vec<Row>> = futures::future::try_join_all(futures).await?;
-        let data: Vec<Vec<Row>> = which.iter().map(|&i| results[i].clone()).collect();
+        // Days of the period without data: the report says the period is
+        // incomplete rather than show the missing days as a fall.
+        let missing: Vec<String> = coverage
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| !r.get("loaded").and_then(|v| v.as_bool()).unwrap_or(true))
+            .map(|r| r.get("day").and_then(|v| v.as_str()).unwrap_or_default().to_string())
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!("the period is incomplete: no data for {}", missing.join(", "));
+        }
         let queried = started.elapsed();
         let fonts = crate::report::find_fonts(&ctx.res.project_root).map_err(TaskError::Failed)?;
         let def = self.def.clone();
         let lang = self.lang;
         let d2 = data.clone();
+        let missing2 = missing.clone();
         let (pdf, pages) = tokio::task::spawn_blocking(move || {
-            crate::report::render(&crate::report::Input { def: &def, lang, period, generated: chrono::Utc::now(), data: &d2, fonts: &fonts })
+            crate::report::render(&crate::report::Input {
+                def: &def,
+                lang,
+                period,
+                generated: chrono::Utc::now(),
+                data: &d2,
+                fonts: &fonts,
+                missing_days: &missing2,
+            })
         })
         .await
         .map_err(|e| TaskError::from_join("rendering the report", e))?
@@ -215,17 +308,14 @@ impl Run for Report {
         let tmp = ctx.scratch.path().join(format!("{}.pdf", ctx.task_id));
         std::fs::write(&tmp, &pdf).map_err(|e| TaskError::Failed(format!("{}: {e}", tmp.display())))?;
         let uri = ctx.commit_file(&tmp, &format!("{}.pdf", ctx.task_id)).await?;
-        if let Some(dir) = self.output.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| TaskError::Failed(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let part = self.output.with_extension("pdf.part");
-        std::fs::write(&part, &pdf).and_then(|_| std::fs::rename(&part, &self.output)).map_err(|e| {
-            TaskError::Failed(format!("cannot write {}: {e}", self.output.display()))
-        })?;
+        write_atomic(&self.output, &pdf)?;
         tracing::info!(bytes = pdf.len(), "report written to {} (queries {:?}, total {:?})", self.output.display(), queried, started.elapsed());
 
-        // Headline numbers for email templates: upstream.TASK.metrics.headline.KEY.
+        // Headline numbers for email templates: by key in
+        // upstream.TASK.metrics.headline.KEY, and in the report's order in
+        // upstream.TASK.metrics.kpis (a list).
         let mut headline = serde_json::Map::new();
+        let mut kpis = Vec::new();
         for (s, rows) in self.def.sections.iter().zip(&data) {
             if s.kind != Kind::Cards {
                 continue;
@@ -235,26 +325,53 @@ impl Run for Report {
                 let value = row.and_then(|r| r.get("value")).cloned().unwrap_or(serde_json::Value::Null);
                 let previous = row.and_then(|r| r.get("previous")).cloned().unwrap_or(serde_json::Value::Null);
                 let num = |v: &serde_json::Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
-                let (change, _) = crate::report::def::fmt::change(num(&value), num(&previous), m.format);
-                headline.insert(
-                    m.key.clone(),
-                    serde_json::json!({
-                        "label": m.label.get(lang),
-                        "value": value,
-                        "display": crate::report::def::fmt::value(&value, m.format, lang),
-                        "change": change,
-                    }),
-                );
+                let (change, _) = match missing.is_empty() {
+                    true => crate::report::def::fmt::change(num(&value), num(&previous), m.format),
+                    false => ("–".to_string(), 0),
+                };
+                let kpi = serde_json::json!({
+                    "key": m.key,
+                    "label": m.label.get(lang),
+                    "value": value,
+                    "display": crate::report::def::fmt::value(&value, m.format, lang),
+                    "change": change,
+                });
+                kpis.push(kpi.clone());
+                headline.insert(m.key.clone(), kpi);
             }
         }
         let mut artifacts = BTreeMap::new();
+        if let Some(path) = &self.data_output {
+            let sections: Vec<serde_json::Value> = self
+                .def
+                .sections
+                .iter()
+                .zip(&data)
+                .map(|(s, rows)| {
+                    serde_json::json!({
+                        "title": s.title.as_ref().map(|t| t.get(lang)),
+                        "kind": s.kind,
+                        "rows": rows,
+                    })
+                })
+                .collect();
+            let doc = serde_json::json!({
+                "period": { "start": period.start, "end": period.end },
+                "incomplete_days": missing,
+                "sections": sections,
+            });
+            write_atomic(path, serde_json::to_string_pretty(&doc).unwrap_or_default().as_bytes())?;
+            artifacts.insert("data".to_string(), path.display().to_string());
+        }
         artifacts.insert("pdf".to_string(), uri);
         artifacts.insert("local".to_string(), self.output.display().to_string());
         let mut out = Outcome::note(format!("{} pages, {} KB, {}", pages.max(1), pdf.len() / 1024, self.output.display()));
         out.artifacts = artifacts;
         out.metrics.insert("headline".into(), serde_json::Value::Object(headline));
+        out.metrics.insert("kpis".into(), serde_json::Value::Array(kpis));
         out.metrics.insert("pages".into(), serde_json::Value::from(pages.max(1)));
         out.metrics.insert("bytes".into(), serde_json::Value::from(pdf.len()));
+        out.metrics.insert("incomplete_days".into(), serde_json::json!(missing));
         out.metrics.insert(
             "period".into(),
             serde_json::json!({

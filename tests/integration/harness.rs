@@ -520,7 +520,7 @@ for name in sorted(os.listdir(new) if os.path.isdir(new) else []):
         atts.append({"filename": part.get_filename(), "type": part.get_content_type(),
                      "sha256": hashlib.sha256(data).hexdigest(), "head": data[:5].decode("latin-1")})
     out.append({"to": str(m["To"]), "cc": str(m["Cc"] or ""), "rcpt": rcpts, "from": str(m["From"]),
-                "subject": str(m["Subject"]), "text": text.get_content() if text else None,
+                "subject": str(m["Subject"]), "message_id": str(m["Message-ID"] or ""), "text": text.get_content() if text else None,
                 "html": html.get_content() if html else None, "attachments": atts})
 print(json.dumps(out))
 "#;

@@ -22,7 +22,7 @@ fn s3_get(bucket: &str, key: &str) -> Vec<u8> {
     out.stdout
 }
 
-fn pdftotext(pdf: &Path) -> String {
+pub fn pdftotext(pdf: &Path) -> String {
     let out = Command::new("pdftotext").args(["-layout"]).arg(pdf).arg("-").output().expect("poppler-utils is installed");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -40,14 +40,31 @@ fn thousands(n: i64) -> String {
     out
 }
 
-/// Two weeks of shop data loaded through the real ETL, and grades updated
-/// inside the reported week.
-fn shop_with_two_weeks(p: &mut Project) {
+/// The plain-text body of a message file, decoded by Python's email module.
+pub fn decoded_text(eml: &str) -> String {
+    let script = "import email, email.policy, sys; m = email.message_from_string(sys.stdin.read(), policy=email.policy.default); b = m.get_body(preferencelist=('plain',)); print(b.get_content() if b else '')";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), eml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two weeks of shop data loaded through the real ETL, and the customers
+/// graded at the end of each day (the demo's daily grade ticks).
+pub fn shop_with_two_weeks(p: &mut Project) {
     p.own_database();
     p.copy_shipped();
     p.sluice(&["generate", "--start", "2024-11-11", "--days", "14", "--users", "700", "--products", "500", "--seed", "5"]).ok();
     p.sluice(&["backfill", "ecommerce_etl", "--from", "2024-11-11", "--to", "2024-11-24"]).ok();
-    p.sluice(&["run", "grade_update", "--logical-date", "2024-11-21T00:00:00Z"]).ok();
+    for day in 11..=24 {
+        p.sluice(&["run", "grade_update", "--logical-date", &format!("2024-11-{day}T23:50:00+09:00")]).ok();
+    }
 }
 
 sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
@@ -84,12 +101,14 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
         "주간 KPI 리포트",
         "일별 매출",
         "카테고리별 매출과 비중",
-        "요일·시간대별 주문",
+        "요일·시간대별 결제 주문",
         "고객 등급 분포",
         "RFM 세그먼트",
         "매출 상위 10개 상품",
+        "신상품",
         "구매 전환 퍼널",
-        "코호트 리텐션",
+        "가입 주차별 구매 고객 비율",
+        "고객 생애 가치 (CLV)",
         "데이터 품질",
         "파이프라인 상태",
         "2024-11-18 (월) ~ 2024-11-24 (일)",
@@ -120,6 +139,8 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     let m = &msgs[0];
     assert!(m["to"].as_str().unwrap().contains(&to));
     assert_eq!(m["from"], "reports@shop.test");
+    let id = m["message_id"].as_str().unwrap();
+    assert!(id.starts_with('<') && id.ends_with("@shop.test>"), "a Message-ID in the sender's domain: {id}");
     assert_eq!(m["subject"], "[주간 KPI] 2024-11-18 ~ 2024-11-24");
     let revenue_text = format!("{}원", thousands(revenue));
     assert!(m["text"].as_str().unwrap().contains(&format!("매출: {revenue_text}")), "{}", m["text"]);
@@ -184,25 +205,129 @@ tasks:
     }
 });
 
+/// A real aiosmtpd server that refuses every recipient with a 550 reply,
+/// as a server does for a mailbox that does not exist. Stopped on drop.
+struct RefusingSmtp {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RefusingSmtp {
+    fn start(dir: &Path) -> RefusingSmtp {
+        std::fs::write(
+            dir.join("refuse.py"),
+            "class Refuse:\n    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):\n        return '550 5.1.1 mailbox unavailable'\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(service("SLUICE_TEST_PYTHON"))
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "refuse.Refuse"])
+            .env("PYTHONPATH", dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::harness::wait_until("the refusing SMTP server listens", std::time::Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        RefusingSmtp { child, port }
+    }
+}
+
+impl Drop for RefusingSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 sluice_test!(smtp_problems_fail_the_send_clearly_and_keep_the_report, |p| {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let smtp = service("SLUICE_TEST_SMTP_PORT");
+    let refusing = RefusingSmtp::start(p.path());
     p.set_env("SLUICE_CONN_DOWN", &format!("smtp://127.0.0.1:{closed}?tls=none"));
     p.set_env("SLUICE_CONN_NOAUTH", &format!("smtp://user:l0gin-secret@127.0.0.1:{smtp}?tls=none"));
+    p.set_env("SLUICE_CONN_REFUSES", &format!("smtp://127.0.0.1:{}?tls=none&from=reports@shop.test", refusing.port));
     p.write("out/report.txt", "kept");
     p.write(
         "dags/mail.yaml",
         r#"
 tasks:
-  - { id: down, type: email, conn: down, to: [a@shop.test], subject: s, text: t, retries: 0 }
+  - { id: down, type: email, conn: down, to: [a@shop.test], subject: down-subject, text: t, retries: 1, retry_delay: 0s }
   - { id: login, type: email, conn: noauth, to: [a@shop.test], subject: s, text: t, retries: 0 }
+  - { id: refused, type: email, conn: refuses, to: [nobody@shop.test], subject: refused-subject, text: t, retries: 2, retry_delay: 0s }
 "#,
     );
     let out = p.sluice(&["run", "mail"]).code(1);
-    let json = p.run_json(p.last_run("mail"));
-    let err =
-        |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap()["error"].as_str().unwrap().to_string();
+    let run = p.last_run("mail");
+    let json = p.run_json(run);
+    let task = |id: &str| json["tasks"].as_array().unwrap().iter().find(|t| t["task_id"] == id).unwrap().clone();
+    let err = |id: &str| task(id)["error"].as_str().unwrap().to_string();
     assert!(err("down").contains(&format!("cannot reach SMTP server 127.0.0.1:{closed} (connection `down`)")), "{}", err("down"));
     assert!(err("login").contains("refused the login") && err("login").contains("check the user and password"), "{}", err("login"));
     assert!(!out.all().contains("l0gin-secret") && !json.to_string().contains("l0gin-secret"));
+
+    // Down: retried, then the message waits in the outbox, named in the error.
+    assert_eq!(task("down")["try_number"], 2, "a connection failure is retried");
+    let kept = format!("outbox/mail.down.run-{run}.eml");
+    assert!(err("down").contains(&format!("the message is saved in {kept}")), "{}", err("down"));
+    let eml = std::fs::read_to_string(p.path().join(&kept)).unwrap();
+    assert!(eml.contains("Subject: down-subject") && eml.contains("To: a@shop.test"), "{eml}");
+
+    // Refused with a 5xx: one try only, and kept as well.
+    assert_eq!(task("refused")["try_number"], 1, "a permanent refusal is not retried");
+    assert_eq!(task("refused")["error_kind"], "permanent");
+    let e = err("refused");
+    assert!(e.contains("550") && e.contains("not retried") && e.contains(&format!("outbox/mail.refused.run-{run}.eml")), "{e}");
+    assert!(p.path().join(format!("outbox/mail.refused.run-{run}.eml")).exists());
+});
+
+sluice_test!(failure_notices_render_their_addresses_and_are_never_lost, |p| {
+    let smtp = service("SLUICE_TEST_SMTP_PORT");
+    let to = format!("alerts-{}@shop.test", p.schema.replace('_', "-"));
+    p.set_env("SLUICE_VAR_ALERTS_TO", &to);
+    // No `from` on the connection: the sender is not this machine's name.
+    p.set_env("SLUICE_CONN_SMTP_DEFAULT", &format!("smtp://127.0.0.1:{smtp}?tls=none"));
+    p.write(
+        "dags/fails.yaml",
+        r#"
+default_args:
+  email_on_failure: ["{{ var.alerts_to }}"]
+tasks:
+  - { id: breaks, type: shell, command: "exit 3" }
+"#,
+    );
+    let out = p.sluice(&["run", "fails"]).code(1);
+    assert!(out.stdout.contains(&format!("failure notice sent to {to}")), "the run's output says where the notice went:\n{}", out.all());
+    let msgs = messages_to(&to);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(msgs[0]["from"], "sluice@localhost");
+    assert!(msgs[0]["message_id"].as_str().unwrap().ends_with("@localhost>"), "{}", msgs[0]["message_id"]);
+
+    // The SMTP server is unreachable: the lost notice is said at the
+    // default log level, in the run's output and in `runs show`.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    p.set_env("SLUICE_CONN_SMTP_DEFAULT", &format!("smtp://127.0.0.1:{closed}?tls=none"));
+    let out = p.sluice(&["run", "fails", "--rerun"]).code(1);
+    let said = format!("failure notice to {to} NOT sent");
+    assert!(out.stdout.contains(&said) && out.stderr.contains(&said), "{}", out.all());
+    let show = p.sluice(&["runs", "show", &p.last_run("fails").to_string()]).ok();
+    assert!(show.stdout.contains(&said) && show.stdout.contains("cannot reach SMTP server"), "{}", show.stdout);
+    let log = p.sluice(&["logs", &p.last_run("fails").to_string(), "breaks"]).ok();
+    assert!(log.stdout.contains(&said), "{}", log.stdout);
+
+    // Addresses are checked before any run: a bad one, and a variable that
+    // is not defined, are errors at `dags validate` with file and line.
+    p.write(
+        "dags/fails.yaml",
+        r#"
+default_args:
+  email_on_failure: ["{{ var.alerts_too }}"]
+tasks:
+  - { id: breaks, type: shell, command: "exit 3", email_on_retry: ["not an address"] }
+"#,
+    );
+    let v = p.sluice(&["dags", "validate"]).code(78);
+    assert!(v.all().contains("fails.yaml:3:") && v.all().contains("variable `alerts_too` is not defined"), "{}", v.all());
+    assert!(v.all().contains("fails.yaml:5:") && v.all().contains("invalid address `not an address`"), "{}", v.all());
 });

@@ -137,7 +137,13 @@ sluice_test!(the_generator_keeps_time_ids_and_noise_realistic, |p| {
     for d in &days {
         for (_, f) in read_orders(&d.join("orders.csv")) {
             let product_created = created.get(&f[6]).unwrap_or_else(|| panic!("product {} is in no export", f[6]));
-            assert!(product_created.as_str() <= f[2].as_str(), "order {} at {} has product {} created at {product_created}", f[0], f[2], f[6]);
+            assert!(
+                product_created.as_str() <= f[2].as_str(),
+                "order {} at {} has product {} created at {product_created}",
+                f[0],
+                f[2],
+                f[6]
+            );
             lines += 1;
         }
     }
