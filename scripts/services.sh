@@ -40,6 +40,16 @@ ensure_python_tools() {
     PYVENV="$venv"
 }
 
+# rustfmt and clippy, which rustup's minimal profile leaves out.
+ensure_rust_tools() {
+    for c in rustfmt clippy; do
+        if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            log "installing the $c component (rustup component add $c)"
+            rustup component add "$c"
+        fi
+    done
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }

@@ -2,7 +2,8 @@
 # The whole test suite: installs what is missing, starts a private
 # PostgreSQL, an S3 server and an SMTP server on loopback, runs every test
 # against them (one dev build), and stops them. Extra arguments go to
-# `cargo test` (e.g. `scripts/test.sh validate`).
+# `cargo test` (e.g. `scripts/test.sh validate`); without them, the code
+# is first checked with `cargo fmt --check` and `cargo clippy -D warnings`.
 #
 # `scripts/test.sh --services` only starts the servers (in /var/tmp/sluice-
 # dev-services, kept running) and writes an env file to source before
@@ -33,6 +34,14 @@ export CARGO_TARGET_DIR=$CARGO_TARGET_DIR
 ENV
     log "servers running; now: . $work/env && cargo test"
     exit 0
+fi
+
+if [ $# -eq 0 ]; then
+    ensure_rust_tools
+    log "cargo fmt --check"
+    cargo fmt --check
+    log "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --locked --all-targets -- -D warnings
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-test.XXXXXX")"

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod logging;
 pub mod mail;
 pub mod pgcopy;
+pub mod pgerror;
 pub mod pgsetup;
 pub mod process;
 pub mod report;

@@ -93,7 +93,7 @@ impl Resources {
                     c.id,
                     c.host.as_deref().unwrap_or("localhost"),
                     c.port.unwrap_or(5432),
-                    crate::state::describe_sqlx(&e)
+                    crate::pgerror::describe(&e)
                 ),
             )
         };

@@ -69,7 +69,6 @@ pub struct BackfillSummary {
 
 /// Plans and runs a backfill, printing one line per interval. Shared with
 /// `sluice demo`.
-#[allow(clippy::too_many_arguments)]
 pub async fn backfill_dag(
     runner: &Runner,
     dag: Arc<Dag>,

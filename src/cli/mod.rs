@@ -33,9 +33,11 @@ mod backfill;
 mod daemon;
 mod dags;
 mod demo;
+mod init;
 mod progress;
 mod run;
 mod runs;
+mod tasks;
 
 /// Writes to stdout; a reader that went away ends the process quietly.
 pub fn write_out(args: std::fmt::Arguments<'_>) {
@@ -91,6 +93,9 @@ pub enum Command {
     /// List, check and draw DAGs.
     #[command(subcommand)]
     Dags(dags::DagsCmd),
+    /// Create a new project: dags/ with a commented example, config/, sql/,
+    /// a small CSV, the DAG schema for editors, a .gitignore.
+    Init(init::InitArgs),
     /// Run one DAG run in the foreground.
     Run(run::RunArgs),
     /// The shop's whole job on this machine: a private PostgreSQL if none is
@@ -112,7 +117,7 @@ pub enum Command {
     Backfill(backfill::BackfillArgs),
     /// Test or clear tasks.
     #[command(subcommand)]
-    Tasks(run::TasksCmd),
+    Tasks(tasks::TasksCmd),
     /// Look at past runs.
     #[command(subcommand)]
     Runs(runs::RunsCmd),
@@ -270,12 +275,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let app = App::new(cli.global);
     match cli.command {
         Command::Dags(cmd) => dags::run(&app, cmd).await,
+        Command::Init(args) => init::run(args),
         Command::Run(args) => run::run(&app, args).await,
         Command::Backfill(args) => backfill::run(&app, args).await,
         Command::Demo(args) => demo::run(&app, args).await,
         Command::Daemon(args) => daemon::daemon(&app, args).await,
         Command::Status { heartbeat_timeout, json } => daemon::status(&app, heartbeat_timeout, json).await,
-        Command::Tasks(cmd) => run::tasks(&app, cmd).await,
+        Command::Tasks(cmd) => tasks::run(&app, cmd).await,
         Command::Runs(cmd) => runs::run(&app, cmd).await,
         Command::Logs(args) => runs::logs(&app, args).await,
         Command::Generate(a) => {

@@ -1,9 +1,10 @@
-//! `sluice run`, `sluice tasks test`, `sluice tasks clear`.
+//! `sluice run`: one DAG run in the foreground, with live progress and a
+//! summary.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 use comfy_table::{Table, presets};
 use tokio_util::sync::CancellationToken;
 
@@ -32,38 +33,6 @@ pub struct RunArgs {
     /// Print task logs on stderr as they are written.
     #[arg(long)]
     pub follow: bool,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum TasksCmd {
-    /// Run one task alone, without its dependencies and without recording
-    /// anything in the state store (like `airflow tasks test`).
-    Test {
-        dag: String,
-        task: String,
-        #[command(flatten)]
-        interval: super::IntervalArgs,
-        /// Read upstream datasets from this run (default: the DAG's run for the same date, if any).
-        #[arg(long, value_name = "RUN_ID")]
-        run: Option<i64>,
-    },
-    /// Reset task instances of a run so that `sluice run --resume` runs them again.
-    Clear {
-        /// The DAG.
-        dag: String,
-        /// The run whose tasks are reset.
-        #[arg(long, value_name = "RUN_ID")]
-        run: i64,
-        /// Only tasks whose id matches this regular expression.
-        #[arg(long, value_name = "REGEX")]
-        task: Option<String>,
-        /// Also clear every task downstream of the matched ones.
-        #[arg(long)]
-        downstream: bool,
-        /// Only tasks that failed or are upstream_failed.
-        #[arg(long)]
-        only_failed: bool,
-    },
 }
 
 pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
@@ -222,145 +191,4 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     outln!("{}: {} in {}", dag.dag_id, parts.join(", "), format_elapsed(elapsed));
     Ok(())
-}
-
-pub async fn tasks(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
-    match cmd {
-        TasksCmd::Test { dag, task, interval, run } => test(app, &dag, &task, &interval, run).await,
-        TasksCmd::Clear { dag, run, task, downstream, only_failed } => {
-            clear(app, &dag, run, task.as_deref(), downstream, only_failed).await
-        }
-    }
-}
-
-async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs, run_id: Option<i64>) -> Result<ExitCode> {
-    let (dag, conns) = match super::load_dag(app, dag_id)? {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
-    };
-    let Some(task) = dag.task(task_id) else {
-        let hint = crate::diag::hint(task_id, dag.tasks.iter().map(|t| t.id.as_str()));
-        return Ok(super::config_exit(&format!("DAG `{dag_id}` has no task `{task_id}`{hint}")));
-    };
-    let when = args.when()?;
-    let params = match super::conf_params(&dag, &args.conf)? {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
-    let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
-
-    // Upstream datasets come from an existing run when there is one; the
-    // state store is only read, never written.
-    let mut inputs = Default::default();
-    let mut upstream = Default::default();
-    if app.global.database_url.is_some() {
-        let store = app.store().await?;
-        let source = match run_id {
-            Some(id) => store.run(id).await?,
-            None => store.find_run(&dag.dag_id, logical).await?,
-        };
-        if let Some(r) = source {
-            let outputs = store.outputs(r.run_id).await?;
-            upstream = crate::runner::exec::upstream_of(task, &dag, &outputs);
-            inputs = crate::runner::exec::datasets_of(task, &dag, outputs);
-        }
-    } else if run_id.is_some() {
-        bail!("--run needs the state database (SLUICE_DATABASE_URL)");
-    }
-    let res = app.checked_resources(conns).await?;
-    let fake_run = RunRow {
-        run_id: 0,
-        dag_id: dag.dag_id.clone(),
-        run_type: "test".into(),
-        logical_date: logical,
-        data_interval_start: interval.start,
-        data_interval_end: interval.end,
-        conf: serde_json::Value::Object(params),
-        state: "running".into(),
-        created_at: chrono::Utc::now(),
-        started_at: None,
-        ended_at: None,
-    };
-    let log = crate::tasks::TryLog::echoing();
-    let guard = crate::logging::capture(&log);
-    let span = tracing::warn_span!("try", log_key = guard.0, dag = %dag.dag_id, task = %task.id, try_number = 1);
-    let started = std::time::Instant::now();
-    // A throwaway runner: no worker row, no heartbeat, nothing recorded.
-    let store = match app.global.database_url.is_some() {
-        true => Some(app.store().await?),
-        false => None,
-    };
-    let result = {
-        use tracing::Instrument;
-        if let Some(st) = &store {
-            let _ = res.pipeline.set(std::sync::Arc::new(st.clone()));
-        }
-        let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true)?;
-        eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());
-        let fut = std::panic::AssertUnwindSafe(crate::runner::exec::run_with_timeout(&dag, task, &ctx));
-        match futures::FutureExt::catch_unwind(fut).instrument(span).await {
-            Ok(r) => r,
-            Err(p) => Err(crate::tasks::TaskError::Panic(crate::tasks::error::panic_message(p.as_ref()))),
-        }
-    };
-    drop(store);
-    drop(guard);
-    match result {
-        Ok(o) => {
-            let note = o.note.clone().unwrap_or_default();
-            let state = if o.skipped { "skipped" } else { "success" };
-            eprintln!("{} {state} in {}: {note}", task.id, format_elapsed(started.elapsed()));
-            if !o.metrics.is_empty() || o.dataset.is_some() {
-                outln!("{}", serde_json::to_string_pretty(&o)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{} failed in {}: {}", task.id, format_elapsed(started.elapsed()), crate::secrets::mask(&e.to_string()));
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-async fn clear(app: &App, dag_id: &str, run_id: i64, pattern: Option<&str>, downstream: bool, only_failed: bool) -> Result<ExitCode> {
-    let (dag, _) = match super::load_dag(app, dag_id)? {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
-    };
-    let store = app.store().await?;
-    let run = store.run(run_id).await?.with_context(|| format!("run {run_id} does not exist"))?;
-    if run.dag_id != dag.dag_id {
-        bail!("run {run_id} belongs to DAG `{}`, not `{}`", run.dag_id, dag.dag_id);
-    }
-    let re = match pattern {
-        Some(p) => Some(regex::Regex::new(p).with_context(|| format!("--task {p} is not a valid regular expression"))?),
-        None => None,
-    };
-    let tis = store.task_instances(run_id).await?;
-    let state_of: std::collections::HashMap<&str, crate::state::TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state())).collect();
-    let mut roots: Vec<usize> = Vec::new();
-    for (i, t) in dag.tasks.iter().enumerate() {
-        if re.as_ref().is_some_and(|r| !r.is_match(&t.id)) {
-            continue;
-        }
-        if only_failed
-            && !matches!(state_of.get(t.id.as_str()), Some(crate::state::TiState::Failed | crate::state::TiState::UpstreamFailed))
-        {
-            continue;
-        }
-        roots.push(i);
-    }
-    if roots.is_empty() {
-        outln!("no task instance of run {run_id} matches; nothing cleared");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let chosen = if downstream { dag.downstream_closure(&roots) } else { roots };
-    let tasks: Vec<(String, i32)> = chosen.iter().map(|&i| (dag.tasks[i].id.clone(), dag.tasks[i].retries as i32)).collect();
-    let (cleared, running) = store.clear(run_id, &tasks).await?;
-    outln!("cleared {} task instance{} of run {run_id}: {}", cleared.len(), if cleared.len() == 1 { "" } else { "s" }, cleared.join(", "));
-    if !running.is_empty() {
-        outln!("left alone because they are running: {}", running.join(", "));
-    }
-    outln!("run them with `sluice run {} --resume {run_id}`", dag.dag_id);
-    Ok(ExitCode::SUCCESS)
 }

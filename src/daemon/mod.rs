@@ -132,6 +132,17 @@ impl DagSet {
     }
 }
 
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot serve health and metrics: {0}")]
+    Http(#[from] std::io::Error),
+    #[error("the cron scheduler failed: {0}")]
+    Cron(#[from] tokio_cron_scheduler::JobSchedulerError),
+}
+
 /// Runs the daemon until SIGTERM or Ctrl-C.
 pub async fn run(
     store: Store,
@@ -139,7 +150,7 @@ pub async fn run(
     dags_dir: PathBuf,
     templates: Arc<Templates>,
     opts: Options,
-) -> anyhow::Result<()> {
+) -> Result<(), DaemonError> {
     let mut runner = Runner::new(store.clone(), res.clone());
     runner.parallelism = opts.parallelism.max(1);
     runner.reap_in_drive = false;

@@ -99,7 +99,6 @@ impl Canvas {
     }
 
     /// Draws text with its baseline at `y` (mm from the top).
-    #[allow(clippy::too_many_arguments)]
     pub fn text(&mut self, x: f32, y: f32, s: &str, size: f32, bold: bool, color: Rgb8, align: Align) {
         if s.is_empty() {
             return;

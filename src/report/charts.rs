@@ -213,7 +213,6 @@ enum Swatch {
 }
 
 /// Axes and gridlines for a value chart.
-#[allow(clippy::too_many_arguments)]
 fn frame(
     c: &mut Canvas,
     s: &Section,

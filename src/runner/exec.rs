@@ -193,7 +193,6 @@ async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEn
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn record(
     runner: &Runner,
     dag: &Dag,
@@ -342,7 +341,6 @@ pub fn datasets_of(task: &Task, dag: &Dag, outputs: std::collections::HashMap<St
 
 /// The context of one try. In test mode (`sluice tasks test`) nothing is
 /// recorded and `run_id` renders as `test`.
-#[allow(clippy::too_many_arguments)]
 pub fn task_ctx(
     res: Arc<crate::resources::Resources>,
     dag: &Dag,

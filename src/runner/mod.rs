@@ -454,10 +454,7 @@ where
             }
             Err(StateError::Sql(e)) if crate::tasks::error::sqlx_kind(&e) == crate::tasks::ErrorKind::Transient && !stop.is_cancelled() => {
                 if !warned {
-                    tracing::warn!(
-                        "cannot reach the state database ({what}): {}; retrying until it is back",
-                        crate::state::describe_sqlx(&e)
-                    );
+                    tracing::warn!("cannot reach the state database ({what}): {}; retrying until it is back", crate::pgerror::describe(&e));
                     warned = true;
                 }
                 tokio::select! {

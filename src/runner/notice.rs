@@ -46,7 +46,6 @@ impl std::fmt::Display for Notice {
 }
 
 /// Mails a short notice of a failed try to `to` and says what became of it.
-#[allow(clippy::too_many_arguments)]
 pub async fn notify(
     runner: &Runner,
     dag: &Dag,

@@ -45,28 +45,7 @@ pub enum StateError {
     Invalid(String),
 }
 
-/// Formats a sqlx error with the server's detail and hint when it has them.
-pub fn describe_sqlx(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => {
-            let mut s = db.message().to_string();
-            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                if let Some(d) = pg.detail() {
-                    s.push_str(&format!(" ({d})"));
-                }
-                if let Some(h) = pg.hint() {
-                    s.push_str(&format!("; hint: {h}"));
-                }
-                if let Some(w) = pg.r#where() {
-                    let first = w.lines().next().unwrap_or_default();
-                    s.push_str(&format!(" [at: {first}]"));
-                }
-            }
-            crate::secrets::mask(&s)
-        }
-        other => crate::secrets::mask(&other.to_string()),
-    }
-}
+pub use crate::pgerror::describe as describe_sqlx;
 
 /// The state of a task instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

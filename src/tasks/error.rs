@@ -78,7 +78,7 @@ pub enum TaskError {
     Template(#[from] TemplateError),
     #[error(transparent)]
     Connection(#[from] ConnError),
-    #[error("{}", crate::state::describe_sqlx(.0))]
+    #[error("{}", crate::pgerror::describe(.0))]
     Sql(#[from] sqlx::Error),
     #[error("the rendered config is invalid: {0}")]
     Config(String),
@@ -113,7 +113,7 @@ impl TaskError {
     /// A database error with context (`sql/x.sql, statement 2/3 (line 7)`),
     /// keeping the kind of the database error.
     pub fn sql(context: impl std::fmt::Display, e: &sqlx::Error) -> TaskError {
-        TaskError::Kind { kind: sqlx_kind(e), message: format!("{context}: {}", crate::state::describe_sqlx(e)) }
+        TaskError::Kind { kind: sqlx_kind(e), message: format!("{context}: {}", crate::pgerror::describe(e)) }
     }
 
     /// A blocking job that ended badly: a panic is a bug, a cancellation

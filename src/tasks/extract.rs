@@ -543,7 +543,10 @@ impl Run for Extract {
         let guard = TmpGuard(Some(tmp.clone()));
         let this = std::sync::Arc::new(self);
         let job = this.clone();
-        let read = tokio::task::spawn_blocking(move || job.read_all(&files, tmp)).await.map_err(|e| TaskError::from_join("reading the source", e))?;
+        let warnings = super::polars_warnings::Capture::start();
+        let read = tokio::task::spawn_blocking(move || job.read_all(&files, tmp)).await;
+        warnings.log();
+        let read = read.map_err(|e| TaskError::from_join("reading the source", e))?;
         let r = read.map_err(format_error)?;
         let cfg = &this.cfg;
         let counts = RowCounts::of(&r, cfg.on_bad_rows);

@@ -33,6 +33,7 @@ use crate::template::Templates;
 
 pub mod error;
 pub mod log;
+pub mod polars_warnings;
 pub mod sqlcheck;
 pub use error::{ErrorKind, TaskError};
 pub use log::TryLog;
@@ -505,8 +506,15 @@ impl TaskCtx {
 
     /// The dataset of upstream task `id`.
     pub fn input(&self, id: &str) -> Result<&DatasetRef, TaskError> {
-        self.inputs.get(id).ok_or_else(|| {
-            TaskError::Failed(format!("input `{id}` has no dataset in this run (did `{id}` produce one, and did it succeed?)"))
+        self.inputs.get(id).ok_or_else(|| match self.test_mode {
+            // `sluice tasks test` reads upstream datasets from a recorded run.
+            true => TaskError::permanent(format!(
+                "input `{id}` has no dataset here: `tasks test` reads it from a run of the DAG with the same logical date, \
+                 and there is none with `{id}` done. Run the DAG first (`sluice run {dag}`), then test this task with \
+                 `--run RUN_ID` (the run id `sluice run` printed, or `sluice runs list {dag}`)",
+                dag = self.dag_id
+            )),
+            false => TaskError::Failed(format!("input `{id}` has no dataset in this run (did `{id}` produce one, and did it succeed?)")),
         })
     }
 }

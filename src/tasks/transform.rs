@@ -269,7 +269,8 @@ impl Run for Transform {
         let tables = self.tables.clone();
         let query = self.query.clone();
         let rejects_q = self.rejects.clone();
-        let (mut df, rejects) = tokio::task::spawn_blocking(move || -> Result<(DataFrame, Option<DataFrame>), TaskError> {
+        let warnings = super::polars_warnings::Capture::start();
+        let result = tokio::task::spawn_blocking(move || -> Result<(DataFrame, Option<DataFrame>), TaskError> {
             let mut sql = SQLContext::new();
             for (name, path) in &tables {
                 sql.register(name, crate::datasets::scan(path).map_err(polars_err("reading input"))?);
@@ -300,8 +301,9 @@ impl Run for Transform {
             };
             Ok((df, rejects))
         })
-        .await
-        .map_err(|e| TaskError::from_join("the transform", e))??;
+        .await;
+        warnings.log();
+        let (mut df, rejects) = result.map_err(|e| TaskError::from_join("the transform", e))??;
         let dataset = ctx.write_dataset(&ctx.task_id, &mut df).await?;
         let mut out = Outcome::note(format!("{} rows", super::thousands(df.height() as u64))).metric("rows", df.height() as u64);
         if let Some(mut r) = rejects {
@@ -328,5 +330,111 @@ impl Run for Transform {
         }
         out.dataset = Some(dataset);
         Ok(out)
+    }
+}
+
+/// The README's polars SQL cookbook, run against the bundled polars: each
+/// recipe gives the value the README says, and each thing it says is not
+/// supported is refused.
+#[cfg(test)]
+mod cookbook {
+    use polars::prelude::*;
+    use polars::sql::SQLContext;
+
+    fn table() -> LazyFrame {
+        df!(
+            "id" => [1i64, 2, 3],
+            "s" => ["2024-11-18", "2024-11-20", "2024-12-01"],
+            "name" => ["Kim Ji", "lee", " Park "],
+            "amount" => [10.5f64, 20.0, 3.25]
+        )
+        .unwrap()
+        .lazy()
+        .with_columns([
+            col("s").str().to_date(StrptimeOptions::default()).alias("day"),
+            col("s").str().to_datetime(None, None, StrptimeOptions::default(), lit("raise")).alias("ts"),
+        ])
+    }
+
+    fn run(sql: &str) -> PolarsResult<DataFrame> {
+        let mut ctx = SQLContext::new();
+        ctx.register("t", table());
+        ctx.execute(sql).and_then(|l| l.collect())
+    }
+
+    /// The first column's values, as text.
+    #[track_caller]
+    fn values(sql: &str) -> Vec<String> {
+        let df = run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let c = &df.columns()[0];
+        (0..c.len()).map(|i| c.get(i).unwrap().str_value().to_string()).collect()
+    }
+
+    #[test]
+    fn recipes_give_what_the_readme_says() {
+        for (sql, want) in [
+            ("SELECT DATE('2024-11-18') AS x FROM t LIMIT 1", vec!["2024-11-18"]),
+            ("SELECT id FROM t WHERE day >= '2024-11-19'", vec!["2", "3"]),
+            ("SELECT id FROM t WHERE day BETWEEN '2024-11-18' AND '2024-11-30'", vec!["1", "2"]),
+            ("SELECT DATE(s, '%Y-%m-%d') AS x FROM t LIMIT 1", vec!["2024-11-18"]),
+            ("SELECT STRPTIME(s, '%Y-%m-%d')::date AS x FROM t LIMIT 1", vec!["2024-11-18"]),
+            ("SELECT CAST(DATE('2024-12-31') AS INT) - CAST(day AS INT) AS days FROM t", vec!["43", "41", "30"]),
+            ("SELECT day + INTERVAL '1 day' AS x FROM t LIMIT 1", vec!["2024-11-19"]),
+            ("SELECT ts + INTERVAL '2 hours' AS x FROM t LIMIT 1", vec!["2024-11-18 02:00:00"]),
+            ("SELECT EXTRACT(ISODOW FROM day) AS x FROM t", vec!["1", "3", "7"]),
+            ("SELECT DATE_PART('dow', day) AS x FROM t", vec!["1", "3", "0"]),
+            ("SELECT EXTRACT(HOUR FROM ts + INTERVAL '5 hours') AS x FROM t LIMIT 1", vec!["5"]),
+            ("SELECT STRFTIME(day, '%Y-%m') AS x FROM t", vec!["2024-11", "2024-11", "2024-12"]),
+            ("SELECT CAST(ts AS DATE) AS x FROM t LIMIT 1", vec!["2024-11-18"]),
+            ("SELECT CAST(amount AS INT) AS x FROM t", vec!["10", "20", "3"]),
+            ("SELECT TRY_CAST(name AS INT) AS x FROM t LIMIT 1", vec!["null"]),
+            ("SELECT 7 / 2 AS x FROM t LIMIT 1", vec!["3.5"]),
+            ("SELECT DIV(7, 2) AS x FROM t LIMIT 1", vec!["3"]),
+            ("SELECT SUBSTR(name, 1, 3) AS x FROM t LIMIT 1", vec!["Kim"]),
+            ("SELECT SPLIT_PART(name, ' ', 1) AS x FROM t LIMIT 1", vec!["Kim"]),
+            ("SELECT CONCAT(name, '-', id) AS x FROM t LIMIT 1", vec!["Kim Ji-1"]),
+            ("SELECT TRIM(name) AS x FROM t", vec!["Kim Ji", "lee", "Park"]),
+            ("SELECT id FROM t WHERE REGEXP_LIKE(name, '^[a-z]')", vec!["2"]),
+            ("SELECT id FROM t WHERE name ILIKE 'LEE'", vec!["2"]),
+            ("SELECT IF(amount > 5, 'big', 'small') AS x FROM t", vec!["big", "big", "small"]),
+            ("SELECT t.id FROM t ANTI JOIN t AS u ON t.id = u.id + 1", vec!["1"]),
+            ("SELECT t.id FROM t SEMI JOIN t AS u ON t.id = u.id + 1 ORDER BY t.id", vec!["2", "3"]),
+            ("SELECT ROW_NUMBER() OVER (ORDER BY amount DESC) AS r FROM t", vec!["2", "1", "3"]),
+            ("SELECT STRING_AGG(TRIM(name), ',') AS x FROM t", vec!["Kim Ji,lee,Park"]),
+        ] {
+            assert_eq!(values(sql), want, "{sql}");
+        }
+        // Computed columns are named after their input: alias each one.
+        let e = run("SELECT UPPER(name), LOWER(name) FROM t").unwrap_err().to_string();
+        assert!(e.contains("duplicate"), "{e}");
+    }
+
+    #[test]
+    fn what_the_readme_says_is_not_supported_is_refused() {
+        for sql in [
+            "SELECT DATEDIFF('day', day, day) FROM t",
+            "SELECT DATE_DIFF('day', day, day) FROM t",
+            "SELECT DATE_TRUNC('month', day) FROM t",
+            "SELECT NOW() FROM t",
+            "SELECT CURRENT_DATE FROM t",
+            "SELECT REGEXP_REPLACE(name, 'a', 'b') FROM t",
+            "SELECT TO_DATE(s, '%Y-%m-%d') FROM t",
+            "SELECT * FROM t WHERE NOT EXISTS (SELECT 1 FROM t AS u WHERE u.id = t.id + 10)",
+        ] {
+            assert!(run(sql).is_err(), "{sql} is supported now: update the README's cookbook");
+        }
+    }
+
+    /// `DATE '…'` and `CAST('…' AS DATE)` work but make polars warn that
+    /// casting text to a date is deprecated; `DATE('…')` does not.
+    #[test]
+    fn date_literals_and_the_deprecation_warning() {
+        let cap = crate::tasks::polars_warnings::Capture::start();
+        assert_eq!(values("SELECT DATE('2024-11-18') AS x FROM t LIMIT 1"), ["2024-11-18"]);
+        let quiet = cap.take();
+        assert_eq!(values("SELECT CAST('2024-11-18' AS DATE) AS x FROM t LIMIT 1"), ["2024-11-18"]);
+        let warned = cap.take();
+        assert!(quiet.iter().all(|(w, _)| !w.contains("Date")), "{quiet:?}");
+        assert!(warned.iter().any(|(w, _)| w.contains("Casting from String to Date is deprecated")), "{warned:?}");
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod daemon;
 mod data;
 mod faults;
+mod first_project;
 mod kpi;
 mod machines;
 mod report;
