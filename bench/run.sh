@@ -14,6 +14,8 @@
 #             and the next ten-minute tick).
 # report:     the shipped weekly report (queries + PDF) with 1,000,000 orders
 #             in the reported week, and with 1,000,000 orders over 13 weeks.
+# web:        the web UI's grid of 100 runs x 50 tasks, against its DAGs page
+#             and a 404 page on the same server.
 # daemon:     100 DAGs scheduled every minute: scheduling delay (interval end
 #             to first task start) over DAEMON_MINUTES minutes, then idle RSS
 #             and CPU of a daemon holding 100 DAGs with nothing due.
@@ -206,4 +208,37 @@ SQL
     rss="$(awk '/VmRSS/{print $2}' "/proc/$pid/status")"; hwm="$(awk '/VmHWM/{print $2}' "/proc/$pid/status")"
     kill -TERM "$pid"; wait "$pid"
     python3 -c "import sys,os; t0,t1,rss,hwm=map(int,sys.argv[1:]); hz=os.sysconf('SC_CLK_TCK'); print('{\"label\": \"daemon_idle_100_dags\", \"cpu_percent\": %.2f, \"rss_mb\": %.1f, \"peak_rss_mb\": %.1f}' % (100*(t1-t0)/hz/60, rss/1024, hwm/1024))" "$t0" "$t1" "$rss" "$hwm"
+fi
+
+if [[ " ${workloads[*]} " == *" web "* ]]; then
+    # The grid of a DAG with 100 runs x 50 tasks: runs and task instances
+    # written straight into the state store, then the page fetched 20 times
+    # by curl (server time ~ total time on loopback); the DAGs page and a
+    # 404 page of the same server as references.
+    {
+        echo "tasks:"
+        echo "  - { id: t00, type: shell, command: \"true\" }"
+        for i in $(seq -w 1 49); do printf "  - { id: t%s, type: shell, command: \"true\", depends_on: [t%02d] }\n" "$i" $((10#$i - 1)); done
+    } > "$proj/dags/web_grid.yaml"
+    SLUICE_SCHEMA=bench_web "$BIN" db migrate
+    psql "$PG_URL" -q <<'SQL'
+SET search_path = bench_web;
+DELETE FROM dag_runs WHERE dag_id = 'web_grid';
+INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, state, started_at, ended_at)
+SELECT 'web_grid', 'scheduled', d, d, d + interval '1 day', 'success', d + interval '1 day', d + interval '1 day 10 minutes'
+FROM generate_series(timestamptz '2024-01-01', timestamptz '2024-01-01' + interval '99 days', interval '1 day') d;
+INSERT INTO task_instances (run_id, task_id, state, try_number, max_tries, started_at, ended_at)
+SELECT r.run_id, 't' || lpad(i::text, 2, '0'), (ARRAY['success','failed','skipped','upstream_failed'])[1 + (i + r.run_id) % 4], 1, 1,
+       r.started_at + i * interval '10 seconds', r.started_at + (i + 1) * interval '10 seconds'
+FROM dag_runs r CROSS JOIN generate_series(0, 49) i WHERE r.dag_id = 'web_grid';
+SQL
+    SLUICE_SCHEMA=bench_web "$BIN" web --addr 127.0.0.1:18080 2> "$work/web.log" &
+    pid=$!
+    for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18080/ && break; sleep 0.2; done
+    for page in "dags/web_grid/grid?runs=100" "" "no-such-page"; do
+        curl -s -o /dev/null "http://127.0.0.1:18080/$page"  # warm
+        for _ in $(seq 20); do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:18080/$page"; done \
+            | python3 -c "import sys,statistics,json; v=[float(l) for l in sys.stdin]; print(json.dumps({'label': 'web /$page', 'median_ms': round(1000*statistics.median(v),1), 'max_ms': round(1000*max(v),1)}))"
+    done
+    kill -TERM "$pid"; wait "$pid" || true
 fi

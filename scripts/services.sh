@@ -22,6 +22,9 @@ ensure_packages() {
     command -v dot >/dev/null || missing+=(graphviz)
     [ -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf ] || missing+=(fonts-nanum)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    # Headless Chromium and its WebDriver, for the web UI's browser test.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         as_root apt-get update -qq
@@ -105,6 +108,17 @@ start_smtp() {
     SMTP_PORT="$port"
     for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1; done
     echo "the SMTP server did not start; see $1/smtp.log" >&2; return 1
+}
+
+# ChromeDriver on loopback: the browser test drives headless Chromium
+# through it (W3C WebDriver, plain HTTP).
+start_webdriver() {
+    local port; port="$(free_port)"
+    chromedriver --port="$port" --allowed-ips=127.0.0.1 >"$1/chromedriver.log" 2>&1 &
+    WEBDRIVER_PID=$!
+    WEBDRIVER_URL="http://127.0.0.1:$port"
+    for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0; sleep 0.1; done
+    echo "ChromeDriver did not start; see $1/chromedriver.log" >&2; return 1
 }
 
 export_cargo_target() {

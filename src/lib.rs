@@ -1,5 +1,6 @@
 //! sluice: a batch ETL orchestrator. See `docs/ARCHITECTURE.md` for the map.
 
+pub mod actions;
 pub mod cli;
 pub mod connections;
 pub mod daemon;
@@ -23,3 +24,4 @@ pub mod secrets;
 pub mod state;
 pub mod tasks;
 pub mod template;
+pub mod web;

@@ -142,6 +142,16 @@ fn only_tasks_mod_names_task_types() {
 }
 
 #[test]
+fn the_web_ui_reads_the_store_through_its_methods() {
+    forbid(
+        "the web UI reads the state store through Store methods, not SQL (docs/ARCHITECTURE.md)",
+        &["src/web"],
+        &[],
+        &["sqlx::", "query("],
+    );
+}
+
+#[test]
 fn every_file_has_a_module_doc() {
     let mut missing = Vec::new();
     for dir in ["src", "tests"] {

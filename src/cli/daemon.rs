@@ -30,6 +30,10 @@ pub struct DaemonArgs {
     /// worker still stops.
     #[arg(long, env = "SLUICE_WORKER_FAILURES", default_value_t = crate::runner::DEFAULT_WORKER_FAILURES)]
     pub worker_failures: i32,
+    /// Also serve the web UI from this process, on this address (e.g.
+    /// 127.0.0.1:8080; beyond loopback every page needs a login).
+    #[arg(long, env = "SLUICE_WEB", value_name = "ADDR")]
+    pub web: Option<String>,
     /// How often the state store is polled for due and triggered runs.
     #[arg(long, default_value = "1s", value_parser = parse_dur)]
     pub poll: std::time::Duration,
@@ -58,7 +62,13 @@ pub async fn daemon(app: &App, args: DaemonArgs) -> Result<ExitCode> {
         reload_every: std::time::Duration::from_secs(2),
         worker_failures: args.worker_failures.max(0),
     };
-    crate::daemon::run(store, app.checked_resources(conns).await?, app.project.dags_dir.clone(), app.templates.clone(), opts).await?;
+    let web_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(addr) = &args.web {
+        super::web::start(app, addr, web_stop.clone()).await?;
+    }
+    let r = crate::daemon::run(store, app.checked_resources(conns).await?, app.project.dags_dir.clone(), app.templates.clone(), opts).await;
+    web_stop.cancel();
+    r?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -121,7 +131,7 @@ pub async fn status(app: &App, heartbeat_timeout: std::time::Duration, json: boo
         ]);
     }
     outln!("\nRunning tasks:\n{t}");
-    let queued = active.iter().filter(|r| r.state == "queued").count();
+    let queued = active.iter().filter(|r| r.state == crate::state::RunState::Queued).count();
     outln!("\n{} active runs ({} queued), {ready} tries ready to start", active.len(), queued);
     Ok(ExitCode::SUCCESS)
 }

@@ -109,16 +109,17 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
 async fn set_paused(app: &App, dag_id: &str, paused: bool) -> Result<ExitCode> {
     let (bag, _) = app.load(true)?;
     let store = app.store().await?;
-    match bag.get(dag_id) {
-        Ok(dag) => store.set_paused(&dag, paused).await?,
+    let dag = bag.get(dag_id);
+    if let Err(e) = crate::actions::set_paused(&store, dag_id, dag.as_deref().ok(), paused).await {
+        return match (e, &dag) {
+            (crate::actions::ActionError::NotFound(_), Err(load)) => Ok(super::config_exit(load)),
+            (e, _) => super::action_exit(e),
+        };
+    }
+    if dag.is_err() {
         // A DAG whose file is broken right now still has runs in the store;
         // pausing it (to stop those) must not wait for the file to be fixed.
-        Err(e) => {
-            if !store.set_paused_by_id(dag_id, paused).await? {
-                return Ok(super::config_exit(&e));
-            }
-            eprintln!("warning: {dag_id}'s file does not load right now; the flag was set on the stored DAG");
-        }
+        eprintln!("warning: {dag_id}'s file does not load right now; the flag was set on the stored DAG");
     }
     outln!("{dag_id} is {}", if paused { "paused: no new runs are scheduled or started" } else { "unpaused" });
     Ok(ExitCode::SUCCESS)
@@ -129,26 +130,19 @@ async fn trigger(app: &App, dag_id: &str, args: &super::IntervalArgs) -> Result<
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let params = match super::conf_params(&dag, &args.conf)? {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
+    let conf = crate::dag::parse_conf_args(&args.conf).map_err(anyhow::Error::msg)?;
     let when = args.when()?;
-    let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
     let store = app.store().await?;
-    store.sync_dags(&[dag.as_ref()]).await?;
-    match store.create_run(&dag, "manual", logical, interval, &params, "queued").await? {
+    match crate::actions::trigger(&store, &dag, &conf, when, chrono::Utc::now()).await {
         Ok(run) => {
             outln!(
                 "run {} of {dag_id} queued (logical date {}); a running daemon starts it within a second",
                 run.run_id,
-                logical.to_rfc3339()
+                run.logical_date.to_rfc3339()
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(crate::state::RunExists(r)) => {
-            anyhow::bail!("{dag_id} already has run {} for logical date {} (state {})", r.run_id, r.logical_date.to_rfc3339(), r.state)
-        }
+        Err(e) => super::action_exit(e),
     }
 }
 

@@ -117,9 +117,9 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     while day <= last {
         let midnight = crate::dag::schedule::local_midnight(day.succ_opt().unwrap_or(day), grades.timezone);
         let tick = crate::dag::ManualWhen::Logical(midnight - chrono::Duration::minutes(10));
-        match run_once(&runner, &grades, tick, &params, fresh, "backfill").await? {
+        match run_once(&runner, &grades, tick, &params, fresh, crate::state::RunType::Backfill).await? {
             (_, false) => already += 1,
-            (run, true) if run.state != "success" => {
+            (run, true) if run.state != crate::state::RunState::Success => {
                 store.stop_worker(&runner.worker).await.ok();
                 bail!("the grade update as of {midnight} failed; see `sluice runs show {}`", run.run_id);
             }
@@ -159,9 +159,11 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
             None => false,
         };
         store.register_worker(&runner.worker, "demo").await?;
-        let (run, _) = run_once(&runner, &report, crate::dag::ManualWhen::Date(monday), &params, fresh || pdf_gone, "manual").await?;
+        let (run, _) =
+            run_once(&runner, &report, crate::dag::ManualWhen::Date(monday), &params, fresh || pdf_gone, crate::state::RunType::Manual)
+                .await?;
         store.stop_worker(&runner.worker).await.ok();
-        if run.state != "success" {
+        if run.state != crate::state::RunState::Success {
             bail!("the weekly report failed; see `sluice runs show {}`", run.run_id);
         }
         let outputs = store.outputs(run.run_id).await?;
@@ -187,6 +189,9 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     }
     outln!("\nRuns and their logs are in the state store (schema `{}`):", store.schema());
     outln!("  sluice runs list ecommerce_etl       sluice runs show RUN_ID       sluice logs RUN_ID TASK");
+    outln!(
+        "Or in a browser: `sluice web`, then open http://127.0.0.1:8080/ (the grid, graphs, logs; `sluice users add NAME --role admin` to act)"
+    );
     if let Some(pg) = &private {
         outln!("To use this database from other commands:\n  export SLUICE_DATABASE_URL={}", pg.url);
         outln!("To stop it:\n  {}", pg.stop_command());
@@ -208,15 +213,15 @@ async fn run_once(
     when: crate::dag::ManualWhen,
     params: &serde_json::Map<String, serde_json::Value>,
     again: bool,
-    run_type: &str,
+    run_type: crate::state::RunType,
 ) -> Result<(crate::state::RunRow, bool)> {
     let store = &runner.store;
     let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
-    let run = match store.create_run(dag, run_type, logical, interval, params, "queued").await? {
+    let run = match store.create_run(dag, run_type, logical, interval, params, crate::state::RunState::Queued).await? {
         Ok(r) => r,
-        Err(crate::state::RunExists(r)) if r.state == "success" && !again => return Ok((r, false)),
+        Err(crate::state::RunExists(r)) if r.state == crate::state::RunState::Success && !again => return Ok((r, false)),
         Err(crate::state::RunExists(r)) => {
-            if r.state != "queued" && r.state != "running" {
+            if r.state.is_finished() {
                 let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
                 store.clear(r.run_id, &all).await?;
             }

@@ -38,6 +38,7 @@ mod progress;
 mod run;
 mod runs;
 mod tasks;
+mod web;
 
 /// Writes to stdout; a reader that went away ends the process quietly.
 pub fn write_out(args: std::fmt::Arguments<'_>) {
@@ -126,6 +127,11 @@ pub enum Command {
     /// Manage the state database.
     #[command(subcommand)]
     Db(DbCmd),
+    /// Serve the web UI: DAGs, grid, graph, runs, logs and actions.
+    Web(web::WebArgs),
+    /// Manage the web UI's users.
+    #[command(subcommand)]
+    Users(web::UsersCmd),
     /// Generate an online shop's raw exports (users, products, orders, a
     /// partner XML feed and visit logs) for a date range.
     Generate(GenerateArgs),
@@ -242,7 +248,7 @@ pub fn main() -> ExitCode {
     // The daemon says what it does at the default level (what it loaded,
     // where it listens, each run created and finished); other commands
     // print their own output and only warnings besides.
-    let quiet = if matches!(cli.command, Command::Daemon(_)) { tracing::Level::INFO } else { tracing::Level::WARN };
+    let quiet = if matches!(cli.command, Command::Daemon(_) | Command::Web(_)) { tracing::Level::INFO } else { tracing::Level::WARN };
     let default_level = match cli.global.verbose {
         0 => quiet,
         1 => tracing::Level::INFO,
@@ -284,6 +290,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Tasks(cmd) => tasks::run(&app, cmd).await,
         Command::Runs(cmd) => runs::run(&app, cmd).await,
         Command::Logs(args) => runs::logs(&app, args).await,
+        Command::Web(args) => web::web(&app, args).await,
+        Command::Users(cmd) => web::users(&app, cmd).await,
         Command::Generate(a) => {
             let opts = a.shop.options(a.out.clone(), a.dirty);
             let started = std::time::Instant::now();
@@ -371,6 +379,17 @@ fn manual_when(date: Option<&str>, logical: Option<&str>) -> Result<crate::dag::
 }
 
 /// A fatal config problem with a DAG: print it and exit with EX_CONFIG.
+/// An action refused: bad input or an unknown id exits 78 with the reason;
+/// a conflict with the current state and a store failure are errors.
+pub fn action_exit(e: crate::actions::ActionError) -> Result<ExitCode> {
+    use crate::actions::ActionError;
+    match e {
+        ActionError::Invalid(m) | ActionError::NotFound(m) => Ok(config_exit(&m)),
+        ActionError::Conflict(m) => Err(anyhow::Error::msg(m)),
+        ActionError::State(e) => Err(e.into()),
+    }
+}
+
 pub fn config_exit(msg: &str) -> ExitCode {
     eprintln!("error: {}", crate::secrets::mask(msg));
     ExitCode::from(EXIT_CONFIG)

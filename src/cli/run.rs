@@ -58,7 +58,8 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let (logical, interval) = dag.manual_interval(when, chrono::Utc::now()).map_err(anyhow::Error::msg)?;
-            match store.create_run(&dag, "manual", logical, interval, &params, "running").await? {
+            match store.create_run(&dag, crate::state::RunType::Manual, logical, interval, &params, crate::state::RunState::Running).await?
+            {
                 Ok(run) => run,
                 Err(crate::state::RunExists(existing)) if args.rerun => {
                     let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
@@ -172,7 +173,7 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
     t.set_header(["task", "state", "tries", "duration", "details"]);
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for ti in &tis {
-        *counts.entry(ti.state.clone()).or_default() += 1;
+        *counts.entry(ti.state.to_string()).or_default() += 1;
         let dur = match (ti.started_at, ti.ended_at) {
             (Some(a), Some(b)) => format_elapsed((b - a).to_std().unwrap_or_default()),
             _ => String::new(),
@@ -181,7 +182,7 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
             Some(e) => first_line(e),
             None => ti.output.as_ref().and_then(|o| o.get("note")).and_then(|n| n.as_str()).unwrap_or_default().to_string(),
         };
-        t.add_row([ti.task_id.clone(), ti.state.clone(), ti.try_number.to_string(), dur, details]);
+        t.add_row([ti.task_id.clone(), ti.state.to_string(), ti.try_number.to_string(), dur, details]);
     }
     outln!("{t}");
     // Failure notices: where each went, or that it was lost.

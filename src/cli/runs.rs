@@ -18,7 +18,7 @@ pub enum RunsCmd {
         dag: Option<String>,
         /// Only runs in this state: queued, running, success, failed.
         #[arg(long)]
-        state: Option<String>,
+        state: Option<crate::state::RunState>,
         /// At most this many runs.
         #[arg(long, default_value_t = 50)]
         limit: i64,
@@ -62,12 +62,7 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
     let store = app.store().await?;
     match cmd {
         RunsCmd::List { dag, state, limit, json } => {
-            if let Some(s) = &state
-                && !["queued", "running", "success", "failed"].contains(&s.as_str())
-            {
-                anyhow::bail!("--state {s}: expected queued, running, success or failed");
-            }
-            let runs = store.list_runs(dag.as_deref(), state.as_deref(), limit).await?;
+            let runs = store.list_runs(dag.as_deref(), state, limit).await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&runs)?);
                 return Ok(ExitCode::SUCCESS);
@@ -79,9 +74,9 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                 t.add_row([
                     r.run_id.to_string(),
                     r.dag_id.clone(),
-                    r.run_type.clone(),
+                    r.run_type.to_string(),
                     r.logical_date.to_rfc3339(),
-                    r.state.clone(),
+                    r.state.to_string(),
                     ts(r.started_at),
                     dur(r.started_at, r.ended_at),
                 ]);
@@ -119,7 +114,7 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                 };
                 t.add_row([
                     ti.task_id.clone(),
-                    ti.state.clone(),
+                    ti.state.to_string(),
                     format!("{}/{}", ti.try_number, ti.max_tries),
                     ts(ti.started_at),
                     dur(ti.started_at, ti.ended_at),

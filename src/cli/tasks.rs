@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use super::App;
@@ -40,14 +40,36 @@ pub enum TasksCmd {
         #[arg(long)]
         only_failed: bool,
     },
+    /// Set a task instance's state by hand (Airflow's "mark success/failed").
+    Mark {
+        /// The DAG.
+        dag: String,
+        /// The run.
+        #[arg(long, value_name = "RUN_ID")]
+        run: i64,
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// The state to set.
+        #[arg(long, value_enum)]
+        state: MarkState,
+    },
+}
+
+/// The states `tasks mark` sets.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum MarkState {
+    Success,
+    Failed,
 }
 
 pub async fn run(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
     match cmd {
         TasksCmd::Test { dag, task, interval, run } => test(app, &dag, &task, &interval, run).await,
         TasksCmd::Clear { dag, run, task, downstream, only_failed } => {
-            clear(app, &dag, run, task.as_deref(), downstream, only_failed).await
+            clear(app, &dag, run, crate::actions::ClearSelection { pattern: task, downstream, only_failed }).await
         }
+        TasksCmd::Mark { dag, run, task, state } => mark(app, &dag, run, &task, state).await,
     }
 }
 
@@ -89,12 +111,12 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     let fake_run = RunRow {
         run_id: 0,
         dag_id: dag.dag_id.clone(),
-        run_type: "test".into(),
+        run_type: crate::state::RunType::Manual,
         logical_date: logical,
         data_interval_start: interval.start,
         data_interval_end: interval.end,
         conf: serde_json::Value::Object(params),
-        state: "running".into(),
+        state: crate::state::RunState::Running,
         created_at: chrono::Utc::now(),
         started_at: None,
         ended_at: None,
@@ -140,45 +162,44 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
     }
 }
 
-async fn clear(app: &App, dag_id: &str, run_id: i64, pattern: Option<&str>, downstream: bool, only_failed: bool) -> Result<ExitCode> {
+async fn clear(app: &App, dag_id: &str, run_id: i64, sel: crate::actions::ClearSelection) -> Result<ExitCode> {
     let (dag, _) = match super::load_dag(app, dag_id)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
     let store = app.store().await?;
-    let run = store.run(run_id).await?.with_context(|| format!("run {run_id} does not exist"))?;
-    if run.dag_id != dag.dag_id {
-        bail!("run {run_id} belongs to DAG `{}`, not `{}`", run.dag_id, dag.dag_id);
-    }
-    let re = match pattern {
-        Some(p) => Some(regex::Regex::new(p).with_context(|| format!("--task {p} is not a valid regular expression"))?),
-        None => None,
+    let done = match crate::actions::clear(&store, &dag, run_id, &sel).await {
+        Ok(d) => d,
+        Err(e) => return super::action_exit(e),
     };
-    let tis = store.task_instances(run_id).await?;
-    let state_of: std::collections::HashMap<&str, crate::state::TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state())).collect();
-    let mut roots: Vec<usize> = Vec::new();
-    for (i, t) in dag.tasks.iter().enumerate() {
-        if re.as_ref().is_some_and(|r| !r.is_match(&t.id)) {
-            continue;
-        }
-        if only_failed
-            && !matches!(state_of.get(t.id.as_str()), Some(crate::state::TiState::Failed | crate::state::TiState::UpstreamFailed))
-        {
-            continue;
-        }
-        roots.push(i);
-    }
-    if roots.is_empty() {
+    if done.cleared.is_empty() && done.running.is_empty() {
         outln!("no task instance of run {run_id} matches; nothing cleared");
         return Ok(ExitCode::SUCCESS);
     }
-    let chosen = if downstream { dag.downstream_closure(&roots) } else { roots };
-    let tasks: Vec<(String, i32)> = chosen.iter().map(|&i| (dag.tasks[i].id.clone(), dag.tasks[i].retries as i32)).collect();
-    let (cleared, running) = store.clear(run_id, &tasks).await?;
-    outln!("cleared {} task instance{} of run {run_id}: {}", cleared.len(), if cleared.len() == 1 { "" } else { "s" }, cleared.join(", "));
-    if !running.is_empty() {
-        outln!("left alone because they are running: {}", running.join(", "));
+    let n = done.cleared.len();
+    outln!("cleared {n} task instance{} of run {run_id}: {}", if n == 1 { "" } else { "s" }, done.cleared.join(", "));
+    if !done.running.is_empty() {
+        outln!("left alone because they are running: {}", done.running.join(", "));
     }
-    outln!("run them with `sluice run {} --resume {run_id}`", dag.dag_id);
+    outln!("a running daemon picks the run up again; without one: `sluice run {} --resume {run_id}`", dag.dag_id);
     Ok(ExitCode::SUCCESS)
+}
+
+async fn mark(app: &App, dag_id: &str, run_id: i64, task_id: &str, state: MarkState) -> Result<ExitCode> {
+    let (dag, _) = match super::load_dag(app, dag_id)? {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    let store = app.store().await?;
+    let to = match state {
+        MarkState::Success => crate::state::TiState::Success,
+        MarkState::Failed => crate::state::TiState::Failed,
+    };
+    match crate::actions::mark(&store, &dag, run_id, task_id, to).await {
+        Ok(before) => {
+            outln!("{task_id} of run {run_id} marked {to} (was {before})");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => super::action_exit(e),
+    }
 }

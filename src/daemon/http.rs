@@ -30,12 +30,24 @@ pub async fn serve(
             let store = store.clone();
             let worker = worker.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                // Read the whole head (it may come in several segments):
+                // closing with unread bytes would reset the connection and
+                // lose the response.
+                let mut buf = Vec::with_capacity(1024);
+                let mut chunk = [0u8; 1024];
+                let read_head = async {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return false,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    true
                 };
-                let req = String::from_utf8_lossy(&buf[..n]);
+                if !matches!(tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await, Ok(true)) {
+                    return;
+                }
+                let req = String::from_utf8_lossy(&buf);
                 let path = req.split_whitespace().nth(1).unwrap_or("/");
                 let (status, ctype, body) = match path {
                     "/health" => {

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub dags_loaded: AtomicU64,
     pub dag_load_errors: AtomicU64,
     pub running_local: AtomicU64,
+    /// Completed passes of the scheduler loop (tests wait for one).
+    pub scheduler_loops: AtomicU64,
     pub last_loop: Mutex<DateTime<Utc>>,
 }
 
@@ -77,6 +79,7 @@ impl Default for Metrics {
             dags_loaded: AtomicU64::new(0),
             dag_load_errors: AtomicU64::new(0),
             running_local: AtomicU64::new(0),
+            scheduler_loops: AtomicU64::new(0),
             last_loop: Mutex::new(Utc::now()),
         }
     }
@@ -116,6 +119,12 @@ impl Metrics {
             "sluice_runs_created_total",
             "Scheduled runs created by this process.",
             self.runs_created.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "sluice_scheduler_loops_total",
+            "Completed passes of the scheduler loop (load, plan, start).",
+            self.scheduler_loops.load(Ordering::Relaxed),
         );
         self.task_duration.render("sluice_task_duration_seconds", "Duration of tries run by this process.", &mut out);
         self.scheduling_delay.render(

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connections::Connections;
 use crate::dag::Dag;
 use crate::runner::{RunOutcome, Runner, Stop};
-use crate::state::Store;
+use crate::state::{RunState, RunType, Store};
 use crate::template::Templates;
 
 pub mod http;
@@ -228,6 +228,7 @@ pub async fn run(
             tracing::error!("scheduler loop: {e}");
         }
         *metrics.last_loop.lock().unwrap_or_else(|e| e.into_inner()) = Utc::now();
+        metrics.scheduler_loops.fetch_add(1, Ordering::Relaxed);
 
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -362,7 +363,7 @@ async fn tick(
             let params = dag.resolve_params(&[]).unwrap_or_default();
             // An Err means another daemon (or a backfill) made it first:
             // exactly one run per interval.
-            if let Ok(run) = store.create_run(dag, "scheduled", iv.start, iv, &params, "queued").await? {
+            if let Ok(run) = store.create_run(dag, RunType::Scheduled, iv.start, iv, &params, RunState::Queued).await? {
                 metrics.runs_created.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(dag = %dag.dag_id, run = run.run_id, logical_date = %iv.start, "scheduled run created");
             }
@@ -371,7 +372,7 @@ async fn tick(
 
     // 2. Start queued runs (scheduled and triggered; backfills start their own).
     let active = store.active_runs().await?;
-    for r in active.iter().filter(|r| r.state == "queued" && r.run_type != "backfill") {
+    for r in active.iter().filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill) {
         let Some(dag) = set.dags.get(&r.dag_id) else { continue };
         if is_paused(&r.dag_id) {
             continue;
@@ -383,7 +384,7 @@ async fn tick(
 
     // 3. Drive every running run of a known DAG.
     let active = store.active_runs().await?;
-    for r in active.into_iter().filter(|r| r.state == "running") {
+    for r in active.into_iter().filter(|r| r.state == RunState::Running) {
         if driving.contains(&r.run_id) || stop.drain.is_cancelled() {
             continue;
         }
@@ -391,7 +392,7 @@ async fn tick(
         driving.insert(r.run_id);
         let me = runner.clone();
         let stop = stop.clone();
-        let planned = (r.run_type == "scheduled").then_some(r.data_interval_end);
+        let planned = (r.run_type == RunType::Scheduled).then_some(r.data_interval_end);
         let metrics = metrics.clone();
         drivers.spawn(async move {
             let mut obs = RunObserver { metrics, planned, started: false };

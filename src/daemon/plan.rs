@@ -69,23 +69,9 @@ pub fn wake_cron(expr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tasks::{TaskConfig, ValidationEnv};
-
-    struct Env(crate::connections::Connections);
-    impl ValidationEnv for Env {
-        fn read_file(&self, _: &str) -> Result<String, String> {
-            Err("no files".into())
-        }
-        fn connections(&self) -> &crate::connections::Connections {
-            &self.0
-        }
-    }
 
     fn dag(src: &str) -> Dag {
-        let t = crate::template::Templates::new();
-        let p = crate::dag::parse::parse(std::path::Path::new("d.yaml"), src, &Env(Default::default()), &t);
-        let _ = TaskConfig::keys("shell");
-        p.dag.unwrap_or_else(|| panic!("{:?}", p.diagnostics))
+        crate::dag::from_yaml(src)
     }
 
     fn utc(s: &str) -> DateTime<Utc> {

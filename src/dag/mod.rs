@@ -273,6 +273,23 @@ pub fn parse_conf_args(args: &[String]) -> Result<Vec<(String, String)>, String>
     Ok(out)
 }
 
+/// A DAG from YAML text, for unit tests elsewhere (no files, no connections).
+#[cfg(test)]
+pub(crate) fn from_yaml(src: &str) -> Dag {
+    struct Env(crate::connections::Connections);
+    impl crate::tasks::ValidationEnv for Env {
+        fn read_file(&self, _: &str) -> Result<String, String> {
+            Err("no files".into())
+        }
+        fn connections(&self) -> &crate::connections::Connections {
+            &self.0
+        }
+    }
+    let t = crate::template::Templates::new();
+    let p = parse::parse(std::path::Path::new("d.yaml"), src, &Env(Default::default()), &t);
+    p.dag.unwrap_or_else(|| panic!("{:?}", p.diagnostics))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +331,10 @@ mod tests {
             assert_eq!(w, task(10, true, 3600).retry_wait("d", at, try_number).as_secs(), "deterministic");
         }
         assert_eq!(task(10, true, 15).retry_wait("d", at, 4), Duration::from_secs(15));
+        // The exact waits: base 10, 20, 40, 80 plus the jitter of
+        // sha256("d#t#2024-01-05T00:00:00+00:00#N") modulo the base.
+        let exact: Vec<u64> = (1..=4).map(|n| task(10, true, 3600).retry_wait("d", at, n).as_secs()).collect();
+        assert_eq!(exact, vec![10, 20, 68, 142]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Observer, RunOutcome, Runner, RunnerError, retry_store};
 use crate::dag::Dag;
 use crate::dag::schedule::{DataInterval, local_midnight};
-use crate::state::RunRow;
+use crate::state::{RunRow, RunState, RunType};
 
 /// What to do with runs that already exist for an interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -72,11 +72,11 @@ pub fn intervals(dag: &Dag, from: NaiveDate, to: NaiveDate) -> Result<Vec<DataIn
 }
 
 pub fn action(existing: Option<&RunRow>, reprocess: Reprocess) -> Action {
-    match (existing.map(|r| r.state.as_str()), reprocess) {
+    match (existing.map(|r| r.state), reprocess) {
         (None, _) => Action::Create,
-        (Some("queued" | "running"), _) => Action::Resume,
+        (Some(RunState::Queued | RunState::Running), _) => Action::Resume,
         (Some(_), Reprocess::All) => Action::RerunAll,
-        (Some("failed"), Reprocess::Failed) => Action::RerunFailed,
+        (Some(RunState::Failed), Reprocess::Failed) => Action::RerunFailed,
         (Some(_), _) => Action::Skip,
     }
 }
@@ -135,7 +135,7 @@ pub async fn execute(
                 }
                 (Action::Create, _) => {
                     let created = retry_store("creating a backfill run", &stop, || {
-                        store.create_run(&dag, "backfill", step.logical_date, step.interval, conf, "queued")
+                        store.create_run(&dag, RunType::Backfill, step.logical_date, step.interval, conf, RunState::Queued)
                     })
                     .await?;
                     match created {
@@ -149,7 +149,7 @@ pub async fn execute(
                     let tis = retry_store("reading a run", &stop, || store.task_instances(r.run_id)).await?;
                     let failed: Vec<(String, i32)> = tis
                         .iter()
-                        .filter(|t| matches!(t.state(), crate::state::TiState::Failed | crate::state::TiState::UpstreamFailed))
+                        .filter(|t| matches!(t.state, crate::state::TiState::Failed | crate::state::TiState::UpstreamFailed))
                         .filter_map(|t| dag.task(&t.task_id).map(|d| (t.task_id.clone(), d.retries as i32)))
                         .collect();
                     retry_store("clearing failed tasks", &stop, || store.clear(r.run_id, &failed)).await?;
@@ -195,25 +195,26 @@ mod tests {
 
     #[test]
     fn actions_by_existing_state() {
-        let run = |state: &str| RunRow {
+        let run = |state: RunState| RunRow {
             run_id: 1,
             dag_id: "d".into(),
-            run_type: "backfill".into(),
+            run_type: RunType::Backfill,
             logical_date: Utc::now(),
             data_interval_start: Utc::now(),
             data_interval_end: Utc::now(),
             conf: serde_json::json!({}),
-            state: state.into(),
+            state,
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,
         };
         assert_eq!(action(None, Reprocess::None), Action::Create);
-        assert_eq!(action(Some(&run("success")), Reprocess::None), Action::Skip);
-        assert_eq!(action(Some(&run("failed")), Reprocess::None), Action::Skip);
-        assert_eq!(action(Some(&run("failed")), Reprocess::Failed), Action::RerunFailed);
-        assert_eq!(action(Some(&run("success")), Reprocess::Failed), Action::Skip);
-        assert_eq!(action(Some(&run("success")), Reprocess::All), Action::RerunAll);
-        assert_eq!(action(Some(&run("running")), Reprocess::None), Action::Resume);
+        assert_eq!(action(Some(&run(RunState::Success)), Reprocess::None), Action::Skip);
+        assert_eq!(action(Some(&run(RunState::Failed)), Reprocess::None), Action::Skip);
+        assert_eq!(action(Some(&run(RunState::Failed)), Reprocess::Failed), Action::RerunFailed);
+        assert_eq!(action(Some(&run(RunState::Success)), Reprocess::Failed), Action::Skip);
+        assert_eq!(action(Some(&run(RunState::Success)), Reprocess::All), Action::RerunAll);
+        assert_eq!(action(Some(&run(RunState::Running)), Reprocess::None), Action::Resume);
+        assert_eq!(action(Some(&run(RunState::Queued)), Reprocess::All), Action::Resume);
     }
 }

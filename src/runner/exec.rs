@@ -352,20 +352,7 @@ pub fn task_ctx(
     log: TryLog,
     test_mode: bool,
 ) -> Result<TaskCtx, TaskError> {
-    let params = run.conf.as_object().cloned().unwrap_or_default();
-    let vars = RenderVars {
-        dag_id: dag.dag_id.clone(),
-        task_id: task.id.clone(),
-        run_id: if test_mode { "test".into() } else { run.run_id.to_string() },
-        try_number,
-        tz: dag.timezone,
-        logical_date: run.logical_date,
-        interval_start: run.data_interval_start,
-        interval_end: run.data_interval_end,
-        params,
-        connections: res.connections.clone(),
-        upstream: upstream.clone(),
-    };
+    let vars = render_vars(&res, dag, task, run, try_number, upstream.clone(), test_mode);
     Ok(TaskCtx {
         dag_id: dag.dag_id.clone(),
         task_id: task.id.clone(),
@@ -383,6 +370,86 @@ pub fn task_ctx(
         test_mode,
         scratch: Arc::new(scratch_dir()?),
     })
+}
+
+/// The variables a try's templates see.
+fn render_vars(
+    res: &crate::resources::Resources,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    try_number: i32,
+    upstream: serde_json::Map<String, serde_json::Value>,
+    test_mode: bool,
+) -> RenderVars {
+    RenderVars {
+        dag_id: dag.dag_id.clone(),
+        task_id: task.id.clone(),
+        run_id: if test_mode { "test".into() } else { run.run_id.to_string() },
+        try_number,
+        tz: dag.timezone,
+        logical_date: run.logical_date,
+        interval_start: run.data_interval_start,
+        interval_end: run.data_interval_end,
+        params: run.conf.as_object().cloned().unwrap_or_default(),
+        connections: res.connections.clone(),
+        upstream,
+    }
+}
+
+/// A task's config with its templates rendered for a run, as the try saw it
+/// (or will see it), with secrets masked: what the web UI shows.
+pub fn rendered_config_text(
+    res: &crate::resources::Resources,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+    try_number: i32,
+    outputs: &std::collections::HashMap<String, serde_json::Value>,
+) -> Result<String, TaskError> {
+    let upstream = upstream_of(task, dag, outputs);
+    let vars = render_vars(res, dag, task, run, try_number.max(1), upstream, false).to_value();
+    let (rendered, _) = render_mapping(task, &res.templates, &vars)?;
+    // Masked value by value before YAML quotes anything, then as text.
+    fn masked(v: serde_yaml::Value) -> serde_yaml::Value {
+        use serde_yaml::Value as Y;
+        match v {
+            Y::String(s) => Y::String(crate::secrets::mask(&s)),
+            Y::Sequence(items) => Y::Sequence(items.into_iter().map(masked).collect()),
+            Y::Mapping(m) => Y::Mapping(m.into_iter().map(|(k, v)| (k, masked(v))).collect()),
+            other => other,
+        }
+    }
+    let text = serde_yaml::to_string(&masked(serde_yaml::Value::Mapping(rendered)))
+        .map_err(|e| TaskError::Panic(format!("cannot print the rendered config: {e}")))?;
+    Ok(crate::secrets::mask(&text))
+}
+
+/// Renders the templated keys of a task's config.
+/// Returns the mapping and whether any template changed a value.
+fn render_mapping(
+    task: &Task,
+    templates: &crate::template::Templates,
+    vars: &minijinja::Value,
+) -> Result<(serde_yaml::Mapping, bool), TaskError> {
+    let raw_keys = TaskConfig::raw_keys(task.kind);
+    let serde_yaml::Value::Mapping(map) = &task.raw else {
+        return Err(TaskError::Config("the task's config is not a mapping".into()));
+    };
+    let mut rendered = serde_yaml::Mapping::new();
+    let mut templated = false;
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or_default();
+        let v = if raw_keys.contains(&key) {
+            v.clone()
+        } else {
+            let r = templates.render_yaml(v, vars, key)?;
+            templated |= r != *v;
+            r
+        };
+        rendered.insert(k.clone(), v);
+    }
+    Ok((rendered, templated))
 }
 
 /// A private temporary folder for one try: in the system's (`TMPDIR`), or
@@ -494,23 +561,7 @@ async fn debug_panic(task: &Task) -> Result<(), TaskError> {
 /// that renders to an empty connection, an `s3://` source without an S3
 /// connection or an unknown mode is a configuration error naming the key.
 pub fn render_config(dag: &Dag, task: &Task, ctx: &TaskCtx) -> Result<TaskConfig, TaskError> {
-    let raw_keys = TaskConfig::raw_keys(task.kind);
-    let serde_yaml::Value::Mapping(map) = &task.raw else {
-        return Err(TaskError::Config("the task's config is not a mapping".into()));
-    };
-    let mut rendered = serde_yaml::Mapping::new();
-    let mut templated = false;
-    for (k, v) in map {
-        let key = k.as_str().unwrap_or_default();
-        let v = if raw_keys.contains(&key) {
-            v.clone()
-        } else {
-            let r = ctx.res.templates.render_yaml(v, &ctx.vars, key)?;
-            templated |= r != *v;
-            r
-        };
-        rendered.insert(k.clone(), v);
-    }
+    let (rendered, templated) = render_mapping(task, &ctx.res.templates, &ctx.vars)?;
     let parsed = TaskConfig::parse(task.kind, serde_yaml::Value::Mapping(rendered))
         .ok_or_else(|| TaskError::Panic(format!("task type `{}` is not registered", task.kind)))?;
     let config = parsed.map_err(|e| {

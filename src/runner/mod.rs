@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::dag::trigger_rule::{Decision, UpstreamCounts, evaluate};
 use crate::resources::Resources;
-use crate::state::{StateError, Store, TiRow, TiState, Worker};
+use crate::state::{RunState, StateError, Store, TiRow, TiState, Worker};
 use crate::tasks::TryLog;
 
 pub mod backfill;
@@ -52,7 +52,7 @@ pub enum RunEvent {
     /// A pending task was marked skipped or upstream_failed.
     Decided { task: String, state: TiState },
     /// The run reached a final state.
-    RunFinished { state: String },
+    RunFinished { state: RunState },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,19 +374,19 @@ impl Driver<'_> {
             let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
             for t in tis.iter_mut() {
                 if let Some(s) = decided.get(t.task_id.as_str()) {
-                    t.state = s.as_str().to_string();
+                    t.state = *s;
                 }
             }
         }
         let now = Utc::now();
-        let all_done = tis.iter().all(|t| t.state().is_terminal());
+        let all_done = tis.iter().all(|t| t.state.is_terminal());
         if all_done && self.tries.is_empty() {
             store.decide(run_id, &decisions).await?;
             report_decisions(observer, &decisions);
-            let ok = tis.iter().all(|t| matches!(t.state(), TiState::Success | TiState::Skipped | TiState::Removed));
-            let state = if ok { "success" } else { "failed" };
+            let ok = tis.iter().all(|t| matches!(t.state, TiState::Success | TiState::Skipped | TiState::Removed));
+            let state = if ok { RunState::Success } else { RunState::Failed };
             store.finish_run(run_id, state).await?;
-            observer.event(&RunEvent::RunFinished { state: state.into() });
+            observer.event(&RunEvent::RunFinished { state });
             return Ok(Step::Done(if ok { RunOutcome::Success } else { RunOutcome::Failed }));
         }
         if stopping && self.tries.is_empty() {
@@ -395,7 +395,7 @@ impl Driver<'_> {
             return Ok(Step::Done(RunOutcome::Interrupted));
         }
 
-        let running_total = tis.iter().filter(|t| t.state() == TiState::Running).count();
+        let running_total = tis.iter().filter(|t| t.state == TiState::Running).count();
         let ready = tis.iter().any(|t| is_ready(t, now));
         if !ready || stopping {
             store.decide(run_id, &decisions).await?;
@@ -424,7 +424,7 @@ impl Driver<'_> {
         // to move the run on. After claiming, nothing else can start
         // until something ends (or another worker's claims are missed
         // for one poll).
-        let next_retry = tis.iter().filter(|t| t.state() == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
+        let next_retry = tis.iter().filter(|t| t.state == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
         let others_running = running_total > self.local.len();
         let mut wait = if others_running || ready { Duration::from_millis(500) } else { runner.heartbeat_every };
         if let Some(at) = next_retry {
@@ -482,7 +482,7 @@ fn until(t: DateTime<Utc>) -> Duration {
 }
 
 fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {
-    match t.state() {
+    match t.state {
         TiState::Queued => true,
         TiState::UpForRetry => t.next_try_at.is_none_or(|at| at <= now),
         _ => false,
@@ -492,7 +492,7 @@ fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {
 /// Trigger-rule decisions for pending instances, applied in topological
 /// order so that a skip or failure propagates down the graph in one pass.
 pub fn decide(dag: &Dag, tis: &[TiRow]) -> Vec<(String, TiState)> {
-    let by_id: HashMap<&str, TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state())).collect();
+    let by_id: HashMap<&str, TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state)).collect();
     let mut state: Vec<Option<TiState>> = dag.tasks.iter().map(|t| by_id.get(t.id.as_str()).copied()).collect();
     let mut out = Vec::new();
     for &i in &dag.topo {
@@ -522,4 +522,69 @@ pub fn decide(dag: &Dag, tis: &[TiRow]) -> Vec<(String, TiState)> {
         out.push((task.id.clone(), new));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ti(task_id: &str, state: TiState) -> TiRow {
+        TiRow {
+            task_id: task_id.into(),
+            state,
+            try_number: 0,
+            max_tries: 1,
+            worker_id: None,
+            next_try_at: None,
+            started_at: None,
+            ended_at: None,
+            error: None,
+            error_kind: None,
+            output: None,
+            notice: None,
+        }
+    }
+
+    /// The decisions for a DAG whose instances have the given states.
+    fn decisions(yaml: &str, states: &[(&str, TiState)]) -> Vec<(String, TiState)> {
+        let dag = crate::dag::from_yaml(yaml);
+        let tis: Vec<TiRow> = states.iter().map(|(t, s)| ti(t, *s)).collect();
+        decide(&dag, &tis)
+    }
+
+    const DIAMOND: &str = "tasks:
+  - { id: a, type: shell, command: 'true' }
+  - { id: b, type: shell, command: 'true', depends_on: [a] }
+  - { id: c, type: shell, command: 'true', depends_on: [a] }
+  - { id: d, type: shell, command: 'true', depends_on: [b, c] }
+  - { id: cleanup, type: shell, command: 'true', depends_on: [d], trigger_rule: all_done }
+";
+
+    #[test]
+    fn a_failure_propagates_down_the_graph_in_one_pass() {
+        use TiState::*;
+        let got = decisions(DIAMOND, &[("a", Failed), ("b", Pending), ("c", Pending), ("d", Pending), ("cleanup", Pending)]);
+        assert_eq!(
+            got,
+            vec![("b".into(), UpstreamFailed), ("c".into(), UpstreamFailed), ("d".into(), UpstreamFailed), ("cleanup".into(), Queued),]
+        );
+    }
+
+    #[test]
+    fn a_skip_propagates_and_waiting_tasks_are_left_alone() {
+        use TiState::*;
+        let got = decisions(DIAMOND, &[("a", Success), ("b", Skipped), ("c", Running), ("d", Pending), ("cleanup", Pending)]);
+        // d is skipped at once (eager, as Airflow); cleanup then runs.
+        assert_eq!(got, vec![("d".into(), Skipped), ("cleanup".into(), Queued)]);
+        let got = decisions(DIAMOND, &[("a", Success), ("b", Success), ("c", UpForRetry), ("d", Pending), ("cleanup", Pending)]);
+        assert_eq!(got, vec![], "d waits for c's retry");
+    }
+
+    #[test]
+    fn removed_and_unknown_upstreams_do_not_count() {
+        use TiState::*;
+        // c was removed from the DAG file's run (state `removed`): d counts b only.
+        let got = decisions(DIAMOND, &[("a", Success), ("b", Success), ("c", Removed), ("d", Pending)]);
+        assert_eq!(got, vec![("d".into(), Queued)]);
+    }
 }

@@ -26,6 +26,8 @@ use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
 pub mod daemon;
+pub mod types;
+pub mod web;
 pub mod worker;
 pub use worker::Worker;
 
@@ -47,77 +49,19 @@ pub enum StateError {
 
 pub use crate::pgerror::describe as describe_sqlx;
 
-/// The state of a task instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TiState {
-    Pending,
-    Queued,
-    Running,
-    UpForRetry,
-    Success,
-    Failed,
-    Skipped,
-    UpstreamFailed,
-    Removed,
-}
-
-impl TiState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TiState::Pending => "pending",
-            TiState::Queued => "queued",
-            TiState::Running => "running",
-            TiState::UpForRetry => "up_for_retry",
-            TiState::Success => "success",
-            TiState::Failed => "failed",
-            TiState::Skipped => "skipped",
-            TiState::UpstreamFailed => "upstream_failed",
-            TiState::Removed => "removed",
-        }
-    }
-
-    /// Finished: no further try will start without a clear.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, TiState::Success | TiState::Failed | TiState::Skipped | TiState::UpstreamFailed | TiState::Removed)
-    }
-}
-
-impl FromStr for TiState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "pending" => TiState::Pending,
-            "queued" => TiState::Queued,
-            "running" => TiState::Running,
-            "up_for_retry" => TiState::UpForRetry,
-            "success" => TiState::Success,
-            "failed" => TiState::Failed,
-            "skipped" => TiState::Skipped,
-            "upstream_failed" => TiState::UpstreamFailed,
-            "removed" => TiState::Removed,
-            other => return Err(format!("unknown task state `{other}`")),
-        })
-    }
-}
-
-impl std::fmt::Display for TiState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use types::{Role, RunState, RunType, TiState};
 
 /// A DAG run.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RunRow {
     pub run_id: i64,
     pub dag_id: String,
-    pub run_type: String,
+    pub run_type: RunType,
     pub logical_date: DateTime<Utc>,
     pub data_interval_start: DateTime<Utc>,
     pub data_interval_end: DateTime<Utc>,
     pub conf: Value,
-    pub state: String,
+    pub state: RunState,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -133,7 +77,7 @@ impl RunRow {
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TiRow {
     pub task_id: String,
-    pub state: String,
+    pub state: TiState,
     pub try_number: i32,
     pub max_tries: i32,
     pub worker_id: Option<String>,
@@ -149,19 +93,13 @@ pub struct TiRow {
     pub notice: Option<String>,
 }
 
-impl TiRow {
-    pub fn state(&self) -> TiState {
-        self.state.parse().unwrap_or(TiState::Pending)
-    }
-}
-
 /// One try of a task instance.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TryRow {
     pub task_id: String,
     pub try_number: i32,
     pub worker_id: String,
-    pub state: String,
+    pub state: TiState,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub exit_code: Option<i32>,
@@ -293,11 +231,11 @@ impl Store {
     pub async fn create_run(
         &self,
         dag: &Dag,
-        run_type: &str,
+        run_type: RunType,
         logical_date: DateTime<Utc>,
         interval: DataInterval,
         conf: &serde_json::Map<String, Value>,
-        state: &str,
+        state: RunState,
     ) -> Result<Result<RunRow, RunExists>, StateError> {
         let mut tx = self.pool.begin().await?;
         let row: Option<RunRow> = sqlx::query_as(
@@ -359,7 +297,7 @@ impl Store {
             .await?)
     }
 
-    pub async fn list_runs(&self, dag_id: Option<&str>, state: Option<&str>, limit: i64) -> Result<Vec<RunRow>, StateError> {
+    pub async fn list_runs(&self, dag_id: Option<&str>, state: Option<RunState>, limit: i64) -> Result<Vec<RunRow>, StateError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "{RUN_SELECT} WHERE ($1::text IS NULL OR dag_id = $1) AND ($2::text IS NULL OR state = $2)
              ORDER BY logical_date DESC, run_id DESC LIMIT $3"
@@ -394,7 +332,7 @@ impl Store {
     }
 
     /// Sets a finished run's state, once.
-    pub async fn finish_run(&self, run_id: i64, state: &str) -> Result<bool, StateError> {
+    pub async fn finish_run(&self, run_id: i64, state: RunState) -> Result<bool, StateError> {
         let r = sqlx::query("UPDATE dag_runs SET state = $2, ended_at = now() WHERE run_id = $1 AND state IN ('running', 'queued')")
             .bind(run_id)
             .bind(state)
@@ -539,7 +477,7 @@ impl Store {
     /// meanwhile (the try was declared a zombie, or cleared): the instance is
     /// then left as the other party set it, and only the try row is written.
     pub async fn finish_try(&self, run_id: i64, task_id: &str, try_number: i32, worker: &str, end: &TryEnd) -> Result<bool, StateError> {
-        let try_state = if end.state == TiState::UpForRetry { "failed" } else { end.state.as_str() };
+        let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
         // One statement, so atomic without a transaction of its own.
         let updated: i64 = sqlx::query_scalar(
             "WITH ti AS (
@@ -684,6 +622,39 @@ impl Store {
         tx.commit().await?;
         let running: Vec<String> = ids.iter().filter(|i| !cleared.iter().any(|c| c == *i)).map(|s| s.to_string()).collect();
         Ok((cleared, running))
+    }
+
+    /// Sets a task instance's state by hand. Returns the state before, or
+    /// None when the run has no such instance; a running instance is left
+    /// alone (and `Running` returned). A finished run is queued again so
+    /// that its driver works its state out anew.
+    pub async fn mark(&self, run_id: i64, task_id: &str, state: TiState) -> Result<Option<TiState>, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<TiState> = sqlx::query_scalar("SELECT state FROM task_instances WHERE run_id = $1 AND task_id = $2 FOR UPDATE")
+            .bind(run_id)
+            .bind(task_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if before.is_none() || before == Some(TiState::Running) {
+            return Ok(before);
+        }
+        sqlx::query(
+            "UPDATE task_instances SET state = $3, next_try_at = NULL, worker_id = NULL, heartbeat_at = NULL,
+                 ended_at = coalesce(ended_at, now()), error = CASE WHEN $3 = 'success' THEN NULL ELSE coalesce(error, 'marked failed by hand') END,
+                 error_kind = CASE WHEN $3 = 'success' THEN NULL ELSE error_kind END
+             WHERE run_id = $1 AND task_id = $2",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(state)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE dag_runs SET state = 'queued', ended_at = NULL WHERE run_id = $1 AND state IN ('success', 'failed')")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(before)
     }
 
     // ---- workers and zombies ----

@@ -17,11 +17,44 @@ fn count(p: &Project, sql: &str) -> i64 {
 fn http_get(addr: &str, path: &str) -> Option<(String, String)> {
     use std::io::{Read, Write};
     let mut sock = std::net::TcpStream::connect(addr).ok()?;
-    write!(sock, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut resp = String::new();
     sock.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
     Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+/// Starts a daemon serving /health and /metrics on a port it picks itself
+/// (no bind-then-release race); returns it with the address from its log.
+fn daemon_http(p: &Project, name: &str, extra: &[&str]) -> (Child, String) {
+    let mut args = vec!["--health-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let d = daemon(p, name, &args);
+    let mut addr = String::new();
+    wait_until("the daemon's HTTP address in its log", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(p.path().join(format!("daemon-{name}.log"))).unwrap_or_default();
+        match log.split_once("health and metrics on http://") {
+            Some((_, rest)) => {
+                addr = rest.split('/').next().unwrap_or_default().to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    (d, addr)
+}
+
+/// Waits until the daemon has completed `n` more passes of its scheduler
+/// loop (load, plan, start), so that "nothing happened" means the daemon
+/// looked, not that a sleep was too short.
+fn wait_for_loops(addr: &str, n: u64) {
+    let loops = || {
+        let (_, m) = http_get(addr, "/metrics")?;
+        m.lines().find_map(|l| l.strip_prefix("sluice_scheduler_loops_total ")).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    wait_until("the daemon's metrics", Duration::from_secs(30), || loops().is_some());
+    let start = loops().unwrap_or(0);
+    wait_until(&format!("{n} scheduler loops"), Duration::from_secs(60), || loops().is_some_and(|l| l >= start + n));
 }
 
 fn minutes_ago(n: i64) -> String {
@@ -44,8 +77,8 @@ sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
         count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'with' AND state = 'success'") >= 10
     });
     // A second daemon on the same database creates nothing more.
-    let mut d2 = daemon(&p, "b", &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut d2, addr2) = daemon_http(&p, "b", &[]);
+    wait_for_loops(&addr2, 2);
     // Minutes may turn while the test runs: runs never exceed the complete
     // intervals, and the first ten are exactly the ten missed minutes.
     let start_t = chrono::DateTime::parse_from_rfc3339(&start).unwrap().with_timezone(&chrono::Utc);
@@ -80,7 +113,9 @@ sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {
     p.write("dags/many.yaml", &dag);
     let mut a = daemon(&p, "a", &["--parallelism", "6"]);
     let mut b = daemon(&p, "b", &["--parallelism", "6"]);
-    std::thread::sleep(Duration::from_millis(800));
+    wait_until("both daemons to register", Duration::from_secs(30), || {
+        count(&p, "SELECT count(*) FROM workers WHERE kind = 'daemon' AND stopped_at IS NULL") == 2
+    });
     p.sluice(&["dags", "trigger", "many"]).ok();
     wait_until("the run to succeed", Duration::from_secs(120), || {
         count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'many' AND state = 'success'") == 1
@@ -188,18 +223,16 @@ sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
     );
     p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shell, command: 'echo n={{ params.n }} >> conf.txt' }\n");
     p.sluice(&["dags", "pause", "paused"]).ok();
-    let mut d = daemon(&p, "a", &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    let (mut d, addr) = daemon_http(&p, "a", &[]);
+    wait_for_loops(&addr, 2);
     assert_eq!(count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'paused'"), 0, "a paused DAG got runs");
     let list = p.sluice(&["dags", "list"]).ok();
     assert!(list.stdout.contains("| paused ") && list.stdout.contains("| true "), "{}", list.stdout);
     p.sluice(&["dags", "unpause", "paused"]).ok();
     wait_until("runs after unpausing", Duration::from_secs(20), || count(&p, "SELECT count(*) FROM dag_runs WHERE dag_id = 'paused'") >= 3);
 
-    let t0 = Instant::now();
     p.sluice(&["dags", "trigger", "conf", "--conf", "n=5"]).ok();
-    wait_until("the triggered run", Duration::from_secs(10), || p.path().join("conf.txt").exists());
-    assert!(t0.elapsed() < Duration::from_secs(3), "picked up after {:?}", t0.elapsed());
+    wait_until("the triggered run", Duration::from_secs(30), || p.path().join("conf.txt").exists());
     assert_eq!(std::fs::read_to_string(p.path().join("conf.txt")).unwrap(), "n=5\n");
 
     // A run queued while the DAG is paused waits; a broken edit meanwhile
@@ -207,7 +240,11 @@ sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
     p.sluice(&["dags", "pause", "conf"]).ok();
     p.sluice(&["dags", "trigger", "conf", "--conf", "n=7"]).ok();
     p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shel, command: 'true' }\n");
-    std::thread::sleep(Duration::from_secs(3));
+    let log = || std::fs::read_to_string(p.path().join("daemon-a.log")).unwrap();
+    wait_until("the daemon to see the broken edit", Duration::from_secs(30), || {
+        log().contains("still running the last good version of conf")
+    });
+    wait_for_loops(&addr, 2);
     assert_eq!(std::fs::read_to_string(p.path().join("conf.txt")).unwrap(), "n=5\n", "a paused DAG's run started");
     let errors = p.sluice(&["dags", "list-errors"]).ok();
     assert!(errors.stdout.contains("unknown task type `shel`"), "{}", errors.stdout);
@@ -218,7 +255,7 @@ sluice_test!(pause_trigger_with_conf_and_hot_reload, |p| {
     });
     // A good edit is picked up without a restart.
     p.write("dags/conf.yaml", "params: { n: 1 }\ntasks:\n  - { id: a, type: shell, command: 'echo v2 n={{ params.n }} >> conf.txt' }\n");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until("the daemon to load the good edit", Duration::from_secs(30), || log().contains("conf.yaml loads again"));
     p.sluice(&["dags", "trigger", "conf", "--conf", "n=9"]).ok();
     wait_until("the new version to run", Duration::from_secs(10), || {
         std::fs::read_to_string(p.path().join("conf.txt")).unwrap().contains("v2 n=9")
@@ -263,11 +300,7 @@ sluice_test!(backfill_dry_run_and_resumable_interruption, |p| {
 
 sluice_test!(health_metrics_status_and_json_logs, |p| {
     p.write("dags/slow.yaml", "tasks:\n  - { id: nap, type: shell, command: 'sleep 3' }\n");
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let mut d = daemon(&p, "h", &["--health-addr", &addr, "--log-format", "json"]);
+    let (mut d, addr) = daemon_http(&p, "h", &["--log-format", "json"]);
     wait_until("/health to answer", Duration::from_secs(15), || http_get(&addr, "/health").is_some());
     let (status, body) = http_get(&addr, "/health").unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");

@@ -4,6 +4,7 @@
 #[macro_use]
 pub mod harness;
 
+mod browser;
 mod cli;
 mod daemon;
 mod data;
@@ -18,3 +19,4 @@ mod secrets;
 mod shop;
 mod tries;
 mod validate;
+mod web;

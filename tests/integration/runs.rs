@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Project, repo};
+use crate::harness::{Project, repo, wait_until};
 
 /// Runs the data-driven cases under `tests/dags/run/<case>/`: the project
 /// files plus `expected.yaml` with the command, exit code, run state, each
@@ -85,12 +85,16 @@ fn a_failing_task_is_retried_with_exponential_backoff() {
             (a.parse().unwrap(), b.parse().unwrap())
         })
         .collect();
-    // Airflow's formula: after try n the wait is in [d*2^(n-1), 2*d*2^(n-1)).
+    // Airflow's formula: after try n the wait is at least d*2^(n-1) (the
+    // exact values, jitter included, are unit-tested in `dag::retry_waits`;
+    // a busy machine only makes the gaps longer). The wait starts when the
+    // try ends in the worker, a little before the store records its end:
+    // 0.1 s of slack for that.
     let gap1 = t[1].0 - t[0].1;
     let gap2 = t[2].0 - t[1].1;
-    assert!((1.0..2.6).contains(&gap1), "first wait {gap1}");
-    assert!((2.0..4.6).contains(&gap2), "second wait {gap2}");
-    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(gap1 >= 0.9, "first wait {gap1}");
+    assert!(gap2 >= 1.9, "second wait {gap2}");
+    assert!(started.elapsed() < Duration::from_secs(90));
     let log = p.sluice(&["logs", &run.to_string(), "flaky", "--try", "1"]).ok();
     assert!(log.stdout.contains("out | try 1"), "{}", log.stdout);
     assert!(log.stdout.contains("retrying in"), "{}", log.stdout);
@@ -100,14 +104,12 @@ fn a_failing_task_is_retried_with_exponential_backoff() {
 fn a_try_past_its_execution_timeout_is_killed_and_fails() {
     let started = Instant::now();
     let (p, _run) = run_case("timeout");
-    assert!(started.elapsed() < Duration::from_secs(15), "the run waited for the sleep");
-    // The shell and its child were killed with their process group.
-    std::thread::sleep(Duration::from_millis(2500));
+    assert!(started.elapsed() < Duration::from_secs(25), "the run waited for the 30 s sleep");
+    // The shell and its child were killed with their process group (the
+    // SIGKILL follows the SIGTERM after a grace period: wait for it).
     for f in ["slow.pid", "child.pid"] {
         let pid: i32 = std::fs::read_to_string(p.path().join(f)).unwrap().trim().parse().unwrap();
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
-        assert!(!alive, "{f} ({pid}) is still running");
+        wait_until(&format!("{f} ({pid}) to be killed"), Duration::from_secs(30), || !crate::harness::process_alive(pid));
     }
 }
 
