@@ -26,7 +26,7 @@ ensure_packages
 export_cargo_target
 REPEAT="${REPEAT:-3}"
 workloads=("$@")
-[ ${#workloads[@]} -eq 0 ] && workloads=(w1 w2 w3 grade report daemon)
+[ ${#workloads[@]} -eq 0 ] && workloads=(w1 w2 w3 grade report web daemon)
 
 log "building sluice (release)"
 cargo build --release --locked -q
@@ -228,7 +228,7 @@ INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_
 SELECT 'web_grid', 'scheduled', d, d, d + interval '1 day', 'success', d + interval '1 day', d + interval '1 day 10 minutes'
 FROM generate_series(timestamptz '2024-01-01', timestamptz '2024-01-01' + interval '99 days', interval '1 day') d;
 INSERT INTO task_instances (run_id, task_id, state, try_number, max_tries, started_at, ended_at)
-SELECT r.run_id, 't' || lpad(i::text, 2, '0'), (ARRAY['success','failed','skipped','upstream_failed'])[1 + (i + r.run_id) % 4], 1, 1,
+SELECT r.run_id, 't' || lpad(i::text, 2, '0'), (ARRAY['success','failed','skipped','upstream_failed'])[1 + (i + r.run_id::int) % 4], 1, 1,
        r.started_at + i * interval '10 seconds', r.started_at + (i + 1) * interval '10 seconds'
 FROM dag_runs r CROSS JOIN generate_series(0, 49) i WHERE r.dag_id = 'web_grid';
 SQL
