@@ -56,207 +56,14 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     let spans = std::sync::Arc::new(super::spans::Spans::index(source));
     let mut d = Diagnostics::new(file, spans.as_ref());
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("dag").to_string();
-
-    let mut value: Value = match serde_yaml::from_str(source) {
-        Ok(v) => v,
-        Err(e) => {
-            let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() }).unwrap_or(Pos::START);
-            let raw = e.to_string();
-            if raw.contains("duplicate entry") && !spans.duplicates.is_empty() {
-                for (path, at) in &spans.duplicates {
-                    let first = spans.key_pos(path).map_or(0, |p| p.line);
-                    let key = path.rsplit(['.', ']']).next().unwrap_or(path);
-                    d.error(
-                        At::Pos(*at),
-                        format!("duplicate key `{key}` ({path}); it is first on line {first}, and a key may appear only once in a mapping"),
-                    );
-                }
-            } else if let Some(tab) = indenting_tab(source, pos.line) {
-                d.error(
-                    At::Pos(tab),
-                    "this line is indented with a tab; YAML indentation must be spaces (tabs are only allowed inside values)",
-                );
-            } else {
-                let (pos, msg) = yaml_syntax_message(&raw, pos);
-                d.error(At::Pos(pos), msg);
-            }
-            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
-        }
+    let Some(top) = read_mapping(source, &spans, &mut d) else {
+        return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
     };
-    if let Err(e) = value.apply_merge() {
-        d.error(At::Pos(Pos::START), format!("YAML merge key error: {e}"));
-    }
-    let mut top = match value {
-        Value::Mapping(m) => m,
-        Value::Null => {
-            d.error(At::Pos(Pos::START), "the file is empty; a DAG file is a mapping with at least `tasks:`");
-            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
-        }
-        other => {
-            d.error(At::Pos(Pos::START), format!("a DAG file must be a mapping (dag_id, schedule, tasks, ...), not {}", kind_of(&other)));
-            return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
-        }
-    };
-
-    // Top level.
-    let dag_keys = schema_keys::<DagSpec>();
-    remove_unknown_keys(&mut top, "", &dag_keys, "a DAG file", &mut d);
-    let tasks_value = top.remove("tasks");
-    let spec: DagSpec = deserialize_collect(top, "", &mut d).unwrap_or_default();
-    let dag_id = spec.dag_id.clone().unwrap_or_else(|| stem.clone());
-    if !valid_id(&dag_id) {
-        let at = if spec.dag_id.is_some() { At::Value("dag_id") } else { At::Pos(Pos::START) };
-        d.error(at, format!("invalid DAG id `{dag_id}`: use letters, digits, `_`, `-` and `.`"));
-    }
-
-    let timezone = match spec.timezone.as_deref() {
-        None => chrono_tz::UTC,
-        Some(name) => schedule::parse_tz(name).unwrap_or_else(|e| {
-            d.error(At::Value("timezone"), e);
-            chrono_tz::UTC
-        }),
-    };
-    let sched = spec.schedule.as_deref().and_then(|s| match schedule::Schedule::parse(s) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            d.error(At::Value("schedule"), e);
-            None
-        }
-    });
-    let start_date = spec.start_date.as_deref().and_then(|s| parse_date(s, timezone, "start_date", &mut d));
-    let end_date = spec.end_date.as_deref().and_then(|s| parse_date(s, timezone, "end_date", &mut d));
-    if let (Some(a), Some(b)) = (start_date, end_date)
-        && b < a
-    {
-        d.error(At::Value("end_date"), "end_date is before start_date");
-    }
-    if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
-        d.error(At::Key("schedule"), "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`");
-    }
-    for (key, v) in [("max_active_runs", spec.max_active_runs), ("max_active_tasks", spec.max_active_tasks)] {
-        if v == Some(0) {
-            d.error(At::Value(key), format!("{key} must be at least 1"));
-        }
-    }
-
-    // Tasks.
-    let items = match tasks_value {
-        None => {
-            d.error(At::Pos(Pos::START), "a DAG needs `tasks:`, a list of tasks each with an `id` and a `type`");
-            Vec::new()
-        }
-        Some(Value::Sequence(s)) => {
-            if s.is_empty() {
-                d.error(At::Value("tasks"), "`tasks` is empty; a DAG needs at least one task");
-            }
-            s
-        }
-        Some(other) => {
-            d.error(At::Value("tasks"), format!("`tasks` must be a list of tasks, not {}", kind_of(&other)));
-            Vec::new()
-        }
-    };
-    let head_keys = schema_keys::<TaskHead>();
-    let args_keys = schema_keys::<TaskArgs>();
-    let mut tasks: Vec<ParsedTask> = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let path = index("tasks", i);
-        let Value::Mapping(map) = item else {
-            d.error(At::Value(&path), format!("a task must be a mapping with `id` and `type`, not {}", kind_of(&item)));
-            continue;
-        };
-        tasks.push(parse_task(path, map, &head_keys, &args_keys, &spec.default_args, &mut d));
-    }
-
-    // Ids.
-    let mut first_at: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, t) in tasks.iter().enumerate() {
-        let Some(head) = &t.head else { continue };
-        let id_path = join(&t.path, "id");
-        if !valid_id(&head.id) {
-            d.error(At::Value(&id_path), format!("invalid task id `{}`: use letters, digits, `_`, `-` and `.`", head.id));
-        }
-        if let Some(&j) = first_at.get(&head.id) {
-            let line = spans_line(&spans, &join(&tasks[j].path, "id"));
-            d.error(At::Value(&id_path), format!("duplicate task id `{}` (first defined on line {line})", head.id));
-        } else {
-            first_at.insert(head.id.clone(), i);
-        }
-    }
-    let task_ids: BTreeSet<String> = first_at.keys().cloned().collect();
-
-    // Edges: explicit depends_on and implicit inputs.
-    let mut edges: Vec<(usize, usize)> = Vec::new();
-    let mut edge_at: BTreeMap<(usize, usize), String> = BTreeMap::new();
-    for (i, t) in tasks.iter().enumerate() {
-        let Some(head) = &t.head else { continue };
-        for (k, dep) in head.depends_on.iter().enumerate() {
-            let p = index(&join(&t.path, "depends_on"), k);
-            match first_at.get(dep) {
-                Some(&j) if j == i => d.error(At::Value(&p), format!("task `{dep}` depends on itself")),
-                Some(&j) => {
-                    edges.push((j, i));
-                    edge_at.entry((j, i)).or_insert(p);
-                }
-                None => d.error(
-                    At::Value(&p),
-                    format!(
-                        "`{}` depends on `{dep}`, which is not a task of this DAG{}",
-                        head.id,
-                        hint(dep, task_ids.iter().map(String::as_str))
-                    ),
-                ),
-            }
-        }
-        if let Some(cfg) = &t.config {
-            for input in cfg.inputs() {
-                let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
-                if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t))
-                    && j != i
-                {
-                    edges.push((j, i));
-                    edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
-                }
-            }
-        }
-    }
-    edges.sort_unstable();
-    edges.dedup();
-    for cycle in graph::cycles(tasks.len(), &edges) {
-        let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].head.as_ref().map_or("?", |h| h.id.as_str())).collect();
-        // Report at the edge that closes the cycle.
-        let n = cycle.len();
-        let closing = (cycle[n - 2], cycle[n - 1]);
-        let at = edge_at.get(&closing).cloned().unwrap_or_else(|| tasks[cycle[0]].path.clone());
-        d.error(At::Value(&at), format!("dependency cycle: {}", names.join(" -> ")));
-    }
-
-    // Templates and each type's own checks.
-    let param_names: BTreeSet<String> = spec.params.keys().cloned().collect();
-    let conn_ids = env.connections().ids();
-    let outputs: BTreeMap<String, Produces> = tasks
-        .iter()
-        .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
-        .collect();
-    let notices = |args: &TaskArgs, path: &str, d: &mut Diagnostics<'_>| {
-        for (key, list) in [("email_on_failure", &args.email_on_failure), ("email_on_retry", &args.email_on_retry)] {
-            if let Some(list) = list {
-                check_notice_addresses(list, &join(path, key), templates, &param_names, env.connections(), &conn_ids, d);
-            }
-        }
-    };
-    notices(&spec.default_args, "default_args", &mut d);
-    for t in &tasks {
-        notices(&t.own_args, &t.path, &mut d);
-        check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, &mut d);
-        if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
-            check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, &mut d);
-        }
-        if let Some(cfg) = &t.config {
-            let mut cx = ValidateCx { diags: &mut d, path: t.path.clone(), env, templates, params: &param_names, tasks: &outputs };
-            cfg.validate(&mut cx);
-        }
-    }
+    let (TopLevel { spec, dag_id, timezone, sched, start_date, end_date }, tasks_value) = top_level(top, &stem, &mut d);
+    let tasks = parse_tasks(tasks_value, &spec.default_args, &mut d);
+    let first_at = check_ids(&tasks, &spans, &mut d);
+    let edges = dependency_edges(&tasks, &first_at, &mut d);
+    check_contents(&spec, &tasks, env, templates, &mut d);
 
     if d.has_errors() {
         return Parsed { dag: None, dag_id: Some(dag_id), diagnostics: d.into_vec() };
@@ -317,6 +124,240 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     };
     dag.index_tasks();
     Parsed { dag: Some(dag), dag_id: Some(dag_id), diagnostics: d.into_vec() }
+}
+
+/// Phase 1: the text as YAML, which must be a mapping. None (with the
+/// error in `d`) when it is not.
+fn read_mapping(source: &str, spans: &super::spans::Spans, d: &mut Diagnostics<'_>) -> Option<Mapping> {
+    let mut value: Value = match serde_yaml::from_str(source) {
+        Ok(v) => v,
+        Err(e) => {
+            let pos = e.location().map(|l| Pos { line: l.line(), col: l.column() }).unwrap_or(Pos::START);
+            let raw = e.to_string();
+            if raw.contains("duplicate entry") && !spans.duplicates.is_empty() {
+                for (path, at) in &spans.duplicates {
+                    let first = spans.key_pos(path).map_or(0, |p| p.line);
+                    let key = path.rsplit(['.', ']']).next().unwrap_or(path);
+                    d.error(
+                        At::Pos(*at),
+                        format!("duplicate key `{key}` ({path}); it is first on line {first}, and a key may appear only once in a mapping"),
+                    );
+                }
+            } else if let Some(tab) = indenting_tab(source, pos.line) {
+                d.error(
+                    At::Pos(tab),
+                    "this line is indented with a tab; YAML indentation must be spaces (tabs are only allowed inside values)",
+                );
+            } else {
+                let (pos, msg) = yaml_syntax_message(&raw, pos);
+                d.error(At::Pos(pos), msg);
+            }
+            return None;
+        }
+    };
+    if let Err(e) = value.apply_merge() {
+        d.error(At::Pos(Pos::START), format!("YAML merge key error: {e}"));
+    }
+    match value {
+        Value::Mapping(m) => Some(m),
+        Value::Null => {
+            d.error(At::Pos(Pos::START), "the file is empty; a DAG file is a mapping with at least `tasks:`");
+            None
+        }
+        other => {
+            d.error(At::Pos(Pos::START), format!("a DAG file must be a mapping (dag_id, schedule, tasks, ...), not {}", kind_of(&other)));
+            None
+        }
+    }
+}
+
+/// What the DAG's own keys (all but `tasks`) say.
+struct TopLevel {
+    spec: DagSpec,
+    dag_id: String,
+    timezone: chrono_tz::Tz,
+    sched: Option<schedule::Schedule>,
+    start_date: Option<DateTime<Utc>>,
+    end_date: Option<DateTime<Utc>>,
+}
+
+/// Phase 2: the DAG's own keys. Returns them with the `tasks` value.
+fn top_level(mut top: Mapping, stem: &str, d: &mut Diagnostics<'_>) -> (TopLevel, Option<Value>) {
+    let dag_keys = schema_keys::<DagSpec>();
+    remove_unknown_keys(&mut top, "", &dag_keys, "a DAG file", d);
+    let tasks_value = top.remove("tasks");
+    let spec: DagSpec = deserialize_collect(top, "", d).unwrap_or_default();
+    let dag_id = spec.dag_id.clone().unwrap_or_else(|| stem.to_string());
+    if !valid_id(&dag_id) {
+        let at = if spec.dag_id.is_some() { At::Value("dag_id") } else { At::Pos(Pos::START) };
+        d.error(at, format!("invalid DAG id `{dag_id}`: use letters, digits, `_`, `-` and `.`"));
+    }
+
+    let timezone = match spec.timezone.as_deref() {
+        None => chrono_tz::UTC,
+        Some(name) => schedule::parse_tz(name).unwrap_or_else(|e| {
+            d.error(At::Value("timezone"), e);
+            chrono_tz::UTC
+        }),
+    };
+    let sched = spec.schedule.as_deref().and_then(|s| match schedule::Schedule::parse(s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            d.error(At::Value("schedule"), e);
+            None
+        }
+    });
+    let start_date = spec.start_date.as_deref().and_then(|s| parse_date(s, timezone, "start_date", d));
+    let end_date = spec.end_date.as_deref().and_then(|s| parse_date(s, timezone, "end_date", d));
+    if let (Some(a), Some(b)) = (start_date, end_date)
+        && b < a
+    {
+        d.error(At::Value("end_date"), "end_date is before start_date");
+    }
+    if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
+        d.error(At::Key("schedule"), "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`");
+    }
+    for (key, v) in [("max_active_runs", spec.max_active_runs), ("max_active_tasks", spec.max_active_tasks)] {
+        if v == Some(0) {
+            d.error(At::Value(key), format!("{key} must be at least 1"));
+        }
+    }
+
+    (TopLevel { spec, dag_id, timezone, sched, start_date, end_date }, tasks_value)
+}
+
+/// Phase 3: each task's keys, with `default_args` applied.
+fn parse_tasks(tasks_value: Option<Value>, default_args: &TaskArgs, d: &mut Diagnostics<'_>) -> Vec<ParsedTask> {
+    let items = match tasks_value {
+        None => {
+            d.error(At::Pos(Pos::START), "a DAG needs `tasks:`, a list of tasks each with an `id` and a `type`");
+            Vec::new()
+        }
+        Some(Value::Sequence(s)) => {
+            if s.is_empty() {
+                d.error(At::Value("tasks"), "`tasks` is empty; a DAG needs at least one task");
+            }
+            s
+        }
+        Some(other) => {
+            d.error(At::Value("tasks"), format!("`tasks` must be a list of tasks, not {}", kind_of(&other)));
+            Vec::new()
+        }
+    };
+    let head_keys = schema_keys::<TaskHead>();
+    let args_keys = schema_keys::<TaskArgs>();
+    let mut tasks: Vec<ParsedTask> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let path = index("tasks", i);
+        let Value::Mapping(map) = item else {
+            d.error(At::Value(&path), format!("a task must be a mapping with `id` and `type`, not {}", kind_of(&item)));
+            continue;
+        };
+        tasks.push(parse_task(path, map, &head_keys, &args_keys, default_args, d));
+    }
+
+    tasks
+}
+
+/// Phase 4: task ids, valid and unique. Returns where each is first defined.
+fn check_ids(tasks: &[ParsedTask], spans: &super::spans::Spans, d: &mut Diagnostics<'_>) -> BTreeMap<String, usize> {
+    let mut first_at: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let Some(head) = &t.head else { continue };
+        let id_path = join(&t.path, "id");
+        if !valid_id(&head.id) {
+            d.error(At::Value(&id_path), format!("invalid task id `{}`: use letters, digits, `_`, `-` and `.`", head.id));
+        }
+        if let Some(&j) = first_at.get(&head.id) {
+            let line = spans_line(spans, &join(&tasks[j].path, "id"));
+            d.error(At::Value(&id_path), format!("duplicate task id `{}` (first defined on line {line})", head.id));
+        } else {
+            first_at.insert(head.id.clone(), i);
+        }
+    }
+
+    first_at
+}
+
+/// Phase 5: the dependency edges (upstream, downstream), from explicit
+/// `depends_on` and implicit inputs; cycles are errors.
+fn dependency_edges(tasks: &[ParsedTask], first_at: &BTreeMap<String, usize>, d: &mut Diagnostics<'_>) -> Vec<(usize, usize)> {
+    let task_ids: BTreeSet<String> = first_at.keys().cloned().collect();
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    let mut edge_at: BTreeMap<(usize, usize), String> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        let Some(head) = &t.head else { continue };
+        for (k, dep) in head.depends_on.iter().enumerate() {
+            let p = index(&join(&t.path, "depends_on"), k);
+            match first_at.get(dep) {
+                Some(&j) if j == i => d.error(At::Value(&p), format!("task `{dep}` depends on itself")),
+                Some(&j) => {
+                    edges.push((j, i));
+                    edge_at.entry((j, i)).or_insert(p);
+                }
+                None => d.error(
+                    At::Value(&p),
+                    format!(
+                        "`{}` depends on `{dep}`, which is not a task of this DAG{}",
+                        head.id,
+                        hint(dep, task_ids.iter().map(String::as_str))
+                    ),
+                ),
+            }
+        }
+        if let Some(cfg) = &t.config {
+            for input in cfg.inputs() {
+                let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
+                if let Some(&j) = target.as_ref().and_then(|t| first_at.get(t))
+                    && j != i
+                {
+                    edges.push((j, i));
+                    edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "inputs"));
+                }
+            }
+        }
+    }
+    edges.sort_unstable();
+    edges.dedup();
+    for cycle in graph::cycles(tasks.len(), &edges) {
+        let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].head.as_ref().map_or("?", |h| h.id.as_str())).collect();
+        // Report at the edge that closes the cycle.
+        let n = cycle.len();
+        let closing = (cycle[n - 2], cycle[n - 1]);
+        let at = edge_at.get(&closing).cloned().unwrap_or_else(|| tasks[cycle[0]].path.clone());
+        d.error(At::Value(&at), format!("dependency cycle: {}", names.join(" -> ")));
+    }
+
+    edges
+}
+
+/// Phase 6: templates, notice addresses and each task type's own checks.
+fn check_contents(spec: &DagSpec, tasks: &[ParsedTask], env: &dyn ValidationEnv, templates: &Templates, d: &mut Diagnostics<'_>) {
+    let param_names: BTreeSet<String> = spec.params.keys().cloned().collect();
+    let conn_ids = env.connections().ids();
+    let outputs: BTreeMap<String, Produces> = tasks
+        .iter()
+        .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
+        .collect();
+    let notices = |args: &TaskArgs, path: &str, d: &mut Diagnostics<'_>| {
+        for (key, list) in [("email_on_failure", &args.email_on_failure), ("email_on_retry", &args.email_on_retry)] {
+            if let Some(list) = list {
+                check_notice_addresses(list, &join(path, key), templates, &param_names, env.connections(), &conn_ids, d);
+            }
+        }
+    };
+    notices(&spec.default_args, "default_args", d);
+    for t in tasks {
+        notices(&t.own_args, &t.path, d);
+        check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, d);
+        if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
+            check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, d);
+        }
+        if let Some(cfg) = &t.config {
+            let mut cx = ValidateCx { diags: &mut *d, path: t.path.clone(), env, templates, params: &param_names, tasks: &outputs };
+            cfg.validate(&mut cx);
+        }
+    }
 }
 
 /// Checks a task's config as rendered for one try with the validators
