@@ -41,6 +41,8 @@ pub async fn start(app: &App, addr: &str, stop: tokio_util::sync::CancellationTo
     let store = app.store().await?;
     let (_, conns) = app.load(true)?;
     let res = app.resources(conns)?;
+    // The report dashboards' pipeline section reads run statistics.
+    let _ = res.pipeline.set(Arc::new(store.clone()));
     let project = app.project.clone();
     let templates = app.templates.clone();
     let dags = Arc::new(move || {

@@ -1,6 +1,10 @@
 //! A4 pages drawn with printpdf: text measured with the embedded font,
 //! rectangles and lines, in millimetres from the top-left corner. Pages
 //! flow: a section that does not fit starts a new page.
+//!
+//! Every primitive is recorded twice, as PDF operations and as SVG
+//! elements, so that one drawing of a report gives the PDF (`finish`) and
+//! the web dashboard's pages (`finish_svg`): the two never disagree.
 
 use printpdf::*;
 
@@ -16,6 +20,10 @@ pub struct Rgb8(pub u8, pub u8, pub u8);
 impl Rgb8 {
     pub fn hex(v: u32) -> Rgb8 {
         Rgb8((v >> 16) as u8, (v >> 8) as u8, v as u8)
+    }
+    /// `#rrggbb`, for SVG.
+    pub fn css(self) -> String {
+        format!("#{:02x}{:02x}{:02x}", self.0, self.1, self.2)
     }
     fn color(self) -> Color {
         Color::Rgb(Rgb { r: self.0 as f32 / 255.0, g: self.1 as f32 / 255.0, b: self.2 as f32 / 255.0, icc_profile: None })
@@ -62,8 +70,22 @@ pub struct Canvas {
     bold: Face,
     pages: Vec<Vec<Op>>,
     ops: Vec<Op>,
+    /// The same drawing as SVG elements: finished pages and the current one.
+    svg_pages: Vec<Vec<String>>,
+    svg: Vec<String>,
+    /// Inside `dashed_line`.
+    dashed: bool,
     /// The layout cursor, in mm from the top of the page.
     pub y: f32,
+}
+
+/// Points to millimetres (SVG pages are in mm).
+fn pt_mm(v: f32) -> f32 {
+    v * 25.4 / 72.0
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn mm(v: f32) -> Pt {
@@ -82,7 +104,17 @@ impl Canvas {
         };
         let regular = load(&mut doc, regular, &mut warnings)?;
         let bold = load(&mut doc, bold, &mut warnings)?;
-        Ok(Canvas { doc, regular, bold, pages: Vec::new(), ops: Vec::new(), y: MARGIN })
+        Ok(Canvas {
+            doc,
+            regular,
+            bold,
+            pages: Vec::new(),
+            ops: Vec::new(),
+            svg_pages: Vec::new(),
+            svg: Vec::new(),
+            dashed: false,
+            y: MARGIN,
+        })
     }
 
     /// The width of `s` in mm at `size` points.
@@ -118,6 +150,13 @@ impl Canvas {
             Op::ShowText { items: vec![TextItem::Text(s.to_string())] },
             Op::EndTextSection,
         ]);
+        self.svg.push(format!(
+            r#"<text x="{x:.2}" y="{y:.2}" font-size="{:.3}"{} fill="{}" xml:space="preserve">{}</text>"#,
+            pt_mm(size),
+            if bold { r#" font-weight="700""# } else { "" },
+            color.css(),
+            xml_escape(s)
+        ));
     }
 
     /// Shortens `s` with an ellipsis to fit `max` mm.
@@ -154,6 +193,9 @@ impl Canvas {
         r.mode = Some(mode);
         self.ops.push(Op::DrawRectangle { rectangle: r });
         self.ops.push(Op::RestoreGraphicsState);
+        let fill = fill.map_or("none".to_string(), Rgb8::css);
+        let stroke = stroke.map_or(String::new(), |(c, t)| format!(r#" stroke="{}" stroke-width="{:.3}""#, c.css(), pt_mm(t)));
+        self.svg.push(format!(r#"<rect x="{x:.2}" y="{y:.2}" width="{w:.2}" height="{h:.2}" fill="{fill}"{stroke}/>"#));
     }
 
     pub fn line(&mut self, points: &[(f32, f32)], color: Rgb8, thickness: f32) {
@@ -172,6 +214,14 @@ impl Canvas {
             },
             Op::RestoreGraphicsState,
         ]);
+        let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.2},{y:.2}")).collect();
+        let dash = if self.dashed { format!(r#" stroke-dasharray="{:.3} {:.3}""#, pt_mm(3.0), pt_mm(2.0)) } else { String::new() };
+        self.svg.push(format!(
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="{:.3}"{dash}/>"#,
+            pts.join(" "),
+            color.css(),
+            pt_mm(thickness)
+        ));
     }
 
     /// A dashed line (comparison series).
@@ -181,13 +231,17 @@ impl Canvas {
         }
         self.ops.push(Op::SaveGraphicsState);
         self.ops.push(Op::SetLineDashPattern { dash: LineDashPattern::new(0.0, &[3.0, 2.0]) });
+        self.dashed = true;
         self.line(points, color, thickness);
+        self.dashed = false;
         self.ops.push(Op::RestoreGraphicsState);
     }
 
     pub fn new_page(&mut self) {
         let ops = std::mem::take(&mut self.ops);
         self.pages.push(ops);
+        let svg = std::mem::take(&mut self.svg);
+        self.svg_pages.push(svg);
         self.y = MARGIN;
     }
 
@@ -224,5 +278,26 @@ impl Canvas {
         self.doc.with_pages(out);
         let mut warnings = Vec::new();
         Ok(self.doc.save(&PdfSaveOptions::default(), &mut warnings))
+    }
+
+    /// Adds footers and returns each page as an SVG document (A4, in mm),
+    /// the same drawing as [`Canvas::finish`]'s PDF.
+    pub fn finish_svg(mut self, footer: impl Fn(&mut Canvas, usize, usize)) -> Vec<String> {
+        if !self.ops.is_empty() || !self.svg.is_empty() {
+            self.new_page();
+        }
+        let pages = std::mem::take(&mut self.svg_pages);
+        let total = pages.len();
+        let mut out = Vec::with_capacity(total);
+        for (i, elements) in pages.into_iter().enumerate() {
+            self.svg = elements;
+            footer(&mut self, i + 1, total);
+            let body = std::mem::take(&mut self.svg).join("");
+            out.push(format!(
+                r#"<svg xmlns="http://www.w3.org/2000/svg" class="page" viewBox="0 0 {PAGE_W} {PAGE_H}" font-family="NanumGothic, 'Noto Sans KR', sans-serif" role="img" aria-label="page {} of {total}"><rect width="{PAGE_W}" height="{PAGE_H}" fill="white"/>{body}</svg>"#,
+                i + 1
+            ));
+        }
+        out
     }
 }

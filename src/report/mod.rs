@@ -76,6 +76,22 @@ pub struct Input<'a> {
 
 /// Renders a report: the PDF's bytes and its page count.
 pub fn render(i: &Input<'_>) -> Result<(Vec<u8>, usize), String> {
+    let (c, footer) = compose(i)?;
+    let pages = c.page_count();
+    Ok((c.finish(footer, i.generated.timestamp())?, pages))
+}
+
+/// Renders a report as SVG pages: the same drawing as [`render`]'s PDF,
+/// for the web dashboard.
+pub fn render_svg(i: &Input<'_>) -> Result<Vec<String>, String> {
+    let (c, footer) = compose(i)?;
+    Ok(c.finish_svg(footer))
+}
+
+type Footer = Box<dyn Fn(&mut Canvas, usize, usize)>;
+
+/// Draws every page of a report; returns the canvas and its page footer.
+fn compose(i: &Input<'_>) -> Result<(Canvas, Footer), String> {
     let title = i.def.title.get(i.lang).to_string();
     let mut c = Canvas::new(&title, &i.fonts.0, &i.fonts.1)?;
     // Title block.
@@ -124,13 +140,12 @@ pub fn render(i: &Input<'_>) -> Result<(Vec<u8>, usize), String> {
         Lang::En => format!("Generated {}", local.format("%Y-%m-%d %H:%M %Z")),
     };
     let period_text = format!("{period_label} {}", i.period.describe(i.lang));
-    let footer = move |c: &mut Canvas, page: usize, total: usize| {
+    let footer: Footer = Box::new(move |c: &mut Canvas, page: usize, total: usize| {
         let y = PAGE_H - 9.0;
         c.line(&[(MARGIN, y - 4.0), (PAGE_W - MARGIN, y - 4.0)], RULE, 0.4);
         c.text(MARGIN, y, &period_text, 7.0, false, MUTED, Align::Left);
         c.text(PAGE_W / 2.0, y, &generated, 7.0, false, MUTED, Align::Center);
         c.text(PAGE_W - MARGIN, y, &format!("{page} / {total}"), 7.0, false, MUTED, Align::Right);
-    };
-    let pages = c.page_count();
-    Ok((c.finish(footer, i.generated.timestamp())?, pages))
+    });
+    Ok((c, footer))
 }

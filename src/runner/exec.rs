@@ -425,6 +425,20 @@ pub fn rendered_config_text(
     Ok(crate::secrets::mask(&text))
 }
 
+/// The pages a report task would render for `run`, as SVG, with nothing
+/// recorded or written (None for a task that renders no report): the web
+/// dashboard. The same context, rendering and queries as a try.
+pub async fn preview(
+    res: Arc<crate::resources::Resources>,
+    dag: &Dag,
+    task: &Task,
+    run: &RunRow,
+) -> Result<Option<Vec<String>>, TaskError> {
+    let ctx = task_ctx(res, dag, task, run, 1, BTreeMap::new(), serde_json::Map::new(), TryLog::new(), true)?;
+    let config = render_config(dag, task, &ctx)?;
+    crate::tasks::report::preview(config, &ctx).await
+}
+
 /// Renders the templated keys of a task's config.
 /// Returns the mapping and whether any template changed a value.
 fn render_mapping(

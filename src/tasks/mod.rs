@@ -178,6 +178,14 @@ registry! {
     Email => email::EmailConfig,
 }
 
+impl TaskConfig {
+    /// Whether the task renders a report (the web dashboard shows those,
+    /// through [`report::preview`]).
+    pub fn renders_report(&self) -> bool {
+        matches!(self, TaskConfig::Report(_))
+    }
+}
+
 /// The property names of a config struct's JSON Schema.
 pub fn schema_keys<T: JsonSchema>() -> Vec<String> {
     let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();

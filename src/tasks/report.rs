@@ -223,10 +223,19 @@ async fn fetch(
         .collect()
 }
 
-impl Run for Report {
-    async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+/// What a report's queries returned for a period.
+struct Computed {
+    period: Period,
+    /// Rows of each section, in section order.
+    data: Vec<Vec<Row>>,
+    /// Days of the period without data.
+    missing: Vec<String>,
+}
+
+impl Report {
+    /// Runs the queries (read-only) and the models.
+    async fn compute(&self, ctx: &TaskCtx) -> Result<Computed, TaskError> {
         let period = period_of(ctx);
-        let started = std::time::Instant::now();
         // Sections drawing the same query (a bars and a lines chart of one
         // day-by-day query) share one execution.
         let mut distinct: Vec<(&str, &str)> = Vec::new();
@@ -283,6 +292,45 @@ impl Run for Report {
         if !missing.is_empty() {
             tracing::warn!("the period is incomplete: no data for {}", missing.join(", "));
         }
+        Ok(Computed { period, data, missing })
+    }
+
+    /// The report as SVG pages, nothing written: what the web dashboard
+    /// shows, drawn by the same code as the PDF.
+    async fn svg_pages(&self, ctx: &TaskCtx) -> Result<Vec<String>, TaskError> {
+        let Computed { period, data, missing } = self.compute(ctx).await?;
+        let fonts = crate::report::find_fonts(&ctx.res.project_root).map_err(TaskError::Failed)?;
+        let (def, lang) = (self.def.clone(), self.lang);
+        tokio::task::spawn_blocking(move || {
+            crate::report::render_svg(&crate::report::Input {
+                def: &def,
+                lang,
+                period,
+                generated: chrono::Utc::now(),
+                data: &data,
+                fonts: &fonts,
+                missing_days: &missing,
+            })
+        })
+        .await
+        .map_err(|e| TaskError::from_join("rendering the report", e))?
+        .map_err(|e| TaskError::Failed(format!("rendering {}: {e}", self.definition)))
+    }
+}
+
+/// A report task's pages for the run `ctx` describes, as SVG, without
+/// writing anything (None for a task of another type): the web dashboard.
+pub async fn preview(config: super::TaskConfig, ctx: &TaskCtx) -> Result<Option<Vec<String>>, TaskError> {
+    match config {
+        super::TaskConfig::Report(c) => Ok(Some(c.build(ctx).await?.svg_pages(ctx).await?)),
+        _ => Ok(None),
+    }
+}
+
+impl Run for Report {
+    async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+        let started = std::time::Instant::now();
+        let Computed { period, data, missing } = self.compute(ctx).await?;
         let queried = started.elapsed();
         let fonts = crate::report::find_fonts(&ctx.res.project_root).map_err(TaskError::Failed)?;
         let def = self.def.clone();

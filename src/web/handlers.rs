@@ -32,6 +32,8 @@ pub fn router(web: Arc<Web>) -> Router {
         .route("/runs/{run}/tasks/{task}/log", get(task_log))
         .route("/runs/{run}/tasks/{task}/clear", post(clear))
         .route("/runs/{run}/tasks/{task}/mark", post(mark))
+        .route("/reports", get(reports))
+        .route("/reports/{dag}/{task}", get(dashboard))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
         .fallback(|| async { Refusal::not_found("no such page") })
@@ -228,6 +230,101 @@ async fn task_instance(
     };
     let view = pages::TiView { run: &run, dag: dag.as_deref(), task_id: &task_id, ti, tries, shown_try, log, config };
     Ok(html(pages::task_instance(&view, session.as_ref())))
+}
+
+/// Every report task of every DAG, linked to its dashboard.
+async fn reports(State(web): Shared, headers: HeaderMap) -> Page {
+    let session = match reader(&web, &headers, "/reports").await? {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
+    let bag = load_dags(&web).await;
+    let list: Vec<(String, String, Option<String>)> = bag
+        .dags
+        .values()
+        .flat_map(|d| d.tasks.iter().filter(|t| t.config.renders_report()).map(|t| (d.dag_id.clone(), t.id.clone(), d.description.clone())))
+        .collect();
+    Ok(html(pages::reports(&list, session.as_ref())))
+}
+
+#[derive(serde::Deserialize)]
+struct WeekQuery {
+    /// A day (YYYY-MM-DD) in the DAG's zone: the interval that starts on it,
+    /// or else the one running on it.
+    week: Option<String>,
+}
+
+/// A report task's pages for one interval, drawn as SVG by the same code
+/// and from the same queries as its PDF.
+async fn dashboard(
+    State(web): Shared,
+    headers: HeaderMap,
+    Path((dag_id, task_id)): Path<(String, String)>,
+    Query(q): Query<WeekQuery>,
+) -> Page {
+    let session = match reader(&web, &headers, &format!("/reports/{dag_id}/{task_id}")).await? {
+        Ok(s) => s,
+        Err(r) => return Ok(r),
+    };
+    let dag = load_dag(&web, &dag_id).await?;
+    let task = dag
+        .task(&task_id)
+        .filter(|t| t.config.renders_report())
+        .ok_or_else(|| Refusal::not_found(format!("`{task_id}` of {dag_id} is not a report task; /reports lists them")))?;
+    let now = chrono::Utc::now();
+    let when = match q.week.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+        Some(w) => {
+            let day = chrono::NaiveDate::parse_from_str(w, "%Y-%m-%d")
+                .map_err(|_| Refusal::bad_request(format!("week `{w}` is not a date (YYYY-MM-DD)")))?;
+            match (dag.manual_interval(ManualWhen::Date(day), now), &dag.schedule) {
+                (Ok(_), _) | (Err(_), None) => ManualWhen::Date(day),
+                // Not a tick day: the interval running on that day.
+                (Err(_), Some(s)) => {
+                    let end_of_day = crate::dag::schedule::local_midnight(day.succ_opt().unwrap_or(day), dag.timezone);
+                    match s.prev_before(end_of_day, dag.timezone) {
+                        Some(t) => ManualWhen::Logical(t),
+                        None => ManualWhen::Date(day),
+                    }
+                }
+            }
+        }
+        // The last reported interval, else the last complete one.
+        None => match web.site.store.list_runs(Some(&dag_id), Some(crate::state::RunState::Success), 1).await?.first() {
+            Some(r) => ManualWhen::Logical(r.logical_date),
+            None => ManualWhen::Now,
+        },
+    };
+    let (logical, interval) = dag.manual_interval(when, now).map_err(Refusal::bad_request)?;
+    let run = RunRow {
+        run_id: 0,
+        dag_id: dag.dag_id.clone(),
+        run_type: crate::state::RunType::Manual,
+        logical_date: logical,
+        data_interval_start: interval.start,
+        data_interval_end: interval.end,
+        conf: serde_json::Value::Object(dag.params.clone()),
+        state: crate::state::RunState::Running,
+        created_at: now,
+        started_at: None,
+        ended_at: None,
+    };
+    let started = std::time::Instant::now();
+    let svgs = crate::runner::exec::preview(web.site.res.clone(), &dag, task, &run)
+        .await
+        .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("the report cannot be rendered: {e}")))?
+        .unwrap_or_default();
+    tracing::debug!(dag = %dag_id, task = %task_id, ms = started.elapsed().as_millis() as u64, "dashboard rendered");
+    let start_day = interval.start.with_timezone(&dag.timezone).date_naive();
+    let step = (interval.end - interval.start).num_days().max(1);
+    let view = pages::DashboardView {
+        dag: &dag,
+        task_id: &task_id,
+        start_day,
+        prev: start_day - chrono::Duration::days(step),
+        next: start_day + chrono::Duration::days(step),
+        pages: &svgs,
+    };
+    Ok(html(pages::dashboard(&view, session.as_ref())))
 }
 
 /// The plain-text log of a try (masked), for the live tail; the header

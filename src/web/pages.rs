@@ -59,7 +59,7 @@ pub fn shell_with(title: &str, session: Option<&Session>, refresh: bool, body: M
             body data-refresh=[refresh.then_some("5000")] {
                 header.top {
                     a.brand href="/" { "sluice" }
-                    nav { a href="/" { "DAGs" } }
+                    nav { a href="/" { "DAGs" } " " a href="/reports" { "Reports" } }
                     span.who {
                         @match session {
                             Some(s) => {
@@ -443,6 +443,59 @@ fn outputs(ti: &TiRow) -> Markup {
         }
         details { summary { "As JSON" } pre { (crate::secrets::mask(&serde_json::to_string_pretty(out).unwrap_or_default())) } }
     }
+}
+
+pub fn reports(list: &[(String, String, Option<String>)], session: Option<&Session>) -> Markup {
+    shell(
+        "Reports",
+        session,
+        html! {
+            h1 { "Reports" }
+            @if list.is_empty() { p.muted { "No DAG has a report task." } }
+            ul id="reports" {
+                @for (dag, task, desc) in list {
+                    li {
+                        a href=(format!("/reports/{dag}/{task}")) { (dag) " · " (task) }
+                        @if let Some(d) = desc { " " span.muted { (d) } }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A report's dashboard for one interval.
+pub struct DashboardView<'a> {
+    pub dag: &'a Dag,
+    pub task_id: &'a str,
+    /// The interval's first day, in the DAG's zone.
+    pub start_day: chrono::NaiveDate,
+    pub prev: chrono::NaiveDate,
+    pub next: chrono::NaiveDate,
+    /// The report's pages as SVG, drawn by the PDF's code.
+    pub pages: &'a [String],
+}
+
+pub fn dashboard(v: &DashboardView, session: Option<&Session>) -> Markup {
+    let here = format!("/reports/{}/{}", v.dag.dag_id, v.task_id);
+    shell(
+        &format!("{} · {}", v.dag.dag_id, v.task_id),
+        session,
+        html! {
+            h1 { "Report " (v.dag.dag_id) " · " (v.task_id) }
+            form.inline.weekpick method="get" action=(here) {
+                a href=(format!("{here}?week={}", v.prev)) { "← previous" }
+                " "
+                label { "Period from " input type="date" name="week" value=(v.start_day.to_string()); }
+                " " button type="submit" { "Show" } " "
+                a href=(format!("{here}?week={}", v.next)) { "next →" }
+            }
+            p.muted { "Drawn live from the warehouse by the same queries and drawing code as the PDF the DAG mails." }
+            div id="report-pages" {
+                @for p in v.pages { div.pagewrap { (PreEscaped(p)) } }
+            }
+        },
+    )
 }
 
 pub fn login(next: &str, error: Option<&str>) -> Markup {

@@ -13,7 +13,7 @@ use crate::harness::{term, wait_until};
 use crate::web::add_user;
 
 /// A WebDriver session, deleted (browser closed) when dropped.
-struct Browser {
+pub struct Browser {
     driver: String,
     session: String,
 }
@@ -33,7 +33,7 @@ fn wd(driver: &str, method: &str, path: &str, body: Option<Value>) -> Value {
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub fn start() -> Browser {
         let driver = std::env::var("SLUICE_TEST_WEBDRIVER").expect("SLUICE_TEST_WEBDRIVER: run the tests with scripts/test.sh");
         let caps = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
@@ -56,7 +56,7 @@ impl Browser {
         v["value"].clone()
     }
 
-    fn go(&self, url: &str) {
+    pub fn go(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
@@ -69,7 +69,7 @@ impl Browser {
             .to_string()
     }
 
-    fn count(&self, css: &str) -> usize {
+    pub fn count(&self, css: &str) -> usize {
         self.call("POST", "/elements", Some(json!({ "using": "css selector", "value": css }))).as_array().map_or(0, |a| a.len())
     }
 
@@ -92,7 +92,7 @@ impl Browser {
         self.call("POST", "/execute/sync", Some(json!({ "script": js, "args": [] })))
     }
 
-    fn screenshot(&self, dir: &std::path::Path, name: &str) {
+    pub fn screenshot(&self, dir: &std::path::Path, name: &str) {
         let b64 = self.call("GET", "/screenshot", None);
         let png = base64_decode(b64.as_str().unwrap_or_default());
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -104,7 +104,7 @@ impl Browser {
 
     /// What the browser logged as errors (JavaScript errors, failed
     /// requests), since the last call.
-    fn errors(&self) -> Vec<String> {
+    pub fn errors(&self) -> Vec<String> {
         let v = wd(&self.driver, "POST", &format!("/session/{}/se/log", self.session), Some(json!({ "type": "browser" })));
         v["value"]
             .as_array()

@@ -338,3 +338,53 @@ sluice_test!(web_beyond_loopback_needs_a_login_for_every_page, |p| {
 fn hex_of(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+sluice_test!(the_report_dashboard_draws_what_the_pdf_draws, |p| {
+    crate::report::shop_with_two_weeks(&mut p);
+    let out = p.sluice(&["run", "weekly_report", "--date", "2024-11-18"]).ok();
+    assert!(out.stderr.contains("of weekly_report succeeded"), "{}", out.all());
+    let run = p.last_run("weekly_report");
+    let metrics = p.task_json(run, "weekly_report")["output"]["metrics"].clone();
+    let pdf_pages = metrics["pages"].as_u64().unwrap();
+    let kpis: Vec<String> = metrics["kpis"].as_array().unwrap().iter().map(|k| k["display"].as_str().unwrap().to_string()).collect();
+    assert!(kpis.len() >= 5, "{metrics}");
+    let web = start_web(&p, "127.0.0.1:0");
+    let a = web.addr.as_str();
+
+    let list = get(a, "/reports", None);
+    assert!(list.body.contains(r#"href="/reports/weekly_report/weekly_report""#), "{}", list.body);
+    // The week's pages: as many as the PDF's, with the PDF's KPI figures.
+    let page = get(a, "/reports/weekly_report/weekly_report?week=2024-11-18", None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.body.matches(r#"class="page""#).count() as u64, pdf_pages, "one SVG page per PDF page");
+    for k in &kpis {
+        assert!(page.body.contains(&format!(">{k}</text>")), "the dashboard lacks the PDF's KPI `{k}`");
+    }
+    // By default: the last reported week. A day inside a week shows that week.
+    let default = get(a, "/reports/weekly_report/weekly_report", None);
+    assert!(default.body.contains(r#"name="week" value="2024-11-18""#), "the default week");
+    let wednesday = get(a, "/reports/weekly_report/weekly_report?week=2024-11-20", None);
+    assert!(
+        wednesday.body.contains(r#"name="week" value="2024-11-18""#) && wednesday.body.contains("?week=2024-11-11"),
+        "snapped to its week"
+    );
+    // The week before: other numbers, and the previous link goes on back.
+    let before = get(a, "/reports/weekly_report/weekly_report?week=2024-11-11", None);
+    assert_eq!(before.status, 200);
+    assert!(before.body.contains("2024-11-11") && before.body.contains("?week=2024-11-04"), "{}", before.status);
+    for (path, status) in [
+        ("/reports/weekly_report/weekly_report?week=18-11-2024", 400),
+        ("/reports/weekly_report/email_report", 404),
+        ("/reports/nope/weekly_report", 404),
+    ] {
+        assert_eq!(get(a, path, None).status, status, "{path}");
+    }
+
+    // In a real browser: the pages draw, without a script error or a failed request.
+    let b = crate::browser::Browser::start();
+    b.go(&format!("http://{a}/reports/weekly_report/weekly_report?week=2024-11-18"));
+    wait_until("the report's pages", Duration::from_secs(60), || b.count("svg.page") as u64 == pdf_pages);
+    b.screenshot(p.path(), "dashboard");
+    let errors = b.errors();
+    assert!(errors.is_empty(), "the browser logged errors:\n{}", errors.join("\n"));
+});
