@@ -20,6 +20,9 @@ use crate::state::Role;
 type HmacSha256 = Hmac<sha2::Sha256>;
 
 pub const COOKIE: &str = "sluice_session";
+/// The login form's own cookie: a nonce its CSRF token is bound to (there
+/// is no session yet to bind it to).
+pub const LOGIN_COOKIE: &str = "sluice_login";
 /// How long a login lasts.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Failed logins allowed per address within `WINDOW`.
@@ -80,11 +83,32 @@ pub fn set_cookie(value: &str, headers: &HeaderMap) -> String {
     format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}", if secure { "; Secure" } else { "" })
 }
 
-fn cookie_from(headers: &HeaderMap) -> Option<String> {
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(axum::http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
-        (k == COOKIE).then(|| v.to_string())
+        (k == name).then(|| v.to_string())
     })
+}
+
+fn cookie_from(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+/// A fresh login form: its cookie's `Set-Cookie` value and its CSRF token.
+pub fn login_form(key: &[u8], headers: &HeaderMap) -> (String, String) {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) == Some("https");
+    let cookie =
+        format!("{LOGIN_COOKIE}={nonce}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{}", if secure { "; Secure" } else { "" });
+    (cookie, sign(key, &[b"login", nonce.as_bytes()]))
+}
+
+/// Whether a login POST carries the token of the form its browser got.
+pub fn login_token_ok(key: &[u8], headers: &HeaderMap, token: Option<&str>) -> bool {
+    match (cookie_named(headers, LOGIN_COOKIE), token) {
+        (Some(nonce), Some(t)) => verify(key, &[b"login", nonce.as_bytes()], t),
+        _ => false,
+    }
 }
 
 /// The user name in a valid, unexpired session cookie.

@@ -419,15 +419,25 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_form(Query(q): Query<NextQuery>) -> Response {
-    html(pages::login(&safe_next(q.next.as_deref()), None))
+async fn login_form(State(web): Shared, headers: HeaderMap, Query(q): Query<NextQuery>) -> Response {
+    login_page(&web, &headers, StatusCode::OK, &safe_next(q.next.as_deref()), None)
+}
+
+/// The login form with a fresh CSRF token (and its cookie).
+fn login_page(web: &Web, headers: &HeaderMap, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let (cookie, token) = auth::login_form(&web.key, headers);
+    (status, [(header::SET_COOKIE, cookie)], html(pages::login(next, &token, error))).into_response()
 }
 
 async fn login(State(web): Shared, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, Form(form): Fields) -> Page {
     let next = safe_next(field(&form, "next"));
+    if !auth::login_token_ok(&web.key, &headers, field(&form, "csrf")) {
+        let msg = "the login form was stale or not this site's; it is reloaded: log in again";
+        return Ok(login_page(&web, &headers, StatusCode::FORBIDDEN, &next, Some(msg)));
+    }
     if let Some(wait) = web.limiter.blocked(peer.ip()) {
         let msg = format!("too many failed logins from this address; try again in {wait} s");
-        return Ok((StatusCode::TOO_MANY_REQUESTS, html(pages::login(&next, Some(&msg)))).into_response());
+        return Ok(login_page(&web, &headers, StatusCode::TOO_MANY_REQUESTS, &next, Some(&msg)));
     }
     let name = field(&form, "user").unwrap_or_default().to_string();
     let password = field(&form, "password").unwrap_or_default().to_string();
@@ -447,7 +457,7 @@ async fn login(State(web): Shared, ConnectInfo(peer): ConnectInfo<SocketAddr>, h
     if !ok {
         web.limiter.failed(peer.ip());
         tracing::warn!(user = %name, client = %peer.ip(), "failed web login");
-        return Ok((StatusCode::UNAUTHORIZED, html(pages::login(&next, Some("wrong user name or password")))).into_response());
+        return Ok(login_page(&web, &headers, StatusCode::UNAUTHORIZED, &next, Some("wrong user name or password")));
     }
     web.limiter.succeeded(peer.ip());
     let cookie = auth::cookie_value(&web.key, &name);

@@ -498,7 +498,7 @@ pub fn dashboard(v: &DashboardView, session: Option<&Session>) -> Markup {
     )
 }
 
-pub fn login(next: &str, error: Option<&str>) -> Markup {
+pub fn login(next: &str, csrf: &str, error: Option<&str>) -> Markup {
     shell(
         "Log in",
         None,
@@ -507,6 +507,7 @@ pub fn login(next: &str, error: Option<&str>) -> Markup {
             @if let Some(e) = error { p.error id="login-error" { (e) } }
             form.login method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
+                input type="hidden" name="csrf" value=(csrf);
                 label { "User " input type="text" name="user" autocomplete="username" autofocus; }
                 label { "Password " input type="password" name="password" autocomplete="current-password"; }
                 button type="submit" { "Log in" }

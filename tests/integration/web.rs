@@ -140,9 +140,18 @@ pub fn get(addr: &str, path: &str, cookie: Option<&str>) -> Resp {
     request(addr, "GET", path, cookie, None)
 }
 
+/// Posts the login form as a browser does: first GET it (its cookie and
+/// CSRF token), then POST it.
+pub fn login_post(addr: &str, user: &str, password: &str, next: &str) -> Resp {
+    let form = get(addr, "/login", None);
+    let cookie = form.header("set-cookie").expect("the login form's cookie").split(';').next().unwrap().to_string();
+    let token = csrf_of(&form.body);
+    request(addr, "POST", "/login", Some(&cookie), Some(&[("user", user), ("password", password), ("next", next), ("csrf", &token)]))
+}
+
 /// Logs in; returns the `Cookie` header value of the session.
 pub fn login(addr: &str, user: &str, password: &str) -> String {
-    let r = request(addr, "POST", "/login", None, Some(&[("user", user), ("password", password), ("next", "/")]));
+    let r = login_post(addr, user, password, "/");
     assert_eq!(r.status, 303, "login of {user}: {r:?}");
     let set = r.header("set-cookie").expect("a session cookie");
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -301,10 +310,10 @@ sluice_test!(web_pages_actions_and_refusals, |p| {
 
     // Logins are rate-limited; a logout ends the session's use.
     for _ in 0..5 {
-        let r = request(a, "POST", "/login", None, Some(&[("user", "ann"), ("password", "wrong"), ("next", "/")]));
+        let r = login_post(a, "ann", "wrong", "/");
         assert_eq!(r.status, 401, "{}", r.body);
     }
-    let r = request(a, "POST", "/login", None, Some(&[("user", "ann"), ("password", "ann-password-1"), ("next", "/")]));
+    let r = login_post(a, "ann", "ann-password-1", "/");
     assert_eq!(r.status, 429, "{}", r.body);
     let r = request(a, "POST", "/logout", Some(&ann), Some(&[("csrf", &csrf)]));
     assert_eq!(r.status, 303);
@@ -319,7 +328,11 @@ sluice_test!(web_beyond_loopback_needs_a_login_for_every_page, |p| {
     let a = web.addr.as_str();
     let r = get(a, "/dags/etl/grid", None);
     assert_eq!((r.status, r.header("location")), (303, Some("/login?next=%2Fdags%2Fetl%2Fgrid")), "{r:?}");
-    let r = request(a, "POST", "/login", None, Some(&[("user", "vic"), ("password", "nope"), ("next", "/")]));
+    // The login form's POST needs the form's own token and cookie.
+    let r = request(a, "POST", "/login", None, Some(&[("user", "vic"), ("password", "vic-password-1"), ("next", "/")]));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.header("set-cookie").is_none_or(|c| !c.starts_with("sluice_session=")), "no session without the form's token");
+    let r = login_post(a, "vic", "nope", "/");
     assert_eq!(r.status, 401);
     assert!(r.body.contains("wrong user name or password"), "{}", r.body);
     let vic = login(a, "vic", "vic-password-1");
@@ -331,7 +344,7 @@ sluice_test!(web_beyond_loopback_needs_a_login_for_every_page, |p| {
     assert_ne!(forged, vic);
     assert_eq!(get(a, "/", Some(&forged)).status, 303);
     // The login page never sends anyone to another site.
-    let r = request(a, "POST", "/login", None, Some(&[("user", "vic"), ("password", "vic-password-1"), ("next", "//evil.example/")]));
+    let r = login_post(a, "vic", "vic-password-1", "//evil.example/");
     assert_eq!(r.header("location"), Some("/"));
 });
 
