@@ -109,27 +109,49 @@ pub async fn clear(store: &Store, dag: &Dag, run_id: i64, sel: &ClearSelection) 
     Ok(Cleared { cleared, running })
 }
 
+/// What a mark did: each instance marked with its state before, and the
+/// downstream ones left alone because they were running.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Marked {
+    pub marked: Vec<(String, TiState)>,
+    pub running: Vec<String>,
+}
+
 /// Sets a task instance's state by hand (`success` or `failed`), as
-/// Airflow's "mark success/failed". A running instance is refused: its try
-/// ends in a state it records itself. A finished run is queued again so
-/// that its state is worked out anew (downstream tasks that were skipped or
-/// upstream_failed stay so until cleared).
-pub async fn mark(store: &Store, dag: &Dag, run_id: i64, task_id: &str, state: TiState) -> Result<TiState, ActionError> {
+/// Airflow's "mark success/failed", and with `downstream` every task
+/// downstream of it too. A running instance is refused (its try ends in a
+/// state it records itself); running downstream ones are left alone. A
+/// finished run is queued again so that its state is worked out anew
+/// (downstream tasks that were skipped or upstream_failed stay so until
+/// cleared or marked).
+pub async fn mark(store: &Store, dag: &Dag, run_id: i64, task_id: &str, state: TiState, downstream: bool) -> Result<Marked, ActionError> {
     if !matches!(state, TiState::Success | TiState::Failed) {
         return Err(ActionError::Invalid(format!("a task instance can be marked success or failed, not {state}")));
     }
     let run = run_of(store, dag, run_id).await?;
-    if dag.task(task_id).is_none() {
+    let Some(root) = dag.task_index(task_id) else {
         let hint = crate::diag::hint(task_id, dag.tasks.iter().map(|t| t.id.as_str()));
         return Err(ActionError::NotFound(format!("DAG `{}` has no task `{task_id}`{hint}", dag.dag_id)));
+    };
+    let chosen = if downstream { dag.downstream_closure(&[root]) } else { vec![root] };
+    let mut done = Marked::default();
+    for i in chosen {
+        let id = &dag.tasks[i].id;
+        match store.mark(run.run_id, id, state).await? {
+            Some(TiState::Running) if i == root => {
+                return Err(ActionError::Conflict(format!(
+                    "{task_id} of run {run_id} is running; wait for its try to end (or for its timeout) and mark it then"
+                )));
+            }
+            Some(TiState::Running) => done.running.push(id.clone()),
+            Some(before) => done.marked.push((id.clone(), before)),
+            None if i == root => {
+                return Err(ActionError::NotFound(format!("run {run_id} has no instance of `{task_id}` (the DAG changed since the run?)")));
+            }
+            None => {}
+        }
     }
-    match store.mark(run.run_id, task_id, state).await? {
-        Some(TiState::Running) => Err(ActionError::Conflict(format!(
-            "{task_id} of run {run_id} is running; wait for its try to end (or for its timeout) and mark it then"
-        ))),
-        Some(before) => Ok(before),
-        None => Err(ActionError::NotFound(format!("run {run_id} has no instance of `{task_id}` (the DAG changed since the run?)"))),
-    }
+    Ok(done)
 }
 
 /// The run, checked to belong to the DAG.

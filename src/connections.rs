@@ -360,6 +360,12 @@ impl Connections {
         self.variables.get(name).or_else(|| self.variables.get(&name.to_ascii_lowercase())).cloned()
     }
 
+    /// Sets a variable (for tests).
+    #[cfg(test)]
+    pub(crate) fn set_variable(&mut self, name: &str, value: &str) {
+        self.variables.insert(name.to_string(), value.to_string());
+    }
+
     /// Adds a connection (used by the CLI for the state store, and by tests).
     pub fn insert(&mut self, c: Connection) {
         self.entries.insert(c.id.clone(), Entry::Ready(Box::new(c)));

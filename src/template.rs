@@ -13,7 +13,10 @@
 //! | `params` | the DAG's params, overridden by `--conf` |
 //! | `upstream.TASK` | an upstream task's output: `metrics`, `note`, `artifacts` |
 //! | `conn.ID.host` (`port`, `login`, `password`, `schema`, `uri`, `extra.KEY`) | a connection's parts |
-//! | `var.NAME` | a variable (`SLUICE_VAR_NAME` or `config/variables.yaml`) |
+//! | `var.NAME`, `var.value.NAME` | a variable (`SLUICE_VAR_NAME` or `config/variables.yaml`) |
+//! | `var.json.NAME` | a variable parsed as JSON (`var.json.limits.daily`) |
+//! | `dag_run.conf`, `dag_run.run_id`, `dag_run.logical_date` | the run, as Airflow names it (`conf` is the params) |
+//! | `ti.try_number`, `ti.task_id`, `ti.dag_id`, `ti.run_id` | the try, as Airflow names it |
 //! | `macros.ds_add(ds, n)`, `macros.ds_format(ds, from, to)` | date helpers |
 //!
 //! Filters: `sqlquote` (a SQL string literal), `strftime(fmt)` (formats an
@@ -49,6 +52,8 @@ pub const KNOWN_NAMES: &[&str] = &[
     "upstream",
     "conn",
     "var",
+    "dag_run",
+    "ti",
     "macros",
     // minijinja's global functions
     "range",
@@ -156,6 +161,12 @@ impl Templates {
         let mut vars = serde_json::Map::new();
         for name in &names {
             let var = name.strip_prefix("var.")?;
+            // `var.value.X` is `var.X`; `var.json.X` renders only in a run.
+            let var = match var.split_once('.') {
+                Some(("value", rest)) => rest,
+                Some(("json", _)) => return None,
+                _ => var,
+            };
             match lookup(var) {
                 Some(v) => {
                     vars.insert(var.to_string(), serde_json::Value::from(v));
@@ -163,6 +174,9 @@ impl Templates {
                 None => return Some(Err(format!("variable `{var}` is not defined"))),
             }
         }
+        // `var.value.X` reads the same values.
+        let same = serde_json::Value::Object(vars.clone());
+        vars.entry("value").or_insert(same);
         let ctx = Value::from_serialize(serde_json::json!({ "var": vars }));
         Some(tmpl.render(ctx).map_err(|e| describe(&e)))
     }
@@ -327,6 +341,25 @@ impl RenderVars {
         m.insert("upstream", Value::from_serialize(&self.upstream));
         m.insert("conn", Value::from_object(ConnObject(self.connections.clone())));
         m.insert("var", Value::from_object(VarObject(self.connections.clone())));
+        // Airflow's spellings of the same things.
+        m.insert(
+            "dag_run",
+            Value::from_serialize(serde_json::json!({
+                "conf": self.params,
+                "run_id": self.run_id,
+                "logical_date": ld.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                "dag_id": self.dag_id,
+            })),
+        );
+        m.insert(
+            "ti",
+            Value::from_serialize(serde_json::json!({
+                "try_number": self.try_number,
+                "task_id": self.task_id,
+                "dag_id": self.dag_id,
+                "run_id": self.run_id,
+            })),
+        );
         Value::from_iter(m)
     }
 }
@@ -346,7 +379,26 @@ struct VarObject(Arc<Connections>);
 
 impl Object for VarObject {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.0.variable(key.as_str()?).map(Value::from)
+        match key.as_str()? {
+            // Airflow's `var.value.NAME` and `var.json.NAME` (a variable
+            // named `value` or `json` is reached as `var.value.value`).
+            "value" => Some(Value::from_object(VarObject(self.0.clone()))),
+            "json" => Some(Value::from_object(VarJson(self.0.clone()))),
+            name => self.0.variable(name).map(Value::from),
+        }
+    }
+}
+
+/// `var.json.NAME`: a variable's value parsed as JSON (undefined when it
+/// is not JSON, so that the template fails with the variable's name).
+#[derive(Debug)]
+struct VarJson(Arc<Connections>);
+
+impl Object for VarJson {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let text = self.0.variable(key.as_str()?)?;
+        let parsed: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(Value::from_serialize(parsed))
     }
 }
 
@@ -383,6 +435,31 @@ mod tests {
         assert_eq!(t.render("{{ \"it's\" | sqlquote }}", &ctx).unwrap(), "'it''s'");
         assert_eq!(t.render("{{ data_interval_end | strftime('%Y%m') }}", &ctx).unwrap(), "202401");
         assert_eq!(t.render("echo $HOME", &ctx).unwrap(), "echo $HOME");
+    }
+
+    #[test]
+    fn airflow_spellings_of_runs_tries_and_variables() {
+        let t = Templates::new();
+        let mut conns = Connections::default();
+        conns.set_variable("region", "kr");
+        conns.set_variable("limits", r#"{"daily": 500, "tags": ["a", "b"]}"#);
+        let mut v = vars();
+        v.connections = Arc::new(conns);
+        let ctx = v.to_value();
+        let r = |s: &str| t.render(s, &ctx).unwrap();
+        assert_eq!(r("{{ var.region }} {{ var.value.region }}"), "kr kr");
+        assert_eq!(r("{{ var.json.limits.daily }} {{ var.json.limits.tags[1] }}"), "500 b");
+        assert_eq!(r("{{ dag_run.conf.n }} {{ dag_run.run_id }} {{ dag_run.logical_date }}"), "3 7 2024-01-05T00:00:00+09:00");
+        assert_eq!(r("{{ ti.try_number }} {{ ti.task_id }}"), "1 t");
+        // Not JSON: an error naming the variable, not an empty string.
+        let e = t.render("{{ var.json.region.x }}", &ctx).unwrap_err().to_string();
+        assert!(e.contains("region"), "{e}");
+        let params: BTreeSet<String> = ["n".to_string()].into();
+        assert!(t.check("{{ dag_run.conf.n }} {{ ti.try_number }} {{ var.json.limits.daily }}", &params, None).is_empty());
+        // Validation renders `var.value.X` like `var.X`.
+        let look = |name: &str| (name == "region").then(|| "kr".to_string());
+        assert_eq!(t.render_vars_only("{{ var.value.region }}@x.com", &look), Some(Ok("kr@x.com".into())));
+        assert_eq!(t.render_vars_only("{{ var.json.limits.daily }}", &look), None);
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct Global {
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Whether a DAG the state store has not seen yet starts paused
+    /// (Airflow's `dags_are_paused_at_creation`, true there).
+    #[arg(long, global = true, env = "SLUICE_DAGS_PAUSED_AT_CREATION", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub dags_paused_at_creation: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -224,7 +228,7 @@ impl App {
             )
             .into());
         };
-        Ok(Store::connect(url, &self.global.schema).await?)
+        Ok(Store::connect(url, &self.global.schema).await?.with_paused_at_creation(self.global.dags_paused_at_creation))
     }
 
     /// The clients tasks share. An invalid `SLUICE_STAGING` is a config error.

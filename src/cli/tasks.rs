@@ -44,15 +44,17 @@ pub enum TasksCmd {
     Mark {
         /// The DAG.
         dag: String,
+        /// The task.
+        task: String,
         /// The run.
         #[arg(long, value_name = "RUN_ID")]
         run: i64,
-        /// The task.
-        #[arg(long)]
-        task: String,
         /// The state to set.
         #[arg(long, value_enum)]
         state: MarkState,
+        /// Also every task downstream of it.
+        #[arg(long)]
+        downstream: bool,
     },
 }
 
@@ -69,7 +71,7 @@ pub async fn run(app: &App, cmd: TasksCmd) -> Result<ExitCode> {
         TasksCmd::Clear { dag, run, task, downstream, only_failed } => {
             clear(app, &dag, run, crate::actions::ClearSelection { pattern: task, downstream, only_failed }).await
         }
-        TasksCmd::Mark { dag, run, task, state } => mark(app, &dag, run, &task, state).await,
+        TasksCmd::Mark { dag, task, run, state, downstream } => mark(app, &dag, run, &task, state, downstream).await,
     }
 }
 
@@ -185,7 +187,7 @@ async fn clear(app: &App, dag_id: &str, run_id: i64, sel: crate::actions::ClearS
     Ok(ExitCode::SUCCESS)
 }
 
-async fn mark(app: &App, dag_id: &str, run_id: i64, task_id: &str, state: MarkState) -> Result<ExitCode> {
+async fn mark(app: &App, dag_id: &str, run_id: i64, task_id: &str, state: MarkState, downstream: bool) -> Result<ExitCode> {
     let (dag, _) = match super::load_dag(app, dag_id)? {
         Ok(x) => x,
         Err(code) => return Ok(code),
@@ -195,9 +197,14 @@ async fn mark(app: &App, dag_id: &str, run_id: i64, task_id: &str, state: MarkSt
         MarkState::Success => crate::state::TiState::Success,
         MarkState::Failed => crate::state::TiState::Failed,
     };
-    match crate::actions::mark(&store, &dag, run_id, task_id, to).await {
-        Ok(before) => {
-            outln!("{task_id} of run {run_id} marked {to} (was {before})");
+    match crate::actions::mark(&store, &dag, run_id, task_id, to, downstream).await {
+        Ok(done) => {
+            for (task, before) in &done.marked {
+                outln!("{task} of run {run_id} marked {to} (was {before})");
+            }
+            if !done.running.is_empty() {
+                outln!("left alone because they are running: {}", done.running.join(", "));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => super::action_exit(e),

@@ -135,6 +135,9 @@ pub struct RunExists(pub RunRow);
 pub struct Store {
     pool: PgPool,
     schema: String,
+    /// Whether a DAG the store has not seen yet starts paused (Airflow's
+    /// `dags_are_paused_at_creation`).
+    paused_at_creation: bool,
 }
 
 impl Store {
@@ -168,7 +171,7 @@ impl Store {
             .await
             .map_err(connect_err)?;
         MIGRATOR.run(&pool).await.map_err(|e| StateError::Migrate(e.to_string()))?;
-        Ok(Store { pool, schema: schema.to_string() })
+        Ok(Store { pool, schema: schema.to_string(), paused_at_creation: false })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -181,19 +184,27 @@ impl Store {
 
     // ---- DAGs ----
 
-    /// Records the DAGs seen in the DAG folder (file and hash).
+    /// New DAGs start paused (`true`) or active (`false`, the default).
+    pub fn with_paused_at_creation(mut self, paused: bool) -> Store {
+        self.paused_at_creation = paused;
+        self
+    }
+
+    /// Records the DAGs seen in the DAG folder (file and hash); a DAG seen
+    /// for the first time starts paused when the store says so.
     pub async fn sync_dags(&self, dags: &[&Dag]) -> Result<(), StateError> {
         let ids: Vec<&str> = dags.iter().map(|d| d.dag_id.as_str()).collect();
         let files: Vec<String> = dags.iter().map(|d| d.file.display().to_string()).collect();
         let hashes: Vec<&str> = dags.iter().map(|d| d.file_hash.as_str()).collect();
         sqlx::query(
-            "INSERT INTO dags (dag_id, fileloc, file_hash)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+            "INSERT INTO dags (dag_id, fileloc, file_hash, is_paused)
+             SELECT u.*, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u
              ON CONFLICT (dag_id) DO UPDATE SET fileloc = EXCLUDED.fileloc, file_hash = EXCLUDED.file_hash, last_seen_at = now()",
         )
         .bind(&ids)
         .bind(&files)
         .bind(&hashes)
+        .bind(self.paused_at_creation)
         .execute(&self.pool)
         .await?;
         Ok(())

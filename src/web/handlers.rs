@@ -408,7 +408,7 @@ async fn mark(State(web): Shared, headers: HeaderMap, Path((run_id, task_id)): P
     };
     let run = the_run(&web, run_id).await?;
     let dag = load_dag(&web, &run.dag_id).await?;
-    crate::actions::mark(&web.site.store, &dag, run_id, &task_id, state).await?;
+    crate::actions::mark(&web.site.store, &dag, run_id, &task_id, state, field(&form, "downstream") == Some("true")).await?;
     Ok(Redirect::to(&format!("/runs/{run_id}/tasks/{task_id}")).into_response())
 }
 

@@ -407,6 +407,8 @@ pub fn task_instance(v: &TiView, session: Option<&Session>) -> Markup {
                             (csrf(session))
                             input type="hidden" name="state" value=(state);
                             button type="submit" { (label) }
+                            " "
+                            label { input type="checkbox" name="downstream" value="true"; " and downstream" }
                         }
                     }
                 }

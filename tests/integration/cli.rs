@@ -75,3 +75,18 @@ fn list_works_without_a_database() {
     assert!(out.stdout.contains("| good ") && out.stdout.contains("@daily"), "{}", out.stdout);
     assert!(out.stderr.contains("dags/bad.yaml"), "{}", out.stderr);
 }
+
+sluice_test!(new_dags_start_paused_only_when_asked, |p| {
+    p.write("dags/a.yaml", "tasks:\n  - { id: x, type: shell, command: 'true' }\n");
+    p.write("dags/b.yaml", "tasks:\n  - { id: x, type: shell, command: 'true' }\n");
+    // Default: active, as sluice documents.
+    p.sluice(&["dags", "trigger", "a"]).ok();
+    // Airflow's behaviour on request: a DAG the store has not seen starts paused...
+    p.set_env("SLUICE_DAGS_PAUSED_AT_CREATION", "true");
+    p.sluice(&["dags", "trigger", "b"]).ok();
+    // ...and a DAG it knows keeps its flag.
+    p.sluice(&["dags", "trigger", "a", "--date", "2024-01-01"]).ok();
+    assert_eq!(p.state_sql("SELECT dag_id || ' ' || is_paused FROM dags ORDER BY dag_id"), vec!["a false", "b true"]);
+    let bad = p.sluice(&["dags", "list", "--dags-paused-at-creation", "maybe"]);
+    assert_eq!(bad.code, 2, "{}", bad.all());
+});

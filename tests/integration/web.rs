@@ -293,8 +293,19 @@ sluice_test!(web_pages_actions_and_refusals, |p| {
     assert_eq!(p.state_sql(&format!("SELECT t.state || ' ' || r.state FROM task_instances t JOIN dag_runs r USING (run_id) WHERE run_id = {run} AND task_id = 'publish'")), vec!["success queued"]);
     let r = request(a, "POST", &format!("{ti_path}/mark"), Some(&ann), Some(&[("csrf", &csrf), ("state", "running")]));
     assert_eq!(r.status, 400, "{}", r.body);
-    let cli = p.sluice(&["tasks", "mark", "etl", "--run", &run.to_string(), "--task", "publish", "--state", "failed"]).ok();
-    assert!(cli.stdout.contains("marked failed (was success)"), "{}", cli.stdout);
+    let cli = p.sluice(&["tasks", "mark", "etl", "publish", "--run", &run.to_string(), "--state", "failed"]).ok();
+    assert!(cli.stdout.contains(&format!("publish of run {run} marked failed (was success)")), "{}", cli.stdout);
+    // With --downstream: the task and everything after it.
+    let cli = p.sluice(&["tasks", "mark", "etl", "extract_step", "--run", &run.to_string(), "--state", "success", "--downstream"]).ok();
+    assert!(
+        cli.stdout.contains(&format!("extract_step of run {run} marked success"))
+            && cli.stdout.contains(&format!("publish of run {run} marked success (was failed)")),
+        "{}",
+        cli.stdout
+    );
+    let bad = p.sluice(&["tasks", "mark", "etl", "nope", "--run", &run.to_string(), "--state", "success"]);
+    assert_eq!(bad.code, 78, "{}", bad.all());
+    assert!(bad.stderr.contains("has no task `nope`"), "{}", bad.stderr);
     let r =
         request(a, "POST", &format!("/runs/{run}/tasks/extract_step/clear"), Some(&ann), Some(&[("csrf", &csrf), ("downstream", "true")]));
     assert_eq!(r.status, 303, "{}", r.body);
