@@ -116,6 +116,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Parses a DAG file's text as it was (a run's stored version), with the
+/// project's connections, as if it were at `file`.
+pub fn parse_source(file: &Path, source: &str, root: &Path, connections: &Connections, templates: &Templates) -> crate::dag::parse::Parsed {
+    let env = FsEnv { root, connections };
+    crate::dag::parse::parse(&display_path(file), source, &env, templates)
+}
+
 /// Loads DAG files.
 pub fn load(files: &[PathBuf], root: &Path, connections: &Connections, templates: &Templates) -> DagBag {
     let env = FsEnv { root, connections };

@@ -38,6 +38,9 @@ pub enum DagsCmd {
         /// text, dot (Graphviz: `| dot -Tsvg > dag.svg`) or mermaid.
         #[arg(long, value_enum, default_value = "text")]
         format: ShowFormat,
+        /// Draw the version of the DAG file this run was created with.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<i64>,
     },
     /// Print the JSON Schema of DAG files (for editors using yaml-language-server).
     Schema,
@@ -67,11 +70,17 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
     match cmd {
         DagsCmd::List { json } => list(app, json).await,
         DagsCmd::Validate { paths, no_environment, json } => validate(app, paths, no_environment, json),
-        DagsCmd::Show { dag, format } => {
-            let (bag, _) = app.load(true)?;
-            let dag = match bag.get(&dag) {
-                Ok(d) => d,
-                Err(e) => return Ok(super::config_exit(&e)),
+        DagsCmd::Show { dag, format, run } => {
+            let (bag, conns) = app.load(true)?;
+            let dag = match run {
+                Some(run_id) => match version_of_run(app, &bag, &conns, &dag, run_id).await? {
+                    Ok(d) => d,
+                    Err(code) => return Ok(code),
+                },
+                None => match bag.get(&dag) {
+                    Ok(d) => d,
+                    Err(e) => return Ok(super::config_exit(&e)),
+                },
             };
             let out = match format {
                 ShowFormat::Text => graph::to_text(&dag),
@@ -102,6 +111,48 @@ pub async fn run(app: &App, cmd: DagsCmd) -> Result<ExitCode> {
                 outln!("every DAG file loads");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The DAG as the version of its file that run `run_id` was created with.
+async fn version_of_run(
+    app: &App,
+    bag: &crate::loader::DagBag,
+    conns: &crate::connections::Connections,
+    dag_id: &str,
+    run_id: i64,
+) -> Result<Result<std::sync::Arc<crate::dag::Dag>, ExitCode>> {
+    let store = app.store().await?;
+    let Some(run) = store.run(run_id).await? else {
+        return Ok(Err(super::config_exit(&format!("run {run_id} does not exist; `sluice runs list {dag_id}` shows its runs"))));
+    };
+    if run.dag_id != dag_id {
+        return Ok(Err(super::config_exit(&format!("run {run_id} belongs to DAG `{}`, not `{dag_id}`", run.dag_id))));
+    }
+    let (hash, source) = match store.run_dag_version(run_id).await? {
+        Some((h, Some(s))) => (h, s),
+        _ => {
+            return Ok(Err(super::config_exit(&format!(
+                "run {run_id} was made before sluice kept DAG versions; its file's text is not stored"
+            ))));
+        }
+    };
+    let file = bag.dags.get(dag_id).map(|d| d.file.clone()).unwrap_or_else(|| app.project.dags_dir.join(format!("{dag_id}.yaml")));
+    let parsed = crate::loader::parse_source(&file, &source, &app.project.root, conns, &app.templates);
+    match parsed.dag {
+        Some(d) => {
+            if bag.dags.get(dag_id).is_some_and(|now| now.file_hash != hash) {
+                eprintln!("run {run_id} ran version {} of {dag_id}; the file has changed since", &hash[..12.min(hash.len())]);
+            }
+            Ok(Ok(std::sync::Arc::new(d)))
+        }
+        None => {
+            let problems: Vec<String> = parsed.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect();
+            Ok(Err(super::config_exit(&format!(
+                "the version run {run_id} ran no longer loads (a connection or file it named is gone?):\n{}",
+                problems.join("\n")
+            ))))
         }
     }
 }

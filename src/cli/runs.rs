@@ -87,8 +87,17 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
         RunsCmd::Show { run_id, json } => {
             let run = store.run(run_id).await?.with_context(|| format!("run {run_id} does not exist; `sluice runs list` shows runs"))?;
             let tis = store.task_instances(run_id).await?;
+            // Whether the DAG file changed since the run was created.
+            let ran = store.run_dag_version(run_id).await?.map(|(h, _)| h);
+            let now = app.load(true).ok().and_then(|(bag, _)| bag.dags.get(&run.dag_id).map(|d| d.file_hash.clone()));
+            let changed = matches!((&ran, &now), (Some(a), Some(b)) if a != b);
             if json {
-                outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "tasks": tis }))?);
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "run": run, "tasks": tis, "dag_hash": ran, "dag_changed_since": changed })
+                    )?
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             outln!(
@@ -122,6 +131,12 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
                 ]);
             }
             outln!("{t}");
+            if changed {
+                outln!(
+                    "The DAG file has changed since this run was created; `sluice dags show {} --run {run_id}` draws the version that ran.",
+                    run.dag_id
+                );
+            }
             for ti in tis.iter().filter(|ti| ti.notice.is_some()) {
                 outln!("{}: {}", ti.task_id, crate::secrets::mask(ti.notice.as_deref().unwrap_or_default()));
             }

@@ -37,6 +37,8 @@ pub struct Dag {
     pub file: PathBuf,
     /// SHA-256 of the file's bytes.
     pub file_hash: String,
+    /// The file's text: each run keeps the version it was created with.
+    pub source: std::sync::Arc<str>,
     pub description: Option<String>,
     pub schedule: Option<Schedule>,
     pub timezone: Tz,

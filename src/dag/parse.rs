@@ -107,6 +107,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(source.as_bytes()))
         },
+        source: std::sync::Arc::from(source),
         description: spec.description,
         schedule: sched,
         timezone,

@@ -274,8 +274,27 @@ impl Store {
             return Ok(Err(RunExists(existing)));
         };
         insert_task_instances(&mut tx, run.run_id, dag).await?;
+        sqlx::query("INSERT INTO dag_versions (dag_id, file_hash, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(&dag.dag_id)
+            .bind(&dag.file_hash)
+            .bind(&*dag.source)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Ok(run))
+    }
+
+    /// The version of its DAG file a run was created with: (hash, text).
+    /// The text is None for runs made before versions were kept.
+    pub async fn run_dag_version(&self, run_id: i64) -> Result<Option<(String, Option<String>)>, StateError> {
+        let row = sqlx::query(
+            "SELECT r.dag_hash, v.source FROM dag_runs r LEFT JOIN dag_versions v ON v.dag_id = r.dag_id AND v.file_hash = r.dag_hash
+             WHERE r.run_id = $1 AND r.dag_hash IS NOT NULL",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get("dag_hash"), r.get("source"))))
     }
 
     /// Adds task instances for tasks added to the DAG since the run was

@@ -185,7 +185,9 @@ async fn run_page(State(web): Shared, headers: HeaderMap, Path(run_id): Path<i64
     let run = the_run(&web, run_id).await?;
     let dag = load_dags(&web).await.get(&run.dag_id).ok();
     let tis = web.site.store.task_instances(run_id).await?;
-    Ok(html(pages::run(&run, dag.as_deref(), &tis, session.as_ref())))
+    let ran = web.site.store.run_dag_version(run_id).await?.map(|(h, _)| h);
+    let changed = matches!((&ran, &dag), (Some(h), Some(d)) if *h != d.file_hash);
+    Ok(html(pages::run(&run, dag.as_deref(), &tis, changed, session.as_ref())))
 }
 
 #[derive(serde::Deserialize)]

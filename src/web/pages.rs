@@ -280,7 +280,7 @@ pub fn graph(dag: &Dag, paused: bool, runs: &[RunRow], chosen: Option<&RunRow>, 
 }
 
 /// The run page: interval, conf, state and a Gantt bar per task.
-pub fn run(run: &RunRow, dag: Option<&Dag>, tis: &[TiRow], session: Option<&Session>) -> Markup {
+pub fn run(run: &RunRow, dag: Option<&Dag>, tis: &[TiRow], dag_changed: bool, session: Option<&Session>) -> Markup {
     let tz = dag.map_or(Tz::UTC, |d| d.timezone);
     let order: Vec<&TiRow> = match dag {
         Some(d) => d.topo.iter().filter_map(|&i| tis.iter().find(|t| t.task_id == d.tasks[i].id)).collect(),
@@ -307,6 +307,13 @@ pub fn run(run: &RunRow, dag: Option<&Dag>, tis: &[TiRow], session: Option<&Sess
                 tr { th { "Ended" } td { @if let Some(t) = run.ended_at { (local(t, tz)) } } }
                 tr { th { "Duration" } td { (took(run.started_at, run.ended_at)) } }
                 tr { th { "Conf" } td { pre.conf { (crate::secrets::mask(&serde_json::to_string_pretty(&run.conf).unwrap_or_default())) } } }
+            }
+            @if dag_changed {
+                p.muted id="dag-changed" {
+                    "The DAG file has changed since this run was created; "
+                    code { "sluice dags show " (run.dag_id) " --run " (run.run_id) }
+                    " draws the version that ran."
+                }
             }
             p { a href=(format!("/dags/{}/graph?run={}", run.dag_id, run.run_id)) { "Graph of this run" } }
             h2 { "Tasks" }

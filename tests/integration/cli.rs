@@ -90,3 +90,27 @@ sluice_test!(new_dags_start_paused_only_when_asked, |p| {
     let bad = p.sluice(&["dags", "list", "--dags-paused-at-creation", "maybe"]);
     assert_eq!(bad.code, 2, "{}", bad.all());
 });
+
+sluice_test!(a_run_keeps_the_version_of_the_dag_it_ran, |p| {
+    p.write("dags/v.yaml", "tasks:\n  - { id: first, type: shell, command: 'true' }\n");
+    p.sluice(&["run", "v"]).ok();
+    let run = p.last_run("v").to_string();
+    let show = p.sluice(&["runs", "show", &run]).ok();
+    assert!(!show.stdout.contains("has changed since"), "{}", show.stdout);
+    // The file changes: a task is added.
+    p.write(
+        "dags/v.yaml",
+        "tasks:\n  - { id: first, type: shell, command: 'true' }\n  - { id: second, type: shell, command: 'true', depends_on: [first] }\n",
+    );
+    let show = p.sluice(&["runs", "show", &run]).ok();
+    assert!(show.stdout.contains(&format!("`sluice dags show v --run {run}` draws the version that ran")), "{}", show.stdout);
+    let json: serde_json::Value = serde_json::from_str(&p.sluice(&["runs", "show", &run, "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["dag_changed_since"], true);
+    let then = p.sluice(&["dags", "show", "v", "--run", &run]).ok();
+    assert!(then.stdout.contains("first") && !then.stdout.contains("second"), "{}", then.stdout);
+    assert!(then.stderr.contains("the file has changed since"), "{}", then.stderr);
+    let now = p.sluice(&["dags", "show", "v"]).ok();
+    assert!(now.stdout.contains("second"), "{}", now.stdout);
+    let wrong = p.sluice(&["dags", "show", "v", "--run", "999999"]);
+    assert_eq!(wrong.code, 78, "{}", wrong.all());
+});

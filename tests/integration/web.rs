@@ -223,6 +223,7 @@ sluice_test!(web_pages_actions_and_refusals, |p| {
     for want in ["2024-01-05 00:00:00 KST", "gbar s-failed", "gbar s-success", "&quot;n&quot;: 1"] {
         assert!(run_page.body.contains(want), "no `{want}` on the run page:\n{}", run_page.body);
     }
+    assert!(!run_page.body.contains("dag-changed"), "the DAG file has not changed");
     let ti = get(a, &format!("/runs/{run}/tasks/extract_step"), None);
     assert_eq!(ti.status, 200);
     for want in ["rows for 2024-01-05 n=1", "exit 0", "Config, rendered for this run", "echo rows for 2024-01-05 n=1 pw=***"] {
