@@ -154,6 +154,7 @@ pub async fn run(
     let mut runner = Runner::new(store.clone(), res.clone());
     runner.parallelism = opts.parallelism.max(1);
     runner.reap_in_drive = false;
+    runner.wait_for_past = true;
     runner.zombie_timeout = opts.heartbeat_timeout;
     runner.worker_failures = opts.worker_failures;
     runner.heartbeat_every = (opts.heartbeat_timeout / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));

@@ -77,6 +77,11 @@ pub struct Task {
     pub retry_exponential_backoff: bool,
     pub max_retry_delay: Duration,
     pub execution_timeout: Option<Duration>,
+    /// Runs only when its instance in the previous run succeeded or was
+    /// skipped (Airflow's `depends_on_past`).
+    pub depends_on_past: bool,
+    /// With `depends_on_past`, also its downstream tasks in the previous run.
+    pub wait_for_downstream: bool,
     pub email_on_failure: Vec<String>,
     pub email_on_retry: Vec<String>,
     /// The task's key path in the file, `tasks[3]`.
@@ -311,6 +316,8 @@ mod tests {
             retry_exponential_backoff: backoff,
             max_retry_delay: Duration::from_secs(max),
             execution_timeout: None,
+            depends_on_past: false,
+            wait_for_downstream: false,
             email_on_failure: vec![],
             email_on_retry: vec![],
             path: "tasks[0]".into(),

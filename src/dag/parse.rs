@@ -89,6 +89,9 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             retry_exponential_backoff: args.retry_exponential_backoff.unwrap_or(false),
             max_retry_delay: args.max_retry_delay.map_or(super::DEFAULT_MAX_RETRY_DELAY, |d| d.0),
             execution_timeout: args.execution_timeout.map(|d| d.0),
+            // wait_for_downstream implies depends_on_past, as in Airflow.
+            depends_on_past: args.depends_on_past.unwrap_or(false) || args.wait_for_downstream.unwrap_or(false),
+            wait_for_downstream: args.wait_for_downstream.unwrap_or(false),
             email_on_failure: args.email_on_failure.unwrap_or_default(),
             email_on_retry: args.email_on_retry.unwrap_or_default(),
             path: t.path,

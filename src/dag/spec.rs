@@ -101,6 +101,13 @@ pub struct TaskArgs {
     pub email_on_failure: Option<Vec<String>>,
     /// Addresses mailed when a try fails and will be retried.
     pub email_on_retry: Option<Vec<String>>,
+    /// Run only when this task succeeded or was skipped in the DAG's
+    /// previous run (by logical date); the first run, and a task the
+    /// previous run did not have, pass. Default false.
+    pub depends_on_past: Option<bool>,
+    /// With `depends_on_past`: also wait until the tasks right after this
+    /// one succeeded or were skipped in the previous run. Default false.
+    pub wait_for_downstream: Option<bool>,
 }
 
 impl TaskArgs {
@@ -115,6 +122,8 @@ impl TaskArgs {
             execution_timeout: self.execution_timeout.or(defaults.execution_timeout),
             email_on_failure: self.email_on_failure.clone().or_else(|| defaults.email_on_failure.clone()),
             email_on_retry: self.email_on_retry.clone().or_else(|| defaults.email_on_retry.clone()),
+            depends_on_past: self.depends_on_past.or(defaults.depends_on_past),
+            wait_for_downstream: self.wait_for_downstream.or(defaults.wait_for_downstream),
         }
     }
 }

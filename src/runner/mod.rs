@@ -102,6 +102,10 @@ pub struct Runner {
     pub echo_logs: bool,
     /// Whether each driver reaps zombies (the daemon has one reaper instead).
     pub reap_in_drive: bool,
+    /// Whether a run whose remaining tasks wait for their previous run
+    /// (`depends_on_past`) is kept waiting (the daemon) or left, resumable
+    /// (a foreground run).
+    pub wait_for_past: bool,
     /// Heartbeats that reached the state store: since when without a break,
     /// and the latest.
     pub heartbeats_ok: Arc<Mutex<Option<(std::time::Instant, std::time::Instant)>>>,
@@ -130,6 +134,7 @@ impl Runner {
             live_logs: Default::default(),
             echo_logs: false,
             reap_in_drive: true,
+            wait_for_past: false,
             heartbeats_ok: Default::default(),
         }
     }
@@ -260,6 +265,7 @@ impl Runner {
             tries: JoinSet::new(),
             local: HashSet::new(),
             last_reap: tokio::time::Instant::now() - self.heartbeat_every,
+            blocked_said: false,
         };
         let mut stopping = false;
         let mut interrupted = false;
@@ -346,6 +352,8 @@ struct Driver<'r> {
     /// Tasks with a try running in this driver.
     local: HashSet<String>,
     last_reap: tokio::time::Instant,
+    /// Whether the wait for a previous run was logged.
+    blocked_said: bool,
 }
 
 impl Driver<'_> {
@@ -365,11 +373,19 @@ impl Driver<'_> {
             }
         }
         let mut tis = store.task_states(run_id).await?;
+        // depends_on_past reads the previous run, only while a task that
+        // has it is still pending.
+        let past = match dag.tasks.iter().any(|t| t.depends_on_past)
+            && tis.iter().any(|t| t.state == TiState::Pending && dag.task(&t.task_id).is_some_and(|x| x.depends_on_past))
+        {
+            true => store.previous_run_states(&dag.dag_id, self.run.logical_date).await?,
+            false => (None, Past::new()),
+        };
         // decide() settles every pending instance it can in one pass, so
         // the local copy is current after applying its result. The
         // decisions are written by the claim below, in its transaction,
         // or on their own when nothing is claimed.
-        let decisions = decide(dag, &tis);
+        let decisions = decide(dag, &tis, &past.1);
         if !decisions.is_empty() {
             let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
             for t in tis.iter_mut() {
@@ -418,6 +434,32 @@ impl Driver<'_> {
                     test_mode: false,
                 };
                 self.tries.spawn(job.run());
+            }
+        }
+        // Tasks held back by their past only: nothing here can move the run
+        // on until the previous run is fixed. The daemon waits (as Airflow
+        // does); a foreground run stops, resumable, and says why.
+        let blocked: Vec<&TiRow> = tis
+            .iter()
+            .filter(|t| t.state == TiState::Pending)
+            .filter(|t| dag.task_index(&t.task_id).is_some_and(|i| !past_allows(dag, i, &past.1)))
+            .collect();
+        let moving =
+            tis.iter().any(|t| matches!(t.state, TiState::Queued | TiState::Running | TiState::UpForRetry)) || !self.tries.is_empty();
+        if !blocked.is_empty() && !moving {
+            let names: Vec<&str> = blocked.iter().map(|t| t.task_id.as_str()).collect();
+            let prev = past.0.map_or("the previous run".to_string(), |r| format!("run {r}"));
+            if !self.blocked_said {
+                self.blocked_said = true;
+                tracing::warn!(
+                    "{} wait{} for {prev} (depends_on_past): fix that run (`sluice tasks clear {} --run ... --only-failed`), and this one goes on",
+                    names.join(", "),
+                    if names.len() == 1 { "s" } else { "" },
+                    dag.dag_id
+                );
+            }
+            if !runner.wait_for_past {
+                return Ok(Step::Done(RunOutcome::Interrupted));
             }
         }
         // Wait for a try to end, a retry to come due, or other workers
@@ -489,9 +531,26 @@ fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {
     }
 }
 
+/// The previous run's task states, for `depends_on_past`.
+pub type Past = HashMap<String, TiState>;
+
+/// Whether `depends_on_past` (and `wait_for_downstream`) let task `i` run:
+/// its instance in the previous run (and with `wait_for_downstream`, those
+/// of the tasks right after it) succeeded or were skipped. A task the
+/// previous run did not have, or no previous run, passes.
+pub fn past_allows(dag: &Dag, i: usize, past: &Past) -> bool {
+    let task = &dag.tasks[i];
+    if !task.depends_on_past {
+        return true;
+    }
+    let ok = |id: &str| past.get(id).is_none_or(|s| matches!(s, TiState::Success | TiState::Skipped | TiState::Removed));
+    ok(&task.id) && (!task.wait_for_downstream || task.downstream.iter().all(|&d| ok(&dag.tasks[d].id)))
+}
+
 /// Trigger-rule decisions for pending instances, applied in topological
 /// order so that a skip or failure propagates down the graph in one pass.
-pub fn decide(dag: &Dag, tis: &[TiRow]) -> Vec<(String, TiState)> {
+/// A task that may run but whose past does not allow it yet stays pending.
+pub fn decide(dag: &Dag, tis: &[TiRow], past: &Past) -> Vec<(String, TiState)> {
     let by_id: HashMap<&str, TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state)).collect();
     let mut state: Vec<Option<TiState>> = dag.tasks.iter().map(|t| by_id.get(t.id.as_str()).copied()).collect();
     let mut out = Vec::new();
@@ -514,6 +573,7 @@ pub fn decide(dag: &Dag, tis: &[TiRow]) -> Vec<(String, TiState)> {
         }
         let new = match evaluate(task.trigger_rule, c) {
             Decision::Wait => continue,
+            Decision::Run if !past_allows(dag, i, past) => continue,
             Decision::Run => TiState::Queued,
             Decision::Skip => TiState::Skipped,
             Decision::UpstreamFailed => TiState::UpstreamFailed,
@@ -549,7 +609,7 @@ mod tests {
     fn decisions(yaml: &str, states: &[(&str, TiState)]) -> Vec<(String, TiState)> {
         let dag = crate::dag::from_yaml(yaml);
         let tis: Vec<TiRow> = states.iter().map(|(t, s)| ti(t, *s)).collect();
-        decide(&dag, &tis)
+        decide(&dag, &tis, &Past::new())
     }
 
     const DIAMOND: &str = "tasks:
@@ -578,6 +638,32 @@ mod tests {
         assert_eq!(got, vec![("d".into(), Skipped), ("cleanup".into(), Queued)]);
         let got = decisions(DIAMOND, &[("a", Success), ("b", Success), ("c", UpForRetry), ("d", Pending), ("cleanup", Pending)]);
         assert_eq!(got, vec![], "d waits for c's retry");
+    }
+
+    #[test]
+    fn depends_on_past_holds_a_task_until_its_previous_run_succeeded() {
+        use TiState::*;
+        let dag = crate::dag::from_yaml(
+            "tasks:
+  - { id: a, type: shell, command: 'true', depends_on_past: true }
+  - { id: b, type: shell, command: 'true', depends_on: [a] }
+  - { id: c, type: shell, command: 'true', wait_for_downstream: true }
+  - { id: d, type: shell, command: 'true', depends_on: [c] }
+",
+        );
+        let tis: Vec<TiRow> = ["a", "b", "c", "d"].iter().map(|t| ti(t, Pending)).collect();
+        let past = |states: &[(&str, TiState)]| -> Past { states.iter().map(|(t, s)| (t.to_string(), *s)).collect() };
+        // The first run (no previous one) passes.
+        assert_eq!(decide(&dag, &tis, &Past::new()), vec![("a".into(), Queued), ("c".into(), Queued)]);
+        // a failed last time: a waits. d failed last time: c waits too
+        // (wait_for_downstream), although c itself succeeded.
+        assert_eq!(decide(&dag, &tis, &past(&[("a", Failed), ("b", Success), ("c", Success), ("d", Failed)])), vec![]);
+        assert_eq!(
+            decide(&dag, &tis, &past(&[("a", Success), ("b", UpstreamFailed), ("c", Success), ("d", Skipped)])),
+            vec![("a".into(), Queued), ("c".into(), Queued)]
+        );
+        // A task the previous run did not have passes; a running one holds.
+        assert_eq!(decide(&dag, &tis, &past(&[("c", Running)])), vec![("a".into(), Queued)]);
     }
 
     #[test]

@@ -284,6 +284,26 @@ impl Store {
         Ok(Ok(run))
     }
 
+    /// The task states of the DAG's previous run (the latest with an
+    /// earlier logical date): what `depends_on_past` reads. Empty when
+    /// there is none.
+    pub async fn previous_run_states(
+        &self,
+        dag_id: &str,
+        logical_date: DateTime<Utc>,
+    ) -> Result<(Option<i64>, HashMap<String, TiState>), StateError> {
+        let prev: Option<i64> =
+            sqlx::query_scalar("SELECT run_id FROM dag_runs WHERE dag_id = $1 AND logical_date < $2 ORDER BY logical_date DESC LIMIT 1")
+                .bind(dag_id)
+                .bind(logical_date)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(prev) = prev else { return Ok((None, HashMap::new())) };
+        let rows: Vec<(String, TiState)> =
+            sqlx::query_as("SELECT task_id, state FROM task_instances WHERE run_id = $1").bind(prev).fetch_all(&self.pool).await?;
+        Ok((Some(prev), rows.into_iter().collect()))
+    }
+
     /// The version of its DAG file a run was created with: (hash, text).
     /// The text is None for runs made before versions were kept.
     pub async fn run_dag_version(&self, run_id: i64) -> Result<Option<(String, Option<String>)>, StateError> {

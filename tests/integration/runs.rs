@@ -250,3 +250,29 @@ sluice_test!(runs_list_and_show, |p| {
     let show = p.sluice(&["runs", "show", &first.to_string()]).ok();
     assert!(show.stdout.contains("exited with status 2"), "{}", show.stdout);
 });
+
+#[test]
+fn depends_on_past_waits_for_the_previous_run_and_the_first_run_passes() {
+    let p = Project::new("depends_on_past");
+    p.write(
+        "dags/past.yaml",
+        "schedule: '@daily'\nstart_date: 2024-01-01\ntasks:\n  - { id: load, type: shell, depends_on_past: true, command: 'test -f ok-{{ ds }}' }\n  - { id: after, type: shell, command: 'echo after', depends_on: [load] }\n",
+    );
+    // The first run passes its past, and fails on its own.
+    let day1 = p.sluice(&["run", "past", "--date", "2024-01-01"]);
+    assert_eq!(day1.code, 1, "{}", day1.all());
+    let run1 = p.last_run("past");
+    // The next day's load waits for it: a foreground run stops, resumable.
+    std::fs::write(p.path().join("ok-2024-01-02"), "").unwrap();
+    let day2 = p.sluice(&["run", "past", "--date", "2024-01-02"]);
+    assert_eq!(day2.code, 130, "{}", day2.all());
+    assert!(day2.stderr.contains(&format!("load waits for run {run1} (depends_on_past)")), "{}", day2.stderr);
+    let run2 = p.last_run("past");
+    assert_eq!(p.states(run2)["load"].0, "pending");
+    // Fix the past, and both runs finish.
+    std::fs::write(p.path().join("ok-2024-01-01"), "").unwrap();
+    p.sluice(&["tasks", "clear", "past", "--run", &run1.to_string(), "--only-failed", "--downstream"]).ok();
+    p.sluice(&["run", "past", "--resume", &run1.to_string()]).ok();
+    p.sluice(&["run", "past", "--resume", &run2.to_string()]).ok();
+    assert_eq!(p.states(run2)["after"].0, "success");
+}
