@@ -110,19 +110,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
         bail!("--run needs the state database (SLUICE_DATABASE_URL)");
     }
     let res = app.checked_resources(conns).await?;
-    let fake_run = RunRow {
-        run_id: 0,
-        dag_id: dag.dag_id.clone(),
-        run_type: crate::state::RunType::Manual,
-        logical_date: logical,
-        data_interval_start: interval.start,
-        data_interval_end: interval.end,
-        conf: serde_json::Value::Object(params),
-        state: crate::state::RunState::Running,
-        created_at: chrono::Utc::now(),
-        started_at: None,
-        ended_at: None,
-    };
+    let fake_run = RunRow::unrecorded(&dag.dag_id, logical, interval, params);
     let log = crate::tasks::TryLog::echoing();
     let guard = crate::logging::capture(&log);
     let span = tracing::warn_span!("try", log_key = guard.0, dag = %dag.dag_id, task = %task.id, try_number = 1);

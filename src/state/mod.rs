@@ -68,6 +68,24 @@ pub struct RunRow {
 }
 
 impl RunRow {
+    /// A run that is never recorded (run id 0, manual, running): the
+    /// context of `sluice tasks test` and of the web dashboard's preview.
+    pub fn unrecorded(dag_id: &str, logical_date: DateTime<Utc>, interval: DataInterval, conf: serde_json::Map<String, Value>) -> RunRow {
+        RunRow {
+            run_id: 0,
+            dag_id: dag_id.to_string(),
+            run_type: RunType::Manual,
+            logical_date,
+            data_interval_start: interval.start,
+            data_interval_end: interval.end,
+            conf: Value::Object(conf),
+            state: RunState::Running,
+            created_at: Utc::now(),
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
     pub fn interval(&self) -> DataInterval {
         DataInterval { start: self.data_interval_start, end: self.data_interval_end }
     }

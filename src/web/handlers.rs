@@ -297,19 +297,7 @@ async fn dashboard(
         },
     };
     let (logical, interval) = dag.manual_interval(when, now).map_err(Refusal::bad_request)?;
-    let run = RunRow {
-        run_id: 0,
-        dag_id: dag.dag_id.clone(),
-        run_type: crate::state::RunType::Manual,
-        logical_date: logical,
-        data_interval_start: interval.start,
-        data_interval_end: interval.end,
-        conf: serde_json::Value::Object(dag.params.clone()),
-        state: crate::state::RunState::Running,
-        created_at: now,
-        started_at: None,
-        ended_at: None,
-    };
+    let run = RunRow::unrecorded(&dag.dag_id, logical, interval, dag.params.clone());
     let started = std::time::Instant::now();
     let svgs = crate::runner::exec::preview(web.site.res.clone(), &dag, task, &run)
         .await
