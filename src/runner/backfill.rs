@@ -115,6 +115,9 @@ pub async fn execute(
     mut on_done: impl FnMut(&StepResult),
 ) -> Result<Vec<StepResult>, RunnerError> {
     let mut results = Vec::new();
+    // The range's first interval does not wait for the run before it
+    // (Airflow's backfill rule for depends_on_past).
+    let first = steps.first().map(|s| s.logical_date);
     let mut pending = steps.into_iter();
     let mut active: tokio::task::JoinSet<Result<StepResult, RunnerError>> = tokio::task::JoinSet::new();
     loop {
@@ -162,7 +165,10 @@ pub async fn execute(
                 }
                 (_, None) => return Err(RunnerError::State(crate::state::StateError::Invalid("a backfill step has no run".into()))),
             };
-            let me = runner.clone();
+            let mut me = runner.clone();
+            if Some(step.logical_date) == first {
+                me.ignore_past_for = Some(run_id);
+            }
             let dag = dag.clone();
             let stop = stop.clone();
             let mut obs = observer();

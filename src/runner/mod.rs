@@ -106,6 +106,9 @@ pub struct Runner {
     /// (`depends_on_past`) is kept waiting (the daemon) or left, resumable
     /// (a foreground run).
     pub wait_for_past: bool,
+    /// A run whose `depends_on_past` is not checked: the first run of a
+    /// backfill, as in Airflow.
+    pub ignore_past_for: Option<i64>,
     /// Heartbeats that reached the state store: since when without a break,
     /// and the latest.
     pub heartbeats_ok: Arc<Mutex<Option<(std::time::Instant, std::time::Instant)>>>,
@@ -135,6 +138,7 @@ impl Runner {
             echo_logs: false,
             reap_in_drive: true,
             wait_for_past: false,
+            ignore_past_for: None,
             heartbeats_ok: Default::default(),
         }
     }
@@ -375,7 +379,8 @@ impl Driver<'_> {
         let mut tis = store.task_states(run_id).await?;
         // depends_on_past reads the previous run, only while a task that
         // has it is still pending.
-        let past = match dag.tasks.iter().any(|t| t.depends_on_past)
+        let past = match runner.ignore_past_for != Some(run_id)
+            && dag.tasks.iter().any(|t| t.depends_on_past)
             && tis.iter().any(|t| t.state == TiState::Pending && dag.task(&t.task_id).is_some_and(|x| x.depends_on_past))
         {
             true => store.previous_run_states(&dag.dag_id, self.run.logical_date).await?,
@@ -446,7 +451,10 @@ impl Driver<'_> {
             .collect();
         let moving =
             tis.iter().any(|t| matches!(t.state, TiState::Queued | TiState::Running | TiState::UpForRetry)) || !self.tries.is_empty();
-        if !blocked.is_empty() && !moving {
+        // Stop only when the past has failed: a previous run still going
+        // (a backfill's, say) is waited for.
+        let failed_past = blocked.iter().all(|t| dag.task_index(&t.task_id).is_some_and(|i| past_failed(dag, i, &past.1)));
+        if !blocked.is_empty() && !moving && failed_past {
             let names: Vec<&str> = blocked.iter().map(|t| t.task_id.as_str()).collect();
             let prev = past.0.map_or("the previous run".to_string(), |r| format!("run {r}"));
             if !self.blocked_said {
@@ -545,6 +553,14 @@ pub fn past_allows(dag: &Dag, i: usize, past: &Past) -> bool {
     }
     let ok = |id: &str| past.get(id).is_none_or(|s| matches!(s, TiState::Success | TiState::Skipped | TiState::Removed));
     ok(&task.id) && (!task.wait_for_downstream || task.downstream.iter().all(|&d| ok(&dag.tasks[d].id)))
+}
+
+/// Whether what holds task `i` back in the previous run has failed for
+/// good (failed or upstream_failed), rather than still being under way.
+fn past_failed(dag: &Dag, i: usize, past: &Past) -> bool {
+    let task = &dag.tasks[i];
+    let failed = |id: &str| past.get(id).is_some_and(|s| matches!(s, TiState::Failed | TiState::UpstreamFailed));
+    failed(&task.id) || (task.wait_for_downstream && task.downstream.iter().any(|&d| failed(&dag.tasks[d].id)))
 }
 
 /// Trigger-rule decisions for pending instances, applied in topological

@@ -276,3 +276,26 @@ fn depends_on_past_waits_for_the_previous_run_and_the_first_run_passes() {
     p.sluice(&["run", "past", "--resume", &run2.to_string()]).ok();
     assert_eq!(p.states(run2)["after"].0, "success");
 }
+
+#[test]
+fn a_backfills_first_run_passes_depends_on_past_and_the_next_waits_for_it() {
+    let p = Project::new("backfill_past");
+    p.write(
+        "dags/past.yaml",
+        "schedule: '@daily'\nstart_date: 2024-01-01\nmax_active_runs: 2\ntasks:\n  - { id: load, type: shell, depends_on_past: true, command: 'sleep 0.3; test -f ok-{{ ds }}' }\n",
+    );
+    let day1 = p.sluice(&["run", "past", "--date", "2024-01-01"]);
+    assert_eq!(day1.code, 1, "{}", day1.all());
+    for d in ["2024-01-02", "2024-01-03", "2024-01-04"] {
+        std::fs::write(p.path().join(format!("ok-{d}")), "").unwrap();
+    }
+    // Two runs at once: the 3rd waits for the 2nd (still going), the 2nd
+    // (the backfill's first) does not wait for the failed 1st.
+    let bf = p.sluice(&["backfill", "past", "--from", "2024-01-02", "--to", "2024-01-04", "--max-active-runs", "2"]);
+    assert_eq!(bf.code, 0, "{}", bf.all());
+    assert_eq!(bf.stdout.matches("✓ success").count(), 3, "{}", bf.stdout);
+    let order: Vec<String> = p.state_sql(
+        "SELECT to_char(r.logical_date AT TIME ZONE 'UTC', 'MM-DD') FROM task_instances t JOIN dag_runs r USING (run_id) WHERE t.state = 'success' ORDER BY t.started_at",
+    );
+    assert_eq!(order, vec!["01-02", "01-03", "01-04"], "each day started after the one before");
+}
