@@ -307,7 +307,7 @@ pub fn generate(o: &Options) -> Result<Summary, GenError> {
         );
         let cp949_orders = o.dirty && day % 30 == 7;
         if cp949_orders {
-            faults.push(Fault { date: ds.clone(), file: "orders.csv".into(), kind: "cp949 file", line: None, order_id: None });
+            faults.push(order_fault(&ds, "cp949 file", None));
         }
         let exports = (user_rows[day as usize].as_slice(), product_rows[day as usize].as_slice());
         write_day(o, &mut rng, &dir, &ds, exports, &lines, &extra_lines, &partner, &visits, cp949_orders, &mut sum, &mut faults)?;
@@ -695,25 +695,13 @@ fn inject_faults(
             let oid = lines[i].order_id;
             lines[i].product_id = *unknown_product;
             *unknown_product += 1;
-            faults.push(Fault {
-                date: ds.to_string(),
-                file: "orders.csv".into(),
-                kind: "unknown product",
-                line: None,
-                order_id: Some(oid),
-            });
+            faults.push(order_fault(ds, "unknown product", Some(oid)));
         }
         if rng.random_bool(0.2) {
             let i = pick(rng, lines);
             if lines[i].quantity > 0 {
                 lines[i].quantity = -lines[i].quantity;
-                faults.push(Fault {
-                    date: ds.to_string(),
-                    file: "orders.csv".into(),
-                    kind: "negative quantity",
-                    line: None,
-                    order_id: Some(lines[i].order_id),
-                });
+                faults.push(order_fault(ds, "negative quantity", Some(lines[i].order_id)));
             }
         }
         if rng.random_bool(0.1) {
@@ -723,7 +711,7 @@ fn inject_faults(
                 l.user_id = *unknown_user;
             }
             *unknown_user += 1;
-            faults.push(Fault { date: ds.to_string(), file: "orders.csv".into(), kind: "unknown user", line: None, order_id: Some(oid) });
+            faults.push(order_fault(ds, "unknown user", Some(oid)));
         }
         if rng.random_bool(0.2) {
             // An order for a product that enters the catalogue later the
@@ -734,13 +722,7 @@ fn inject_faults(
             if let Some(pid) = later.filter(|_| clean) {
                 let oid = lines[i].order_id;
                 lines[i].product_id = pid;
-                faults.push(Fault {
-                    date: ds.to_string(),
-                    file: "orders.csv".into(),
-                    kind: "product not yet created",
-                    line: None,
-                    order_id: Some(oid),
-                });
+                faults.push(order_fault(ds, "product not yet created", Some(oid)));
             }
         }
         if rng.random_bool(0.3) {
@@ -828,6 +810,11 @@ fn write_day(
     }
     sum.bytes += f.finish()?;
     Ok(())
+}
+
+/// A fault in a day's orders.csv that is not tied to one line of the file.
+fn order_fault(ds: &str, kind: &'static str, order_id: Option<i64>) -> Fault {
+    Fault { date: ds.to_string(), file: "orders.csv".into(), kind, line: None, order_id }
 }
 
 /// The `k` entries with the largest keys.

@@ -58,6 +58,17 @@ async fn reader(web: &Web, headers: &HeaderMap, path: &str) -> Result<Result<Opt
     Ok(Ok(s))
 }
 
+/// The session of a page request, or (when reading needs a login and there
+/// is none) an early return of the redirect to the login page.
+macro_rules! read_or_login {
+    ($web:expr, $headers:expr, $path:expr) => {
+        match reader(&$web, &$headers, $path).await? {
+            Ok(s) => s,
+            Err(redirect) => return Ok(redirect),
+        }
+    };
+}
+
 /// An admin session whose form carries its CSRF token.
 async fn actor(web: &Web, headers: &HeaderMap, form: &[(String, String)]) -> Result<Session, Refusal> {
     let Some(s) = auth::session(web, headers).await? else {
@@ -100,10 +111,7 @@ async fn the_run(web: &Web, run_id: i64) -> Result<RunRow, Refusal> {
 // ---- pages ----
 
 async fn dags(State(web): Shared, headers: HeaderMap) -> Page {
-    let session = match reader(&web, &headers, "/").await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, "/");
     let bag = load_dags(&web).await;
     let paused = web.site.store.paused_dags().await?;
     let mut recent: HashMap<String, Vec<RunRow>> = HashMap::new();
@@ -131,10 +139,7 @@ struct GridQuery {
 }
 
 async fn grid(State(web): Shared, headers: HeaderMap, Path(dag_id): Path<String>, Query(q): Query<GridQuery>) -> Page {
-    let session = match reader(&web, &headers, &format!("/dags/{dag_id}/grid")).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, &format!("/dags/{dag_id}/grid"));
     let dag = load_dag(&web, &dag_id).await?;
     let store = &web.site.store;
     let mut runs = store.list_runs(Some(&dag_id), None, q.runs.unwrap_or(25).clamp(1, 365)).await?;
@@ -151,10 +156,7 @@ struct GraphQuery {
 }
 
 async fn dag_graph(State(web): Shared, headers: HeaderMap, Path(dag_id): Path<String>, Query(q): Query<GraphQuery>) -> Page {
-    let session = match reader(&web, &headers, &format!("/dags/{dag_id}/graph")).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, &format!("/dags/{dag_id}/graph"));
     let dag = load_dag(&web, &dag_id).await?;
     let store = &web.site.store;
     let runs = store.list_runs(Some(&dag_id), None, 50).await?;
@@ -178,10 +180,7 @@ async fn dag_graph(State(web): Shared, headers: HeaderMap, Path(dag_id): Path<St
 }
 
 async fn run_page(State(web): Shared, headers: HeaderMap, Path(run_id): Path<i64>) -> Page {
-    let session = match reader(&web, &headers, &format!("/runs/{run_id}")).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, &format!("/runs/{run_id}"));
     let run = the_run(&web, run_id).await?;
     let dag = load_dags(&web).await.get(&run.dag_id).ok();
     let tis = web.site.store.task_instances(run_id).await?;
@@ -202,10 +201,7 @@ async fn task_instance(
     Path((run_id, task_id)): Path<(i64, String)>,
     Query(q): Query<TryQuery>,
 ) -> Page {
-    let session = match reader(&web, &headers, &format!("/runs/{run_id}/tasks/{task_id}")).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, &format!("/runs/{run_id}/tasks/{task_id}"));
     let store = &web.site.store;
     let run = the_run(&web, run_id).await?;
     let tis = store.task_instances(run_id).await?;
@@ -236,10 +232,7 @@ async fn task_instance(
 
 /// Every report task of every DAG, linked to its dashboard.
 async fn reports(State(web): Shared, headers: HeaderMap) -> Page {
-    let session = match reader(&web, &headers, "/reports").await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, "/reports");
     let bag = load_dags(&web).await;
     let list: Vec<(String, String, Option<String>)> = bag
         .dags
@@ -264,10 +257,7 @@ async fn dashboard(
     Path((dag_id, task_id)): Path<(String, String)>,
     Query(q): Query<WeekQuery>,
 ) -> Page {
-    let session = match reader(&web, &headers, &format!("/reports/{dag_id}/{task_id}")).await? {
-        Ok(s) => s,
-        Err(r) => return Ok(r),
-    };
+    let session = read_or_login!(web, headers, &format!("/reports/{dag_id}/{task_id}"));
     let dag = load_dag(&web, &dag_id).await?;
     let task = dag
         .task(&task_id)
