@@ -15,6 +15,7 @@ pub mod mail;
 pub mod pgcopy;
 pub mod pgerror;
 pub mod pgsetup;
+pub mod pools;
 pub mod process;
 pub mod report;
 pub mod resources;

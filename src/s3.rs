@@ -307,6 +307,12 @@ pub async fn probe(client: &Client, at: &S3Uri) -> Result<(), S3Error> {
     Ok(())
 }
 
+/// Whether any object is under a prefix (one request).
+pub async fn probe_any(client: &Client, at: &S3Uri) -> Result<bool, S3Error> {
+    let page = client.list_objects_v2().bucket(&at.bucket).prefix(&at.key).max_keys(1).send().await.map_err(|e| req("LIST", at, e))?;
+    Ok(!page.contents().is_empty())
+}
+
 /// Whether an object exists.
 pub async fn exists(client: &Client, at: &S3Uri) -> Result<bool, S3Error> {
     match client.head_object().bucket(&at.bucket).key(&at.key).send().await {

@@ -17,6 +17,7 @@
 //! | `var.json.NAME` | a variable parsed as JSON (`var.json.limits.daily`) |
 //! | `dag_run.conf`, `dag_run.run_id`, `dag_run.logical_date` | the run, as Airflow names it (`conf` is the params) |
 //! | `ti.try_number`, `ti.task_id`, `ti.dag_id`, `ti.run_id` | the try, as Airflow names it |
+//! | `prev_data_interval_start_success`, `prev_data_interval_end_success`, `prev_start_date_success` | the interval and start of the DAG's latest successful run before this one (by logical date), or none |
 //! | `macros.ds_add(ds, n)`, `macros.ds_format(ds, from, to)` | date helpers |
 //!
 //! Filters: `sqlquote` (a SQL string literal), `strftime(fmt)` (formats an
@@ -54,6 +55,9 @@ pub const KNOWN_NAMES: &[&str] = &[
     "var",
     "dag_run",
     "ti",
+    "prev_data_interval_start_success",
+    "prev_data_interval_end_success",
+    "prev_start_date_success",
     "macros",
     // minijinja's global functions
     "range",
@@ -317,6 +321,17 @@ pub struct RenderVars {
     pub connections: Arc<Connections>,
     /// Outputs of upstream tasks (metrics, notes, artifacts), by task id.
     pub upstream: serde_json::Map<String, serde_json::Value>,
+    /// The DAG's latest successful run before this one.
+    pub prev_success: Option<PrevSuccess>,
+}
+
+/// The latest successful run of a DAG before a run, for Airflow's
+/// `prev_*_success` names.
+#[derive(Debug, Clone, Copy)]
+pub struct PrevSuccess {
+    pub interval_start: DateTime<Utc>,
+    pub interval_end: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl RenderVars {
@@ -341,6 +356,14 @@ impl RenderVars {
         m.insert("upstream", Value::from_serialize(&self.upstream));
         m.insert("conn", Value::from_object(ConnObject(self.connections.clone())));
         m.insert("var", Value::from_object(VarObject(self.connections.clone())));
+        let stamp = |t: Option<DateTime<Utc>>| match t {
+            Some(t) => Value::from(local(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)),
+            None => Value::from(()),
+        };
+        let prev = self.prev_success;
+        m.insert("prev_data_interval_start_success", stamp(prev.map(|p| p.interval_start)));
+        m.insert("prev_data_interval_end_success", stamp(prev.map(|p| p.interval_end)));
+        m.insert("prev_start_date_success", stamp(prev.and_then(|p| p.started_at)));
         // Airflow's spellings of the same things.
         m.insert(
             "dag_run",
@@ -420,6 +443,7 @@ mod tests {
             params: serde_json::json!({"n": 3}).as_object().unwrap().clone(),
             connections: Arc::new(Connections::default()),
             upstream: Default::default(),
+            prev_success: None,
         }
     }
 

@@ -34,6 +34,7 @@ mod daemon;
 mod dags;
 mod demo;
 mod init;
+mod pools;
 mod progress;
 mod run;
 mod runs;
@@ -136,6 +137,9 @@ pub enum Command {
     /// Manage the web UI's users.
     #[command(subcommand)]
     Users(web::UsersCmd),
+    /// Manage the pools whose slots tasks share.
+    #[command(subcommand)]
+    Pools(pools::PoolsCmd),
     /// Generate an online shop's raw exports (users, products, orders, a
     /// partner XML feed and visit logs) for a date range.
     Generate(GenerateArgs),
@@ -228,7 +232,14 @@ impl App {
             )
             .into());
         };
-        Ok(Store::connect(url, &self.global.schema).await?.with_paused_at_creation(self.global.dags_paused_at_creation))
+        let store = Store::connect(url, &self.global.schema).await?.with_paused_at_creation(self.global.dags_paused_at_creation);
+        // config/pools.yaml is written into the store by every command
+        // that opens it: the file wins for the pools it lists.
+        let pools = crate::pools::load(&self.project.root).map_err(ConfigError)?;
+        let rows: Vec<(String, i32, String)> =
+            pools.into_iter().map(|(name, p)| (name, i32::try_from(p.slots).unwrap_or(i32::MAX), p.description)).collect();
+        store.put_pools(&rows).await?;
+        Ok(store)
     }
 
     /// The clients tasks share. An invalid `SLUICE_STAGING` is a config error.
@@ -296,6 +307,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Logs(args) => runs::logs(&app, args).await,
         Command::Web(args) => web::web(&app, args).await,
         Command::Users(cmd) => web::users(&app, cmd).await,
+        Command::Pools(cmd) => pools::run(&app, cmd).await,
         Command::Generate(a) => {
             let opts = a.shop.options(a.out.clone(), a.dirty);
             let started = std::time::Instant::now();

@@ -72,13 +72,16 @@ impl Observer for Progress {
                         first_line(r.error.as_deref().unwrap_or_default())
                     ),
                     TiState::Queued => format!("  ~ {:w$} interrupted {took:>7}", r.task_id),
+                    TiState::UpForReschedule => {
+                        format!("  … {:w$} waiting  {took:>7}  next poke in {}", r.task_id, format(r.retry_in.unwrap_or_default()))
+                    }
                     _ => format!("  ✗ {:w$} failed   {took:>7}  {}", r.task_id, first_line(r.error.as_deref().unwrap_or_default())),
                 };
                 self.line(text);
                 for warn in &r.warnings {
                     self.line(format!("    warning: {}", first_line(warn)));
                 }
-                if let Some(n) = &r.notice {
+                for n in &r.notices {
                     let mark = if n.delivered() { "    " } else { "    ✗ " };
                     self.line(format!("{mark}{}", first_line(&crate::secrets::mask(&n.to_string()))));
                 }

@@ -189,6 +189,9 @@ pub async fn print_summary(store: &Store, dag: &Dag, run_id: i64, elapsed: std::
     for ti in tis.iter().filter(|ti| ti.notice.is_some()) {
         outln!("{}: {}", ti.task_id, crate::secrets::mask(ti.notice.as_deref().unwrap_or_default()));
     }
+    if let Some(n) = store.run_notice(run_id).await? {
+        outln!("run: {}", crate::secrets::mask(&n));
+    }
     let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     outln!("{}: {} in {}", dag.dag_id, parts.join(", "), format_elapsed(elapsed));
     Ok(())

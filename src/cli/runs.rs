@@ -140,6 +140,9 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
             for ti in tis.iter().filter(|ti| ti.notice.is_some()) {
                 outln!("{}: {}", ti.task_id, crate::secrets::mask(ti.notice.as_deref().unwrap_or_default()));
             }
+            if let Some(n) = store.run_notice(run_id).await? {
+                outln!("run: {}", crate::secrets::mask(&n));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -49,6 +49,11 @@ pub struct Dag {
     pub max_active_tasks: u32,
     pub params: Map<String, Value>,
     pub tags: Vec<String>,
+    /// Notified when a run fails or succeeds.
+    pub on_failure: Vec<Notifier>,
+    pub on_success: Vec<Notifier>,
+    /// A run still going this long after it started fails.
+    pub dagrun_timeout: Option<Duration>,
     /// Tasks in file order. `upstream`/`downstream` hold indexes into this.
     pub tasks: Vec<Task>,
     /// Task indexes in a topological order (file order among equals).
@@ -57,6 +62,30 @@ pub struct Dag {
     /// Positions of keys in the file, for errors found at run time in the
     /// rendered config.
     pub spans: std::sync::Arc<spans::Spans>,
+}
+
+/// Where a notice goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notifier {
+    /// Mail to these addresses (templates).
+    Email(Vec<String>),
+    /// POST to this URL (a template).
+    Webhook { url: String, format: spec::HookFormat },
+}
+
+impl Notifier {
+    /// The notifiers of a list as declared (each entry validated to have
+    /// exactly one of `email` and `webhook`).
+    pub fn from_specs(specs: &[spec::NotifierSpec]) -> Vec<Notifier> {
+        specs
+            .iter()
+            .filter_map(|s| match (&s.email, &s.webhook) {
+                (Some(to), None) => Some(Notifier::Email(to.clone())),
+                (None, Some(url)) => Some(Notifier::Webhook { url: url.clone(), format: s.format.unwrap_or_default() }),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// A validated task.
@@ -82,8 +111,17 @@ pub struct Task {
     pub depends_on_past: bool,
     /// With `depends_on_past`, also its downstream tasks in the previous run.
     pub wait_for_downstream: bool,
-    pub email_on_failure: Vec<String>,
-    pub email_on_retry: Vec<String>,
+    /// Notified when a try fails for good (`on_failure`, and
+    /// `email_on_failure` as an email notifier).
+    pub on_failure: Vec<Notifier>,
+    /// Notified when a try fails and will be retried.
+    pub on_retry: Vec<Notifier>,
+    /// Notified when the task succeeds.
+    pub on_success: Vec<Notifier>,
+    /// The pool and slots a try takes.
+    pub pool: Option<crate::pools::PoolUse>,
+    /// Higher is claimed first.
+    pub priority_weight: i32,
     /// The task's key path in the file, `tasks[3]`.
     pub path: String,
     /// A template; the task is skipped when it renders falsy.
@@ -318,8 +356,11 @@ mod tests {
             execution_timeout: None,
             depends_on_past: false,
             wait_for_downstream: false,
-            email_on_failure: vec![],
-            email_on_retry: vec![],
+            on_failure: vec![],
+            on_retry: vec![],
+            on_success: vec![],
+            pool: None,
+            priority_weight: 1,
             path: "tasks[0]".into(),
             when: None,
         }

@@ -92,8 +92,11 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             // wait_for_downstream implies depends_on_past, as in Airflow.
             depends_on_past: args.depends_on_past.unwrap_or(false) || args.wait_for_downstream.unwrap_or(false),
             wait_for_downstream: args.wait_for_downstream.unwrap_or(false),
-            email_on_failure: args.email_on_failure.unwrap_or_default(),
-            email_on_retry: args.email_on_retry.unwrap_or_default(),
+            on_failure: notifiers(args.on_failure.as_deref(), args.email_on_failure),
+            on_retry: notifiers(args.on_retry.as_deref(), args.email_on_retry),
+            on_success: notifiers(args.on_success.as_deref(), None),
+            pool: args.pool.clone().map(|pool| crate::pools::PoolUse { pool, slots: args.pool_slots.unwrap_or(1) as i32 }),
+            priority_weight: args.priority_weight.unwrap_or(1),
             path: t.path,
             when: head.when,
         });
@@ -121,6 +124,9 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         max_active_tasks: spec.max_active_tasks.unwrap_or(super::DEFAULT_MAX_ACTIVE_TASKS),
         params: spec.params.into_iter().collect(),
         tags: spec.tags,
+        on_failure: super::Notifier::from_specs(&spec.on_failure),
+        on_success: super::Notifier::from_specs(&spec.on_success),
+        dagrun_timeout: spec.dagrun_timeout.map(|d| d.0),
         tasks: built,
         topo,
         index: Default::default(),
@@ -128,6 +134,16 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     };
     dag.index_tasks();
     Parsed { dag: Some(dag), dag_id: Some(dag_id), diagnostics: d.into_vec() }
+}
+
+/// A task's notifiers: its `on_*` list, and its `email_on_*` addresses as
+/// one more email notifier.
+fn notifiers(list: Option<&[super::spec::NotifierSpec]>, emails: Option<Vec<String>>) -> Vec<super::Notifier> {
+    let mut out = super::Notifier::from_specs(list.unwrap_or_default());
+    if let Some(to) = emails.filter(|t| !t.is_empty()) {
+        out.push(super::Notifier::Email(to));
+    }
+    out
 }
 
 /// Phase 1: the text as YAML, which must be a mapping. None (with the
@@ -343,16 +359,89 @@ fn check_contents(spec: &DagSpec, tasks: &[ParsedTask], env: &dyn ValidationEnv,
         .iter()
         .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
         .collect();
+    let notifier_list = |list: &[super::spec::NotifierSpec], path: &str, d: &mut Diagnostics<'_>| {
+        for (i, n) in list.iter().enumerate() {
+            let at = index(path, i);
+            match (&n.email, &n.webhook) {
+                (Some(to), None) => {
+                    check_notice_addresses(to, &join(&at, "email"), templates, &param_names, env.connections(), &conn_ids, d);
+                    if n.format.is_some() {
+                        d.warning(At::Value(&join(&at, "format")), "`format` is for webhooks; an email notice is plain text");
+                    }
+                }
+                (None, Some(url)) => {
+                    check_webhook_url(url, &join(&at, "webhook"), templates, &param_names, env.connections(), &conn_ids, d)
+                }
+                (Some(_), Some(_)) => d.error(At::Value(&at), "a notifier is either `email` or `webhook`: split it in two entries"),
+                (None, None) => d.error(
+                    At::Value(&at),
+                    "a notifier needs `email: [addresses]` or `webhook: URL` (e.g. `- webhook: \"{{ var.slack_webhook }}\"`)",
+                ),
+            }
+        }
+    };
     let notices = |args: &TaskArgs, path: &str, d: &mut Diagnostics<'_>| {
         for (key, list) in [("email_on_failure", &args.email_on_failure), ("email_on_retry", &args.email_on_retry)] {
             if let Some(list) = list {
                 check_notice_addresses(list, &join(path, key), templates, &param_names, env.connections(), &conn_ids, d);
             }
         }
+        for (key, list) in [("on_failure", &args.on_failure), ("on_retry", &args.on_retry), ("on_success", &args.on_success)] {
+            if let Some(list) = list {
+                notifier_list(list, &join(path, key), d);
+            }
+        }
+    };
+    let declared_pools = env
+        .read_file(crate::pools::POOLS_FILE)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<BTreeMap<String, crate::pools::PoolSpec>>(&t).ok());
+    let pools = |args: &TaskArgs, own: &TaskArgs, path: &str, d: &mut Diagnostics<'_>| {
+        // Checked where it is written: default_args once, a task for its own keys.
+        if own.pool.is_none() && own.pool_slots.is_none() {
+            return;
+        }
+        let at = |key: &str, own_has: bool| if own_has { join(path, key) } else { join("default_args", key) };
+        if args.pool_slots == Some(0) {
+            d.error(At::Value(&at("pool_slots", own.pool_slots.is_some())), "pool_slots must be at least 1");
+        }
+        let Some(pool) = &args.pool else {
+            if args.pool_slots.is_some() && own.pool_slots.is_some() {
+                d.warning(At::Value(&join(path, "pool_slots")), "pool_slots is used only with `pool`");
+            }
+            return;
+        };
+        let key = at("pool", own.pool.is_some());
+        match declared_pools.as_ref().and_then(|p| p.get(pool)) {
+            Some(p) if args.pool_slots.unwrap_or(1) > p.slots => d.error(
+                At::Value(&at("pool_slots", own.pool_slots.is_some())),
+                format!(
+                    "the task takes {} slots of pool `{pool}`, which has {} ({}): it could never run",
+                    args.pool_slots.unwrap_or(1),
+                    p.slots,
+                    crate::pools::POOLS_FILE
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                let known = declared_pools.as_ref().map(|p| hint(pool, p.keys().map(String::as_str))).unwrap_or_default();
+                d.warning(
+                    At::Value(&key),
+                    format!(
+                        "pool `{pool}` is not declared in {}{known}; unless `sluice pools set {pool} SLOTS` created it, the task fails when it is due",
+                        crate::pools::POOLS_FILE
+                    ),
+                )
+            }
+        }
     };
     notices(&spec.default_args, "default_args", d);
+    pools(&spec.default_args, &spec.default_args, "default_args", d);
+    notifier_list(&spec.on_failure, "on_failure", d);
+    notifier_list(&spec.on_success, "on_success", d);
     for t in tasks {
         notices(&t.own_args, &t.path, d);
+        pools(&t.args, &t.own_args, &t.path, d);
         check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, d);
         if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
             check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, d);
@@ -560,6 +649,42 @@ pub fn friendly_serde_message(msg: &str) -> String {
 /// Failure-notice addresses: each entry an address (or several, separated
 /// by commas), or a template that renders to them. Templates that read only
 /// variables are rendered now; others when the notice is sent.
+/// Checks a webhook URL: an http(s) URL, or a template that renders to one
+/// where its variables are known now.
+fn check_webhook_url(
+    url: &str,
+    path: &str,
+    templates: &Templates,
+    params: &BTreeSet<String>,
+    connections: &crate::connections::Connections,
+    conn_ids: &BTreeSet<String>,
+    d: &mut Diagnostics<'_>,
+) {
+    let rendered = if crate::template::is_template(url) {
+        let problems = templates.check(url, params, Some(conn_ids));
+        if !problems.is_empty() {
+            for p in problems {
+                d.error(At::Value(path), p);
+            }
+            return;
+        }
+        match templates.render_vars_only(url, &|v| connections.variable(v)) {
+            Some(Ok(r)) => r,
+            // Unknown until run time (a param, a variable not set here).
+            _ => return,
+        }
+    } else {
+        url.to_string()
+    };
+    match url::Url::parse(rendered.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        _ => {
+            let what = if rendered == url { "is not" } else { "renders to something that is not" };
+            d.error(At::Value(path), format!("the webhook `{url}` {what} an http:// or https:// URL"))
+        }
+    }
+}
+
 fn check_notice_addresses(
     list: &[String],
     path: &str,

@@ -48,6 +48,17 @@ pub struct DagSpec {
     /// Defaults for every task's run policy.
     #[serde(default)]
     pub default_args: TaskArgs,
+    /// Notified when a run fails (a task failed for good, or the run
+    /// exceeded `dagrun_timeout`).
+    #[serde(default)]
+    pub on_failure: Vec<NotifierSpec>,
+    /// Notified when a run succeeds.
+    #[serde(default)]
+    pub on_success: Vec<NotifierSpec>,
+    /// A run still going this long after it started fails: its unfinished
+    /// tasks are skipped (running tries are stopped) and `on_failure` is
+    /// notified.
+    pub dagrun_timeout: Option<Dur>,
     /// Free-form labels, shown by `sluice dags list`.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -108,6 +119,49 @@ pub struct TaskArgs {
     /// With `depends_on_past`: also wait until the tasks right after this
     /// one succeeded or were skipped in the previous run. Default false.
     pub wait_for_downstream: Option<bool>,
+    /// Notified when a try fails for good.
+    pub on_failure: Option<Vec<NotifierSpec>>,
+    /// Notified when a try fails and will be retried.
+    pub on_retry: Option<Vec<NotifierSpec>>,
+    /// Notified when the task succeeds.
+    pub on_success: Option<Vec<NotifierSpec>>,
+    /// A pool (from `config/pools.yaml` or `sluice pools set`) whose slots
+    /// this task takes while it runs; when the pool is full it waits.
+    pub pool: Option<String>,
+    /// How many of the pool's slots a try takes. Default 1.
+    pub pool_slots: Option<u32>,
+    /// Among tasks ready at once (in this run, and in a pool across runs),
+    /// higher runs first. Default 1.
+    pub priority_weight: Option<i32>,
+}
+
+/// Where a notice goes: give `email` or `webhook`. A notice that cannot
+/// be delivered is logged, retried a few times, and kept with the task
+/// instance or run; it never changes the task's outcome.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierSpec {
+    /// Mail the notice to these addresses (templates allowed, e.g.
+    /// `{{ var.alerts_to }}`), through the `smtp_default` connection, or
+    /// into `outbox/` when there is none.
+    pub email: Option<Vec<String>>,
+    /// POST the notice as JSON to this URL. A template is rendered first
+    /// (`{{ var.slack_webhook }}`, so that the URL's token stays out of
+    /// the DAG file); logs show only its host.
+    pub webhook: Option<String>,
+    /// The webhook's body: `json` (sluice's fields: event, dag_id, run_id,
+    /// task_id, state, error, text; the default) or `slack` (`{"text": ...}`,
+    /// which Slack, Mattermost and Rocket.Chat incoming webhooks take).
+    pub format: Option<HookFormat>,
+}
+
+/// A webhook body format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 impl TaskArgs {
@@ -124,6 +178,12 @@ impl TaskArgs {
             email_on_retry: self.email_on_retry.clone().or_else(|| defaults.email_on_retry.clone()),
             depends_on_past: self.depends_on_past.or(defaults.depends_on_past),
             wait_for_downstream: self.wait_for_downstream.or(defaults.wait_for_downstream),
+            on_failure: self.on_failure.clone().or_else(|| defaults.on_failure.clone()),
+            on_retry: self.on_retry.clone().or_else(|| defaults.on_retry.clone()),
+            on_success: self.on_success.clone().or_else(|| defaults.on_success.clone()),
+            pool: self.pool.clone().or_else(|| defaults.pool.clone()),
+            pool_slots: self.pool_slots.or(defaults.pool_slots),
+            priority_weight: self.priority_weight.or(defaults.priority_weight),
         }
     }
 }

@@ -33,8 +33,8 @@ pub struct TryReport {
     pub warnings: Vec<String>,
     /// True when the try was interrupted and put back in the queue.
     pub interrupted: bool,
-    /// What became of the failure notice mailed after the try, if any.
-    pub notice: Option<super::notice::Notice>,
+    /// What became of the notices sent after the try (`on_failure`...).
+    pub notices: Vec<super::notice::Notice>,
 }
 
 pub struct TryJob {
@@ -53,6 +53,12 @@ impl TryJob {
     pub async fn run(self) -> TryReport {
         let TryJob { runner, dag, run, claimed, interrupt, .. } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
+        if claimed.poking_since.is_some() {
+            // A rescheduled sensor's try goes on with its log so far.
+            if let Ok(Some((_, _, text))) = runner.store.try_log(run.run_id, &claimed.task_id, Some(claimed.try_number)).await {
+                log.seed(&text);
+            }
+        }
         let key = (run.run_id, claimed.task_id.clone(), claimed.try_number);
         // Registered tries are heartbeated; a try leaves the registry only
         // when its end is recorded (or given up on at shutdown).
@@ -83,13 +89,21 @@ impl TryJob {
                 runner.worker.id
             );
             let upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
-            let outputs = runner.store.outputs_of(run.run_id, &upstream_ids).await.map_err(|e| match e {
+            // Two reads at once: upstream outputs, and the previous
+            // successful run (for the `prev_*_success` template names).
+            let (outputs, prev) = tokio::join!(
+                runner.store.outputs_of(run.run_id, &upstream_ids),
+                runner.store.previous_success(&dag.dag_id, run.logical_date)
+            );
+            let outputs = outputs.map_err(|e| match e {
                 crate::state::StateError::Sql(e) => TaskError::sql("cannot read upstream outputs", &e),
                 other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
             })?;
+            let prev = prev.map_err(|e| TaskError::transient(format!("cannot read the previous successful run: {e}")))?;
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
-            let ctx = task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false)?;
+            let mut ctx = task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev)?;
+            ctx.poking_since = claimed.poking_since;
             tokio::select! {
                 r = run_with_timeout(&dag, task, &ctx) => r,
                 _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
@@ -144,7 +158,7 @@ impl TryReport {
             retry_in: None,
             warnings: Vec::new(),
             interrupted: false,
-            notice: None,
+            notices: Vec::new(),
         }
     }
 
@@ -207,6 +221,19 @@ async fn record(
     let task = dag.task(&claimed.task_id);
     let took = crate::dag::duration::format_elapsed(elapsed);
     let end = match result {
+        Ok(Outcome { reschedule_at: Some(at), .. }) => {
+            report.state = TiState::UpForReschedule;
+            report.retry_in = Some((at - Utc::now()).to_std().unwrap_or_default());
+            TryEnd {
+                state: TiState::UpForReschedule,
+                error: None,
+                output: None,
+                exit_code: None,
+                next_try_at: Some(at),
+                error_kind: None,
+                log: String::new(),
+            }
+        }
         Ok(outcome) => {
             let state = if outcome.skipped { TiState::Skipped } else { TiState::Success };
             for w in &outcome.warnings {
@@ -230,7 +257,17 @@ async fn record(
             tracing::warn!("try interrupted ({why}) after {took}; it will run again when the run resumes");
             let mut wait = Duration::from_millis(250);
             loop {
-                match runner.store.requeue_interrupted(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id).await {
+                match runner
+                    .store
+                    .requeue_interrupted(
+                        run.run_id,
+                        &claimed.task_id,
+                        claimed.try_number,
+                        &runner.worker.id,
+                        claimed.poking_since.is_some(),
+                    )
+                    .await
+                {
                     Ok(()) => break,
                     Err(e) if wait < Duration::from_secs(5) => {
                         tracing::warn!(error = %e, "could not requeue the interrupted try; retrying");
@@ -296,14 +333,14 @@ async fn record(
     let end = TryEnd { log: log.text(), ..end };
     store_end(runner, run, claimed, &end, give_up).await;
     let Some(task) = task else { return report };
-    let recipients = match end.state {
-        TiState::Failed => &task.email_on_failure,
-        TiState::UpForRetry => &task.email_on_retry,
+    let notifiers = match end.state {
+        TiState::Failed => &task.on_failure,
+        TiState::UpForRetry => &task.on_retry,
+        TiState::Success => &task.on_success,
         _ => return report,
     };
-    if !recipients.is_empty() {
-        let sent = super::notice::notify(runner, dag, task, run, claimed, &report, recipients, log).await;
-        report.notice = Some(sent);
+    if !notifiers.is_empty() {
+        report.notices = super::notice::notify_try(runner, dag, run, task, claimed, &report, notifiers, log).await;
     }
     report
 }
@@ -351,8 +388,9 @@ pub fn task_ctx(
     upstream: serde_json::Map<String, serde_json::Value>,
     log: TryLog,
     test_mode: bool,
+    prev_success: Option<crate::template::PrevSuccess>,
 ) -> Result<TaskCtx, TaskError> {
-    let vars = render_vars(&res, dag, task, run, try_number, upstream.clone(), test_mode);
+    let vars = render_vars(&res, dag, task, run, try_number, upstream.clone(), test_mode, prev_success);
     Ok(TaskCtx {
         dag_id: dag.dag_id.clone(),
         task_id: task.id.clone(),
@@ -369,6 +407,7 @@ pub fn task_ctx(
         log,
         test_mode,
         scratch: Arc::new(scratch_dir()?),
+        poking_since: None,
     })
 }
 
@@ -381,6 +420,7 @@ fn render_vars(
     try_number: i32,
     upstream: serde_json::Map<String, serde_json::Value>,
     test_mode: bool,
+    prev_success: Option<crate::template::PrevSuccess>,
 ) -> RenderVars {
     RenderVars {
         dag_id: dag.dag_id.clone(),
@@ -394,6 +434,7 @@ fn render_vars(
         params: run.conf.as_object().cloned().unwrap_or_default(),
         connections: res.connections.clone(),
         upstream,
+        prev_success,
     }
 }
 
@@ -408,7 +449,7 @@ pub fn rendered_config_text(
     outputs: &std::collections::HashMap<String, serde_json::Value>,
 ) -> Result<String, TaskError> {
     let upstream = upstream_of(task, dag, outputs);
-    let vars = render_vars(res, dag, task, run, try_number.max(1), upstream, false).to_value();
+    let vars = render_vars(res, dag, task, run, try_number.max(1), upstream, false, None).to_value();
     let (rendered, _) = render_mapping(task, &res.templates, &vars)?;
     // Masked value by value before YAML quotes anything, then as text.
     fn masked(v: serde_yaml::Value) -> serde_yaml::Value {
@@ -434,7 +475,7 @@ pub async fn preview(
     task: &Task,
     run: &RunRow,
 ) -> Result<Option<Vec<String>>, TaskError> {
-    let ctx = task_ctx(res, dag, task, run, 1, BTreeMap::new(), serde_json::Map::new(), TryLog::new(), true)?;
+    let ctx = task_ctx(res, dag, task, run, 1, BTreeMap::new(), serde_json::Map::new(), TryLog::new(), true, None)?;
     let config = render_config(dag, task, &ctx)?;
     crate::tasks::report::preview(config, &ctx).await
 }

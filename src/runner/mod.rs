@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::dag::trigger_rule::{Decision, UpstreamCounts, evaluate};
 use crate::resources::Resources;
-use crate::state::{RunState, StateError, Store, TiRow, TiState, Worker};
+use crate::state::{ClaimSpec, RunState, StateError, Store, TiRow, TiState, Worker};
 use crate::tasks::TryLog;
 
 pub mod backfill;
@@ -243,8 +243,9 @@ impl Runner {
         // Ride out an unreachable state store before the first claim, too.
         let run = loop {
             let begin = async {
-                let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
                 self.store.start_run(run_id).await?;
+                let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
                 self.store.sync_task_instances(run_id, &dag).await?;
                 Ok::<_, RunnerError>(run)
             };
@@ -401,12 +402,37 @@ impl Driver<'_> {
         }
         let now = Utc::now();
         let all_done = tis.iter().all(|t| t.state.is_terminal());
+        if let Some(limit) = dag.dagrun_timeout.filter(|_| !all_done) {
+            let since = self.run.started_at.unwrap_or(self.run.created_at);
+            if now - since > chrono::Duration::from_std(limit).unwrap_or(chrono::TimeDelta::MAX) {
+                let why = format!(
+                    "the run exceeded its dagrun_timeout ({}) and was stopped; unfinished tasks were skipped",
+                    crate::dag::duration::format(limit)
+                );
+                tracing::error!(dag = %dag.dag_id, run = run_id, "{why}");
+                if store.time_out_run(run_id, &why).await? {
+                    // The tries running here stop; their ends are not
+                    // applied (the instances are skipped already).
+                    self.interrupt.cancel();
+                    while let Some(r) = self.tries.join_next().await {
+                        if let Ok(report) = r {
+                            self.local.remove(&report.task_id);
+                        }
+                    }
+                    notice::notify_run(runner, dag, &self.run, RunState::Failed, Some(why)).await;
+                }
+                observer.event(&RunEvent::RunFinished { state: RunState::Failed });
+                return Ok(Step::Done(RunOutcome::Failed));
+            }
+        }
         if all_done && self.tries.is_empty() {
             store.decide(run_id, &decisions).await?;
             report_decisions(observer, &decisions);
             let ok = tis.iter().all(|t| matches!(t.state, TiState::Success | TiState::Skipped | TiState::Removed));
             let state = if ok { RunState::Success } else { RunState::Failed };
-            store.finish_run(run_id, state).await?;
+            if store.finish_run(run_id, state).await? {
+                notice::notify_run(runner, dag, &self.run, state, None).await;
+            }
             observer.event(&RunEvent::RunFinished { state });
             return Ok(Step::Done(if ok { RunOutcome::Success } else { RunOutcome::Failed }));
         }
@@ -422,10 +448,11 @@ impl Driver<'_> {
             store.decide(run_id, &decisions).await?;
             report_decisions(observer, &decisions);
         } else {
-            let max_tries: HashMap<String, i32> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32 + 1)).collect();
+            let specs: HashMap<String, ClaimSpec> =
+                dag.tasks.iter().map(|t| (t.id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone() })).collect();
             let slots =
                 (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
-            let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &max_tries, &decisions).await?;
+            let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions).await?;
             report_decisions(observer, &decisions);
             for c in claimed {
                 observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
@@ -450,7 +477,8 @@ impl Driver<'_> {
             .filter(|t| dag.task_index(&t.task_id).is_some_and(|i| !past_allows(dag, i, &past.1)))
             .collect();
         let moving =
-            tis.iter().any(|t| matches!(t.state, TiState::Queued | TiState::Running | TiState::UpForRetry)) || !self.tries.is_empty();
+            tis.iter().any(|t| matches!(t.state, TiState::Queued | TiState::Running | TiState::UpForRetry | TiState::UpForReschedule))
+                || !self.tries.is_empty();
         // Stop only when the past has failed: a previous run still going
         // (a backfill's, say) is waited for.
         let failed_past = blocked.iter().all(|t| dag.task_index(&t.task_id).is_some_and(|i| past_failed(dag, i, &past.1)));
@@ -474,7 +502,8 @@ impl Driver<'_> {
         // to move the run on. After claiming, nothing else can start
         // until something ends (or another worker's claims are missed
         // for one poll).
-        let next_retry = tis.iter().filter(|t| t.state == TiState::UpForRetry).filter_map(|t| t.next_try_at).min();
+        let next_retry =
+            tis.iter().filter(|t| matches!(t.state, TiState::UpForRetry | TiState::UpForReschedule)).filter_map(|t| t.next_try_at).min();
         let others_running = running_total > self.local.len();
         let mut wait = if others_running || ready { Duration::from_millis(500) } else { runner.heartbeat_every };
         if let Some(at) = next_retry {
@@ -534,7 +563,7 @@ fn until(t: DateTime<Utc>) -> Duration {
 fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {
     match t.state {
         TiState::Queued => true,
-        TiState::UpForRetry => t.next_try_at.is_none_or(|at| at <= now),
+        TiState::UpForRetry | TiState::UpForReschedule => t.next_try_at.is_none_or(|at| at <= now),
         _ => false,
     }
 }

@@ -88,7 +88,7 @@ impl Store {
             out.push(("sluice_task_instances".to_string(), format!("{{state=\"{}\"}}", r.get::<String, _>("state")), r.get("n")));
         }
         let ready: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM task_instances WHERE state = 'queued' OR (state = 'up_for_retry' AND next_try_at <= now())",
+            "SELECT count(*) FROM task_instances WHERE state = 'queued' OR (state IN ('up_for_retry', 'up_for_reschedule') AND next_try_at <= now())",
         )
         .fetch_one(self.pool())
         .await?;

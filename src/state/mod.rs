@@ -26,6 +26,7 @@ use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
 pub mod daemon;
+pub mod pools;
 pub mod types;
 pub mod web;
 pub mod worker;
@@ -124,12 +125,22 @@ pub struct TryRow {
     pub error: Option<String>,
 }
 
+/// What the claim needs to know of a task from the DAG file.
+#[derive(Debug, Clone)]
+pub struct ClaimSpec {
+    /// retries + 1.
+    pub max_tries: i32,
+    pub pool: Option<crate::pools::PoolUse>,
+}
+
 /// A try this worker claimed.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub task_id: String,
     pub try_number: i32,
     pub max_tries: i32,
+    /// A rescheduled sensor's try resuming: when it first poked.
+    pub poking_since: Option<DateTime<Utc>>,
 }
 
 /// How a try ended.
@@ -409,6 +420,69 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// The DAG's latest successful run with an earlier logical date than
+    /// `before`, for the `prev_*_success` template names.
+    pub async fn previous_success(&self, dag_id: &str, before: DateTime<Utc>) -> Result<Option<crate::template::PrevSuccess>, StateError> {
+        let row = sqlx::query(
+            "SELECT data_interval_start, data_interval_end, started_at FROM dag_runs
+             WHERE dag_id = $1 AND logical_date < $2 AND state = 'success' ORDER BY logical_date DESC LIMIT 1",
+        )
+        .bind(dag_id)
+        .bind(before)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| crate::template::PrevSuccess {
+            interval_start: r.get("data_interval_start"),
+            interval_end: r.get("data_interval_end"),
+            started_at: r.get("started_at"),
+        }))
+    }
+
+    /// Records what became of a run's notices.
+    pub async fn record_run_notice(&self, run_id: i64, text: &str) -> Result<(), StateError> {
+        sqlx::query("UPDATE dag_runs SET notice = $2 WHERE run_id = $1").bind(run_id).bind(text).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// What became of a run's notices, if it sent any.
+    pub async fn run_notice(&self, run_id: i64) -> Result<Option<String>, StateError> {
+        Ok(sqlx::query_scalar("SELECT notice FROM dag_runs WHERE run_id = $1").bind(run_id).fetch_optional(&self.pool).await?.flatten())
+    }
+
+    /// Ends a run that exceeded its `dagrun_timeout`: every unfinished
+    /// instance is skipped with `why` as its error (a running try's end is
+    /// then not applied: its claim is gone) and the run failed. Returns
+    /// false when the run had finished meanwhile.
+    pub async fn time_out_run(&self, run_id: i64, why: &str) -> Result<bool, StateError> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("UPDATE dag_runs SET state = 'failed', ended_at = now() WHERE run_id = $1 AND state IN ('running', 'queued')")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE task_instances SET state = 'skipped', error = $2, ended_at = now(), next_try_at = NULL, heartbeat_at = NULL
+             WHERE run_id = $1 AND state NOT IN ('success', 'failed', 'skipped', 'upstream_failed', 'removed')",
+        )
+        .bind(run_id)
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE task_tries SET state = 'failed', ended_at = now(), error = $2, error_kind = 'timeout'
+             WHERE run_id = $1 AND state IN ('running', 'up_for_reschedule')",
+        )
+        .bind(run_id)
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     // ---- task instances ----
 
     pub async fn task_instances(&self, run_id: i64) -> Result<Vec<TiRow>, StateError> {
@@ -470,15 +544,17 @@ impl Store {
     /// Applies `decisions` (as [`Store::decide`]), then claims up to `limit`
     /// ready tries of a run for `worker`, in one transaction: in a chain, the
     /// task just queued is claimed with one commit fewer. A try is ready
-    /// when its instance is queued, or up for retry and its wait is over.
-    /// `max_tries` gives each task's current retries + 1 from the DAG file.
+    /// when its instance is queued, or up for retry (or reschedule) and its
+    /// wait is over; higher `priority_weight` first, then topological order.
+    /// `tasks` gives each task's current retries + 1 from the DAG file and
+    /// its pool.
     pub async fn claim(
         &self,
         run_id: i64,
         worker: &str,
         limit: i64,
         max_active: i64,
-        max_tries: &HashMap<String, i32>,
+        tasks: &HashMap<String, ClaimSpec>,
         decisions: &[(String, TiState)],
     ) -> Result<Vec<Claimed>, StateError> {
         if limit <= 0 {
@@ -493,51 +569,95 @@ impl Store {
         // Only tasks of this process's version of the DAG are claimed: in a
         // rolling deploy, a worker with an older file must leave a task it
         // does not know to the workers that do.
+        let ids: Vec<&str> = tasks.keys().map(String::as_str).collect();
+        let chosen: Option<Vec<String>> = match tasks.values().any(|t| t.pool.is_some()) {
+            false => None,
+            true => Some(pools::choose(&mut tx, run_id, limit, max_active, tasks, &ids).await?),
+        };
+        if chosen.as_ref().is_some_and(|c| c.is_empty()) {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        // Without pools, the candidates are picked in the statement itself.
+        let pick = match chosen {
+            None => {
+                "SELECT run_id, task_id, state AS was FROM task_instances
+                     WHERE run_id = $1 AND (state = 'queued' OR (state IN ('up_for_retry', 'up_for_reschedule') AND next_try_at <= now()))
+                       AND task_id = ANY($5::text[])
+                     ORDER BY priority_weight DESC, priority, task_id
+                     LIMIT greatest(0, least($2, $4 - (SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running')))
+                     FOR UPDATE SKIP LOCKED"
+            }
+            Some(_) => {
+                "SELECT run_id, task_id, state AS was FROM task_instances
+                        WHERE run_id = $1 AND task_id = ANY($9::text[]) AND $2 > 0 AND $4 > 0"
+            }
+        };
+        let chosen = chosen.unwrap_or_default();
+        let (maxes, pool_names, pool_slots): (Vec<i32>, Vec<Option<&str>>, Vec<i32>) = ids
+            .iter()
+            .map(|id| {
+                let t = &tasks[*id];
+                (t.max_tries, t.pool.as_ref().map(|p| p.pool.as_str()), t.pool.as_ref().map_or(1, |p| p.slots))
+            })
+            .fold((Vec::new(), Vec::new(), Vec::new()), |(mut a, mut b, mut c), (x, y, z)| {
+                a.push(x);
+                b.push(y);
+                c.push(z);
+                (a, b, c)
+            });
         // One statement claims the instances, raises their max_tries to the
         // DAG file's (a DAG edited to allow more retries applies to running
-        // instances; a clear may have raised it past the file's value) and
-        // opens their try rows: each round trip is per-task overhead.
-        let (ids, maxes): (Vec<&str>, Vec<i32>) = max_tries.iter().map(|(t, m)| (t.as_str(), *m)).unzip();
-        let rows = sqlx::query(
-            "WITH c AS (
-                 SELECT run_id, task_id FROM task_instances
-                 WHERE run_id = $1 AND (state = 'queued' OR (state = 'up_for_retry' AND next_try_at <= now()))
-                   AND task_id = ANY($5::text[])
-                 ORDER BY priority, task_id
-                 LIMIT greatest(0, least($2, $4 - (SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running')))
-                 FOR UPDATE SKIP LOCKED
-             ),
-             m AS (SELECT * FROM UNNEST($5::text[], $6::int[]) AS m(task_id, max_tries)),
+        // instances; a clear may have raised it past the file's value),
+        // records their pool, and opens their try rows: each round trip is
+        // per-task overhead.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH c AS ({pick}),
+             m AS (SELECT * FROM UNNEST($5::text[], $6::int[], $7::text[], $8::int[]) AS m(task_id, max_tries, pool, pool_slots)),
              claimed AS (
                  UPDATE task_instances t
-                 SET state = 'running', try_number = t.try_number + 1,
+                 SET state = 'running', try_number = t.try_number + (c.was <> 'up_for_reschedule')::int,
                      max_tries = greatest(t.max_tries, coalesce(m.max_tries, 0), t.try_number + 1),
-                     worker_id = $3, claimed_at = now(), heartbeat_at = now(), started_at = now(),
+                     pool = m.pool, pool_slots = coalesce(m.pool_slots, 1),
+                     worker_id = $3, claimed_at = now(), heartbeat_at = now(),
+                     started_at = CASE WHEN c.was = 'up_for_reschedule' THEN coalesce(t.started_at, now()) ELSE now() END,
                      ended_at = NULL, error = NULL, error_kind = NULL, notice = NULL, next_try_at = NULL
                  FROM c LEFT JOIN m ON m.task_id = c.task_id
                  WHERE t.run_id = c.run_id AND t.task_id = c.task_id
-                 RETURNING t.task_id, t.try_number, t.max_tries
+                 RETURNING t.task_id, t.try_number, t.max_tries,
+                     CASE WHEN c.was = 'up_for_reschedule' THEN t.started_at END AS poking_since
              ),
+             -- A rescheduled sensor's try keeps its row: its start and its log so far.
              tries AS (
                  INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
                  SELECT $1, task_id, try_number, $3, 'running' FROM claimed
                  ON CONFLICT (run_id, task_id, try_number) DO UPDATE
-                 SET worker_id = EXCLUDED.worker_id, state = 'running', started_at = now(), ended_at = NULL, error = NULL, error_kind = NULL, log = ''
+                 SET worker_id = EXCLUDED.worker_id, state = 'running', ended_at = NULL, error = NULL, error_kind = NULL,
+                     started_at = CASE WHEN task_tries.state = 'up_for_reschedule' THEN task_tries.started_at ELSE now() END,
+                     log = CASE WHEN task_tries.state = 'up_for_reschedule' THEN task_tries.log ELSE '' END
              )
-             SELECT task_id, try_number, max_tries FROM claimed",
-        )
+             SELECT task_id, try_number, max_tries, poking_since FROM claimed"
+        )))
         .bind(run_id)
         .bind(limit)
         .bind(worker)
         .bind(max_active)
         .bind(&ids)
         .bind(&maxes)
+        .bind(&pool_names)
+        .bind(&pool_slots)
+        .bind(&chosen)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(rows
             .into_iter()
-            .map(|r| Claimed { task_id: r.get("task_id"), try_number: r.get("try_number"), max_tries: r.get("max_tries") })
+            .map(|r| Claimed {
+                task_id: r.get("task_id"),
+                try_number: r.get("try_number"),
+                max_tries: r.get("max_tries"),
+                poking_since: r.get("poking_since"),
+            })
             .collect())
     }
 
@@ -578,8 +698,34 @@ impl Store {
     }
 
     /// Puts tries interrupted by this worker (Ctrl-C, shutdown) back in the
-    /// queue without using up a retry.
-    pub async fn requeue_interrupted(&self, run_id: i64, task_id: &str, try_number: i32, worker: &str) -> Result<(), StateError> {
+    /// queue without using up a retry. A rescheduled sensor's resumed try
+    /// goes back to waiting for its next poke, now, keeping its try row.
+    pub async fn requeue_interrupted(
+        &self,
+        run_id: i64,
+        task_id: &str,
+        try_number: i32,
+        worker: &str,
+        resumed: bool,
+    ) -> Result<(), StateError> {
+        if resumed {
+            sqlx::query(
+                "WITH ti AS (
+                     UPDATE task_instances SET state = 'up_for_reschedule', next_try_at = now(), heartbeat_at = NULL
+                     WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'
+                     RETURNING 1
+                 )
+                 UPDATE task_tries SET state = 'up_for_reschedule'
+                 WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND EXISTS (SELECT 1 FROM ti)",
+            )
+            .bind(run_id)
+            .bind(task_id)
+            .bind(try_number)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE task_instances SET state = 'queued', try_number = try_number - 1, worker_id = NULL, heartbeat_at = NULL, started_at = NULL
@@ -802,21 +948,32 @@ async fn insert_task_instances(tx: &mut sqlx::PgConnection, run_id: i64, dag: &D
     let mut ids = Vec::with_capacity(dag.tasks.len());
     let mut prio = Vec::with_capacity(dag.tasks.len());
     let mut max = Vec::with_capacity(dag.tasks.len());
+    let mut pool = Vec::with_capacity(dag.tasks.len());
+    let mut pool_slots = Vec::with_capacity(dag.tasks.len());
+    let mut weight = Vec::with_capacity(dag.tasks.len());
     for (pos, &i) in dag.topo.iter().enumerate() {
         let t = &dag.tasks[i];
         ids.push(t.id.as_str());
         prio.push(pos as i32);
         max.push(t.retries as i32 + 1);
+        pool.push(t.pool.as_ref().map(|p| p.pool.as_str()));
+        pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
+        weight.push(t.priority_weight);
     }
     sqlx::query(
-        "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries)
-         SELECT $1, u.task_id, 'pending', u.priority, u.max_tries FROM UNNEST($2::text[], $3::int[], $4::int[]) AS u(task_id, priority, max_tries)
+        "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
+         SELECT $1, u.* FROM UNNEST($2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::int[], $8::int[])
+             AS u(task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
          ON CONFLICT (run_id, task_id) DO NOTHING",
     )
     .bind(run_id)
     .bind(&ids)
+    .bind(vec!["pending"; ids.len()])
     .bind(&prio)
     .bind(&max)
+    .bind(&pool)
+    .bind(&pool_slots)
+    .bind(&weight)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -14,6 +14,9 @@ pub enum TiState {
     Queued,
     Running,
     UpForRetry,
+    /// A sensor in reschedule mode between pokes: its slot is free, the
+    /// same try resumes at `next_try_at`.
+    UpForReschedule,
     Success,
     Failed,
     Skipped,
@@ -28,6 +31,7 @@ impl TiState {
             TiState::Queued => "queued",
             TiState::Running => "running",
             TiState::UpForRetry => "up_for_retry",
+            TiState::UpForReschedule => "up_for_reschedule",
             TiState::Success => "success",
             TiState::Failed => "failed",
             TiState::Skipped => "skipped",
@@ -50,6 +54,7 @@ impl FromStr for TiState {
             "queued" => TiState::Queued,
             "running" => TiState::Running,
             "up_for_retry" => TiState::UpForRetry,
+            "up_for_reschedule" => TiState::UpForReschedule,
             "success" => TiState::Success,
             "failed" => TiState::Failed,
             "skipped" => TiState::Skipped,

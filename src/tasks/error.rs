@@ -30,6 +30,8 @@ pub enum ErrorKind {
     Failed,
     /// The try ran longer than `execution_timeout`. Retried.
     Timeout,
+    /// A sensor waited longer than its `timeout`. Not retried (as in Airflow).
+    SensorTimeout,
     /// The try was interrupted (Ctrl-C, shutdown): it is requeued without
     /// using a retry.
     Cancelled,
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient",
             ErrorKind::Failed => "failed",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::SensorTimeout => "sensor_timeout",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }

@@ -58,6 +58,14 @@ impl TryLog {
         }
     }
 
+    /// Starts the log with text stored earlier (a rescheduled sensor's
+    /// pokes so far), as it was stored: already masked and timestamped.
+    pub fn seed(&self, text: &str) {
+        let mut b = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        b.head = text.to_string();
+        b.dirty = true;
+    }
+
     /// The whole log as stored.
     pub fn text(&self) -> String {
         let b = self.0.lock().unwrap_or_else(|e| e.into_inner());

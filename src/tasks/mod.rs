@@ -176,6 +176,7 @@ registry! {
     Check => check::CheckConfig,
     Report => report::ReportConfig,
     Email => email::EmailConfig,
+    Sensor => sensor::SensorConfig,
 }
 
 impl TaskConfig {
@@ -339,6 +340,9 @@ pub struct TaskCtx {
     pub test_mode: bool,
     /// A private folder for this try's temporary files, removed afterwards.
     pub scratch: Arc<tempfile::TempDir>,
+    /// When a rescheduled sensor's try first poked (None on a try's first
+    /// turn): its timeout counts from there.
+    pub poking_since: Option<DateTime<Utc>>,
 }
 
 impl TaskCtx {
@@ -551,6 +555,10 @@ pub struct Outcome {
     /// The task decided it had nothing to do: the instance becomes `skipped`.
     #[serde(skip)]
     pub skipped: bool,
+    /// A sensor in reschedule mode found nothing yet: the instance becomes
+    /// `up_for_reschedule` and the same try resumes at this time.
+    #[serde(skip)]
+    pub reschedule_at: Option<DateTime<Utc>>,
 }
 
 impl Outcome {

@@ -55,6 +55,7 @@ pub fn colour(state: Option<TiState>) -> &'static str {
         Some(TiState::Running) => "#7ec544",
         Some(TiState::Queued) => "#9e9e9e",
         Some(TiState::UpForRetry) => "#e6c229",
+        Some(TiState::UpForReschedule) => "#6fe7db",
         Some(TiState::Removed) => "#d6d6d6",
         Some(TiState::Pending) | None => "#ffffff",
     }

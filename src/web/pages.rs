@@ -214,6 +214,7 @@ fn legend() -> Markup {
         TiState::Running,
         TiState::Queued,
         TiState::UpForRetry,
+        TiState::UpForReschedule,
         TiState::Removed,
         TiState::Pending,
     ];
@@ -367,7 +368,7 @@ pub fn task_instance(v: &TiView, session: Option<&Session>) -> Markup {
             }
             @if let Some(ti) = v.ti {
                 @if let Some(e) = &ti.error { p.error { (crate::secrets::mask(e)) @if let Some(k) = &ti.error_kind { " (" (k) ")" } } }
-                @if let Some(n) = &ti.notice { p.muted { "Failure notice: " (n) } }
+                @if let Some(n) = &ti.notice { p.muted { "Notices: " (n) } }
                 (outputs(ti))
             }
             h2 { "Tries" }

@@ -65,6 +65,11 @@ fn a_dag_that_succeeds() {
 }
 
 #[test]
+fn a_sensor_timeout_is_not_retried_and_soft_fail_skips() {
+    run_case("sensor_timeout");
+}
+
+#[test]
 fn every_trigger_rule_propagates_like_airflow() {
     run_case("trigger_rules");
 }
@@ -299,3 +304,36 @@ fn a_backfills_first_run_passes_depends_on_past_and_the_next_waits_for_it() {
     );
     assert_eq!(order, vec!["01-02", "01-03", "01-04"], "each day started after the one before");
 }
+
+// Airflow's prev_*_success names: none before the first successful run,
+// then the interval and start of the latest successful earlier run (a
+// failed run in between does not count).
+sluice_test!(prev_success_names_point_at_the_latest_successful_run, |p| {
+    p.write(
+        "dags/incremental.yaml",
+        r#"
+schedule: "@daily"
+start_date: 2024-01-01
+params: { fail: false }
+tasks:
+  - id: note
+    type: shell
+    command: |
+      echo "{{ ds }} prev={{ prev_data_interval_start_success }}..{{ prev_data_interval_end_success }} started={{ 'yes' if prev_start_date_success else 'no' }}" >> prev.txt
+      exit {{ 1 if params.fail else 0 }}
+"#,
+    );
+    p.sluice(&["run", "incremental", "--date", "2024-01-05"]).ok();
+    p.sluice(&["run", "incremental", "--date", "2024-01-06", "--conf", "fail=true"]).code(1);
+    p.sluice(&["run", "incremental", "--date", "2024-01-07"]).ok();
+    let text = std::fs::read_to_string(p.path().join("prev.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "2024-01-05 prev=None..None started=no",
+            "2024-01-06 prev=2024-01-05T00:00:00+00:00..2024-01-06T00:00:00+00:00 started=yes",
+            "2024-01-07 prev=2024-01-05T00:00:00+00:00..2024-01-06T00:00:00+00:00 started=yes",
+        ]
+    );
+});
