@@ -119,6 +119,20 @@ fn dot_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// The tasks by group, in topological order: the ungrouped first (None),
+/// then each group in the order its first task comes.
+fn groups(dag: &Dag) -> Vec<(Option<&str>, Vec<usize>)> {
+    let mut out: Vec<(Option<&str>, Vec<usize>)> = vec![(None, Vec::new())];
+    for &i in &dag.topo {
+        let g = dag.tasks[i].group.as_deref();
+        match out.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, m)) => m.push(i),
+            None => out.push((g, vec![i])),
+        }
+    }
+    out
+}
+
 /// Graphviz DOT. Renders with `dot -Tsvg`.
 pub fn to_dot(dag: &Dag) -> String {
     let mut s = String::new();
@@ -127,9 +141,20 @@ pub fn to_dot(dag: &Dag) -> String {
     let _ = writeln!(s, "  labelloc=t;");
     let _ = writeln!(s, "  label=\"{} ({})\";", dot_escape(&dag.dag_id), dot_escape(dag.schedule_str()));
     let _ = writeln!(s, "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"Helvetica\"];");
-    for &i in &dag.topo {
-        let t = &dag.tasks[i];
-        let _ = writeln!(s, "  \"{}\" [label=\"{}\\n({})\"];", dot_escape(&t.id), dot_escape(&t.id), dot_escape(&label_extra(dag, i)));
+    // Task groups are clusters; the others are drawn at the top level.
+    for (group, members) in groups(dag) {
+        let indent = if group.is_some() { "    " } else { "  " };
+        if let Some(g) = group {
+            let _ = writeln!(s, "  subgraph \"cluster_{}\" {{", dot_escape(g));
+            let _ = writeln!(s, "    label=\"{}\"; style=\"rounded,dashed\"; color=\"#7a8aa6\";", dot_escape(g));
+        }
+        for i in members {
+            let t = &dag.tasks[i];
+            let _ = writeln!(s, "{indent}\"{}\" [label=\"{}\\n({})\"];", dot_escape(&t.id), dot_escape(&t.id), dot_escape(&label_extra(dag, i)));
+        }
+        if group.is_some() {
+            s.push_str("  }\n");
+        }
     }
     for &i in &dag.topo {
         for &d in &dag.tasks[i].downstream {
@@ -144,9 +169,17 @@ pub fn to_dot(dag: &Dag) -> String {
 pub fn to_mermaid(dag: &Dag) -> String {
     let mut s = String::from("flowchart LR\n");
     let esc = |x: &str| x.replace('"', "#quot;");
-    for &i in &dag.topo {
-        let t = &dag.tasks[i];
-        let _ = writeln!(s, "  t{i}[\"{}<br/><small>{}</small>\"]", esc(&t.id), esc(&label_extra(dag, i)));
+    for (group, members) in groups(dag) {
+        if let Some(g) = group {
+            let _ = writeln!(s, "  subgraph g_{}[\"{}\"]", g.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), esc(g));
+        }
+        for i in members {
+            let t = &dag.tasks[i];
+            let _ = writeln!(s, "  t{i}[\"{}<br/><small>{}</small>\"]", esc(&t.id), esc(&label_extra(dag, i)));
+        }
+        if group.is_some() {
+            s.push_str("  end\n");
+        }
     }
     for &i in &dag.topo {
         for &d in &dag.tasks[i].downstream {

@@ -118,6 +118,8 @@ pub struct Task {
     pub on_retry: Vec<Notifier>,
     /// Notified when the task succeeds.
     pub on_success: Vec<Notifier>,
+    /// The task group the task is in.
+    pub group: Option<String>,
     /// The pool and slots a try takes.
     pub pool: Option<crate::pools::PoolUse>,
     /// Higher is claimed first.
@@ -359,6 +361,7 @@ mod tests {
             on_failure: vec![],
             on_retry: vec![],
             on_success: vec![],
+            group: None,
             pool: None,
             priority_weight: 1,
             path: "tasks[0]".into(),

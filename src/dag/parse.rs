@@ -60,8 +60,9 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
     };
     let (TopLevel { spec, dag_id, timezone, sched, start_date, end_date }, tasks_value) = top_level(top, &stem, &mut d);
-    let tasks = parse_tasks(tasks_value, &spec.default_args, &mut d);
+    let tasks = parse_tasks(tasks_value, &spec.default_args, &spec.groups, &mut d);
     let first_at = check_ids(&tasks, &spans, &mut d);
+    check_groups(&spec.groups, &first_at, &mut d);
     let edges = dependency_edges(&tasks, &first_at, &mut d);
     check_contents(&spec, &tasks, env, templates, &mut d);
 
@@ -95,6 +96,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             on_failure: notifiers(args.on_failure.as_deref(), args.email_on_failure),
             on_retry: notifiers(args.on_retry.as_deref(), args.email_on_retry),
             on_success: notifiers(args.on_success.as_deref(), None),
+            group: head.group.clone(),
             pool: args.pool.clone().map(|pool| crate::pools::PoolUse { pool, slots: args.pool_slots.unwrap_or(1) as i32 }),
             priority_weight: args.priority_weight.unwrap_or(1),
             path: t.path,
@@ -247,7 +249,12 @@ fn top_level(mut top: Mapping, stem: &str, d: &mut Diagnostics<'_>) -> (TopLevel
 }
 
 /// Phase 3: each task's keys, with `default_args` applied.
-fn parse_tasks(tasks_value: Option<Value>, default_args: &TaskArgs, d: &mut Diagnostics<'_>) -> Vec<ParsedTask> {
+fn parse_tasks(
+    tasks_value: Option<Value>,
+    default_args: &TaskArgs,
+    groups: &BTreeMap<String, super::spec::GroupSpec>,
+    d: &mut Diagnostics<'_>,
+) -> Vec<ParsedTask> {
     let items = match tasks_value {
         None => {
             d.error(At::Pos(Pos::START), "a DAG needs `tasks:`, a list of tasks each with an `id` and a `type`");
@@ -273,7 +280,7 @@ fn parse_tasks(tasks_value: Option<Value>, default_args: &TaskArgs, d: &mut Diag
             d.error(At::Value(&path), format!("a task must be a mapping with `id` and `type`, not {}", kind_of(&item)));
             continue;
         };
-        tasks.push(parse_task(path, map, &head_keys, &args_keys, default_args, d));
+        tasks.push(parse_task(path, map, &head_keys, &args_keys, default_args, groups, d));
     }
 
     tasks
@@ -299,30 +306,62 @@ fn check_ids(tasks: &[ParsedTask], spans: &super::spans::Spans, d: &mut Diagnost
     first_at
 }
 
+/// Group names: valid ids without `.`, and none the id of a task.
+fn check_groups(groups: &BTreeMap<String, super::spec::GroupSpec>, first_at: &BTreeMap<String, usize>, d: &mut Diagnostics<'_>) {
+    for name in groups.keys() {
+        let at = join("groups", name);
+        if !valid_id(name) || name.contains('.') {
+            d.error(At::Key(&at), format!("invalid group name `{name}`: use letters, digits, `_` and `-`"));
+        } else if first_at.contains_key(name) {
+            d.error(At::Key(&at), format!("`{name}` is both a group and a task id; rename one, so that `depends_on: [{name}]` means one thing"));
+        }
+    }
+}
+
 /// Phase 5: the dependency edges (upstream, downstream), from explicit
-/// `depends_on` and implicit inputs; cycles are errors.
+/// `depends_on` and implicit inputs; cycles are errors. A dependency names
+/// a task, a group (every task in it) or, inside a group, a sibling by its
+/// short id.
 fn dependency_edges(tasks: &[ParsedTask], first_at: &BTreeMap<String, usize>, d: &mut Diagnostics<'_>) -> Vec<(usize, usize)> {
     let task_ids: BTreeSet<String> = first_at.keys().cloned().collect();
+    let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, t) in tasks.iter().enumerate() {
+        if let Some(g) = t.head.as_ref().and_then(|h| h.group.as_deref()) {
+            members.entry(g).or_default().push(i);
+        }
+    }
     let mut edges: Vec<(usize, usize)> = Vec::new();
     let mut edge_at: BTreeMap<(usize, usize), String> = BTreeMap::new();
     for (i, t) in tasks.iter().enumerate() {
         let Some(head) = &t.head else { continue };
         for (k, dep) in head.depends_on.iter().enumerate() {
             let p = index(&join(&t.path, "depends_on"), k);
-            match first_at.get(dep) {
+            let sibling = head.group.as_ref().and_then(|g| first_at.get(&format!("{g}.{dep}")));
+            match first_at.get(dep).or(sibling) {
                 Some(&j) if j == i => d.error(At::Value(&p), format!("task `{dep}` depends on itself")),
                 Some(&j) => {
                     edges.push((j, i));
                     edge_at.entry((j, i)).or_insert(p);
                 }
-                None => d.error(
-                    At::Value(&p),
-                    format!(
-                        "`{}` depends on `{dep}`, which is not a task of this DAG{}",
-                        head.id,
-                        hint(dep, task_ids.iter().map(String::as_str))
+                None => match members.get(dep.as_str()) {
+                    Some(m) if m.contains(&i) => {
+                        d.error(At::Value(&p), format!("`{}` is in group `{dep}` and cannot depend on its own group", head.id))
+                    }
+                    Some(m) => {
+                        for &j in m {
+                            edges.push((j, i));
+                            edge_at.entry((j, i)).or_insert_with(|| p.clone());
+                        }
+                    }
+                    None => d.error(
+                        At::Value(&p),
+                        format!(
+                            "`{}` depends on `{dep}`, which is not a task or group of this DAG{}",
+                            head.id,
+                            hint(dep, task_ids.iter().map(String::as_str).chain(members.keys().copied()))
+                        ),
                     ),
-                ),
+                },
             }
         }
         if let Some(cfg) = &t.config {
@@ -471,6 +510,7 @@ fn parse_task(
     head_keys: &[String],
     args_keys: &[String],
     defaults: &TaskArgs,
+    groups: &BTreeMap<String, super::spec::GroupSpec>,
     d: &mut Diagnostics<'_>,
 ) -> ParsedTask {
     // The type decides which keys are valid.
@@ -534,9 +574,30 @@ fn parse_task(
     if kind.is_none() {
         head_map.insert(Value::from("type"), Value::from("?"));
     }
-    let head: Option<TaskHead> = deserialize_collect(head_map, &path, d);
+    let mut head: Option<TaskHead> = deserialize_collect(head_map, &path, d);
     let own_args: TaskArgs = deserialize_collect::<TaskArgs>(args_map, &path, d).unwrap_or_default();
-    let args = own_args.or(defaults);
+    // A group's default_args come between the task's own keys and the DAG's.
+    let group_args = match head.as_ref().and_then(|h| h.group.as_ref()) {
+        None => None,
+        Some(g) => match groups.get(g) {
+            Some(spec) => Some(spec.default_args.or(defaults)),
+            None => {
+                let known = if groups.is_empty() {
+                    " (the DAG declares no `groups:`)".to_string()
+                } else {
+                    hint(g, groups.keys().map(String::as_str))
+                };
+                d.error(At::Value(&join(&path, "group")), format!("group `{g}` is not declared under `groups:`{known}"));
+                None
+            }
+        },
+    };
+    let args = own_args.or(group_args.as_ref().unwrap_or(defaults));
+    if let Some(h) = head.as_mut()
+        && let Some(g) = &h.group
+    {
+        h.id = format!("{g}.{}", h.id);
+    }
     let config = kind.and_then(|k| {
         let mut m = type_map.clone();
         collect_errors(&mut m, &path, d, |v| TaskConfig::parse(k, v).expect("known type"))

@@ -48,6 +48,11 @@ pub struct DagSpec {
     /// Defaults for every task's run policy.
     #[serde(default)]
     pub default_args: TaskArgs,
+    /// Task groups (Airflow's TaskGroup): a task with `group: NAME` gets
+    /// the id `NAME.ID`, the group's `default_args` (between its own keys
+    /// and the DAG's), and a task may depend on the whole group by naming it.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupSpec>,
     /// Notified when a run fails (a task failed for good, or the run
     /// exceeded `dagrun_timeout`).
     #[serde(default)]
@@ -68,6 +73,17 @@ pub struct DagSpec {
     pub tasks: Vec<serde_yaml::Value>,
 }
 
+/// A task group.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// What the group's tasks do together.
+    pub description: Option<String>,
+    /// Defaults for the group's tasks, over the DAG's `default_args`.
+    #[serde(default)]
+    pub default_args: TaskArgs,
+}
+
 /// A task's identity and edges.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +95,13 @@ pub struct TaskHead {
     pub kind: String,
     /// What the task does.
     pub description: Option<String>,
-    /// Tasks that must finish before this one (see `trigger_rule`). Tasks
-    /// named in `inputs` are dependencies already and need not be repeated.
+    /// The task group this task is in (declared under `groups:`): its id
+    /// becomes `GROUP.ID`.
+    pub group: Option<String>,
+    /// Tasks that must finish before this one (see `trigger_rule`): task
+    /// ids, a group's name (every task of the group), or, inside a group,
+    /// a sibling's short id. Tasks named in `inputs` are dependencies
+    /// already and need not be repeated.
     #[serde(default)]
     pub depends_on: Vec<String>,
     /// Run only when this template renders to something true (not empty,

@@ -70,6 +70,13 @@ fn a_sensor_timeout_is_not_retried_and_soft_fail_skips() {
 }
 
 #[test]
+fn task_groups_prefix_ids_share_default_args_and_are_depended_on_whole() {
+    let (p, _) = run_case("task_groups");
+    let dot = p.sluice(&["dags", "show", "grouped", "--format", "dot"]).ok().stdout;
+    assert!(dot.contains("subgraph \"cluster_extract\"") && dot.contains("\"extract.flaky\" -> \"publish\""), "{dot}");
+}
+
+#[test]
 fn every_trigger_rule_propagates_like_airflow() {
     run_case("trigger_rules");
 }
