@@ -29,6 +29,7 @@ use crate::logging::LogFormat;
 use crate::state::Store;
 use crate::template::Templates;
 
+mod assets;
 mod backfill;
 mod daemon;
 mod dags;
@@ -137,6 +138,9 @@ pub enum Command {
     /// Manage the web UI's users.
     #[command(subcommand)]
     Users(web::UsersCmd),
+    /// The assets DAGs update and are scheduled on.
+    #[command(subcommand)]
+    Assets(assets::AssetsCmd),
     /// Manage the pools whose slots tasks share.
     #[command(subcommand)]
     Pools(pools::PoolsCmd),
@@ -308,6 +312,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Web(args) => web::web(&app, args).await,
         Command::Users(cmd) => web::users(&app, cmd).await,
         Command::Pools(cmd) => pools::run(&app, cmd).await,
+        Command::Assets(cmd) => assets::run(&app, cmd).await,
         Command::Generate(a) => {
             let opts = a.shop.options(a.out.clone(), a.dirty);
             let started = std::time::Instant::now();

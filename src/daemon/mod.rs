@@ -371,6 +371,18 @@ async fn tick(
         }
     }
 
+    // 1b. Runs of DAGs scheduled on assets that were updated.
+    for dag in set.dags.values().filter(|d| d.assets.is_some()) {
+        if is_paused(&dag.dag_id) || active_count.get(dag.dag_id.as_str()).copied().unwrap_or(0) >= dag.max_active_runs as usize {
+            continue;
+        }
+        let params = dag.resolve_params(&[]).unwrap_or_default();
+        if let Some(run) = store.create_asset_run(dag, &params).await? {
+            metrics.runs_created.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(dag = %dag.dag_id, run = run.run_id, "run created: its assets were updated");
+        }
+    }
+
     // 2. Start queued runs (scheduled and triggered; backfills start their own).
     let active = store.active_runs().await?;
     for r in active.iter().filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill) {

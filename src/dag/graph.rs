@@ -139,7 +139,7 @@ pub fn to_dot(dag: &Dag) -> String {
     let _ = writeln!(s, "digraph \"{}\" {{", dot_escape(&dag.dag_id));
     let _ = writeln!(s, "  rankdir=LR;");
     let _ = writeln!(s, "  labelloc=t;");
-    let _ = writeln!(s, "  label=\"{} ({})\";", dot_escape(&dag.dag_id), dot_escape(dag.schedule_str()));
+    let _ = writeln!(s, "  label=\"{} ({})\";", dot_escape(&dag.dag_id), dot_escape(&dag.schedule_str()));
     let _ = writeln!(s, "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"Helvetica\"];");
     // Task groups are clusters; the others are drawn at the top level.
     for (group, members) in groups(dag) {
@@ -150,7 +150,13 @@ pub fn to_dot(dag: &Dag) -> String {
         }
         for i in members {
             let t = &dag.tasks[i];
-            let _ = writeln!(s, "{indent}\"{}\" [label=\"{}\\n({})\"];", dot_escape(&t.id), dot_escape(&t.id), dot_escape(&label_extra(dag, i)));
+            let _ = writeln!(
+                s,
+                "{indent}\"{}\" [label=\"{}\\n({})\"];",
+                dot_escape(&t.id),
+                dot_escape(&t.id),
+                dot_escape(&label_extra(dag, i))
+            );
         }
         if group.is_some() {
             s.push_str("  }\n");

@@ -41,6 +41,8 @@ pub struct Dag {
     pub source: std::sync::Arc<str>,
     pub description: Option<String>,
     pub schedule: Option<Schedule>,
+    /// Data-aware scheduling: a run when these assets were updated.
+    pub assets: Option<AssetTrigger>,
     pub timezone: Tz,
     pub start_date: Option<DateTime<Utc>>,
     pub end_date: Option<DateTime<Utc>>,
@@ -62,6 +64,20 @@ pub struct Dag {
     /// Positions of keys in the file, for errors found at run time in the
     /// rendered config.
     pub spans: std::sync::Arc<spans::Spans>,
+}
+
+/// A DAG scheduled on assets: a run when all (or any) of them were
+/// updated since its last asset-triggered run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetTrigger {
+    pub assets: Vec<String>,
+    pub any: bool,
+}
+
+impl std::fmt::Display for AssetTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "assets {}({})", if self.any { "any" } else { "all" }, self.assets.join(", "))
+    }
 }
 
 /// Where a notice goes.
@@ -118,6 +134,9 @@ pub struct Task {
     pub on_retry: Vec<Notifier>,
     /// Notified when the task succeeds.
     pub on_success: Vec<Notifier>,
+    /// Assets the task updates when it succeeds (its `outlets`; the
+    /// assets a load or S3 put names by itself are added at run time).
+    pub outlets: Vec<String>,
     /// The task group the task is in.
     pub group: Option<String>,
     /// The pool and slots a try takes.
@@ -143,8 +162,12 @@ impl Dag {
         self.index.get(id).copied()
     }
 
-    pub fn schedule_str(&self) -> &str {
-        self.schedule.as_ref().map_or("None", |s| s.expr.as_str())
+    pub fn schedule_str(&self) -> String {
+        match (&self.schedule, &self.assets) {
+            (Some(s), _) => s.expr.clone(),
+            (None, Some(a)) => a.to_string(),
+            (None, None) => "None".into(),
+        }
     }
 
     /// The task ids downstream of `i`, transitively, including `i`.
@@ -361,6 +384,7 @@ mod tests {
             on_failure: vec![],
             on_retry: vec![],
             on_success: vec![],
+            outlets: vec![],
             group: None,
             pool: None,
             priority_weight: 1,

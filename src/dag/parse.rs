@@ -59,7 +59,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
     let Some(top) = read_mapping(source, &spans, &mut d) else {
         return Parsed { dag: None, dag_id: Some(stem), diagnostics: d.into_vec() };
     };
-    let (TopLevel { spec, dag_id, timezone, sched, start_date, end_date }, tasks_value) = top_level(top, &stem, &mut d);
+    let (TopLevel { spec, dag_id, timezone, sched, assets, start_date, end_date }, tasks_value) = top_level(top, &stem, &mut d);
     let tasks = parse_tasks(tasks_value, &spec.default_args, &spec.groups, &mut d);
     let first_at = check_ids(&tasks, &spans, &mut d);
     check_groups(&spec.groups, &first_at, &mut d);
@@ -97,6 +97,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             on_retry: notifiers(args.on_retry.as_deref(), args.email_on_retry),
             on_success: notifiers(args.on_success.as_deref(), None),
             group: head.group.clone(),
+            outlets: head.outlets.clone(),
             pool: args.pool.clone().map(|pool| crate::pools::PoolUse { pool, slots: args.pool_slots.unwrap_or(1) as i32 }),
             priority_weight: args.priority_weight.unwrap_or(1),
             path: t.path,
@@ -118,6 +119,7 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
         source: std::sync::Arc::from(source),
         description: spec.description,
         schedule: sched,
+        assets,
         timezone,
         start_date,
         end_date,
@@ -199,6 +201,7 @@ struct TopLevel {
     dag_id: String,
     timezone: chrono_tz::Tz,
     sched: Option<schedule::Schedule>,
+    assets: Option<super::AssetTrigger>,
     start_date: Option<DateTime<Utc>>,
     end_date: Option<DateTime<Utc>>,
 }
@@ -222,7 +225,12 @@ fn top_level(mut top: Mapping, stem: &str, d: &mut Diagnostics<'_>) -> (TopLevel
             chrono_tz::UTC
         }),
     };
-    let sched = spec.schedule.as_deref().and_then(|s| match schedule::Schedule::parse(s) {
+    let (cron, assets) = match &spec.schedule {
+        None => (None, None),
+        Some(super::spec::ScheduleSpec::Cron(s)) => (Some(s.as_str()), None),
+        Some(super::spec::ScheduleSpec::Assets(a)) => (None, asset_trigger(a, d)),
+    };
+    let sched = cron.and_then(|s| match schedule::Schedule::parse(s) {
         Ok(s) => Some(s),
         Err(e) => {
             d.error(At::Value("schedule"), e);
@@ -236,7 +244,7 @@ fn top_level(mut top: Mapping, stem: &str, d: &mut Diagnostics<'_>) -> (TopLevel
     {
         d.error(At::Value("end_date"), "end_date is before start_date");
     }
-    if spec.schedule.is_some() && start_date.is_none() && spec.start_date.is_none() {
+    if cron.is_some() && start_date.is_none() && spec.start_date.is_none() {
         d.error(At::Key("schedule"), "a scheduled DAG needs `start_date` (its first interval starts there), e.g. `start_date: 2024-01-01`");
     }
     for (key, v) in [("max_active_runs", spec.max_active_runs), ("max_active_tasks", spec.max_active_tasks)] {
@@ -245,7 +253,36 @@ fn top_level(mut top: Mapping, stem: &str, d: &mut Diagnostics<'_>) -> (TopLevel
         }
     }
 
-    (TopLevel { spec, dag_id, timezone, sched, start_date, end_date }, tasks_value)
+    (TopLevel { spec, dag_id, timezone, sched, assets, start_date, end_date }, tasks_value)
+}
+
+/// `schedule: {assets: ...}` as a trigger; errors at `schedule.assets`.
+fn asset_trigger(a: &super::spec::AssetSchedule, d: &mut Diagnostics<'_>) -> Option<super::AssetTrigger> {
+    use super::spec::AssetsSpec;
+    let (list, any, at) = match &a.assets {
+        AssetsSpec::List(l) => (l.clone(), false, "schedule.assets".to_string()),
+        AssetsSpec::Cond(c) => match (&c.any, &c.all) {
+            (Some(l), None) => (l.clone(), true, "schedule.assets.any".to_string()),
+            (None, Some(l)) => (l.clone(), false, "schedule.assets.all".to_string()),
+            _ => {
+                d.error(At::Value("schedule.assets"), "give the assets as a list, or as `{any: [...]}` or `{all: [...]}` (one of the two)");
+                return None;
+            }
+        },
+    };
+    if list.is_empty() {
+        d.error(At::Value(&at), "the list of assets is empty; name at least one, e.g. `schedule: {assets: [shop.orders]}`");
+        return None;
+    }
+    for (i, name) in list.iter().enumerate() {
+        if name.trim().is_empty() || crate::template::is_template(name) {
+            d.error(
+                At::Value(&index(&at, i)),
+                "an asset is a fixed name (no templates), e.g. `shop.orders` or `postgres://warehouse/shop.orders`",
+            );
+        }
+    }
+    Some(super::AssetTrigger { assets: list, any })
 }
 
 /// Phase 3: each task's keys, with `default_args` applied.
@@ -313,7 +350,10 @@ fn check_groups(groups: &BTreeMap<String, super::spec::GroupSpec>, first_at: &BT
         if !valid_id(name) || name.contains('.') {
             d.error(At::Key(&at), format!("invalid group name `{name}`: use letters, digits, `_` and `-`"));
         } else if first_at.contains_key(name) {
-            d.error(At::Key(&at), format!("`{name}` is both a group and a task id; rename one, so that `depends_on: [{name}]` means one thing"));
+            d.error(
+                At::Key(&at),
+                format!("`{name}` is both a group and a task id; rename one, so that `depends_on: [{name}]` means one thing"),
+            );
         }
     }
 }
@@ -642,6 +682,13 @@ fn collect_errors<T>(
                     return None; // already reported as invalid
                 }
                 failed = true;
+                // The one untagged key of the DAG's own: say its shapes.
+                let msg = if path.is_empty() && rel == "schedule" && msg.contains("none of the accepted shapes") {
+                    "`schedule` is a cron expression or preset (`0 9 * * 1`, `@daily`), or `{assets: [a, b]}` / `{assets: {any: [a, b]}}`"
+                        .into()
+                } else {
+                    msg
+                };
                 let full = if rel == "." { path.to_string() } else { join(path, &rel) };
                 d.error(At::Value(&full), msg);
                 let first = rel.split(['.', '[']).next().unwrap_or_default().to_string();

@@ -22,9 +22,12 @@ pub struct DagSpec {
     /// What the DAG does.
     pub description: Option<String>,
     /// When runs are created: a 5-field cron expression (`0 9 * * 1`) or a
-    /// preset (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
-    /// Leave it out or set it to null for a DAG that only runs by hand.
-    pub schedule: Option<String>,
+    /// preset (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`); or
+    /// `{assets: [a, b]}` for a run each time every listed asset has been
+    /// updated since the DAG's last such run (`{assets: {any: [a, b]}}`:
+    /// when any has). Leave it out or set it to null for a DAG that only
+    /// runs by hand.
+    pub schedule: Option<ScheduleSpec>,
     /// The IANA time zone the schedule and `ds` are evaluated in. Default `UTC`.
     pub timezone: Option<String>,
     /// The first interval starts here: a date (`2024-01-01`, midnight in the
@@ -73,6 +76,43 @@ pub struct DagSpec {
     pub tasks: Vec<serde_yaml::Value>,
 }
 
+/// A DAG's schedule: time or data.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ScheduleSpec {
+    /// A cron expression or preset.
+    Cron(String),
+    /// Data-aware: runs when assets are updated.
+    Assets(AssetSchedule),
+}
+
+/// `schedule: {assets: ...}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetSchedule {
+    /// The assets: a list (a run when all were updated), or `{any: [...]}`
+    /// (a run when any was) or `{all: [...]}`.
+    pub assets: AssetsSpec,
+}
+
+/// The assets a DAG is scheduled on.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum AssetsSpec {
+    /// Every one of these (Airflow's `[a, b]`).
+    List(Vec<String>),
+    /// `{any: [a, b]}` or `{all: [a, b]}`.
+    Cond(AssetCond),
+}
+
+/// `{any: [...]}` or `{all: [...]}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetCond {
+    pub any: Option<Vec<String>>,
+    pub all: Option<Vec<String>>,
+}
+
 /// A task group.
 #[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -104,6 +144,12 @@ pub struct TaskHead {
     /// already and need not be repeated.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Assets this task updates when it succeeds, by name (free text,
+    /// e.g. `shop.orders` or `s3://lake/exports/`): DAGs scheduled on them
+    /// get a run. A `load` task also updates `postgres://CONN/TABLE`, an
+    /// S3 `put` or `copy` its destination, without listing them.
+    #[serde(default)]
+    pub outlets: Vec<String>,
     /// Run only when this template renders to something true (not empty,
     /// `false`, `no`, `0` or `none`); otherwise the task is skipped, e.g.
     /// `when: "{{ var.archive_bucket }}"`.

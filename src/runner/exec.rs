@@ -134,6 +134,7 @@ impl TryJob {
                     next_try_at: None,
                     error_kind: Some(crate::tasks::ErrorKind::Internal),
                     log: log.text(),
+                    assets: Vec::new(),
                 };
                 store_end(&runner, &run, &claimed, &end, &interrupt).await;
                 TryReport::new(&claimed, TiState::Failed, elapsed).with_error(msg)
@@ -232,6 +233,7 @@ async fn record(
                 next_try_at: Some(at),
                 error_kind: None,
                 log: String::new(),
+                assets: Vec::new(),
             }
         }
         Ok(outcome) => {
@@ -243,7 +245,18 @@ async fn record(
             report.state = state;
             report.note = outcome.note.clone();
             report.warnings = outcome.warnings.clone();
+            // A success updates the task's assets (a skip does not).
+            let mut assets: Vec<String> = match (state, task) {
+                (TiState::Success, Some(t)) => t.outlets.iter().chain(&outcome.assets).cloned().collect(),
+                _ => Vec::new(),
+            };
+            assets.sort();
+            assets.dedup();
+            if !assets.is_empty() {
+                tracing::info!("updated asset(s): {}", assets.join(", "));
+            }
             TryEnd {
+                assets,
                 state,
                 error: None,
                 output: serde_json::to_value(&outcome).ok(),
@@ -327,6 +340,7 @@ async fn record(
                 },
                 next_try_at: next,
                 log: String::new(),
+                assets: Vec::new(),
             }
         }
     };
@@ -590,7 +604,10 @@ async fn render_and_execute(dag: &Dag, task: &Task, ctx: &TaskCtx) -> Result<Out
     let config = render_config(dag, task, ctx)?;
     #[cfg(debug_assertions)]
     debug_panic(task).await?;
-    config.execute(ctx).await
+    let assets = config.assets();
+    let mut outcome = config.execute(ctx).await?;
+    outcome.assets.extend(assets);
+    Ok(outcome)
 }
 
 /// A fault-injection hook for the tests, in debug builds only:

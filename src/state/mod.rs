@@ -25,6 +25,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
+pub mod assets;
 pub mod daemon;
 pub mod pools;
 pub mod types;
@@ -154,6 +155,8 @@ pub struct TryEnd {
     pub exit_code: Option<i32>,
     pub next_try_at: Option<DateTime<Utc>>,
     pub log: String,
+    /// Assets the try updated: one event each, recorded with the end.
+    pub assets: Vec<String>,
 }
 
 /// A run that already exists for the DAG and logical date.
@@ -278,23 +281,7 @@ impl Store {
         state: RunState,
     ) -> Result<Result<RunRow, RunExists>, StateError> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<RunRow> = sqlx::query_as(
-            "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash, started_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'running' THEN now() END)
-             ON CONFLICT (dag_id, logical_date) DO NOTHING
-             RETURNING run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at",
-        )
-        .bind(&dag.dag_id)
-        .bind(run_type)
-        .bind(logical_date)
-        .bind(interval.start)
-        .bind(interval.end)
-        .bind(Value::Object(conf.clone()))
-        .bind(state)
-        .bind(&dag.file_hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(run) = row else {
+        let Some(run) = insert_run(&mut tx, dag, run_type, logical_date, interval, conf, state).await? else {
             tx.rollback().await.ok();
             let existing = self
                 .find_run(&dag.dag_id, logical_date)
@@ -302,13 +289,6 @@ impl Store {
                 .ok_or_else(|| StateError::Invalid("a run conflicted and then vanished; try again".into()))?;
             return Ok(Err(RunExists(existing)));
         };
-        insert_task_instances(&mut tx, run.run_id, dag).await?;
-        sqlx::query("INSERT INTO dag_versions (dag_id, file_hash, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(&dag.dag_id)
-            .bind(&dag.file_hash)
-            .bind(&*dag.source)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Ok(run))
     }
@@ -677,6 +657,12 @@ impl Store {
              tr AS (
                  UPDATE task_tries SET state = $9, ended_at = now(), error = $6, output = $7, exit_code = $10, log = $11, error_kind = $12
                  WHERE run_id = $1 AND task_id = $2 AND try_number = $3 AND worker_id = $4 AND state = 'running'
+             ),
+             -- The try's asset updates, only if its end is the one applied.
+             ev AS (
+                 INSERT INTO asset_events (asset, dag_id, run_id, task_id)
+                 SELECT a.asset, r.dag_id, $1, $2 FROM UNNEST($13::text[]) AS a(asset), dag_runs r
+                 WHERE r.run_id = $1 AND EXISTS (SELECT 1 FROM ti)
              )
              SELECT count(*) FROM ti",
         )
@@ -692,6 +678,7 @@ impl Store {
         .bind(end.exit_code)
         .bind(&end.log)
         .bind(end.error_kind.map(|k| k.as_str()))
+        .bind(&end.assets)
         .fetch_one(&self.pool)
         .await?;
         Ok(updated > 0)
@@ -943,6 +930,45 @@ impl Store {
 }
 
 const RUN_SELECT: &str = "SELECT run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at FROM dag_runs";
+
+/// Inserts a run with its task instances and its DAG file's version, in
+/// the caller's transaction; None when the DAG has a run at that logical
+/// date already.
+async fn insert_run(
+    tx: &mut sqlx::PgConnection,
+    dag: &Dag,
+    run_type: RunType,
+    logical_date: DateTime<Utc>,
+    interval: DataInterval,
+    conf: &serde_json::Map<String, Value>,
+    state: RunState,
+) -> Result<Option<RunRow>, StateError> {
+    let row: Option<RunRow> = sqlx::query_as(
+        "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash, started_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'running' THEN now() END)
+         ON CONFLICT (dag_id, logical_date) DO NOTHING
+         RETURNING run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at",
+    )
+    .bind(&dag.dag_id)
+    .bind(run_type)
+    .bind(logical_date)
+    .bind(interval.start)
+    .bind(interval.end)
+    .bind(Value::Object(conf.clone()))
+    .bind(state)
+    .bind(&dag.file_hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(run) = row else { return Ok(None) };
+    insert_task_instances(&mut *tx, run.run_id, dag).await?;
+    sqlx::query("INSERT INTO dag_versions (dag_id, file_hash, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(&dag.dag_id)
+        .bind(&dag.file_hash)
+        .bind(&*dag.source)
+        .execute(&mut *tx)
+        .await?;
+    Ok(Some(run))
+}
 
 async fn insert_task_instances(tx: &mut sqlx::PgConnection, run_id: i64, dag: &Dag) -> Result<(), StateError> {
     let mut ids = Vec::with_capacity(dag.tasks.len());

@@ -127,6 +127,8 @@ pub enum RunType {
     Manual,
     /// `sluice backfill`.
     Backfill,
+    /// Created by the daemon when the assets a DAG is scheduled on were updated.
+    AssetTriggered,
 }
 
 impl RunType {
@@ -135,6 +137,7 @@ impl RunType {
             RunType::Scheduled => "scheduled",
             RunType::Manual => "manual",
             RunType::Backfill => "backfill",
+            RunType::AssetTriggered => "asset_triggered",
         }
     }
 }

@@ -133,6 +133,13 @@ impl TaskType for LoadConfig {
         vec![self.input.clone()]
     }
 
+    fn assets(&self) -> Vec<String> {
+        match crate::template::is_template(&self.conn) || crate::template::is_template(&self.table) {
+            true => Vec::new(),
+            false => vec![format!("postgres://{}/{}", self.conn, self.table)],
+        }
+    }
+
     fn connections(&self) -> Vec<String> {
         vec![self.conn.clone()]
     }

@@ -74,6 +74,14 @@ pub trait TaskType: DeserializeOwned + JsonSchema + std::fmt::Debug + Send + Syn
         Vec::new()
     }
 
+    /// Assets a successful try updates without the task listing them in
+    /// `outlets` (a load's table, an S3 put's destination). Called on the
+    /// rendered config for a try, and on the declared one (where names
+    /// with templates are left out) for `sluice assets list`.
+    fn assets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Resolves connections and opens clients for one try. `self` has been
     /// rendered with the try's template variables.
     fn build(self, ctx: &TaskCtx) -> impl Future<Output = Result<Self::Built, TaskError>> + Send;
@@ -132,6 +140,10 @@ macro_rules! registry {
 
             pub fn connections(&self) -> Vec<String> {
                 match self { $(TaskConfig::$variant(c) => c.connections()),* }
+            }
+
+            pub fn assets(&self) -> Vec<String> {
+                match self { $(TaskConfig::$variant(c) => c.assets()),* }
             }
 
             /// Builds and runs one try.
@@ -549,6 +561,9 @@ pub struct Outcome {
     /// Files this task produced (a report PDF...), by name.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub artifacts: BTreeMap<String, String>,
+    /// Assets this try updated (beyond the task's `outlets`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assets: Vec<String>,
     /// Problems that did not fail the task (a `severity: warn` check).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

@@ -105,6 +105,13 @@ impl TaskType for S3Config {
         vec![self.conn.clone()]
     }
 
+    fn assets(&self) -> Vec<String> {
+        match (self.op, &self.dst) {
+            (Op::Put | Op::Copy, Some(dst)) if !crate::template::is_template(dst) => vec![dst.clone()],
+            _ => Vec::new(),
+        }
+    }
+
     async fn build(self, ctx: &TaskCtx) -> Result<S3Task, TaskError> {
         let c = ctx.conn(&self.conn, "s3")?;
         let client = ctx.res.s3_client(c)?;

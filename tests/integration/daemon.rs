@@ -376,3 +376,71 @@ sluice_test!(the_daemon_says_what_it_does_at_the_default_level_without_colour_co
     let ids: Vec<&str> = v["workers"].as_array().unwrap().iter().map(|w| w["worker_id"].as_str().unwrap()).collect();
     assert!(ids.len() == 1 && !ids.iter().any(|i| i.starts_with("old:")), "{ids:?}");
 });
+
+// Data-aware scheduling with two daemons: an asset update creates exactly
+// one run of each DAG scheduled on it; `all` waits for every asset, `any`
+// for one; a load updates its table's asset without listing it.
+sluice_test!(asset_updates_create_exactly_one_run_with_two_daemons, |p| {
+    p.write("data/one.csv", "n\n1\n2\n");
+    p.write(
+        "dags/produce_a.yaml",
+        "tasks:\n  - { id: make, type: shell, command: 'true', outlets: [shop.a] }\n  - { id: skipped, type: shell, command: 'true', when: '', outlets: [shop.never] }\n",
+    );
+    p.write("dags/produce_b.yaml", "tasks:\n  - { id: make, type: shell, command: 'true', outlets: [shop.b] }\n");
+    p.write(
+        "dags/produce_table.yaml",
+        "tasks:\n  - { id: read, type: extract, source: data/one.csv, schema: { n: int } }\n  - { id: store, type: load, input: read, conn: warehouse, table: asset_table, mode: replace }\n",
+    );
+    p.write("dags/on_a.yaml", "schedule: { assets: [shop.a] }\ntasks:\n  - { id: t, type: shell, command: 'true' }\n");
+    p.write("dags/on_both.yaml", "schedule: { assets: [shop.a, shop.b] }\ntasks:\n  - { id: t, type: shell, command: 'true' }\n");
+    p.write(
+        "dags/on_either.yaml",
+        "schedule: { assets: { any: [shop.a, shop.b] } }\ntasks:\n  - { id: t, type: shell, command: 'true' }\n",
+    );
+    p.write(
+        "dags/on_table.yaml",
+        "schedule: { assets: [postgres://warehouse/asset_table] }\ntasks:\n  - { id: t, type: shell, command: 'true' }\n",
+    );
+    p.write("dags/on_never.yaml", "schedule: { assets: [shop.never] }\ntasks:\n  - { id: t, type: shell, command: 'true' }\n");
+    p.sql("DROP TABLE IF EXISTS asset_table; CREATE TABLE asset_table (n int)");
+    let (mut d1, a1) = daemon_http(&p, "one", &[]);
+    let (mut d2, a2) = daemon_http(&p, "two", &[]);
+    // Both daemons have seen the consumers (their cursors start now).
+    wait_for_loops(&a1, 2);
+    wait_for_loops(&a2, 2);
+    let runs = |dag: &str| count(&p, &format!("SELECT count(*) FROM dag_runs WHERE dag_id = '{dag}' AND run_type = 'asset_triggered'"));
+    let settled = || {
+        wait_for_loops(&a1, 3);
+        wait_for_loops(&a2, 3);
+        wait_until("asset-triggered runs to finish", Duration::from_secs(60), || {
+            count(&p, "SELECT count(*) FROM dag_runs WHERE run_type = 'asset_triggered' AND state NOT IN ('success', 'failed')") == 0
+        });
+    };
+
+    p.sluice(&["run", "produce_a"]).ok();
+    settled();
+    assert_eq!((runs("on_a"), runs("on_either"), runs("on_both"), runs("on_never")), (1, 1, 0, 0), "shop.a once");
+
+    p.sluice(&["run", "produce_b"]).ok();
+    settled();
+    assert_eq!((runs("on_a"), runs("on_either"), runs("on_both")), (1, 2, 1), "shop.b: any and, with shop.a, all");
+
+    p.sluice(&["run", "produce_a"]).ok();
+    p.sluice(&["run", "produce_a"]).ok();
+    settled();
+    // Two updates before a daemon looked make one run (as in Airflow).
+    assert!((2..=3).contains(&runs("on_a")), "{}", runs("on_a"));
+    assert_eq!(runs("on_both"), 1, "shop.b was not updated again");
+
+    p.sluice(&["run", "produce_table"]).ok();
+    settled();
+    assert_eq!(runs("on_table"), 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM dag_runs WHERE run_type = 'asset_triggered' AND state <> 'success'"), 0);
+    // The run's interval spans the update that made it.
+    let list = p.sluice(&["assets", "list"]).ok().stdout;
+    assert!(list.contains("| shop.a ") && list.contains("produce_a.make") && list.contains("on_a, on_both, on_either (any)"), "{list}");
+    assert!(list.contains("postgres://warehouse/asset_table") && list.contains("produce_table.store"), "{list}");
+    assert!(list.contains("| shop.never ") && list.contains("never"), "{list}");
+    term(&mut d1);
+    term(&mut d2);
+});
