@@ -17,6 +17,7 @@
 //! | `var.json.NAME` | a variable parsed as JSON (`var.json.limits.daily`) |
 //! | `dag_run.conf`, `dag_run.run_id`, `dag_run.logical_date` | the run, as Airflow names it (`conf` is the params) |
 //! | `ti.try_number`, `ti.task_id`, `ti.dag_id`, `ti.run_id` | the try, as Airflow names it |
+//! | `item`, `map_index` | a mapped task's element and its index (`expand`) |
 //! | `prev_data_interval_start_success`, `prev_data_interval_end_success`, `prev_start_date_success` | the interval and start of the DAG's latest successful run before this one (by logical date), or none |
 //! | `macros.ds_add(ds, n)`, `macros.ds_format(ds, from, to)` | date helpers |
 //!
@@ -58,6 +59,8 @@ pub const KNOWN_NAMES: &[&str] = &[
     "prev_data_interval_start_success",
     "prev_data_interval_end_success",
     "prev_start_date_success",
+    "item",
+    "map_index",
     "macros",
     // minijinja's global functions
     "range",
@@ -323,6 +326,8 @@ pub struct RenderVars {
     pub upstream: serde_json::Map<String, serde_json::Value>,
     /// The DAG's latest successful run before this one.
     pub prev_success: Option<PrevSuccess>,
+    /// A mapped instance's index and element.
+    pub map: Option<(i32, serde_json::Value)>,
 }
 
 /// The latest successful run of a DAG before a run, for Airflow's
@@ -364,6 +369,10 @@ impl RenderVars {
         m.insert("prev_data_interval_start_success", stamp(prev.map(|p| p.interval_start)));
         m.insert("prev_data_interval_end_success", stamp(prev.map(|p| p.interval_end)));
         m.insert("prev_start_date_success", stamp(prev.and_then(|p| p.started_at)));
+        if let Some((i, item)) = &self.map {
+            m.insert("map_index", Value::from(*i));
+            m.insert("item", Value::from_serialize(item));
+        }
         // Airflow's spellings of the same things.
         m.insert(
             "dag_run",
@@ -444,6 +453,7 @@ mod tests {
             connections: Arc::new(Connections::default()),
             upstream: Default::default(),
             prev_success: None,
+            map: None,
         }
     }
 

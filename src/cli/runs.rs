@@ -44,6 +44,9 @@ pub struct LogsArgs {
     /// Which try (default: the latest).
     #[arg(long = "try", value_name = "N")]
     pub try_number: Option<i32>,
+    /// A mapped task's instance (`expand`): the log of `TASK[N]`.
+    #[arg(long, value_name = "N")]
+    pub map_index: Option<usize>,
 }
 
 fn dur(a: Option<chrono::DateTime<chrono::Utc>>, b: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -148,7 +151,10 @@ pub async fn run(app: &App, cmd: RunsCmd) -> Result<ExitCode> {
     }
 }
 
-pub async fn logs(app: &App, args: LogsArgs) -> Result<ExitCode> {
+pub async fn logs(app: &App, mut args: LogsArgs) -> Result<ExitCode> {
+    if let Some(n) = args.map_index {
+        args.task = crate::dag::map_id(&args.task, n);
+    }
     let store = app.store().await?;
     store.run(args.run_id).await?.with_context(|| format!("run {} does not exist", args.run_id))?;
     match store.try_log(args.run_id, &args.task, args.try_number).await? {

@@ -125,7 +125,7 @@ async fn test(app: &App, dag_id: &str, task_id: &str, args: &super::IntervalArgs
         if let Some(st) = &store {
             let _ = res.pipeline.set(std::sync::Arc::new(st.clone()));
         }
-        let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true, None)?;
+        let ctx = crate::runner::exec::task_ctx(res, &dag, task, &fake_run, 1, inputs, upstream, log.clone(), true, None, None)?;
         eprintln!("testing {}.{} for {} (nothing is recorded)", dag.dag_id, task.id, logical.with_timezone(&dag.timezone).to_rfc3339());
         let fut = std::panic::AssertUnwindSafe(crate::runner::exec::run_with_timeout(&dag, task, &ctx));
         match futures::FutureExt::catch_unwind(fut).instrument(span).await {

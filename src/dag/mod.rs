@@ -134,6 +134,10 @@ pub struct Task {
     pub on_retry: Vec<Notifier>,
     /// Notified when the task succeeds.
     pub on_success: Vec<Notifier>,
+    /// Dynamic mapping: what the task maps over.
+    pub expand: Option<spec::ExpandSpec>,
+    /// With `expand`: instances of it running at once in one run.
+    pub max_active_tis: Option<u32>,
     /// Assets the task updates when it succeeds (its `outlets`; the
     /// assets a load or S3 put names by itself are added at run time).
     pub outlets: Vec<String>,
@@ -156,6 +160,16 @@ impl Dag {
 
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.index.get(id).map(|&i| &self.tasks[i])
+    }
+
+    /// The task of a task instance id: a task's own id, or a mapped
+    /// instance's `TASK[N]` (with N).
+    pub fn resolve(&self, id: &str) -> Option<(&Task, Option<i32>)> {
+        if let Some(t) = self.task(id) {
+            return Some((t, None));
+        }
+        let (name, n) = split_map_id(id)?;
+        self.task(name).filter(|t| t.expand.is_some()).map(|t| (t, Some(n)))
     }
 
     pub fn task_index(&self, id: &str) -> Option<usize> {
@@ -255,6 +269,17 @@ pub fn input_task(input: &str, is_task: impl Fn(&str) -> bool) -> Option<&str> {
         return Some(input);
     }
     input.strip_suffix("_rejects").filter(|t| is_task(t))
+}
+
+/// The task instance id of a mapped task's instance N: `TASK[N]`.
+pub fn map_id(task: &str, n: usize) -> String {
+    format!("{task}[{n}]")
+}
+
+/// `TASK[N]` as (TASK, N).
+pub fn split_map_id(id: &str) -> Option<(&str, i32)> {
+    let (name, rest) = id.strip_suffix(']')?.rsplit_once('[')?;
+    Some((name, rest.parse().ok()?))
 }
 
 /// How a manual run's date was given.
@@ -385,6 +410,8 @@ mod tests {
             on_retry: vec![],
             on_success: vec![],
             outlets: vec![],
+            expand: None,
+            max_active_tis: None,
             group: None,
             pool: None,
             priority_weight: 1,

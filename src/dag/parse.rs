@@ -98,6 +98,8 @@ pub fn parse(file: &Path, source: &str, env: &dyn ValidationEnv, templates: &Tem
             on_success: notifiers(args.on_success.as_deref(), None),
             group: head.group.clone(),
             outlets: head.outlets.clone(),
+            expand: head.expand.clone(),
+            max_active_tis: head.max_active_tis_per_dagrun,
             pool: args.pool.clone().map(|pool| crate::pools::PoolUse { pool, slots: args.pool_slots.unwrap_or(1) as i32 }),
             priority_weight: args.priority_weight.unwrap_or(1),
             path: t.path,
@@ -404,6 +406,15 @@ fn dependency_edges(tasks: &[ParsedTask], first_at: &BTreeMap<String, usize>, d:
                 },
             }
         }
+        if let Some(u) = head.expand.as_ref().and_then(|e| match e {
+            super::spec::ExpandSpec::Source(s) => s.upstream.as_ref(),
+            _ => None,
+        }) && let Some(&j) = first_at.get(u)
+            && j != i
+        {
+            edges.push((j, i));
+            edge_at.entry((j, i)).or_insert_with(|| join(&t.path, "expand.upstream"));
+        }
         if let Some(cfg) = &t.config {
             for input in cfg.inputs() {
                 let target = super::input_task(&input, |t| first_at.contains_key(t)).map(str::to_string);
@@ -436,7 +447,11 @@ fn check_contents(spec: &DagSpec, tasks: &[ParsedTask], env: &dyn ValidationEnv,
     let conn_ids = env.connections().ids();
     let outputs: BTreeMap<String, Produces> = tasks
         .iter()
-        .filter_map(|t| Some((t.head.as_ref()?.id.clone(), t.config.as_ref().map(TaskConfig::produces).unwrap_or_default())))
+        .filter_map(|t| {
+            let head = t.head.as_ref()?;
+            let produces = t.config.as_ref().map(TaskConfig::produces).unwrap_or_default();
+            Some((head.id.clone(), Produces { mapped: head.expand.is_some(), ..produces }))
+        })
         .collect();
     let notifier_list = |list: &[super::spec::NotifierSpec], path: &str, d: &mut Diagnostics<'_>| {
         for (i, n) in list.iter().enumerate() {
@@ -521,6 +536,9 @@ fn check_contents(spec: &DagSpec, tasks: &[ParsedTask], env: &dyn ValidationEnv,
     for t in tasks {
         notices(&t.own_args, &t.path, d);
         pools(&t.args, &t.own_args, &t.path, d);
+        if let Some(head) = &t.head {
+            check_expand(head, &t.path, &outputs, env, templates, &param_names, &conn_ids, d);
+        }
         check_templates(&Value::Mapping(t.raw.clone()), &t.path, templates, &param_names, &conn_ids, d);
         if let Some(w) = t.head.as_ref().and_then(|h| h.when.as_ref()) {
             check_templates(&Value::String(w.clone()), &join(&t.path, "when"), templates, &param_names, &conn_ids, d);
@@ -757,6 +775,76 @@ pub fn friendly_serde_message(msg: &str) -> String {
 /// Failure-notice addresses: each entry an address (or several, separated
 /// by commas), or a template that renders to them. Templates that read only
 /// variables are rendered now; others when the notice is sent.
+/// Checks a task's `expand` and `max_active_tis_per_dagrun`.
+fn check_expand(
+    head: &TaskHead,
+    path: &str,
+    tasks: &BTreeMap<String, Produces>,
+    env: &dyn ValidationEnv,
+    templates: &Templates,
+    params: &BTreeSet<String>,
+    conn_ids: &BTreeSet<String>,
+    d: &mut Diagnostics<'_>,
+) {
+    use super::spec::ExpandSpec;
+    match (&head.expand, head.max_active_tis_per_dagrun) {
+        (None, Some(_)) => {
+            d.warning(At::Value(&join(path, "max_active_tis_per_dagrun")), "max_active_tis_per_dagrun is used only with `expand`")
+        }
+        (_, Some(0)) => d.error(At::Value(&join(path, "max_active_tis_per_dagrun")), "max_active_tis_per_dagrun must be at least 1"),
+        _ => {}
+    }
+    let at = join(path, "expand");
+    let template = |s: &str, key: &str, d: &mut Diagnostics<'_>| {
+        for p in templates.check(s, params, Some(conn_ids)) {
+            d.error(At::Value(key), p);
+        }
+    };
+    match &head.expand {
+        None => {}
+        Some(ExpandSpec::List(_)) => {}
+        Some(ExpandSpec::Template(s)) if crate::template::is_template(s) => template(s, &at, d),
+        Some(ExpandSpec::Template(s)) => d.error(
+            At::Value(&at),
+            format!("`expand: {s}` is not a list: give a list (`[a, b]`), a template that renders to one (`\"{{{{ params.files }}}}\"`), or `{{glob: ...}}`, `{{s3: ..., conn: ...}}`, `{{upstream: TASK, field: /path}}`"),
+        ),
+        Some(ExpandSpec::Source(src)) => {
+            let given: Vec<&str> = [("glob", src.glob.is_some()), ("s3", src.s3.is_some()), ("upstream", src.upstream.is_some())]
+                .into_iter()
+                .filter(|(_, g)| *g)
+                .map(|(k, _)| k)
+                .collect();
+            if given.len() != 1 {
+                d.error(At::Value(&at), format!("`expand` takes one of `glob`, `s3` and `upstream`; it has {}", if given.is_empty() { "none".into() } else { given.join(", ") }));
+                return;
+            }
+            if let Some(g) = &src.glob {
+                template(g, &join(&at, "glob"), d);
+            }
+            if let Some(s) = &src.s3 {
+                template(s, &join(&at, "s3"), d);
+                match &src.conn {
+                    Some(c) if !crate::template::is_template(c) => env.connections().check_reference(c, "s3", At::Value(&join(&at, "conn")), d),
+                    Some(_) => {}
+                    None => d.error(At::Value(&at), "`expand: {s3: ...}` needs `conn`: an S3 connection"),
+                }
+            }
+            if let Some(u) = &src.upstream
+                && !tasks.contains_key(u)
+            {
+                d.error(At::Value(&join(&at, "upstream")), format!("`{u}` is not a task of this DAG{}", hint(u, tasks.keys().map(String::as_str))));
+            }
+            if let Some(f) = &src.field {
+                if src.upstream.is_none() {
+                    d.error(At::Value(&join(&at, "field")), "`field` goes with `upstream`");
+                } else if !f.starts_with('/') {
+                    d.error(At::Value(&join(&at, "field")), format!("`{f}` is not a JSON pointer; write it as `/{}`", f.replace('.', "/")));
+                }
+            }
+        }
+    }
+}
+
 /// Checks a webhook URL: an http(s) URL, or a template that renders to one
 /// where its variables are known now.
 fn check_webhook_url(

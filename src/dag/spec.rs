@@ -113,6 +113,37 @@ pub struct AssetCond {
     pub all: Option<Vec<String>>,
 }
 
+/// What `expand` maps over.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ExpandSpec {
+    /// The elements themselves.
+    List(Vec<serde_json::Value>),
+    /// A template rendering to a list, e.g. `{{ params.files }}`.
+    Template(String),
+    /// Files, S3 keys or an upstream task's output.
+    Source(ExpandSource),
+}
+
+/// `expand: {glob: ...}`, `{s3: ..., conn: ...}` or `{upstream: ..., field: ...}`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpandSource {
+    /// Local files matching this glob (relative to the project root; a
+    /// template), sorted: each element is a path.
+    pub glob: Option<String>,
+    /// Every object under this `s3://bucket/prefix/` (a template), sorted:
+    /// each element is an `s3://` URI. Needs `conn`.
+    pub s3: Option<String>,
+    /// The S3 connection for `s3`.
+    pub conn: Option<String>,
+    /// An upstream task whose output holds the list (a dependency).
+    pub upstream: Option<String>,
+    /// With `upstream`: a JSON pointer into its output, e.g.
+    /// `/metrics/files`. Default: the whole output, which must be a list.
+    pub field: Option<String>,
+}
+
 /// A task group.
 #[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +175,16 @@ pub struct TaskHead {
     /// already and need not be repeated.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// Dynamic task mapping: one task instance per element of a list known
+    /// at run time, each rendering `{{ item }}` and `{{ map_index }}`. A
+    /// literal list, a template that renders to a list (`{{ params.files
+    /// }}`), or `{glob: PATTERN}`, `{s3: s3://bucket/prefix/, conn: ID}`,
+    /// `{upstream: TASK, field: /metrics/files}`. An empty list skips the
+    /// task, as in Airflow.
+    pub expand: Option<ExpandSpec>,
+    /// With `expand`: how many of the task's instances may run at once in
+    /// one run. Default: no limit beyond the DAG's.
+    pub max_active_tis_per_dagrun: Option<u32>,
     /// Assets this task updates when it succeeds, by name (free text,
     /// e.g. `shop.orders` or `s3://lake/exports/`): DAGs scheduled on them
     /// get a run. A `load` task also updates `postgres://CONN/TABLE`, an

@@ -77,22 +77,28 @@ impl TryJob {
         let started = Instant::now();
         let body = async {
             // Claims only take tasks of this process's DAG (see Store::claim).
-            let Some(task) = dag.task(&claimed.task_id) else {
+            let Some((task, map_index)) = dag.resolve(&claimed.task_id) else {
                 return Err(TaskError::Panic(format!("claimed task `{}` is not in DAG `{}`", claimed.task_id, dag.dag_id)));
             };
             tracing::info!(
                 "starting try {}/{} of {} (run {}, worker {})",
                 claimed.try_number,
                 claimed.max_tries,
-                task.id,
+                claimed.task_id,
                 run.run_id,
                 runner.worker.id
             );
-            let upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
+            let mut upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
+            // A mapped instance reads its element from the expansion's output.
+            if map_index.is_some() {
+                upstream_ids.push(task.id.as_str());
+            }
+            let mapped: Vec<&str> =
+                task.upstream.iter().map(|&u| &dag.tasks[u]).filter(|t| t.expand.is_some()).map(|t| t.id.as_str()).collect();
             // Two reads at once: upstream outputs, and the previous
             // successful run (for the `prev_*_success` template names).
             let (outputs, prev) = tokio::join!(
-                runner.store.outputs_of(run.run_id, &upstream_ids),
+                runner.store.outputs_of(run.run_id, &upstream_ids, &mapped),
                 runner.store.previous_success(&dag.dag_id, run.logical_date)
             );
             let outputs = outputs.map_err(|e| match e {
@@ -100,12 +106,24 @@ impl TryJob {
                 other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
             })?;
             let prev = prev.map_err(|e| TaskError::transient(format!("cannot read the previous successful run: {e}")))?;
+            let map = match map_index {
+                Some(n) => Some((n, super::expand::item_of(&outputs, &task.id, n)?)),
+                None => None,
+            };
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
-            let mut ctx = task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev)?;
+            let mut ctx =
+                task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev, map)?;
             ctx.poking_since = claimed.poking_since;
+            // A mapped task's own instance expands it; its instances run it.
+            let work = async {
+                match (&task.expand, map_index) {
+                    (Some(spec), None) => super::expand::expand(&runner, task, spec, &ctx).await,
+                    _ => run_with_timeout(&dag, task, &ctx).await,
+                }
+            };
             tokio::select! {
-                r = run_with_timeout(&dag, task, &ctx) => r,
+                r = work => r,
                 _ = interrupt.cancelled() => Err(TaskError::Cancelled("interrupted".into())),
             }
         };
@@ -219,7 +237,7 @@ async fn record(
     give_up: &CancellationToken,
 ) -> TryReport {
     let mut report = TryReport::new(claimed, TiState::Success, elapsed);
-    let task = dag.task(&claimed.task_id);
+    let task = dag.resolve(&claimed.task_id).map(|(t, _)| t);
     let took = crate::dag::duration::format_elapsed(elapsed);
     let end = match result {
         Ok(Outcome { reschedule_at: Some(at), .. }) => {
@@ -360,6 +378,7 @@ async fn record(
 }
 
 /// Outputs of the task's upstream tasks, for templates (`upstream.TASK`).
+/// A mapped upstream task's outputs are a list, in map index order.
 pub fn upstream_of(
     task: &Task,
     dag: &Dag,
@@ -368,8 +387,16 @@ pub fn upstream_of(
     task.upstream
         .iter()
         .filter_map(|&u| {
-            let id = &dag.tasks[u].id;
-            outputs.get(id).map(|o| (id.clone(), o.clone()))
+            let up = &dag.tasks[u];
+            if up.expand.is_some() {
+                let mut items: Vec<(i32, serde_json::Value)> = outputs
+                    .iter()
+                    .filter_map(|(k, v)| crate::dag::split_map_id(k).filter(|(name, _)| *name == up.id).map(|(_, n)| (n, v.clone())))
+                    .collect();
+                items.sort_by_key(|(n, _)| *n);
+                return Some((up.id.clone(), serde_json::Value::Array(items.into_iter().map(|(_, v)| v).collect())));
+            }
+            outputs.get(&up.id).map(|o| (up.id.clone(), o.clone()))
         })
         .collect()
 }
@@ -403,8 +430,10 @@ pub fn task_ctx(
     log: TryLog,
     test_mode: bool,
     prev_success: Option<crate::template::PrevSuccess>,
+    map: Option<(i32, serde_json::Value)>,
 ) -> Result<TaskCtx, TaskError> {
-    let vars = render_vars(&res, dag, task, run, try_number, upstream.clone(), test_mode, prev_success);
+    let mut vars = render_vars(&res, dag, task, run, try_number, upstream.clone(), test_mode, prev_success);
+    vars.map = map;
     Ok(TaskCtx {
         dag_id: dag.dag_id.clone(),
         task_id: task.id.clone(),
@@ -449,6 +478,7 @@ fn render_vars(
         connections: res.connections.clone(),
         upstream,
         prev_success,
+        map: None,
     }
 }
 
@@ -489,7 +519,7 @@ pub async fn preview(
     task: &Task,
     run: &RunRow,
 ) -> Result<Option<Vec<String>>, TaskError> {
-    let ctx = task_ctx(res, dag, task, run, 1, BTreeMap::new(), serde_json::Map::new(), TryLog::new(), true, None)?;
+    let ctx = task_ctx(res, dag, task, run, 1, BTreeMap::new(), serde_json::Map::new(), TryLog::new(), true, None, None)?;
     let config = render_config(dag, task, &ctx)?;
     crate::tasks::report::preview(config, &ctx).await
 }

@@ -27,6 +27,7 @@ use crate::tasks::TryLog;
 
 pub mod backfill;
 pub mod exec;
+pub mod expand;
 pub mod notice;
 pub use exec::TryReport;
 
@@ -448,8 +449,18 @@ impl Driver<'_> {
             store.decide(run_id, &decisions).await?;
             report_decisions(observer, &decisions);
         } else {
-            let specs: HashMap<String, ClaimSpec> =
-                dag.tasks.iter().map(|t| (t.id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone() })).collect();
+            let mut specs: HashMap<String, ClaimSpec> = dag
+                .tasks
+                .iter()
+                .map(|t| (t.id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family: None }))
+                .collect();
+            // The instances of mapped tasks.
+            for ti in &tis {
+                if let Some((t, Some(_))) = dag.resolve(&ti.task_id) {
+                    let family = t.max_active_tis.map(|m| (t.id.clone(), m as i32));
+                    specs.insert(ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family });
+                }
+            }
             let slots =
                 (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
             let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions).await?;
@@ -598,6 +609,13 @@ fn past_failed(dag: &Dag, i: usize, past: &Past) -> bool {
 pub fn decide(dag: &Dag, tis: &[TiRow], past: &Past) -> Vec<(String, TiState)> {
     let by_id: HashMap<&str, TiState> = tis.iter().map(|t| (t.task_id.as_str(), t.state)).collect();
     let mut state: Vec<Option<TiState>> = dag.tasks.iter().map(|t| by_id.get(t.id.as_str()).copied()).collect();
+    // A mapped task that expanded counts as its instances, each an upstream.
+    let mut instances: HashMap<&str, Vec<TiState>> = HashMap::new();
+    for t in tis {
+        if let Some((name, _)) = crate::dag::split_map_id(&t.task_id) {
+            instances.entry(name).or_default().push(t.state);
+        }
+    }
     let mut out = Vec::new();
     for &i in &dag.topo {
         if state[i] != Some(TiState::Pending) {
@@ -606,6 +624,22 @@ pub fn decide(dag: &Dag, tis: &[TiRow], past: &Past) -> Vec<(String, TiState)> {
         let task = &dag.tasks[i];
         let mut c = UpstreamCounts::default();
         for &u in &task.upstream {
+            if state[u] == Some(TiState::Success)
+                && let Some(states) = instances.get(dag.tasks[u].id.as_str())
+            {
+                for s in states {
+                    match s {
+                        TiState::Removed => continue,
+                        TiState::Success => c.success += 1,
+                        TiState::Skipped => c.skipped += 1,
+                        TiState::Failed => c.failed += 1,
+                        TiState::UpstreamFailed => c.upstream_failed += 1,
+                        _ => {}
+                    }
+                    c.total += 1;
+                }
+                continue;
+            }
             match state[u] {
                 Some(TiState::Removed) | None => continue,
                 Some(TiState::Success) => c.success += 1,

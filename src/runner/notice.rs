@@ -240,6 +240,7 @@ fn vars(runner: &Runner, dag: &Dag, run: &RunRow, task: Option<(&Task, i32)>) ->
         connections: runner.res.connections.clone(),
         upstream: serde_json::Map::new(),
         prev_success: None,
+        map: None,
     }
     .to_value()
 }

@@ -132,6 +132,9 @@ pub struct ClaimSpec {
     /// retries + 1.
     pub max_tries: i32,
     pub pool: Option<crate::pools::PoolUse>,
+    /// A mapped task's instance: the task and how many of its instances
+    /// may run at once (`max_active_tis_per_dagrun`).
+    pub family: Option<(String, i32)>,
 }
 
 /// A try this worker claimed.
@@ -334,7 +337,8 @@ impl Store {
         let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
         sqlx::query(
             "UPDATE task_instances SET state = 'removed', ended_at = now()
-             WHERE run_id = $1 AND NOT (task_id = ANY($2)) AND state NOT IN ('running', 'removed')",
+             WHERE run_id = $1 AND NOT (task_id = ANY($2)) AND state NOT IN ('running', 'removed')
+               AND NOT (task_id LIKE '%]' AND split_part(task_id, '[', 1) = ANY($2))",
         )
         .bind(run_id)
         .bind(&ids)
@@ -416,6 +420,41 @@ impl Store {
             interval_end: r.get("data_interval_end"),
             started_at: r.get("started_at"),
         }))
+    }
+
+    /// Creates (or, after a clear, resets) the `n` instances of a mapped
+    /// task, `TASK[0]` to `TASK[n-1]`, queued, with the task's priority and
+    /// pool; instances past `n` from an earlier, longer expansion are
+    /// removed.
+    pub async fn expand_task(&self, run_id: i64, task_id: &str, n: usize, max_tries: i32) -> Result<(), StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM task_instances WHERE run_id = $1 AND task_id LIKE '%]' AND split_part(task_id, '[', 1) = $2
+                 AND substring(task_id FROM '\\[(\\d+)\\]$')::int >= $3 AND state <> 'running'",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(n as i32)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
+             SELECT p.run_id, p.task_id || '[' || i || ']', 'queued', p.priority, $4, p.pool, p.pool_slots, p.priority_weight
+             FROM task_instances p, generate_series(0, $3 - 1) AS i
+             WHERE p.run_id = $1 AND p.task_id = $2
+             ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'queued', max_tries = task_instances.try_number + $4,
+                 next_try_at = NULL, error = NULL, error_kind = NULL, notice = NULL, output = NULL, worker_id = NULL,
+                 heartbeat_at = NULL, started_at = NULL, ended_at = NULL, worker_failures = 0
+             WHERE task_instances.state <> 'running'",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(n as i32)
+        .bind(max_tries)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records what became of a run's notices.
@@ -550,7 +589,7 @@ impl Store {
         // rolling deploy, a worker with an older file must leave a task it
         // does not know to the workers that do.
         let ids: Vec<&str> = tasks.keys().map(String::as_str).collect();
-        let chosen: Option<Vec<String>> = match tasks.values().any(|t| t.pool.is_some()) {
+        let chosen: Option<Vec<String>> = match tasks.values().any(|t| t.pool.is_some() || t.family.is_some()) {
             false => None,
             true => Some(pools::choose(&mut tx, run_id, limit, max_active, tasks, &ids).await?),
         };
@@ -774,15 +813,20 @@ impl Store {
 
     /// Outputs (dataset summaries...) of finished tasks of a run.
     /// The recorded outputs of some of a run's tasks.
-    pub async fn outputs_of(&self, run_id: i64, tasks: &[&str]) -> Result<HashMap<String, Value>, StateError> {
+    /// With `mapped`, also the outputs of those tasks' instances (`TASK[N]`).
+    pub async fn outputs_of(&self, run_id: i64, tasks: &[&str], mapped: &[&str]) -> Result<HashMap<String, Value>, StateError> {
         if tasks.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = sqlx::query("SELECT task_id, output FROM task_instances WHERE run_id = $1 AND task_id = ANY($2) AND output IS NOT NULL")
-            .bind(run_id)
-            .bind(tasks)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT task_id, output FROM task_instances WHERE run_id = $1 AND output IS NOT NULL
+                 AND (task_id = ANY($2) OR (cardinality($3::text[]) > 0 AND task_id LIKE '%]' AND split_part(task_id, '[', 1) = ANY($3)))",
+        )
+        .bind(run_id)
+        .bind(tasks)
+        .bind(mapped)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(|r| (r.get("task_id"), r.get("output"))).collect())
     }
 

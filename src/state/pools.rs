@@ -118,6 +118,16 @@ pub(super) async fn choose(
     .bind(run_id)
     .fetch_all(&mut *tx)
     .await?;
+    // Running instances of each mapped task with a limit.
+    let mut family_running: HashMap<String, i64> = sqlx::query_as(
+        "SELECT split_part(task_id, '[', 1), count(*) FROM task_instances
+         WHERE run_id = $1 AND state = 'running' AND task_id LIKE '%]' GROUP BY 1",
+    )
+    .bind(run_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
     let mut chosen = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
     for (id, weight) in candidates {
@@ -125,6 +135,16 @@ pub(super) async fn choose(
             break;
         }
         let Some(spec) = tasks.get(&id) else { continue };
+        if let Some((family, limit)) = &spec.family {
+            let running = family_running.entry(family.clone()).or_default();
+            if *running >= *limit as i64 {
+                continue;
+            }
+            // Counted now; a pool may still hold it back below.
+            if spec.pool.is_none() {
+                *running += 1;
+            }
+        }
         let Some(want) = &spec.pool else {
             chosen.push(id);
             continue;
@@ -152,6 +172,9 @@ pub(super) async fn choose(
         let in_use = used.entry(want.pool.clone()).or_default();
         if *in_use + ahead + want.slots as i64 <= total as i64 {
             *in_use += want.slots as i64;
+            if let Some((family, _)) = &spec.family {
+                *family_running.entry(family.clone()).or_default() += 1;
+            }
             chosen.push(id);
         }
     }

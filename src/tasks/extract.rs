@@ -272,7 +272,7 @@ impl TaskType for ExtractConfig {
     fn produces(&self) -> super::Produces {
         let parquet = self.format == Some(Format::Parquet)
             || (self.format.is_none() && self.source.as_deref().and_then(format_of) == Some(Format::Parquet));
-        super::Produces { dataset: true, rejects: self.on_bad_rows == OnBadRows::Quarantine && !parquet, artifacts: false }
+        super::Produces { dataset: true, rejects: self.on_bad_rows == OnBadRows::Quarantine && !parquet, ..Default::default() }
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Extract, TaskError> {

@@ -217,6 +217,8 @@ pub struct Produces {
     pub rejects: bool,
     /// Files to attach to mail (a report's PDF).
     pub artifacts: bool,
+    /// The task is mapped (`expand`): one dataset per instance, none as a whole.
+    pub mapped: bool,
 }
 
 /// What validation may look at outside the DAG file.
@@ -290,6 +292,12 @@ impl ValidateCx<'_, '_> {
             return;
         }
         match self.tasks.get(id) {
+            Some(p) if p.mapped => self.error(
+                key,
+                format!(
+                    "input `{id}` is a mapped task (`expand`): each instance has its own dataset; read them one by one in a mapped task, or their outputs as `upstream.{id}` (a list)"
+                ),
+            ),
             Some(p) if p.dataset => {}
             Some(_) => self.error(
                 key,

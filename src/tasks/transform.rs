@@ -161,7 +161,7 @@ impl TaskType for TransformConfig {
     }
 
     fn produces(&self) -> super::Produces {
-        super::Produces { dataset: true, rejects: self.rejects.is_some(), artifacts: false }
+        super::Produces { dataset: true, rejects: self.rejects.is_some(), ..Default::default() }
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Transform, TaskError> {

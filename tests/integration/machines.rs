@@ -58,7 +58,10 @@ sluice_test!(two_machines_share_only_the_database_and_an_s3_staging_prefix, |a| 
     let mut db = b.daemon("b", &["--parallelism", "2"]);
     let done = |p: &Project| p.count("SELECT count(*) FROM dag_runs WHERE state IN ('success', 'failed')") == 4;
     wait_until("four daily runs to finish", Duration::from_secs(300), || done(&a));
-    let states = a.state_sql("SELECT run_id || ' ' || task_id || ' ' || state || ' ' || coalesce(error, '') FROM task_instances WHERE state <> 'success' ORDER BY 1");
+    let states = a.state_sql(
+        "SELECT run_id || ' ' || task_id || ' ' || state || ' ' || coalesce(error, '') FROM task_instances WHERE state <> 'success'
+         AND NOT (task_id = 'wait_for_export_s3' AND state = 'skipped') ORDER BY 1",
+    );
     assert!(states.is_empty(), "{}\n--- a\n{}", states.join("\n"), std::fs::read_to_string(a.path().join("daemon-a.log")).unwrap());
     assert!(term(&mut da).success() && term(&mut db).success());
     assert_eq!(a.count("SELECT count(*) FROM dag_runs WHERE state <> 'success'"), 0);

@@ -12,6 +12,7 @@ mod faults;
 mod first_project;
 mod kpi;
 mod machines;
+mod mapping;
 mod notifiers;
 mod pools;
 mod report;
