@@ -231,13 +231,18 @@ pub async fn run(
         *metrics.last_loop.lock().unwrap_or_else(|e| e.into_inner()) = Utc::now();
         metrics.scheduler_loops.fetch_add(1, Ordering::Relaxed);
 
+        // Wake at the next interval end of any DAG (tokio-cron-scheduler's
+        // wake-ups come on its own half-second beat), or at the poll.
+        let now = Utc::now();
+        let next_due = set.dags.values().filter_map(|d| plan::next_wake(d, now)).min();
+        let until_due = next_due.map_or(opts.poll, |t| (t - now).to_std().unwrap_or_default() + Duration::from_millis(2));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake_rx.recv() => {
                 // Let the tick's interval end pass before looking.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            _ = tokio::time::sleep(opts.poll) => {}
+            _ = tokio::time::sleep(opts.poll.min(until_due)) => {}
             Some(done) = drivers.join_next(), if !drivers.is_empty() => {
                 finished(done, &mut driving);
                 while let Some(more) = drivers.try_join_next() {

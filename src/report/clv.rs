@@ -49,7 +49,9 @@ fn log_add_exp(a: f64, b: f64) -> f64 {
 }
 
 /// Minimises `f` over the logs of the parameters (so that they stay
-/// positive), from `start`, with Nelder-Mead.
+/// positive), from `start`, with Nelder-Mead, until the simplex's costs
+/// differ by less than 1e-9 (scipy's default for `lifetimes` is 1e-7 on
+/// the parameters and the cost).
 fn minimise(f: impl Fn(&[f64]) -> f64, start: &[f64]) -> Result<Vec<f64>, String> {
     struct Problem<F>(F);
     impl<F: Fn(&[f64]) -> f64> CostFunction for Problem<F> {
@@ -67,40 +69,72 @@ fn minimise(f: impl Fn(&[f64]) -> f64, start: &[f64]) -> Result<Vec<f64>, String
         v[i] += 0.5;
         simplex.push(v);
     }
-    let solver = NelderMead::new(simplex).with_sd_tolerance(1e-12).map_err(|e| e.to_string())?;
+    let solver = NelderMead::new(simplex).with_sd_tolerance(1e-9).map_err(|e| e.to_string())?;
     let problem = Problem(|p: &[f64]| f(&p.iter().map(|v| v.exp()).collect::<Vec<_>>()));
     let res = Executor::new(problem, solver).configure(|s| s.max_iters(20_000)).run().map_err(|e| e.to_string())?;
     let best = res.state.best_param.ok_or("the fit found no parameters")?;
     Ok(best.iter().map(|v| v.exp()).collect())
 }
 
+/// Summaries grouped for the likelihoods, which a fit evaluates thousands
+/// of times: customers with the same (x, t_x, T) count once, weighted by
+/// their number, and sorted by x, so that the log-gamma terms of x alone
+/// are computed once per distinct x rather than once per customer.
+struct Histories {
+    /// (x, t_x, T, customers), sorted.
+    rows: Vec<(f64, f64, f64, f64)>,
+    customers: f64,
+}
+
+impl Histories {
+    fn new(data: &[Summary]) -> Histories {
+        let mut v: Vec<(f64, f64, f64)> = data.iter().map(|s| (s.frequency, s.recency, s.age)).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let mut rows: Vec<(f64, f64, f64, f64)> = Vec::new();
+        for (x, tx, t) in v {
+            match rows.last_mut() {
+                Some(last) if last.0 == x && last.1 == tx && last.2 == t => last.3 += 1.0,
+                _ => rows.push((x, tx, t, 1.0)),
+            }
+        }
+        Histories { rows, customers: data.len() as f64 }
+    }
+}
+
 impl BgNbd {
     /// The mean negative log-likelihood of the summaries.
     pub fn neg_log_likelihood(&self, data: &[Summary]) -> f64 {
+        self.grouped_nll(&Histories::new(data))
+    }
+
+    fn grouped_nll(&self, h: &Histories) -> f64 {
         let BgNbd { r, alpha, a, b } = *self;
         let ab = ln_gamma(a + b) - ln_gamma(b);
+        let (ln_r, r_ln_alpha, ln_a) = (ln_gamma(r), r * alpha.ln(), a.ln());
         let mut total = 0.0;
-        for s in data {
-            let x = s.frequency;
-            let a1 = ln_gamma(r + x) - ln_gamma(r) + r * alpha.ln();
-            let a2 = ab + ln_gamma(b + x) - ln_gamma(a + b + x);
-            let a3 = -(r + x) * (alpha + s.age).ln();
+        let mut x_terms = (f64::NAN, 0.0);
+        for &(x, tx, big_t, n) in &h.rows {
+            if x != x_terms.0 {
+                x_terms = (x, ln_gamma(r + x) - ln_r + r_ln_alpha + ab + ln_gamma(b + x) - ln_gamma(a + b + x));
+            }
+            let a3 = -(r + x) * (alpha + big_t).ln();
             let ll = if x > 0.0 {
-                let a4 = a.ln() - (b + x - 1.0).ln() - (r + x) * (alpha + s.recency).ln();
-                a1 + a2 + log_add_exp(a3, a4)
+                let a4 = ln_a - (b + x - 1.0).ln() - (r + x) * (alpha + tx).ln();
+                x_terms.1 + log_add_exp(a3, a4)
             } else {
-                a1 + a2 + a3
+                x_terms.1 + a3
             };
-            total += ll;
+            total += n * ll;
         }
-        -total / data.len().max(1) as f64
+        -total / h.customers.max(1.0)
     }
 
     pub fn fit(data: &[Summary]) -> Result<BgNbd, String> {
         if data.is_empty() {
             return Err("no customers to fit".into());
         }
-        let p = minimise(|p| BgNbd { r: p[0], alpha: p[1], a: p[2], b: p[3] }.neg_log_likelihood(data), &[1.0, 1.0, 1.0, 1.0])?;
+        let h = Histories::new(data);
+        let p = minimise(|p| BgNbd { r: p[0], alpha: p[1], a: p[2], b: p[3] }.grouped_nll(&h), &[1.0, 1.0, 1.0, 1.0])?;
         Ok(BgNbd { r: p[0], alpha: p[1], a: p[2], b: p[3] })
     }
 
@@ -122,26 +156,42 @@ impl BgNbd {
     }
 }
 
+/// The repeat customers' (x, m, ln m), sorted by x, for the Gamma-Gamma
+/// likelihood (its log-gamma terms depend on x alone).
+fn repeat_values(data: &[Summary]) -> Vec<(f64, f64, f64)> {
+    let mut v: Vec<(f64, f64, f64)> =
+        data.iter().filter(|s| s.frequency > 0.0 && s.monetary > 0.0).map(|s| (s.frequency, s.monetary, s.monetary.ln())).collect();
+    v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    v
+}
+
 impl GammaGamma {
     /// The mean negative log-likelihood of the repeat customers' values.
     pub fn neg_log_likelihood(&self, data: &[Summary]) -> f64 {
+        self.sorted_nll(&repeat_values(data))
+    }
+
+    fn sorted_nll(&self, values: &[(f64, f64, f64)]) -> f64 {
         let GammaGamma { p, q, v } = *self;
+        let (ln_q, q_ln_v) = (ln_gamma(q), q * v.ln());
         let mut total = 0.0;
-        let mut n = 0usize;
-        for s in data.iter().filter(|s| s.frequency > 0.0 && s.monetary > 0.0) {
-            let (x, m) = (s.frequency, s.monetary);
-            total += ln_gamma(p * x + q) - ln_gamma(p * x) - ln_gamma(q) + q * v.ln() + (p * x - 1.0) * m.ln() + (p * x) * x.ln()
-                - (p * x + q) * (x * m + v).ln();
-            n += 1;
+        let mut x_terms = (f64::NAN, 0.0);
+        for &(x, m, ln_m) in values {
+            let px = p * x;
+            if x != x_terms.0 {
+                x_terms = (x, ln_gamma(px + q) - ln_gamma(px) - ln_q + q_ln_v + px * x.ln());
+            }
+            total += x_terms.1 + (px - 1.0) * ln_m - (px + q) * (x * m + v).ln();
         }
-        -total / n.max(1) as f64
+        -total / values.len().max(1) as f64
     }
 
     pub fn fit(data: &[Summary]) -> Result<GammaGamma, String> {
-        if !data.iter().any(|s| s.frequency > 0.0 && s.monetary > 0.0) {
+        let values = repeat_values(data);
+        if values.is_empty() {
             return Err("no repeat customers to fit purchase values on".into());
         }
-        let p = minimise(|p| GammaGamma { p: p[0], q: p[1], v: p[2] }.neg_log_likelihood(data), &[1.0, 1.0, 1.0])?;
+        let p = minimise(|p| GammaGamma { p: p[0], q: p[1], v: p[2] }.sorted_nll(&values), &[1.0, 1.0, 1.0])?;
         Ok(GammaGamma { p: p[0], q: p[1], v: p[2] })
     }
 
@@ -184,8 +234,14 @@ pub struct Clv {
 }
 
 impl Clv {
+    /// Fits both models, each on a thread of its own (they are independent).
     pub fn fit(data: &[Summary]) -> Result<Clv, String> {
-        Ok(Clv { purchases: BgNbd::fit(data)?, value: GammaGamma::fit(data)? })
+        let (purchases, value) = std::thread::scope(|s| {
+            let value = s.spawn(|| GammaGamma::fit(data));
+            let purchases = BgNbd::fit(data);
+            (purchases, value.join().unwrap_or_else(|_| Err("the purchase value fit panicked".into())))
+        });
+        Ok(Clv { purchases: purchases?, value: value? })
     }
 
     /// The expected revenue of a customer over the next `weeks` weeks

@@ -44,6 +44,8 @@ pub struct TryJob {
     pub claimed: Claimed,
     pub interrupt: CancellationToken,
     pub test_mode: bool,
+    /// The DAG's latest successful run before this one (read once per run).
+    pub prev_success: Option<crate::template::PrevSuccess>,
 }
 
 impl TryJob {
@@ -51,7 +53,7 @@ impl TryJob {
     /// error, a panic in the task or in blocking work it spawned), the try
     /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
-        let TryJob { runner, dag, run, claimed, interrupt, .. } = self;
+        let TryJob { runner, dag, run, claimed, interrupt, prev_success, .. } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
         if claimed.poking_since.is_some() {
             // A rescheduled sensor's try goes on with its log so far.
@@ -95,17 +97,10 @@ impl TryJob {
             }
             let mapped: Vec<&str> =
                 task.upstream.iter().map(|&u| &dag.tasks[u]).filter(|t| t.expand.is_some()).map(|t| t.id.as_str()).collect();
-            // Two reads at once: upstream outputs, and the previous
-            // successful run (for the `prev_*_success` template names).
-            let (outputs, prev) = tokio::join!(
-                runner.store.outputs_of(run.run_id, &upstream_ids, &mapped),
-                runner.store.previous_success(&dag.dag_id, run.logical_date)
-            );
-            let outputs = outputs.map_err(|e| match e {
+            let outputs = runner.store.outputs_of(run.run_id, &upstream_ids, &mapped).await.map_err(|e| match e {
                 crate::state::StateError::Sql(e) => TaskError::sql("cannot read upstream outputs", &e),
                 other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
             })?;
-            let prev = prev.map_err(|e| TaskError::transient(format!("cannot read the previous successful run: {e}")))?;
             let map = match map_index {
                 Some(n) => Some((n, super::expand::item_of(&outputs, &task.id, n)?)),
                 None => None,
@@ -113,7 +108,7 @@ impl TryJob {
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
             let mut ctx =
-                task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev, map)?;
+                task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev_success, map)?;
             ctx.poking_since = claimed.poking_since;
             // A mapped task's own instance expands it; its instances run it.
             let work = async {

@@ -242,16 +242,17 @@ impl Runner {
 
     async fn drive_inner(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
         // Ride out an unreachable state store before the first claim, too.
-        let run = loop {
+        let (run, prev_success) = loop {
             let begin = async {
-                self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                // Starting a run that does not exist changes nothing.
                 self.store.start_run(run_id).await?;
                 let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                let prev = self.store.previous_success(&dag.dag_id, run.logical_date).await?;
                 self.store.sync_task_instances(run_id, &dag).await?;
-                Ok::<_, RunnerError>(run)
+                Ok::<_, RunnerError>((run, prev))
             };
             match begin.await {
-                Ok(run) => break run,
+                Ok(started) => break started,
                 Err(RunnerError::State(e)) if !stop.drain.is_cancelled() => {
                     tracing::warn!(error = %e, "cannot reach the state database to start driving the run; retrying");
                     tokio::select! {
@@ -272,6 +273,7 @@ impl Runner {
             local: HashSet::new(),
             last_reap: tokio::time::Instant::now() - self.heartbeat_every,
             blocked_said: false,
+            prev_success,
         };
         let mut stopping = false;
         let mut interrupted = false;
@@ -360,6 +362,9 @@ struct Driver<'r> {
     last_reap: tokio::time::Instant,
     /// Whether the wait for a previous run was logged.
     blocked_said: bool,
+    /// The DAG's latest successful run before this one, for the
+    /// `prev_*_success` template names: read once, at the start.
+    prev_success: Option<crate::template::PrevSuccess>,
 }
 
 impl Driver<'_> {
@@ -475,6 +480,7 @@ impl Driver<'_> {
                     claimed: c,
                     interrupt: self.interrupt.clone(),
                     test_mode: false,
+                    prev_success: self.prev_success,
                 };
                 self.tries.spawn(job.run());
             }

@@ -274,9 +274,16 @@ impl Report {
                 None => pipeline.clone(),
             };
             let rows = match &s.model {
-                Some(m) => crate::report::clv::summarize(&rows, m).map_err(|e| {
-                    TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")))
-                })?,
+                // The fit takes CPU for a while: off the async threads.
+                Some(m) => {
+                    let m = m.clone();
+                    tokio::task::spawn_blocking(move || crate::report::clv::summarize(&rows, &m))
+                        .await
+                        .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
+                        .map_err(|e| {
+                            TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")))
+                        })?
+                }
                 None => rows,
             };
             data.push(rows);

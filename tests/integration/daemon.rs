@@ -444,3 +444,37 @@ sluice_test!(asset_updates_create_exactly_one_run_with_two_daemons, |p| {
     term(&mut d1);
     term(&mut d2);
 });
+
+// depends_on_past under the daemon: a run whose task failed holds the
+// next run's instance of it (pending, the run kept running, not failed);
+// clearing and fixing the failed run lets both finish.
+sluice_test!(the_daemon_holds_a_run_behind_a_failed_past_until_it_is_fixed, |p| {
+    let start = chrono::Utc::now() - chrono::Duration::minutes(3);
+    let start = start.format("%Y-%m-%dT%H:%M:00Z").to_string();
+    let first = start.replace(['-', ':'], "").trim_end_matches('Z').to_string();
+    p.write(&format!("fail_{first}"), "");
+    p.write(
+        "dags/past.yaml",
+        &format!(
+            "schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\nmax_active_runs: 3\ntasks:\n  - {{ id: t, type: shell, command: 'test ! -f fail_{{{{ ts_nodash }}}}', depends_on_past: true }}\n"
+        ),
+    );
+    let (mut d, addr) = daemon_http(&p, "past", &[]);
+    let run_of = |n: i64| p.count(&format!("SELECT run_id FROM dag_runs WHERE dag_id = 'past' ORDER BY logical_date OFFSET {n} LIMIT 1"));
+    wait_until("the first run to fail", Duration::from_secs(60), || {
+        p.count("SELECT count(*) FROM dag_runs WHERE dag_id = 'past' AND state = 'failed'") == 1
+    });
+    let (r1, r2) = (run_of(0), run_of(1));
+    wait_for_loops(&addr, 5);
+    let held = p.state_sql(&format!(
+        "SELECT r.state || ' ' || t.state FROM dag_runs r JOIN task_instances t USING (run_id) WHERE r.run_id = {r2}"
+    ));
+    assert_eq!(held, vec!["running pending"], "the second run waits for the first");
+    std::fs::remove_file(p.path().join(format!("fail_{first}"))).unwrap();
+    p.sluice(&["tasks", "clear", "past", "--run", &r1.to_string()]).ok();
+    wait_until("every run to succeed", Duration::from_secs(90), || {
+        p.count("SELECT count(*) FROM dag_runs WHERE dag_id = 'past' AND state <> 'success'") == 0
+            && p.count("SELECT count(*) FROM dag_runs WHERE dag_id = 'past'") >= 3
+    });
+    term(&mut d);
+});
