@@ -107,8 +107,19 @@ impl TryJob {
             };
             let upstream = upstream_of(task, &dag, &outputs);
             let inputs = datasets_of(task, &dag, outputs);
-            let mut ctx =
-                task_ctx(runner.res.clone(), &dag, task, &run, claimed.try_number, inputs, upstream, log.clone(), false, prev_success, map)?;
+            let mut ctx = task_ctx(
+                runner.res.clone(),
+                &dag,
+                task,
+                &run,
+                claimed.try_number,
+                inputs,
+                upstream,
+                log.clone(),
+                false,
+                prev_success,
+                map,
+            )?;
             ctx.poking_since = claimed.poking_since;
             // A mapped task's own instance expands it; its instances run it.
             let work = async {

@@ -666,6 +666,17 @@ pub fn decide(dag: &Dag, tis: &[TiRow], past: &Past) -> Vec<(String, TiState)> {
         state[i] = Some(new);
         out.push((task.id.clone(), new));
     }
+    // A mapped task's instances wait until its expansion's success (and
+    // the list in its output) is recorded; an expansion that did not end
+    // well leaves them out of the run.
+    for t in tis.iter().filter(|t| t.state == TiState::Pending) {
+        let Some((name, _)) = crate::dag::split_map_id(&t.task_id) else { continue };
+        match by_id.get(name) {
+            Some(TiState::Success) => out.push((t.task_id.clone(), TiState::Queued)),
+            Some(s) if s.is_terminal() => out.push((t.task_id.clone(), TiState::Removed)),
+            _ => {}
+        }
+    }
     out
 }
 
@@ -695,6 +706,24 @@ mod tests {
         let dag = crate::dag::from_yaml(yaml);
         let tis: Vec<TiRow> = states.iter().map(|(t, s)| ti(t, *s)).collect();
         decide(&dag, &tis, &Past::new())
+    }
+
+    #[test]
+    fn mapped_instances_wait_for_their_expansion_and_count_each_downstream() {
+        use TiState::*;
+        const MAPPED: &str = "tasks:
+  - { id: m, type: shell, command: 'true', expand: [1, 2] }
+  - { id: after, type: shell, command: 'true', depends_on: [m] }
+";
+        // The expansion is still recording its end: its instances wait.
+        assert!(decisions(MAPPED, &[("m", Running), ("m[0]", Pending), ("m[1]", Pending), ("after", Pending)]).is_empty());
+        // Recorded: they are queued; `after` waits for both.
+        let got = decisions(MAPPED, &[("m", Success), ("m[0]", Pending), ("m[1]", Pending), ("after", Pending)]);
+        assert_eq!(got, vec![("m[0]".to_string(), Queued), ("m[1]".to_string(), Queued)]);
+        assert!(decisions(MAPPED, &[("m", Success), ("m[0]", Success), ("m[1]", Running), ("after", Pending)]).is_empty());
+        // One failed instance fails `after` (all_success), as in Airflow.
+        let got = decisions(MAPPED, &[("m", Success), ("m[0]", Success), ("m[1]", Failed), ("after", Pending)]);
+        assert_eq!(got, vec![("after".to_string(), UpstreamFailed)]);
     }
 
     const DIAMOND: &str = "tasks:

@@ -423,7 +423,8 @@ impl Store {
     }
 
     /// Creates (or, after a clear, resets) the `n` instances of a mapped
-    /// task, `TASK[0]` to `TASK[n-1]`, queued, with the task's priority and
+    /// task, `TASK[0]` to `TASK[n-1]`, pending (the runner queues them once
+    /// the expansion's success, with its list, is recorded), with the task's priority and
     /// pool; instances past `n` from an earlier, longer expansion are
     /// removed.
     pub async fn expand_task(&self, run_id: i64, task_id: &str, n: usize, max_tries: i32) -> Result<(), StateError> {
@@ -439,10 +440,10 @@ impl Store {
         .await?;
         sqlx::query(
             "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
-             SELECT p.run_id, p.task_id || '[' || i || ']', 'queued', p.priority, $4, p.pool, p.pool_slots, p.priority_weight
+             SELECT p.run_id, p.task_id || '[' || i || ']', 'pending', p.priority, $4, p.pool, p.pool_slots, p.priority_weight
              FROM task_instances p, generate_series(0, $3 - 1) AS i
              WHERE p.run_id = $1 AND p.task_id = $2
-             ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'queued', max_tries = task_instances.try_number + $4,
+             ON CONFLICT (run_id, task_id) DO UPDATE SET state = 'pending', max_tries = task_instances.try_number + $4,
                  next_try_at = NULL, error = NULL, error_kind = NULL, notice = NULL, output = NULL, worker_id = NULL,
                  heartbeat_at = NULL, started_at = NULL, ended_at = NULL, worker_failures = 0
              WHERE task_instances.state <> 'running'",

@@ -57,6 +57,11 @@ impl Capture {
     }
 }
 
+/// Tests that capture polars' warnings, or run SQL that may warn, hold
+/// this: the capture is process-wide, and tests run in parallel threads.
+#[cfg(test)]
+pub static TEST_SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use polars::prelude::*;
@@ -67,6 +72,7 @@ mod tests {
     /// the capture holds it once, with its count, and nothing reaches stderr.
     #[test]
     fn a_warning_per_chunk_is_one_entry_with_its_count() {
+        let _serial = TEST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let cap = Capture::start();
         let mut df = df!("d" => ["2024-01-01"]).unwrap();
         for _ in 0..9 {

@@ -357,6 +357,12 @@ mod cookbook {
     }
 
     fn run(sql: &str) -> PolarsResult<DataFrame> {
+        let _serial = crate::tasks::polars_warnings::TEST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        run_serialized(sql)
+    }
+
+    /// `run` for a test that holds `TEST_SERIAL` already.
+    fn run_serialized(sql: &str) -> PolarsResult<DataFrame> {
         let mut ctx = SQLContext::new();
         ctx.register("t", table());
         ctx.execute(sql).and_then(|l| l.collect())
@@ -366,6 +372,16 @@ mod cookbook {
     #[track_caller]
     fn values(sql: &str) -> Vec<String> {
         let df = run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        first_column(&df)
+    }
+
+    #[track_caller]
+    fn values_serialized(sql: &str) -> Vec<String> {
+        let df = run_serialized(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        first_column(&df)
+    }
+
+    fn first_column(df: &DataFrame) -> Vec<String> {
         let c = &df.columns()[0];
         (0..c.len()).map(|i| c.get(i).unwrap().str_value().to_string()).collect()
     }
@@ -429,10 +445,11 @@ mod cookbook {
     /// casting text to a date is deprecated; `DATE('…')` does not.
     #[test]
     fn date_literals_and_the_deprecation_warning() {
+        let _serial = crate::tasks::polars_warnings::TEST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let cap = crate::tasks::polars_warnings::Capture::start();
-        assert_eq!(values("SELECT DATE('2024-11-18') AS x FROM t LIMIT 1"), ["2024-11-18"]);
+        assert_eq!(values_serialized("SELECT DATE('2024-11-18') AS x FROM t LIMIT 1"), ["2024-11-18"]);
         let quiet = cap.take();
-        assert_eq!(values("SELECT CAST('2024-11-18' AS DATE) AS x FROM t LIMIT 1"), ["2024-11-18"]);
+        assert_eq!(values_serialized("SELECT CAST('2024-11-18' AS DATE) AS x FROM t LIMIT 1"), ["2024-11-18"]);
         let warned = cap.take();
         assert!(quiet.iter().all(|(w, _)| !w.contains("Date")), "{quiet:?}");
         assert!(warned.iter().any(|(w, _)| w.contains("Casting from String to Date is deprecated")), "{warned:?}");

@@ -466,9 +466,8 @@ sluice_test!(the_daemon_holds_a_run_behind_a_failed_past_until_it_is_fixed, |p| 
     });
     let (r1, r2) = (run_of(0), run_of(1));
     wait_for_loops(&addr, 5);
-    let held = p.state_sql(&format!(
-        "SELECT r.state || ' ' || t.state FROM dag_runs r JOIN task_instances t USING (run_id) WHERE r.run_id = {r2}"
-    ));
+    let held = p
+        .state_sql(&format!("SELECT r.state || ' ' || t.state FROM dag_runs r JOIN task_instances t USING (run_id) WHERE r.run_id = {r2}"));
     assert_eq!(held, vec!["running pending"], "the second run waits for the first");
     std::fs::remove_file(p.path().join(format!("fail_{first}"))).unwrap();
     p.sluice(&["tasks", "clear", "past", "--run", &r1.to_string()]).ok();
