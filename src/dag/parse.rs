@@ -845,6 +845,42 @@ fn check_expand(
     }
 }
 
+/// A notifier's value as it will be at run time, when it can be known now:
+/// itself, or a template that reads only variables, rendered. None when it
+/// is a template of run-time values (a param, the date), or has an error
+/// (reported at `at`, naming it as `what`).
+fn value_known_now(
+    value: &str,
+    at: &str,
+    what: &str,
+    templates: &Templates,
+    params: &BTreeSet<String>,
+    connections: &crate::connections::Connections,
+    conn_ids: &BTreeSet<String>,
+    d: &mut Diagnostics<'_>,
+) -> Option<String> {
+    if !crate::template::is_template(value) {
+        return Some(value.to_string());
+    }
+    let problems = templates.check(value, params, Some(conn_ids));
+    if !problems.is_empty() {
+        for p in problems {
+            d.error(At::Value(at), p);
+        }
+        return None;
+    }
+    match templates.render_vars_only(value, &|v| connections.variable(v))? {
+        Ok(r) => Some(r),
+        Err(e) => {
+            d.error(
+                At::Value(at),
+                format!("{what} `{value}` cannot be rendered: {e} (define it in config/variables.yaml or as SLUICE_VAR_<NAME>)"),
+            );
+            None
+        }
+    }
+}
+
 /// Checks a webhook URL: an http(s) URL, or a template that renders to one
 /// where its variables are known now.
 fn check_webhook_url(
@@ -856,22 +892,7 @@ fn check_webhook_url(
     conn_ids: &BTreeSet<String>,
     d: &mut Diagnostics<'_>,
 ) {
-    let rendered = if crate::template::is_template(url) {
-        let problems = templates.check(url, params, Some(conn_ids));
-        if !problems.is_empty() {
-            for p in problems {
-                d.error(At::Value(path), p);
-            }
-            return;
-        }
-        match templates.render_vars_only(url, &|v| connections.variable(v)) {
-            Some(Ok(r)) => r,
-            // Unknown until run time (a param, a variable not set here).
-            _ => return,
-        }
-    } else {
-        url.to_string()
-    };
+    let Some(rendered) = value_known_now(url, path, "the webhook", templates, params, connections, conn_ids, d) else { return };
     match url::Url::parse(rendered.trim()) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => {}
         _ => {
@@ -892,27 +913,8 @@ fn check_notice_addresses(
 ) {
     for (i, entry) in list.iter().enumerate() {
         let at = index(path, i);
-        let rendered = if crate::template::is_template(entry) {
-            let problems = templates.check(entry, params, Some(conn_ids));
-            if !problems.is_empty() {
-                for p in problems {
-                    d.error(At::Value(&at), p);
-                }
-                continue;
-            }
-            match templates.render_vars_only(entry, &|v| connections.variable(v)) {
-                None => continue,
-                Some(Err(e)) => {
-                    d.error(
-                        At::Value(&at),
-                        format!("the notice address `{entry}` cannot be rendered: {e} (define it in config/variables.yaml or as SLUICE_VAR_<NAME>)"),
-                    );
-                    continue;
-                }
-                Some(Ok(r)) => r,
-            }
-        } else {
-            entry.clone()
+        let Some(rendered) = value_known_now(entry, &at, "the notice address", templates, params, connections, conn_ids, d) else {
+            continue;
         };
         let addresses = crate::mail::split_addresses(std::slice::from_ref(&rendered));
         if addresses.is_empty() {
