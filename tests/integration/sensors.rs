@@ -50,6 +50,8 @@ tasks:
   - {{ id: endpoint, type: sensor, http: "{url}/status", json_field: /export/state, equals: done, poke_interval: 1s, timeout: 1m }}
   - {{ id: object, type: sensor, conn: lake, s3: "s3://{{{{ var.bucket }}}}/in/ready.txt", mode: reschedule, poke_interval: 1s, timeout: 1m }}
   - {{ id: upload, type: s3, conn: lake, op: put, src: files/ready.txt, dst: "s3://{{{{ var.bucket }}}}/in/", depends_on: [fill] }}
+  # expand over the keys under an S3 prefix (here, the one object uploaded).
+  - {{ id: per_object, type: shell, expand: {{ s3: "s3://{{{{ var.bucket }}}}/in/", conn: lake }}, command: "echo got {{{{ item }}}}", depends_on: [object] }}
 "#,
             url = stub.url
         ),
@@ -58,10 +60,13 @@ tasks:
     let out = p.sluice(&["run", "waits"]);
     let run = p.last_run("waits");
     let states = p.states(run);
-    for t in ["table_has_rows", "fill", "endpoint", "object", "upload"] {
+    for t in ["table_has_rows", "fill", "endpoint", "object", "upload", "per_object", "per_object[0]"] {
         assert_eq!(states[t], ("success".to_string(), 1), "{t}: {states:?}\n{}", out.all());
     }
     assert!(stub.count() >= 3, "the endpoint was asked {} times", stub.count());
     let log = p.sluice(&["logs", &run.to_string(), "endpoint"]).ok().stdout;
     assert!(log.contains("HTTP 503") && log.contains("/export/state = \"running\""), "{log}");
+    assert!(!states.contains_key("per_object[1]"), "{states:?}");
+    let log = p.sluice(&["logs", &run.to_string(), "per_object", "--map-index", "0"]).ok().stdout;
+    assert!(log.contains(&format!("out | got s3://{bucket}/in/ready.txt")), "{log}");
 });
