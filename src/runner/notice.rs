@@ -109,7 +109,7 @@ pub async fn notify_try(
     let event = Event::Try { task, claimed, report, log };
     let notices = send_all(runner, dag, run, &event, notifiers, Some((task, claimed.try_number))).await;
     if !notices.is_empty() {
-        let text = notices.iter().map(|n| crate::secrets::mask(&n.to_string())).collect::<Vec<_>>().join("\n");
+        let text = recorded_text(&notices);
         if let Err(e) = runner.store.record_notice(run.run_id, &task.id, claimed.try_number, &text).await {
             tracing::warn!(run = run.run_id, task = %task.id, "could not record the notice's outcome: {e}");
         }
@@ -123,12 +123,17 @@ pub async fn notify_run(runner: &Runner, dag: &Dag, run: &RunRow, state: RunStat
     let notifiers = if state == RunState::Success { &dag.on_success } else { &dag.on_failure };
     let notices = send_all(runner, dag, run, &Event::Run { state, reason }, notifiers, None).await;
     if !notices.is_empty() {
-        let text = notices.iter().map(|n| crate::secrets::mask(&n.to_string())).collect::<Vec<_>>().join("\n");
+        let text = recorded_text(&notices);
         if let Err(e) = runner.store.record_run_notice(run.run_id, &text).await {
             tracing::warn!(run = run.run_id, "could not record the run notice's outcome: {e}");
         }
     }
     notices
+}
+
+/// What is kept of a list of notices: one masked line each.
+fn recorded_text(notices: &[Notice]) -> String {
+    notices.iter().map(|n| crate::secrets::mask(&n.to_string())).collect::<Vec<_>>().join("\n")
 }
 
 async fn send_all(
