@@ -13,7 +13,6 @@
 //! dies with it (see [`crate::process`]).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -123,29 +122,14 @@ impl TaskType for ShellConfig {
 
 impl Run for Shell {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
-        let mut cmd = tokio::process::Command::new(&self.argv[0]);
-        cmd.args(&self.argv[1..])
-            .envs(&self.env)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let worker = std::process::id() as libc::pid_t;
-        // SAFETY: `supervise` makes only async-signal-safe calls (see there).
-        unsafe {
-            cmd.pre_exec(move || crate::process::supervise(worker));
-        }
         // Masked before quoting: a quoted secret would not match its mask.
         let shown: Vec<String> = self.argv.iter().map(|a| crate::secrets::mask(a)).collect();
         tracing::info!("running {}", shell_words(&shown));
-        let mut child = cmd
-            .spawn()
+        let child = crate::process::spawn(&self.argv, &self.env, &self.cwd)
+            .await
             .map_err(|e| TaskError::Failed(format!("cannot start `{}`: {e}", self.argv[0])))?;
-        let group = crate::process::Group::new(child.id());
-        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(TaskError::Panic("the command's output pipes are missing".into()));
-        };
+        let group = crate::process::Group::new(Some(child.pid));
+        let crate::process::Child { stdout: out, stderr: err, exit, .. } = child;
         let log_out = ctx.log.clone();
         let log_err = ctx.log.clone();
         let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<String>::new()));
@@ -168,7 +152,7 @@ impl Run for Shell {
                 }
             }
         };
-        let (status, _, _) = tokio::join!(child.wait(), read_out, read_err);
+        let (status, _, _) = tokio::join!(exit.wait(), read_out, read_err);
         let status = status.map_err(|e| TaskError::Failed(format!("waiting for the command failed: {e}")))?;
         group.disarm();
         match status.code() {

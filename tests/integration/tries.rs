@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{Project, process_alive, wait_until};
+use crate::harness::{Project, children_named, process_alive, wait_until};
 
 /// A generous bound for runs that must end: a hang fails the test.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -146,10 +146,15 @@ sluice_test!(a_killed_worker_takes_its_command_with_it, |p| {
     let mut child = p.command(&["run", "s", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_until("the command to start", DEADLINE, || p.path().join("pid.txt").exists());
     let pid = pid_of(&p);
+    // The command was started by the worker's spawner process, a child of
+    // the worker that is not in the command's process group.
+    let spawners = children_named(child.id(), "__spawner");
+    assert_eq!(spawners.len(), 1, "the worker has one spawner");
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     // SIGTERM at once (ignored here), SIGKILL two seconds later.
     wait_until("the command to die with its worker", Duration::from_secs(15), || !process_alive(pid));
+    wait_until("the spawner to exit after it", Duration::from_secs(15), || !process_alive(spawners[0]));
 });
 
 sluice_test!(a_closed_stdout_ends_sluice_quietly, |p| {

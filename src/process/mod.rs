@@ -1,6 +1,11 @@
 //! Child processes of tasks: each runs in its own process group, dies with
 //! its worker, and is never left behind when sluice exits.
 //!
+//! * [`spawn`] starts a command, through the worker's spawner process
+//!   ([`spawner`]): a small single-threaded helper whose forks are cheap,
+//!   which kills the groups it started when the worker dies. Where there is
+//!   no spawner (unit tests, `SLUICE_SPAWN=fork`) the worker forks itself,
+//!   with the next hook.
 //! * [`supervise`] (a `pre_exec` hook) puts the child in a new process
 //!   group and forks it once more: the command runs in the grandchild,
 //!   while the child waits for it and mirrors its exit status. When the
@@ -12,6 +17,11 @@
 //!   SIGKILL are tracked, and [`kill_all_before_exit`] delivers it before
 //!   the process exits, so that a command that ignores SIGTERM does not
 //!   survive `sluice run` or Ctrl-C.
+
+mod spawn;
+mod spawner;
+
+pub use spawn::{Child, main_hook, spawn};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
