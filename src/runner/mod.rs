@@ -454,18 +454,17 @@ impl Driver<'_> {
             store.decide(run_id, &decisions).await?;
             report_decisions(observer, &decisions);
         } else {
-            let mut specs: HashMap<String, ClaimSpec> = dag
-                .tasks
+            // The candidates: the instances ready in this snapshot (one that
+            // another process queues meanwhile waits for the next step).
+            let specs: HashMap<String, ClaimSpec> = tis
                 .iter()
-                .map(|t| (t.id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family: None }))
+                .filter(|ti| is_ready(ti, now))
+                .filter_map(|ti| {
+                    let (t, index) = dag.resolve(&ti.task_id)?;
+                    let family = index.and(t.max_active_tis).map(|m| (t.id.clone(), m as i32));
+                    Some((ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family }))
+                })
                 .collect();
-            // The instances of mapped tasks.
-            for ti in &tis {
-                if let Some((t, Some(_))) = dag.resolve(&ti.task_id) {
-                    let family = t.max_active_tis.map(|m| (t.id.clone(), m as i32));
-                    specs.insert(ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family });
-                }
-            }
             let slots =
                 (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
             let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions).await?;

@@ -581,39 +581,7 @@ impl Store {
             self.decide(run_id, decisions).await?;
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
-        // Claims of one run are serialized by a lock on its row, so that
-        // max_active_tasks holds however many processes drive the run.
-        sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
-        apply_decisions(&mut tx, run_id, decisions).await?;
-        // Only tasks of this process's version of the DAG are claimed: in a
-        // rolling deploy, a worker with an older file must leave a task it
-        // does not know to the workers that do.
         let ids: Vec<&str> = tasks.keys().map(String::as_str).collect();
-        let chosen: Option<Vec<String>> = match tasks.values().any(|t| t.pool.is_some() || t.family.is_some()) {
-            false => None,
-            true => Some(pools::choose(&mut tx, run_id, limit, max_active, tasks, &ids).await?),
-        };
-        if chosen.as_ref().is_some_and(|c| c.is_empty()) {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        // Without pools, the candidates are picked in the statement itself.
-        let pick = match chosen {
-            None => {
-                "SELECT run_id, task_id, state AS was FROM task_instances
-                     WHERE run_id = $1 AND (state = 'queued' OR (state IN ('up_for_retry', 'up_for_reschedule') AND next_try_at <= now()))
-                       AND task_id = ANY($5::text[])
-                     ORDER BY priority_weight DESC, priority, task_id
-                     LIMIT greatest(0, least($2, $4 - (SELECT count(*) FROM task_instances WHERE run_id = $1 AND state = 'running')))
-                     FOR UPDATE SKIP LOCKED"
-            }
-            Some(_) => {
-                "SELECT run_id, task_id, state AS was FROM task_instances
-                        WHERE run_id = $1 AND task_id = ANY($9::text[]) AND $2 > 0 AND $4 > 0"
-            }
-        };
-        let chosen = chosen.unwrap_or_default();
         let (maxes, pool_names, pool_slots): (Vec<i32>, Vec<Option<&str>>, Vec<i32>) = ids
             .iter()
             .map(|id| {
@@ -626,38 +594,15 @@ impl Store {
                 c.push(z);
                 (a, b, c)
             });
-        // One statement claims the instances, raises their max_tries to the
-        // DAG file's (a DAG edited to allow more retries applies to running
-        // instances; a clear may have raised it past the file's value),
-        // records their pool, and opens their try rows: each round trip is
-        // per-task overhead.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH c AS ({pick}),
-             m AS (SELECT * FROM UNNEST($5::text[], $6::int[], $7::text[], $8::int[]) AS m(task_id, max_tries, pool, pool_slots)),
-             claimed AS (
-                 UPDATE task_instances t
-                 SET state = 'running', try_number = t.try_number + (c.was <> 'up_for_reschedule')::int,
-                     max_tries = greatest(t.max_tries, coalesce(m.max_tries, 0), t.try_number + 1),
-                     pool = m.pool, pool_slots = coalesce(m.pool_slots, 1),
-                     worker_id = $3, claimed_at = now(), heartbeat_at = now(),
-                     started_at = CASE WHEN c.was = 'up_for_reschedule' THEN coalesce(t.started_at, now()) ELSE now() END,
-                     ended_at = NULL, error = NULL, error_kind = NULL, notice = NULL, next_try_at = NULL
-                 FROM c LEFT JOIN m ON m.task_id = c.task_id
-                 WHERE t.run_id = c.run_id AND t.task_id = c.task_id
-                 RETURNING t.task_id, t.try_number, t.max_tries,
-                     CASE WHEN c.was = 'up_for_reschedule' THEN t.started_at END AS poking_since
-             ),
-             -- A rescheduled sensor's try keeps its row: its start and its log so far.
-             tries AS (
-                 INSERT INTO task_tries (run_id, task_id, try_number, worker_id, state)
-                 SELECT $1, task_id, try_number, $3, 'running' FROM claimed
-                 ON CONFLICT (run_id, task_id, try_number) DO UPDATE
-                 SET worker_id = EXCLUDED.worker_id, state = 'running', ended_at = NULL, error = NULL, error_kind = NULL,
-                     started_at = CASE WHEN task_tries.state = 'up_for_reschedule' THEN task_tries.started_at ELSE now() END,
-                     log = CASE WHEN task_tries.state = 'up_for_reschedule' THEN task_tries.log ELSE '' END
-             )
-             SELECT task_id, try_number, max_tries, poking_since FROM claimed"
-        )))
+        let decided: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
+        let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
+        // claim_tries (migration 0008) locks the run's row, applies the
+        // decisions, claims and opens the try rows in one round trip: each
+        // round trip is per-task overhead. With pools or per-task limits,
+        // the choice is made first, in a transaction under the same lock.
+        let claim = sqlx::query(
+            "SELECT task_id, try_number, max_tries, poking_since FROM claim_tries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
         .bind(run_id)
         .bind(limit)
         .bind(worker)
@@ -665,11 +610,21 @@ impl Store {
         .bind(&ids)
         .bind(&maxes)
         .bind(&pool_names)
-        .bind(&pool_slots)
-        .bind(&chosen)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(&pool_slots);
+        let rows = if tasks.values().any(|t| t.pool.is_some() || t.family.is_some()) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT 1 FROM dag_runs WHERE run_id = $1 FOR UPDATE").bind(run_id).execute(&mut *tx).await?;
+            apply_decisions(&mut tx, run_id, decisions).await?;
+            let chosen = pools::choose(&mut tx, run_id, limit, max_active, tasks, &ids).await?;
+            let rows = match chosen.is_empty() {
+                true => Vec::new(),
+                false => claim.bind(&chosen).bind(Vec::<&str>::new()).bind(Vec::<&str>::new()).fetch_all(&mut *tx).await?,
+            };
+            tx.commit().await?;
+            rows
+        } else {
+            claim.bind(None::<Vec<String>>).bind(&decided).bind(&states).fetch_all(&self.pool).await?
+        };
         Ok(rows
             .into_iter()
             .map(|r| Claimed {
