@@ -3,8 +3,9 @@
 //! Forking the worker for every command costs more than the command (a
 //! `true` task): the worker is large and multi-threaded, and the fork copies
 //! its page tables. The spawner is `sluice __spawner`, started once per
-//! worker on first use. It is single-threaded and small, so its forks are
-//! cheap, and it makes each command the leader of its own process group.
+//! worker on first use. It is single-threaded and small, starts commands
+//! with `posix_spawn` (no copy of a large process), and makes each command
+//! the leader of its own process group.
 //!
 //! It talks to the worker over a `SOCK_SEQPACKET` socket pair (fd 3 here),
 //! one message per request or event; see [`super::spawn`] for the worker's
@@ -114,85 +115,68 @@ impl Spawner {
         Ok(reply)
     }
 
-    /// Forks and executes one command with `out` and `err` as its stdout
-    /// and stderr and /dev/null as its stdin. Returns once it executes.
+    /// Starts one command (`posix_spawn`: no copy of this
+    /// process) with `out` and `err` as its stdout and stderr, /dev/null as
+    /// its stdin, in a new process group. Returns once it executes.
     fn start(&mut self, cwd: &[u8], program: &[u8], argv: &[&[u8]], env: &[&[u8]], out: &OwnedFd, err: &OwnedFd) -> std::io::Result<i32> {
         let c = |b: &[u8]| CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
         let cwd = c(cwd)?;
         let program = c(program)?;
         let argv: Vec<CString> = argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
         let env: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
-        let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_p.push(std::ptr::null());
-        let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-        env_p.push(std::ptr::null());
+        let mut argv_p: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+        argv_p.push(std::ptr::null_mut());
+        let mut env_p: Vec<*mut libc::c_char> = env.iter().map(|a| a.as_ptr() as *mut _).collect();
+        env_p.push(std::ptr::null_mut());
         let devnull = c(b"/dev/null")?;
-        // A close-on-exec pipe: the child writes errno to it if it cannot
-        // execute; end of file means it did.
-        let mut p = [0; 2];
-        // SAFETY: pipe2 fills the array with two new descriptors.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors are new and owned here.
-        let (status_r, status_w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-        // SAFETY: this process is single-threaded; the child only makes
-        // raw system calls on prepared data before it executes or exits.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if pid == 0 {
-            // SAFETY: the child, between fork and exec (see above).
-            unsafe {
-                let fail = |w: RawFd| -> ! {
-                    let e = *libc::__errno_location();
-                    libc::write(w, (&e as *const i32).cast(), 4);
-                    libc::_exit(127)
-                };
-                let w = status_w.as_raw_fd();
-                libc::setpgid(0, 0);
-                let null = libc::open(devnull.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(out.as_raw_fd(), 1) < 0 || libc::dup2(err.as_raw_fd(), 2) < 0 {
-                    fail(w);
-                }
-                // Rust ignores SIGPIPE; commands expect the default.
-                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-                if libc::chdir(cwd.as_ptr()) != 0 {
-                    fail(w);
-                }
-                libc::execve(program.as_ptr(), argv_p.as_ptr(), env_p.as_ptr());
-                fail(w);
+        let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(std::io::Error::from_raw_os_error(r)) };
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: the attribute and file-action objects are initialised
+        // before use and destroyed after; every pointer passed is valid
+        // for the call (the CStrings and arrays outlive it).
+        unsafe {
+            let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+            let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+            check(libc::posix_spawn_file_actions_init(&mut fa))?;
+            if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+                libc::posix_spawn_file_actions_destroy(&mut fa);
+                return Err(e);
             }
-        }
-        // Also set here, so that the group exists before the worker hears of it.
-        // SAFETY: setpgid on our own child.
-        unsafe { libc::setpgid(pid, pid) };
-        drop(status_w);
-        let mut e = [0u8; 4];
-        let n = loop {
-            // SAFETY: reading into a 4-byte buffer.
-            let n = unsafe { libc::read(status_r.as_raw_fd(), e.as_mut_ptr().cast(), 4) };
-            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        if n == 4 {
-            let mut st = 0;
-            // SAFETY: reaping our own child, which has exited.
-            unsafe { libc::waitpid(pid, &mut st, 0) };
-            return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(e)));
+            let mut sigdef: libc::sigset_t = std::mem::zeroed();
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut sigdef);
+            // Rust ignores SIGPIPE; commands expect the default.
+            libc::sigaddset(&mut sigdef, libc::SIGPIPE);
+            libc::sigemptyset(&mut mask);
+            let spawned = check(libc::posix_spawn_file_actions_addopen(&mut fa, 0, devnull.as_ptr(), libc::O_RDONLY, 0))
+                .and_then(|_| check(libc::posix_spawn_file_actions_adddup2(&mut fa, out.as_raw_fd(), 1)))
+                .and_then(|_| check(libc::posix_spawn_file_actions_adddup2(&mut fa, err.as_raw_fd(), 2)))
+                .and_then(|_| check(libc::posix_spawn_file_actions_addchdir_np(&mut fa, cwd.as_ptr())))
+                .and_then(|_| {
+                    check(libc::posix_spawnattr_setflags(
+                        &mut attr,
+                        (libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK) as libc::c_short,
+                    ))
+                })
+                .and_then(|_| check(libc::posix_spawnattr_setpgroup(&mut attr, 0)))
+                .and_then(|_| check(libc::posix_spawnattr_setsigdefault(&mut attr, &sigdef)))
+                .and_then(|_| check(libc::posix_spawnattr_setsigmask(&mut attr, &mask)))
+                .and_then(|_| check(libc::posix_spawn(&mut pid, program.as_ptr(), &fa, &attr, argv_p.as_ptr(), env_p.as_ptr())));
+            libc::posix_spawnattr_destroy(&mut attr);
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            spawned?;
         }
         // SAFETY: pidfd_open on our own live (or zombie) child.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if pidfd < 0 {
             // Without a pidfd the exit could not be seen: end the command.
+            let e = std::io::Error::last_os_error();
             // SAFETY: signalling and reaping our own child.
             unsafe {
                 libc::killpg(pid, libc::SIGKILL);
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
-            return Err(std::io::Error::last_os_error());
+            return Err(e);
         }
         // SAFETY: a new descriptor, owned here.
         self.children.insert(pid, unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::Runner;
 use crate::dag::{Dag, Task};
 use crate::datasets::DatasetRef;
-use crate::state::{Claimed, RunRow, TiState, TryEnd};
+use crate::state::{Claimed, RunRow, TiRow, TiState, TryEnd};
 use crate::tasks::{Outcome, TaskConfig, TaskCtx, TaskError, TryLog};
 use crate::template::RenderVars;
 
@@ -35,6 +35,8 @@ pub struct TryReport {
     pub interrupted: bool,
     /// What became of the notices sent after the try (`on_failure`...).
     pub notices: Vec<super::notice::Notice>,
+    /// The run's task states as the end of the try was recorded, if it was.
+    pub states: Option<Vec<TiRow>>,
 }
 
 pub struct TryJob {
@@ -184,6 +186,7 @@ impl TryReport {
             warnings: Vec::new(),
             interrupted: false,
             notices: Vec::new(),
+            states: None,
         }
     }
 
@@ -197,22 +200,23 @@ impl TryReport {
 /// the store is unreachable: the outcome is kept here until it is written,
 /// and the try keeps its heartbeat meanwhile. Gives up only when `give_up`
 /// is cancelled (shutdown); the try is then found by its stale heartbeat.
-async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, give_up: &CancellationToken) {
+/// Returns the run's task states after the end, when it was applied.
+async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, give_up: &CancellationToken) -> Option<Vec<TiRow>> {
     let mut wait = Duration::from_millis(250);
     let mut logged = false;
     loop {
         match runner.store.finish_try(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end).await {
-            Ok(true) => {
+            Ok(Some(states)) => {
                 if logged {
                     tracing::info!("the end of the try is recorded now");
                 }
-                return;
+                return Some(states);
             }
-            Ok(false) => {
+            Ok(None) => {
                 tracing::warn!(
                     "this try's claim was lost meanwhile (cleared, or declared a zombie and retried); its result was not applied"
                 );
-                return;
+                return None;
             }
             Err(e) => {
                 if !logged {
@@ -225,7 +229,7 @@ async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEn
             _ = tokio::time::sleep(wait) => {}
             _ = give_up.cancelled() => {
                 tracing::error!("stopping before the end of the try could be recorded; the next worker will find it by its stale heartbeat");
-                return;
+                return None;
             }
         }
         wait = (wait * 2).min(Duration::from_secs(10));
@@ -369,7 +373,7 @@ async fn record(
         }
     };
     let end = TryEnd { log: log.text(), ..end };
-    store_end(runner, run, claimed, &end, give_up).await;
+    report.states = store_end(runner, run, claimed, &end, give_up).await;
     let Some(task) = task else { return report };
     let notifiers = match end.state {
         TiState::Failed => &task.on_failure,

@@ -274,6 +274,7 @@ impl Runner {
             last_reap: tokio::time::Instant::now() - self.heartbeat_every,
             blocked_said: false,
             prev_success,
+            fresh: None,
         };
         let mut stopping = false;
         let mut interrupted = false;
@@ -323,10 +324,16 @@ impl Runner {
                     while let Some(more) = d.tries.try_join_next() {
                         results.push(Some(more));
                     }
+                    let one = results.len() == 1;
                     for r in results.into_iter().flatten() {
                         match r {
-                            Ok(report) => {
+                            Ok(mut report) => {
                                 d.local.remove(&report.task_id);
+                                // The states the end was recorded with serve the
+                                // next step when nothing else of the run was
+                                // running then, nor here now (no end missed).
+                                let states = report.states.take();
+                                d.fresh = states.filter(|s| one && d.tries.is_empty() && s.iter().all(|t| t.state != TiState::Running));
                                 observer.event(&RunEvent::Finished(report));
                             }
                             // TryJob::run catches panics and records them;
@@ -365,6 +372,9 @@ struct Driver<'r> {
     /// The DAG's latest successful run before this one, for the
     /// `prev_*_success` template names: read once, at the start.
     prev_success: Option<crate::template::PrevSuccess>,
+    /// The run's task states as a try's end was just recorded, when they
+    /// are current: the next step starts from them instead of reading.
+    fresh: Option<Vec<TiRow>>,
 }
 
 impl Driver<'_> {
@@ -380,10 +390,14 @@ impl Driver<'_> {
             self.last_reap = tokio::time::Instant::now();
             let live = runner.live_tries();
             for (r, task, try_number, state) in store.reap(runner.reap_timeout(), runner.worker_failures, &runner.worker.id, &live).await? {
+                self.fresh = None;
                 tracing::warn!(run = r, task = %task, try_number, new_state = %state, "reaped a try whose worker stopped heartbeating");
             }
         }
-        let mut tis = store.task_states(run_id).await?;
+        let mut tis = match self.fresh.take() {
+            Some(tis) => tis,
+            None => store.task_states(run_id).await?,
+        };
         // depends_on_past reads the previous run, only while a task that
         // has it is still pending.
         let past = match runner.ignore_past_for != Some(run_id)

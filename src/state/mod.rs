@@ -195,7 +195,10 @@ impl Store {
             tx.commit().await?;
             conn.close().await.ok();
         }
-        let opts = base.options([("search_path", schema)]);
+        // Generic plans: the state store's statements look rows up by key,
+        // and planning them for each call's values costs more than running
+        // them (W2's end-of-try statement: 0.4 ms to plan, 0.25 to run).
+        let opts = base.options([("search_path", schema), ("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .min_connections(1)
@@ -636,13 +639,24 @@ impl Store {
             .collect())
     }
 
-    /// Records the end of a try. Returns false when the claim was lost
-    /// meanwhile (the try was declared a zombie, or cleared): the instance is
-    /// then left as the other party set it, and only the try row is written.
-    pub async fn finish_try(&self, run_id: i64, task_id: &str, try_number: i32, worker: &str, end: &TryEnd) -> Result<bool, StateError> {
+    /// Records the end of a try. Returns the run's task states as they are
+    /// with this end applied (what the driver's next step starts from), or
+    /// None when the claim was lost meanwhile (the try was declared a
+    /// zombie, or cleared): the instance is then left as the other party
+    /// set it, and only the try row is written.
+    pub async fn finish_try(
+        &self,
+        run_id: i64,
+        task_id: &str,
+        try_number: i32,
+        worker: &str,
+        end: &TryEnd,
+    ) -> Result<Option<Vec<TiRow>>, StateError> {
         let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
-        // One statement, so atomic without a transaction of its own.
-        let updated: i64 = sqlx::query_scalar(
+        // One statement, so atomic without a transaction of its own. Its
+        // final SELECT reads the snapshot from before the updates, so this
+        // instance's new values are put in by hand.
+        let rows: Vec<TiRow> = sqlx::query_as(
             "WITH ti AS (
                  UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL,
                      error_kind = $12
@@ -659,7 +673,12 @@ impl Store {
                  SELECT a.asset, r.dag_id, $1, $2 FROM UNNEST($13::text[]) AS a(asset), dag_runs r
                  WHERE r.run_id = $1 AND EXISTS (SELECT 1 FROM ti)
              )
-             SELECT count(*) FROM ti",
+             SELECT i.task_id, CASE WHEN i.task_id = $2 THEN $5 ELSE i.state END AS state, i.try_number, i.max_tries, i.worker_id,
+                    CASE WHEN i.task_id = $2 THEN $8 ELSE i.next_try_at END AS next_try_at, i.started_at,
+                    CASE WHEN i.task_id = $2 THEN now() ELSE i.ended_at END AS ended_at,
+                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice
+             FROM task_instances i WHERE i.run_id = $1 AND EXISTS (SELECT 1 FROM ti)
+             ORDER BY i.priority, i.task_id",
         )
         .bind(run_id)
         .bind(task_id)
@@ -674,9 +693,9 @@ impl Store {
         .bind(&end.log)
         .bind(end.error_kind.map(|k| k.as_str()))
         .bind(&end.assets)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(updated > 0)
+        Ok(if rows.is_empty() { None } else { Some(rows) })
     }
 
     /// Puts tries interrupted by this worker (Ctrl-C, shutdown) back in the

@@ -15,7 +15,11 @@ CREATE FUNCTION claim_tries(
     p_ids text[], p_maxes int[], p_pools text[], p_slots int[], p_chosen text[],
     p_decided text[], p_states text[])
 RETURNS TABLE (task_id text, try_number int, max_tries int, poking_since timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Planning the claim for every call's parameters costs more than the claim
+-- (1.3 ms against 0.6 ms per call in W2); the generic plan serves them all.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 BEGIN
     PERFORM 1 FROM dag_runs WHERE run_id = p_run FOR UPDATE;
