@@ -123,7 +123,7 @@ impl Canvas {
         let units: f32 = s
             .chars()
             .map(|c| match f.font.lookup_glyph_index(c as u32) {
-                Some(g) => f.font.get_horizontal_advance(g) as f32,
+                Some(g) => f.font.get_glyph_width(g).map_or(f.upem * 0.55, f32::from),
                 None => f.upem * 0.55,
             })
             .sum();
@@ -299,5 +299,25 @@ impl Canvas {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text is measured with each glyph's own advance from the font (not
+    /// the fallback for missing glyphs): right-aligned figures line up.
+    #[test]
+    fn text_is_measured_with_the_fonts_advances() {
+        let (regular, bold) = crate::report::find_fonts(std::path::Path::new(".")).expect("fonts-nanum is installed by scripts/test.sh");
+        let c = Canvas::new("t", &regular, &bold).unwrap();
+        let w = |s: &str| c.width(s, 10.0, false);
+        assert!(w("WWWW") > 2.0 * w("iiii"), "W {} i {}", w("WWWW"), w("iiii"));
+        assert!(w("매출") > w("ab"));
+        assert!((w("abc") - (w("a") + w("b") + w("c"))).abs() < 1e-4);
+        // A 10 pt digit of NanumGothic is between 1.5 and 2.5 mm wide.
+        assert!((1.5..2.5).contains(&w("0")), "{}", w("0"));
+        assert!(c.width("0", 10.0, true) >= w("0"));
     }
 }

@@ -200,7 +200,8 @@ impl TryReport {
 /// the store is unreachable: the outcome is kept here until it is written,
 /// and the try keeps its heartbeat meanwhile. Gives up only when `give_up`
 /// is cancelled (shutdown); the try is then found by its stale heartbeat.
-/// Returns the run's task states after the end, when it was applied.
+/// Returns the run's task states after the end, when it was applied and
+/// nothing else of the run was running.
 async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, give_up: &CancellationToken) -> Option<Vec<TiRow>> {
     let mut wait = Duration::from_millis(250);
     let mut logged = false;
@@ -210,7 +211,7 @@ async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEn
                 if logged {
                     tracing::info!("the end of the try is recorded now");
                 }
-                return Some(states);
+                return states;
             }
             Ok(None) => {
                 tracing::warn!(

@@ -113,6 +113,15 @@ pub struct TiRow {
     pub notice: Option<String>,
 }
 
+/// A row of [`Store::finish_try`]'s answer.
+#[derive(sqlx::FromRow)]
+struct FinishRow {
+    #[sqlx(flatten)]
+    ti: TiRow,
+    /// Whether the answer is the whole run (nothing else was running).
+    full: bool,
+}
+
 /// One try of a task instance.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct TryRow {
@@ -639,11 +648,12 @@ impl Store {
             .collect())
     }
 
-    /// Records the end of a try. Returns the run's task states as they are
-    /// with this end applied (what the driver's next step starts from), or
-    /// None when the claim was lost meanwhile (the try was declared a
-    /// zombie, or cleared): the instance is then left as the other party
-    /// set it, and only the try row is written.
+    /// Records the end of a try. Returns None when the claim was lost
+    /// meanwhile (the try was declared a zombie, or cleared): the instance
+    /// is then left as the other party set it, and only the try row is
+    /// written. Else, when no other try of the run was running, the run's
+    /// task states with this end applied (what the driver's next step
+    /// starts from: in a chain, one read fewer per task).
     pub async fn finish_try(
         &self,
         run_id: i64,
@@ -651,12 +661,14 @@ impl Store {
         try_number: i32,
         worker: &str,
         end: &TryEnd,
-    ) -> Result<Option<Vec<TiRow>>, StateError> {
+    ) -> Result<Option<Option<Vec<TiRow>>>, StateError> {
         let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
         // One statement, so atomic without a transaction of its own. Its
         // final SELECT reads the snapshot from before the updates, so this
-        // instance's new values are put in by hand.
-        let rows: Vec<TiRow> = sqlx::query_as(
+        // instance's new values are put in by hand; it returns only this
+        // instance while others are running (a fan-out would read the whole
+        // run at each end).
+        let rows: Vec<FinishRow> = sqlx::query_as(
             "WITH ti AS (
                  UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL,
                      error_kind = $12
@@ -676,8 +688,10 @@ impl Store {
              SELECT i.task_id, CASE WHEN i.task_id = $2 THEN $5 ELSE i.state END AS state, i.try_number, i.max_tries, i.worker_id,
                     CASE WHEN i.task_id = $2 THEN $8 ELSE i.next_try_at END AS next_try_at, i.started_at,
                     CASE WHEN i.task_id = $2 THEN now() ELSE i.ended_at END AS ended_at,
-                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice
-             FROM task_instances i WHERE i.run_id = $1 AND EXISTS (SELECT 1 FROM ti)
+                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice, alone.full
+             FROM task_instances i,
+                  (SELECT NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2) AS full) alone
+             WHERE i.run_id = $1 AND EXISTS (SELECT 1 FROM ti) AND (alone.full OR i.task_id = $2)
              ORDER BY i.priority, i.task_id",
         )
         .bind(run_id)
@@ -695,7 +709,11 @@ impl Store {
         .bind(&end.assets)
         .fetch_all(&self.pool)
         .await?;
-        Ok(if rows.is_empty() { None } else { Some(rows) })
+        Ok(match rows.first() {
+            None => None,
+            Some(r) if r.full => Some(Some(rows.into_iter().map(|r| r.ti).collect())),
+            Some(_) => Some(None),
+        })
     }
 
     /// Puts tries interrupted by this worker (Ctrl-C, shutdown) back in the
