@@ -92,17 +92,16 @@ impl TryJob {
                 run.run_id,
                 runner.worker.id
             );
-            let mut upstream_ids: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
-            // A mapped instance reads its element from the expansion's output.
-            if map_index.is_some() {
-                upstream_ids.push(task.id.as_str());
-            }
-            let mapped: Vec<&str> =
-                task.upstream.iter().map(|&u| &dag.tasks[u]).filter(|t| t.expand.is_some()).map(|t| t.id.as_str()).collect();
-            let outputs = runner.store.outputs_of(run.run_id, &upstream_ids, &mapped).await.map_err(|e| match e {
-                crate::state::StateError::Sql(e) => TaskError::sql("cannot read upstream outputs", &e),
-                other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
-            })?;
+            let outputs = match &claimed.outputs {
+                Some(o) => o.as_ref().clone(),
+                None => {
+                    let r = reads(&dag, task, map_index);
+                    runner.store.outputs_of(run.run_id, &r.upstream, &r.mapped).await.map_err(|e| match e {
+                        crate::state::StateError::Sql(e) => TaskError::sql("cannot read upstream outputs", &e),
+                        other => TaskError::transient(format!("cannot read upstream outputs: {other}")),
+                    })?
+                }
+            };
             let map = match map_index {
                 Some(n) => Some((n, super::expand::item_of(&outputs, &task.id, n)?)),
                 None => None,
@@ -386,6 +385,18 @@ async fn record(
         report.notices = super::notice::notify_try(runner, dag, run, task, claimed, &report, notifiers, log).await;
     }
     report
+}
+
+/// The recorded outputs a try of `task` reads: its upstream tasks' (a
+/// mapped upstream's instances), and for a mapped instance its own task's
+/// (the expansion's list holds its element).
+pub fn reads<'d>(dag: &'d Dag, task: &'d Task, map_index: Option<i32>) -> crate::state::Reads<'d> {
+    let mut upstream: Vec<&str> = task.upstream.iter().map(|&u| dag.tasks[u].id.as_str()).collect();
+    if map_index.is_some() {
+        upstream.push(task.id.as_str());
+    }
+    let mapped = task.upstream.iter().map(|&u| &dag.tasks[u]).filter(|t| t.expand.is_some()).map(|t| t.id.as_str()).collect();
+    crate::state::Reads { upstream, mapped }
 }
 
 /// Outputs of the task's upstream tasks, for templates (`upstream.TASK`).

@@ -481,7 +481,21 @@ impl Driver<'_> {
                 .collect();
             let slots =
                 (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
-            let claimed = store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions).await?;
+            // What the candidates' tries read, fetched by the claim.
+            let mut reads = crate::state::Reads::default();
+            for ti in tis.iter().filter(|ti| specs.contains_key(&ti.task_id)) {
+                if let Some((t, index)) = dag.resolve(&ti.task_id) {
+                    let r = exec::reads(dag, t, index);
+                    reads.upstream.extend(r.upstream);
+                    reads.mapped.extend(r.mapped);
+                }
+            }
+            reads.upstream.sort_unstable();
+            reads.upstream.dedup();
+            reads.mapped.sort_unstable();
+            reads.mapped.dedup();
+            let claimed =
+                store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions, &reads).await?;
             report_decisions(observer, &decisions);
             for c in claimed {
                 observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -113,6 +114,14 @@ pub struct TiRow {
     pub notice: Option<String>,
 }
 
+/// What the tries of a claim read: the outputs of these tasks, and of the
+/// instances of these mapped tasks.
+#[derive(Debug, Default)]
+pub struct Reads<'a> {
+    pub upstream: Vec<&'a str>,
+    pub mapped: Vec<&'a str>,
+}
+
 /// A row of [`Store::finish_try`]'s answer.
 #[derive(sqlx::FromRow)]
 struct FinishRow {
@@ -154,6 +163,9 @@ pub struct Claimed {
     pub max_tries: i32,
     /// A rescheduled sensor's try resuming: when it first poked.
     pub poking_since: Option<DateTime<Utc>>,
+    /// The recorded outputs the claim was asked to read (upstream tasks'),
+    /// shared by the tries of one claim.
+    pub outputs: Option<Arc<HashMap<String, Value>>>,
 }
 
 /// How a try ended.
@@ -588,6 +600,7 @@ impl Store {
         max_active: i64,
         tasks: &HashMap<String, ClaimSpec>,
         decisions: &[(String, TiState)],
+        reads: &Reads<'_>,
     ) -> Result<Vec<Claimed>, StateError> {
         if limit <= 0 {
             self.decide(run_id, decisions).await?;
@@ -613,7 +626,8 @@ impl Store {
         // round trip is per-task overhead. With pools or per-task limits,
         // the choice is made first, in a transaction under the same lock.
         let claim = sqlx::query(
-            "SELECT task_id, try_number, max_tries, poking_since FROM claim_tries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT task_id, try_number, max_tries, poking_since, outputs
+             FROM claim_tries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(run_id)
         .bind(limit)
@@ -630,12 +644,33 @@ impl Store {
             let chosen = pools::choose(&mut tx, run_id, limit, max_active, tasks, &ids).await?;
             let rows = match chosen.is_empty() {
                 true => Vec::new(),
-                false => claim.bind(&chosen).bind(Vec::<&str>::new()).bind(Vec::<&str>::new()).fetch_all(&mut *tx).await?,
+                false => {
+                    claim
+                        .bind(&chosen)
+                        .bind(Vec::<&str>::new())
+                        .bind(Vec::<&str>::new())
+                        .bind(&reads.upstream)
+                        .bind(&reads.mapped)
+                        .fetch_all(&mut *tx)
+                        .await?
+                }
             };
             tx.commit().await?;
             rows
         } else {
-            claim.bind(None::<Vec<String>>).bind(&decided).bind(&states).fetch_all(&self.pool).await?
+            claim
+                .bind(None::<Vec<String>>)
+                .bind(&decided)
+                .bind(&states)
+                .bind(&reads.upstream)
+                .bind(&reads.mapped)
+                .fetch_all(&self.pool)
+                .await?
+        };
+        // One claim's rows carry the same outputs: parsed once.
+        let outputs: Option<Arc<HashMap<String, Value>>> = match rows.first().and_then(|r| r.get::<Option<Value>, _>("outputs")) {
+            Some(Value::Object(m)) => Some(Arc::new(m.into_iter().collect())),
+            _ => None,
         };
         Ok(rows
             .into_iter()
@@ -644,6 +679,7 @@ impl Store {
                 try_number: r.get("try_number"),
                 max_tries: r.get("max_tries"),
                 poking_since: r.get("poking_since"),
+                outputs: outputs.clone(),
             })
             .collect())
     }
