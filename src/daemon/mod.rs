@@ -355,8 +355,9 @@ async fn tick(
         *active_count.entry(r.dag_id.as_str()).or_default() += 1;
     }
 
-    // 1. Scheduled runs that are due.
+    // 1. Scheduled runs that are due, created together.
     let last = store.last_scheduled().await?;
+    let mut due = Vec::new();
     for dag in set.dags.values() {
         if dag.schedule.is_none() || is_paused(&dag.dag_id) {
             continue;
@@ -367,13 +368,14 @@ async fn tick(
         }
         for iv in plan::due(dag, last.get(&dag.dag_id).copied(), now, room) {
             let params = dag.resolve_params(&[]).unwrap_or_default();
-            // An Err means another daemon (or a backfill) made it first:
-            // exactly one run per interval.
-            if let Ok(run) = store.create_run(dag, RunType::Scheduled, iv.start, iv, &params, RunState::Queued).await? {
-                metrics.runs_created.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(dag = %dag.dag_id, run = run.run_id, logical_date = %iv.start, "scheduled run created");
-            }
+            due.push((dag.as_ref(), iv, serde_json::Value::Object(params)));
         }
+    }
+    // An interval that has a run already was made by another daemon (or a
+    // backfill) first: exactly one run per interval.
+    for run in store.create_scheduled_runs(&due).await? {
+        metrics.runs_created.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dag = %run.dag_id, run = run.run_id, logical_date = %run.logical_date, "scheduled run created");
     }
 
     // 1b. Runs of DAGs scheduled on assets that were updated.
@@ -390,14 +392,14 @@ async fn tick(
 
     // 2. Start queued runs (scheduled and triggered; backfills start their own).
     let active = store.active_runs().await?;
-    for r in active.iter().filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill) {
-        let Some(dag) = set.dags.get(&r.dag_id) else { continue };
-        if is_paused(&r.dag_id) {
-            continue;
-        }
-        if store.start_queued_run(&r.dag_id, r.run_id, dag.max_active_runs as i64).await? {
-            tracing::info!(dag = %r.dag_id, run = r.run_id, "run started");
-        }
+    let queued: Vec<(&str, i64, i64)> = active
+        .iter()
+        .filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill && !is_paused(&r.dag_id))
+        .filter_map(|r| set.dags.get(&r.dag_id).map(|d| (r.dag_id.as_str(), d.max_active_runs as i64, r.run_id)))
+        .collect();
+    let started: HashSet<i64> = store.start_queued_runs(&queued).await?.into_iter().collect();
+    for r in active.iter().filter(|r| started.contains(&r.run_id)) {
+        tracing::info!(dag = %r.dag_id, run = r.run_id, "run started");
     }
 
     // 3. Drive every running run of a known DAG.

@@ -244,11 +244,16 @@ impl Runner {
         // Ride out an unreachable state store before the first claim, too.
         let (run, prev_success) = loop {
             let begin = async {
-                // Starting a run that does not exist changes nothing.
-                self.store.start_run(run_id).await?;
-                let run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                let mut run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                if run.state != RunState::Running {
+                    self.store.start_run(run_id).await?;
+                    run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                }
                 let prev = self.store.previous_success(&dag.dag_id, run.logical_date).await?;
-                self.store.sync_task_instances(run_id, &dag).await?;
+                // A run made from this very file has its instances already.
+                if run.dag_hash.as_deref() != Some(dag.file_hash.as_str()) {
+                    self.store.sync_task_instances(run_id, &dag).await?;
+                }
                 Ok::<_, RunnerError>((run, prev))
             };
             match begin.await {

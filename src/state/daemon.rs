@@ -5,7 +5,11 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{RUN_SELECT, RunRow, StateError, Store};
+use serde_json::Value;
+
+use super::{RUN_COLUMNS, RUN_SELECT, RunRow, StateError, Store, insert_dag_versions, insert_task_instances};
+use crate::dag::Dag;
+use crate::dag::schedule::DataInterval;
 
 /// A worker, for `sluice status`.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -48,28 +52,79 @@ impl Store {
             .await?)
     }
 
-    /// Moves a queued run to running if its DAG has fewer than
-    /// `max_active_runs` running; serialized per DAG by an advisory lock, so
-    /// several daemons never exceed the limit.
-    pub async fn start_queued_run(&self, dag_id: &str, run_id: i64, max_active_runs: i64) -> Result<bool, StateError> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-run-start:' || $1))").bind(dag_id).execute(&mut *tx).await?;
-        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_runs WHERE dag_id = $1 AND state = 'running'")
-            .bind(dag_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        if running >= max_active_runs {
-            tx.rollback().await.ok();
-            return Ok(false);
+    /// Creates the due scheduled runs of one daemon pass, queued, with their
+    /// task instances, in one transaction (a pass after a minute boundary
+    /// may have a hundred). An interval that has a run already (another
+    /// daemon's, a backfill's) is skipped: one run per interval.
+    pub async fn create_scheduled_runs(&self, due: &[(&Dag, DataInterval, Value)]) -> Result<Vec<RunRow>, StateError> {
+        if due.is_empty() {
+            return Ok(Vec::new());
         }
-        let r = sqlx::query(
-            "UPDATE dag_runs SET state = 'running', started_at = COALESCE(started_at, now()) WHERE run_id = $1 AND state = 'queued'",
+        let mut tx = self.pool().begin().await?;
+        let created: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash)
+             SELECT u.dag_id, 'scheduled', u.start_at, u.start_at, u.end_at, u.conf, 'queued', u.dag_hash
+             FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::jsonb[], $5::text[]) AS u(dag_id, start_at, end_at, conf, dag_hash)
+             ON CONFLICT (dag_id, logical_date) DO NOTHING
+             RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(due.iter().map(|(d, _, _)| d.dag_id.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|(_, iv, _)| iv.start).collect::<Vec<_>>())
+        .bind(due.iter().map(|(_, iv, _)| iv.end).collect::<Vec<_>>())
+        .bind(due.iter().map(|(_, _, c)| c).collect::<Vec<_>>())
+        .bind(due.iter().map(|(d, _, _)| d.file_hash.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let dag_of: HashMap<&str, &Dag> = due.iter().map(|(d, _, _)| (d.dag_id.as_str(), *d)).collect();
+        let runs: Vec<(i64, &Dag)> = created.iter().filter_map(|r| Some((r.run_id, *dag_of.get(r.dag_id.as_str())?))).collect();
+        insert_task_instances(&mut tx, &runs).await?;
+        let mut versions: Vec<&Dag> = runs.iter().map(|(_, d)| *d).collect();
+        versions.sort_by(|a, b| a.dag_id.cmp(&b.dag_id));
+        versions.dedup_by(|a, b| a.dag_id == b.dag_id);
+        insert_dag_versions(&mut tx, &versions).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Moves queued runs to running, each while its DAG has fewer than its
+    /// `max_active_runs` running, oldest first. Serialized per DAG by
+    /// advisory locks (taken in name order), so several daemons never
+    /// exceed a limit. `queued`: (DAG, its max_active_runs, run). Returns
+    /// the runs started.
+    pub async fn start_queued_runs(&self, queued: &[(&str, i64, i64)]) -> Result<Vec<i64>, StateError> {
+        if queued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut limits: Vec<(&str, i64)> = queued.iter().map(|(d, m, _)| (*d, *m)).collect();
+        limits.sort();
+        limits.dedup_by(|a, b| a.0 == b.0);
+        let dags: Vec<&str> = limits.iter().map(|(d, _)| *d).collect();
+        let mut tx = self.pool().begin().await?;
+        // Its own statement: the next one's snapshot sees every start
+        // committed before the locks were granted.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-run-start:' || d)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(d, n) ORDER BY n")
+            .bind(&dags)
+            .execute(&mut *tx)
+            .await?;
+        let started: Vec<i64> = sqlx::query_scalar(
+            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS l(dag_id, max_active)),
+             running AS (SELECT dag_id, count(*) AS n FROM dag_runs WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id),
+             cand AS (
+                 SELECT r.run_id, r.dag_id, row_number() OVER (PARTITION BY r.dag_id ORDER BY r.logical_date, r.run_id) AS k
+                 FROM dag_runs r WHERE r.run_id = ANY($3) AND r.state = 'queued'
+             )
+             UPDATE dag_runs r SET state = 'running', started_at = COALESCE(r.started_at, now())
+             FROM cand JOIN lim USING (dag_id) LEFT JOIN running USING (dag_id)
+             WHERE r.run_id = cand.run_id AND cand.k <= lim.max_active - coalesce(running.n, 0)
+             RETURNING r.run_id",
         )
-        .bind(run_id)
-        .execute(&mut *tx)
+        .bind(&dags)
+        .bind(limits.iter().map(|(_, m)| *m).collect::<Vec<_>>())
+        .bind(queued.iter().map(|(_, _, r)| *r).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(r.rows_affected() > 0)
+        Ok(started)
     }
 
     /// Run and task counts for `/metrics`.

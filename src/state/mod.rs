@@ -68,6 +68,10 @@ pub struct RunRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The hash of the DAG file the run was created (or last synced) with.
+    #[sqlx(default)]
+    #[serde(skip)]
+    pub dag_hash: Option<String>,
 }
 
 impl RunRow {
@@ -86,6 +90,7 @@ impl RunRow {
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,
+            dag_hash: None,
         }
     }
 
@@ -357,7 +362,7 @@ impl Store {
     /// created, and marks instances of tasks no longer in the DAG `removed`.
     pub async fn sync_task_instances(&self, run_id: i64, dag: &Dag) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
-        insert_task_instances(&mut tx, run_id, dag).await?;
+        insert_task_instances(&mut tx, &[(run_id, dag)]).await?;
         let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
         sqlx::query(
             "UPDATE task_instances SET state = 'removed', ended_at = now()
@@ -1002,7 +1007,14 @@ impl Store {
     }
 }
 
-const RUN_SELECT: &str = "SELECT run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at FROM dag_runs";
+/// The columns of a [`RunRow`].
+macro_rules! run_columns {
+    () => {
+        "run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at, dag_hash"
+    };
+}
+const RUN_COLUMNS: &str = run_columns!();
+const RUN_SELECT: &str = concat!("SELECT ", run_columns!(), " FROM dag_runs");
 
 /// Inserts a run with its task instances and its DAG file's version, in
 /// the caller's transaction; None when the DAG has a run at that logical
@@ -1016,12 +1028,13 @@ async fn insert_run(
     conf: &serde_json::Map<String, Value>,
     state: RunState,
 ) -> Result<Option<RunRow>, StateError> {
-    let row: Option<RunRow> = sqlx::query_as(
+    let row: Option<RunRow> = sqlx::query_as(concat!(
         "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash, started_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $7 = 'running' THEN now() END)
          ON CONFLICT (dag_id, logical_date) DO NOTHING
-         RETURNING run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at",
-    )
+         RETURNING ",
+        run_columns!()
+    ))
     .bind(&dag.dag_id)
     .bind(run_type)
     .bind(logical_date)
@@ -1033,46 +1046,65 @@ async fn insert_run(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(run) = row else { return Ok(None) };
-    insert_task_instances(&mut *tx, run.run_id, dag).await?;
-    sqlx::query("INSERT INTO dag_versions (dag_id, file_hash, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(&dag.dag_id)
-        .bind(&dag.file_hash)
-        .bind(&*dag.source)
-        .execute(&mut *tx)
-        .await?;
+    insert_task_instances(&mut *tx, &[(run.run_id, dag)]).await?;
+    insert_dag_versions(&mut *tx, &[dag]).await?;
     Ok(Some(run))
 }
 
-async fn insert_task_instances(tx: &mut sqlx::PgConnection, run_id: i64, dag: &Dag) -> Result<(), StateError> {
-    let mut ids = Vec::with_capacity(dag.tasks.len());
-    let mut prio = Vec::with_capacity(dag.tasks.len());
-    let mut max = Vec::with_capacity(dag.tasks.len());
-    let mut pool = Vec::with_capacity(dag.tasks.len());
-    let mut pool_slots = Vec::with_capacity(dag.tasks.len());
-    let mut weight = Vec::with_capacity(dag.tasks.len());
-    for (pos, &i) in dag.topo.iter().enumerate() {
-        let t = &dag.tasks[i];
-        ids.push(t.id.as_str());
-        prio.push(pos as i32);
-        max.push(t.retries as i32 + 1);
-        pool.push(t.pool.as_ref().map(|p| p.pool.as_str()));
-        pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
-        weight.push(t.priority_weight);
+/// Inserts the missing task instances of runs, pending, each from its DAG.
+async fn insert_task_instances(tx: &mut sqlx::PgConnection, runs: &[(i64, &Dag)]) -> Result<(), StateError> {
+    let n: usize = runs.iter().map(|(_, d)| d.tasks.len()).sum();
+    if n == 0 {
+        return Ok(());
+    }
+    let mut run_ids = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut prio = Vec::with_capacity(n);
+    let mut max = Vec::with_capacity(n);
+    let mut pool = Vec::with_capacity(n);
+    let mut pool_slots = Vec::with_capacity(n);
+    let mut weight = Vec::with_capacity(n);
+    for (run_id, dag) in runs {
+        for (pos, &i) in dag.topo.iter().enumerate() {
+            let t = &dag.tasks[i];
+            run_ids.push(*run_id);
+            ids.push(t.id.as_str());
+            prio.push(pos as i32);
+            max.push(t.retries as i32 + 1);
+            pool.push(t.pool.as_ref().map(|p| p.pool.as_str()));
+            pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
+            weight.push(t.priority_weight);
+        }
     }
     sqlx::query(
         "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
-         SELECT $1, u.* FROM UNNEST($2::text[], $3::text[], $4::int[], $5::int[], $6::text[], $7::int[], $8::int[])
-             AS u(task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
+         SELECT u.run_id, u.task_id, 'pending', u.priority, u.max_tries, u.pool, u.pool_slots, u.priority_weight
+         FROM UNNEST($1::bigint[], $2::text[], $3::int[], $4::int[], $5::text[], $6::int[], $7::int[])
+             AS u(run_id, task_id, priority, max_tries, pool, pool_slots, priority_weight)
          ON CONFLICT (run_id, task_id) DO NOTHING",
     )
-    .bind(run_id)
+    .bind(&run_ids)
     .bind(&ids)
-    .bind(vec!["pending"; ids.len()])
     .bind(&prio)
     .bind(&max)
     .bind(&pool)
     .bind(&pool_slots)
     .bind(&weight)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Keeps the text of the DAG files runs are created with (the web UI shows
+/// a run's version).
+async fn insert_dag_versions(tx: &mut sqlx::PgConnection, dags: &[&Dag]) -> Result<(), StateError> {
+    sqlx::query(
+        "INSERT INTO dag_versions (dag_id, file_hash, source)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(dags.iter().map(|d| d.dag_id.as_str()).collect::<Vec<_>>())
+    .bind(dags.iter().map(|d| d.file_hash.as_str()).collect::<Vec<_>>())
+    .bind(dags.iter().map(|d| &*d.source).collect::<Vec<&str>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
