@@ -81,6 +81,18 @@ fn report_rendering_does_no_io_beyond_fonts() {
 }
 
 #[test]
+fn task_commands_start_through_the_spawner() {
+    // A command started any other way would not be in its own process
+    // group, nor die with its worker (see src/process/).
+    forbid(
+        "tasks start commands with `crate::process::spawn` only",
+        &["src/tasks", "src/runner", "src/daemon", "src/report"],
+        &[],
+        &["Command::new", "process::Command", "libc::fork", "posix_spawn"],
+    );
+}
+
+#[test]
 fn anyhow_only_in_the_cli() {
     forbid("`anyhow` only in `cli/` (precise error types below it)", &["src"], &["src/cli", "src/main.rs"], &["anyhow"]);
 }

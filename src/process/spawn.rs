@@ -292,11 +292,20 @@ impl Conn {
                 _ => tracing::warn!(message = %text, "an unexpected message from the spawner"),
             }
         }
-        // The spawner is gone: whoever waits learns it.
+        // The spawner is gone (killed?): its commands cannot be waited for,
+        // so they are killed (a retry must not overlap them), and whoever
+        // waits learns it.
         self.dead.store(true, Ordering::SeqCst);
         self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        tracing::warn!("the spawner process ended; a new one starts with the next command");
+        let orphans: Vec<i32> = self.running.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(pid, _)| pid).collect();
+        for pid in &orphans {
+            // SAFETY: killpg only sends a signal to the command's group.
+            unsafe { libc::killpg(*pid, libc::SIGKILL) };
+        }
+        tracing::warn!(
+            killed = orphans.len(),
+            "the spawner process ended; its commands were killed; a new one starts with the next command"
+        );
     }
 }
 

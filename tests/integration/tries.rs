@@ -157,6 +157,23 @@ sluice_test!(a_killed_worker_takes_its_command_with_it, |p| {
     wait_until("the spawner to exit after it", Duration::from_secs(15), || !process_alive(spawners[0]));
 });
 
+sluice_test!(a_killed_spawner_takes_its_commands_with_it_and_their_tries_fail, |p| {
+    stubborn_dag(&p, "10m");
+    let mut child = p.command(&["run", "s", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_until("the command to start", DEADLINE, || p.path().join("pid.txt").exists());
+    let pid = pid_of(&p);
+    let spawners = children_named(child.id(), "__spawner");
+    assert_eq!(spawners.len(), 1, "the worker has one spawner");
+    unsafe { libc::kill(spawners[0], libc::SIGKILL) };
+    // Its exit cannot be known any more: the command is killed at once (a
+    // retry must never overlap it) and the try fails, saying why.
+    wait_until("the command to die with its spawner", Duration::from_secs(15), || !process_alive(pid));
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let ti = p.task_json(p.last_run("s"), "stubborn");
+    assert_eq!(ti["state"], "failed");
+    assert!(ti["error"].as_str().unwrap().contains("spawner"), "{ti}");
+});
+
 sluice_test!(a_closed_stdout_ends_sluice_quietly, |p| {
     p.write("dags/a.yaml", "tasks:\n  - { id: a, type: shell, command: 'true' }\n");
     for d in 1..=3 {
