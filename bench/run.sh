@@ -70,6 +70,9 @@ if [[ " ${workloads[*]} " == *" w2 "* ]]; then
     printf 'tasks:\n  - { id: t000, type: shell, command: "true" }\n' > "$proj/dags/w2_one.yaml"
     for _ in $(seq "$REPEAT"); do measure w2_chain -- "$BIN" run w2_chain; done | tee "$work/w2.json"
     for _ in $(seq "$REPEAT"); do measure w2_one_task -- "$BIN" run w2_one; done | tee "$work/w2_one.json"
+    # The same chain with each command forked from the worker itself (no
+    # spawner process): what the spawner saves.
+    for _ in $(seq "$REPEAT"); do SLUICE_SPAWN=fork measure w2_chain_forked -- "$BIN" run w2_chain; done | tee "$work/w2_fork.json"
     spawn="$(python3 bench/spawn_baseline.py 100)"
     w2="$(median wall_s < "$work/w2.json")"
     one="$(median wall_s < "$work/w2_one.json")"

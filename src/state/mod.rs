@@ -726,14 +726,18 @@ impl Store {
                  SELECT a.asset, r.dag_id, $1, $2 FROM UNNEST($13::text[]) AS a(asset), dag_runs r
                  WHERE r.run_id = $1 AND EXISTS (SELECT 1 FROM ti)
              )
-             SELECT i.task_id, CASE WHEN i.task_id = $2 THEN $5 ELSE i.state END AS state, i.try_number, i.max_tries, i.worker_id,
-                    CASE WHEN i.task_id = $2 THEN $8 ELSE i.next_try_at END AS next_try_at, i.started_at,
-                    CASE WHEN i.task_id = $2 THEN now() ELSE i.ended_at END AS ended_at,
-                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice, alone.full
-             FROM task_instances i,
-                  (SELECT NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2) AS full) alone
-             WHERE i.run_id = $1 AND EXISTS (SELECT 1 FROM ti) AND (alone.full OR i.task_id = $2)
-             ORDER BY i.priority, i.task_id",
+             -- This instance, as the update leaves it.
+             SELECT i.task_id, $5 AS state, i.try_number, i.max_tries, i.worker_id, $8 AS next_try_at, i.started_at, now() AS ended_at,
+                    NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice, i.priority,
+                    NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2) AS full
+             FROM task_instances i WHERE i.run_id = $1 AND i.task_id = $2 AND EXISTS (SELECT 1 FROM ti)
+             UNION ALL
+             -- The others, only when none is running (a one-time filter).
+             SELECT i.task_id, i.state, i.try_number, i.max_tries, i.worker_id, i.next_try_at, i.started_at, i.ended_at,
+                    NULL, NULL, NULL, NULL, i.priority, true
+             FROM task_instances i WHERE i.run_id = $1 AND i.task_id <> $2 AND EXISTS (SELECT 1 FROM ti)
+                 AND NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2)
+             ORDER BY priority, task_id",
         )
         .bind(run_id)
         .bind(task_id)

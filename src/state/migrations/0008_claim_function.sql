@@ -25,6 +25,8 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_outputs jsonb;
 BEGIN
     PERFORM 1 FROM dag_runs WHERE run_id = p_run FOR UPDATE;
     IF cardinality(p_decided) > 0 THEN
@@ -35,6 +37,14 @@ BEGIN
     END IF;
     IF p_limit <= 0 OR p_max_active <= 0 THEN
         RETURN;
+    END IF;
+    -- Two lookups rather than one with OR, so that each uses the key.
+    v_outputs := (SELECT coalesce(jsonb_object_agg(o.task_id, o.output), '{}') FROM task_instances o
+                  WHERE o.run_id = p_run AND o.task_id = ANY(p_upstreams) AND o.output IS NOT NULL);
+    IF cardinality(p_mapped) > 0 THEN
+        v_outputs := v_outputs || (SELECT coalesce(jsonb_object_agg(o.task_id, o.output), '{}') FROM task_instances o
+                                   WHERE o.run_id = p_run AND o.output IS NOT NULL AND o.task_id LIKE '%]'
+                                     AND split_part(o.task_id, '[', 1) = ANY(p_mapped));
     END IF;
     RETURN QUERY
     WITH c AS (
@@ -74,11 +84,6 @@ BEGIN
             started_at = CASE WHEN tt.state = 'up_for_reschedule' THEN tt.started_at ELSE now() END,
             log = CASE WHEN tt.state = 'up_for_reschedule' THEN tt.log ELSE '' END
     )
-    SELECT k.task_id, k.try_number, k.max_tries, k.poking_since,
-        (SELECT coalesce(jsonb_object_agg(o.task_id, o.output), '{}') FROM task_instances o
-         WHERE o.run_id = p_run AND o.output IS NOT NULL
-           AND (o.task_id = ANY(p_upstreams)
-                OR (cardinality(p_mapped) > 0 AND o.task_id LIKE '%]' AND split_part(o.task_id, '[', 1) = ANY(p_mapped))))
-    FROM claimed k;
+    SELECT k.task_id, k.try_number, k.max_tries, k.poking_since, v_outputs FROM claimed k;
 END
 $$;
