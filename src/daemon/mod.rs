@@ -417,8 +417,9 @@ async fn tick(
         drivers.spawn(async move {
             let mut obs = RunObserver { metrics, planned, started: false };
             let dag_id = dag.dag_id.clone();
-            let res = me.drive_with(dag, r.run_id, &mut obs, stop).await;
-            (r.run_id, dag_id, res)
+            let run_id = r.run_id;
+            let res = me.drive_row(dag, r, &mut obs, stop).await;
+            (run_id, dag_id, res)
         });
     }
     Ok(())

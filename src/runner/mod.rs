@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::dag::trigger_rule::{Decision, UpstreamCounts, evaluate};
 use crate::resources::Resources;
-use crate::state::{ClaimSpec, RunState, StateError, Store, TiRow, TiState, Worker};
+use crate::state::{ClaimSpec, RunRow, RunState, StateError, Store, TiRow, TiState, Worker};
 use crate::tasks::TryLog;
 
 pub mod backfill;
@@ -237,14 +237,31 @@ impl Runner {
     /// process's tries have ended; `interrupt` also stops those tries.
     pub async fn drive_with(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
         let span = tracing::info_span!("run", dag = %dag.dag_id, run = run_id);
-        tracing::Instrument::instrument(self.drive_inner(dag, run_id, observer, stop), span).await
+        tracing::Instrument::instrument(self.drive_inner(dag, run_id, None, observer, stop), span).await
     }
 
-    async fn drive_inner(&self, dag: Arc<Dag>, run_id: i64, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
+    /// Like [`Runner::drive_with`], for a run just read from the store
+    /// (the daemon's pass): its row is not read again.
+    pub async fn drive_row(&self, dag: Arc<Dag>, run: RunRow, observer: &mut dyn Observer, stop: Stop) -> Result<RunOutcome, RunnerError> {
+        let span = tracing::info_span!("run", dag = %dag.dag_id, run = run.run_id);
+        tracing::Instrument::instrument(self.drive_inner(dag, run.run_id, Some(run), observer, stop), span).await
+    }
+
+    async fn drive_inner(
+        &self,
+        dag: Arc<Dag>,
+        run_id: i64,
+        mut known: Option<RunRow>,
+        observer: &mut dyn Observer,
+        stop: Stop,
+    ) -> Result<RunOutcome, RunnerError> {
         // Ride out an unreachable state store before the first claim, too.
         let (run, prev_success) = loop {
             let begin = async {
-                let mut run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
+                let mut run = match known.take() {
+                    Some(run) => run,
+                    None => self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?,
+                };
                 if run.state != RunState::Running {
                     self.store.start_run(run_id).await?;
                     run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
@@ -366,7 +383,7 @@ enum Step {
 struct Driver<'r> {
     runner: &'r Runner,
     dag: Arc<Dag>,
-    run: Arc<crate::state::RunRow>,
+    run: Arc<RunRow>,
     interrupt: CancellationToken,
     tries: JoinSet<TryReport>,
     /// Tasks with a try running in this driver.
