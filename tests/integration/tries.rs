@@ -141,30 +141,31 @@ sluice_test!(ctrl_c_leaves_no_command_behind, |p| {
     assert_eq!(p.task_json(p.last_run("s"), "stubborn")["state"], "queued");
 });
 
-sluice_test!(a_killed_worker_takes_its_command_with_it, |p| {
-    stubborn_dag(&p, "10m");
-    let mut child = p.command(&["run", "s", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+/// Starts `sluice run` of the stubborn command; returns the worker, the
+/// command's pid and the worker's spawner's pid once the command runs.
+fn start_stubborn(p: &Project) -> (std::process::Child, i32, i32) {
+    stubborn_dag(p, "10m");
+    let child = p.command(&["run", "s", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_until("the command to start", DEADLINE, || p.path().join("pid.txt").exists());
-    let pid = pid_of(&p);
     // The command was started by the worker's spawner process, a child of
     // the worker that is not in the command's process group.
     let spawners = children_named(child.id(), "__spawner");
     assert_eq!(spawners.len(), 1, "the worker has one spawner");
+    (child, pid_of(p), spawners[0])
+}
+
+sluice_test!(a_killed_worker_takes_its_command_with_it, |p| {
+    let (mut child, pid, spawner) = start_stubborn(&p);
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
     // SIGTERM at once (ignored here), SIGKILL two seconds later.
     wait_until("the command to die with its worker", Duration::from_secs(15), || !process_alive(pid));
-    wait_until("the spawner to exit after it", Duration::from_secs(15), || !process_alive(spawners[0]));
+    wait_until("the spawner to exit after it", Duration::from_secs(15), || !process_alive(spawner));
 });
 
 sluice_test!(a_killed_spawner_takes_its_commands_with_it_and_their_tries_fail, |p| {
-    stubborn_dag(&p, "10m");
-    let mut child = p.command(&["run", "s", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_until("the command to start", DEADLINE, || p.path().join("pid.txt").exists());
-    let pid = pid_of(&p);
-    let spawners = children_named(child.id(), "__spawner");
-    assert_eq!(spawners.len(), 1, "the worker has one spawner");
-    unsafe { libc::kill(spawners[0], libc::SIGKILL) };
+    let (mut child, pid, spawner) = start_stubborn(&p);
+    unsafe { libc::kill(spawner, libc::SIGKILL) };
     // Its exit cannot be known any more: the command is killed at once (a
     // retry must never overlap it) and the try fails, saying why.
     wait_until("the command to die with its spawner", Duration::from_secs(15), || !process_alive(pid));
