@@ -213,7 +213,6 @@ mod tests {
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,
-            dag_hash: None,
         };
         assert_eq!(action(None, Reprocess::None), Action::Create);
         assert_eq!(action(Some(&run(RunState::Success)), Reprocess::None), Action::Skip);

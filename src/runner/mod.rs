@@ -267,10 +267,9 @@ impl Runner {
                     run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
                 }
                 let prev = self.store.previous_success(&dag.dag_id, run.logical_date).await?;
-                // A run made from this very file has its instances already.
-                if run.dag_hash.as_deref() != Some(dag.file_hash.as_str()) {
-                    self.store.sync_task_instances(run_id, &dag).await?;
-                }
+                // Always: a file edited and edited back has the run's
+                // original hash, but instances of the edit to remove.
+                self.store.sync_task_instances(run_id, &dag).await?;
                 Ok::<_, RunnerError>((run, prev))
             };
             match begin.await {

@@ -68,10 +68,6 @@ pub struct RunRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// The hash of the DAG file the run was created (or last synced) with.
-    #[sqlx(default)]
-    #[serde(skip)]
-    pub dag_hash: Option<String>,
 }
 
 impl RunRow {
@@ -90,7 +86,6 @@ impl RunRow {
             created_at: Utc::now(),
             started_at: None,
             ended_at: None,
-            dag_hash: None,
         }
     }
 
@@ -1014,7 +1009,7 @@ impl Store {
 /// The columns of a [`RunRow`].
 macro_rules! run_columns {
     () => {
-        "run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at, dag_hash"
+        "run_id, dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, created_at, started_at, ended_at"
     };
 }
 const RUN_COLUMNS: &str = run_columns!();
