@@ -206,6 +206,12 @@ impl Conn {
     }
 
     async fn spawn(&self, argv: &[String], env: &BTreeMap<String, String>, cwd: &Path) -> Result<Child, Spawn> {
+        if argv.iter().any(|a| a.contains('\0')) || env.iter().any(|(k, v)| k.contains(['\0', '=']) || v.contains('\0')) {
+            return Err(Spawn::Command(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the command or its environment contains a NUL byte, or an environment variable name contains `=`",
+            )));
+        }
         let program = resolve(&argv[0], env).map_err(Spawn::Command)?;
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let mut msg = Vec::with_capacity(4096);
@@ -229,9 +235,6 @@ impl Conn {
             field(format!("{k}={v}").as_bytes());
         }
         msg.pop();
-        if argv.iter().any(|a| a.contains('\0')) || env.iter().any(|(k, v)| k.contains(['\0', '=']) || v.contains('\0')) {
-            return Err(Spawn::Command(io::Error::new(io::ErrorKind::InvalidInput, "the command or its environment contains a NUL byte")));
-        }
         if msg.len() > MAX_MESSAGE {
             return Err(Spawn::Transport(io::Error::from_raw_os_error(libc::EMSGSIZE)));
         }

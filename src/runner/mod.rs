@@ -350,11 +350,11 @@ impl Runner {
                         match r {
                             Ok(mut report) => {
                                 d.local.remove(&report.task_id);
-                                // The states the end was recorded with serve the
-                                // next step when nothing else of the run was
-                                // running then, nor here now (no end missed).
-                                let states = report.states.take();
-                                d.fresh = states.filter(|s| one && d.tries.is_empty() && s.iter().all(|t| t.state != TiState::Running));
+                                // The states the end was recorded with (only
+                                // given when nothing else of the run was
+                                // running) serve the next step when no other
+                                // end came with it and none is running here.
+                                d.fresh = report.states.take().filter(|_| one && d.tries.is_empty());
                                 observer.event(&RunEvent::Finished(report));
                             }
                             // TryJob::run catches panics and records them;
@@ -490,31 +490,24 @@ impl Driver<'_> {
             report_decisions(observer, &decisions);
         } else {
             // The candidates: the instances ready in this snapshot (one that
-            // another process queues meanwhile waits for the next step).
-            let specs: HashMap<String, ClaimSpec> = tis
-                .iter()
-                .filter(|ti| is_ready(ti, now))
-                .filter_map(|ti| {
-                    let (t, index) = dag.resolve(&ti.task_id)?;
-                    let family = index.and(t.max_active_tis).map(|m| (t.id.clone(), m as i32));
-                    Some((ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family }))
-                })
-                .collect();
-            let slots =
-                (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
-            // What the candidates' tries read, fetched by the claim.
+            // another process queues meanwhile waits for the next step), and
+            // what their tries read, fetched by the claim.
+            let mut specs: HashMap<String, ClaimSpec> = HashMap::new();
             let mut reads = crate::state::Reads::default();
-            for ti in tis.iter().filter(|ti| specs.contains_key(&ti.task_id)) {
-                if let Some((t, index)) = dag.resolve(&ti.task_id) {
-                    let r = exec::reads(dag, t, index);
-                    reads.upstream.extend(r.upstream);
-                    reads.mapped.extend(r.mapped);
-                }
+            for ti in tis.iter().filter(|ti| is_ready(ti, now)) {
+                let Some((t, index)) = dag.resolve(&ti.task_id) else { continue };
+                let family = index.and(t.max_active_tis).map(|m| (t.id.clone(), m as i32));
+                specs.insert(ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family });
+                let r = exec::reads(dag, t, index);
+                reads.upstream.extend(r.upstream);
+                reads.mapped.extend(r.mapped);
             }
             reads.upstream.sort_unstable();
             reads.upstream.dedup();
             reads.mapped.sort_unstable();
             reads.mapped.dedup();
+            let slots =
+                (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
             let claimed =
                 store.claim(run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, &decisions, &reads).await?;
             report_decisions(observer, &decisions);

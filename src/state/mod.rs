@@ -1131,16 +1131,7 @@ async fn apply_decisions(conn: &mut PgConnection, run_id: i64, decisions: &[(Str
     }
     let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
     let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
-    sqlx::query(
-        "UPDATE task_instances t SET state = u.state,
-             ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
-         FROM UNNEST($2::text[], $3::text[]) AS u(task_id, state)
-         WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state = 'pending'",
-    )
-    .bind(run_id)
-    .bind(&ids)
-    .bind(&states)
-    .execute(&mut *conn)
-    .await?;
+    // The SQL function (migration 0008) that claim_tries applies too.
+    sqlx::query("SELECT apply_decisions($1, $2, $3)").bind(run_id).bind(&ids).bind(&states).execute(&mut *conn).await?;
     Ok(())
 }

@@ -477,3 +477,34 @@ sluice_test!(the_daemon_holds_a_run_behind_a_failed_past_until_it_is_fixed, |p| 
     });
     term(&mut d);
 });
+
+// The runs a daemon pass creates together (catchup) start together, but
+// never more than each DAG's max_active_runs at once: the batched start
+// applies each DAG's own limit.
+sluice_test!(a_batch_of_due_runs_starts_within_each_dags_max_active_runs, |p| {
+    let start = minutes_ago(6);
+    for (name, max) in [("two", 2), ("one", 1)] {
+        p.write(
+            &format!("dags/{name}.yaml"),
+            &format!(
+                "schedule: '* * * * *'\nstart_date: '{start}'\ncatchup: true\nmax_active_runs: {max}\ntasks:\n  - {{ id: t, type: shell, command: 'touch {name}_$SLUICE_RUN_ID; ls {name}_* | wc -l >> seen_{name}.txt; sleep 1; rm {name}_$SLUICE_RUN_ID' }}\n"
+            ),
+        );
+    }
+    let mut d = daemon(&p, "limits", &[]);
+    wait_until("six runs of each DAG to succeed", Duration::from_secs(120), || {
+        count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success' AND dag_id = 'two'") >= 6
+            && count(&p, "SELECT count(*) FROM dag_runs WHERE state = 'success' AND dag_id = 'one'") >= 6
+    });
+    term(&mut d);
+    let most = |name: &str| -> u32 {
+        std::fs::read_to_string(p.path().join(format!("seen_{name}.txt")))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse::<u32>().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert_eq!(most("two"), 2, "`two` ran more (or never more) than 2 runs at once");
+    assert_eq!(most("one"), 1, "`one` ran more than 1 run at once");
+});

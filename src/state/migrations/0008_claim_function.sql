@@ -14,6 +14,16 @@
 -- Each row also carries the recorded outputs of p_upstreams, and of the
 -- instances of the mapped tasks p_mapped (`TASK[N]`): what the claimed
 -- tries read for their templates and inputs, without a round trip each.
+-- The driver's trigger-rule decisions for pending instances (queued,
+-- skipped, upstream_failed...); an instance no longer pending is left alone.
+CREATE FUNCTION apply_decisions(p_run bigint, p_decided text[], p_states text[]) RETURNS void
+LANGUAGE sql AS $$
+    UPDATE task_instances t SET state = u.state,
+        ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
+    FROM UNNEST(p_decided, p_states) AS u(task_id, state)
+    WHERE t.run_id = p_run AND t.task_id = u.task_id AND t.state = 'pending';
+$$;
+
 CREATE FUNCTION claim_tries(
     p_run bigint, p_limit bigint, p_worker text, p_max_active bigint,
     p_ids text[], p_maxes int[], p_pools text[], p_slots int[], p_chosen text[],
@@ -30,10 +40,7 @@ DECLARE
 BEGIN
     PERFORM 1 FROM dag_runs WHERE run_id = p_run FOR UPDATE;
     IF cardinality(p_decided) > 0 THEN
-        UPDATE task_instances t SET state = u.state,
-            ended_at = CASE WHEN u.state IN ('skipped', 'upstream_failed') THEN now() END
-        FROM UNNEST(p_decided, p_states) AS u(task_id, state)
-        WHERE t.run_id = p_run AND t.task_id = u.task_id AND t.state = 'pending';
+        PERFORM apply_decisions(p_run, p_decided, p_states);
     END IF;
     IF p_limit <= 0 OR p_max_active <= 0 THEN
         RETURN;
