@@ -1,10 +1,10 @@
--- Paid revenue by category, with its share of the period's revenue.
+-- Paid revenue by category, with its share of the period's revenue, from
+-- the products' daily sales the ETL keeps (shop.product_sales_daily).
 SELECT p.category,
-       sum(i.quantity * i.unit_price) AS revenue,
-       round(100.0 * sum(i.quantity * i.unit_price) / nullif(sum(sum(i.quantity * i.unit_price)) OVER (), 0), 1) AS share
-FROM shop.order_items i
-JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
-JOIN shop.products p ON p.id = i.product_id
-WHERE i.ordered_at >= $1::timestamp AND i.ordered_at < $2::timestamp
+       sum(s.revenue) AS revenue,
+       round(100.0 * sum(s.revenue) / nullif(sum(sum(s.revenue)) OVER (), 0), 1) AS share
+FROM shop.product_sales_daily s
+JOIN shop.products p ON p.id = s.product_id
+WHERE s.day >= $1::date AND s.day < $2::date
 GROUP BY p.category
-ORDER BY revenue DESC
+ORDER BY revenue DESC, p.category

@@ -3,17 +3,17 @@
 -- occasions counted by day, as `lifetimes` does), the paid revenue so far,
 -- and the customer's RFM segment and grade at the period's end.
 WITH occasions AS (
-    SELECT user_id, ordered_at::date AS day, sum(total_amount) AS amount
-    FROM shop.orders
-    WHERE status = 'paid' AND ordered_at < $2::timestamp
-    GROUP BY 1, 2
+    SELECT user_id, day, paid_revenue AS amount,
+           row_number() OVER (PARTITION BY user_id ORDER BY day) = 1 AS first
+    FROM shop.customer_daily
+    WHERE day < $2::date
 ),
 c AS (
     SELECT user_id,
            count(*) - 1 AS frequency,
            (max(day) - min(day)) / 7.0 AS recency,
            extract(epoch FROM $2::timestamp - min(day)::timestamp) / 604800 AS age,
-           CASE WHEN count(*) > 1 THEN (sum(amount) - (array_agg(amount ORDER BY day))[1]) / (count(*) - 1) ELSE 0 END AS monetary,
+           CASE WHEN count(*) > 1 THEN sum(amount) FILTER (WHERE NOT first) / (count(*) - 1) ELSE 0 END AS monetary,
            sum(amount) AS historical
     FROM occasions
     GROUP BY user_id
@@ -23,3 +23,6 @@ SELECT c.frequency, c.recency, c.age, c.monetary, c.historical,
 FROM c
 LEFT JOIN shop.rfm_at($2::timestamp) r ON r.user_id = c.user_id
 LEFT JOIN shop.grades_at($2::timestamp) g ON g.user_id = c.user_id
+-- In one order, so that the models' sums (and so their fits) do not
+-- depend on how the database happened to join.
+ORDER BY c.user_id

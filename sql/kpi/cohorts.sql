@@ -6,9 +6,13 @@ WITH weeks AS (
     SELECT k, $2::timestamp - ((k + 1) * interval '7 days') AS week_start, $2::timestamp - (k * interval '7 days') AS week_end
     FROM generate_series(0, 7) k
 ),
+-- Each sign-up of the eight weeks in its week k (read as one range of
+-- users, which the planner sizes right).
 cohort AS (
     SELECT w.k, w.week_start, u.id
-    FROM weeks w JOIN shop.users u ON u.signup_at >= w.week_start AND u.signup_at < w.week_end
+    FROM shop.users u
+    JOIN weeks w ON w.k = ceil(extract(epoch FROM $2::timestamp - u.signup_at) / 604800)::int - 1
+    WHERE u.signup_at >= $2::timestamp - interval '56 days' AND u.signup_at < $2::timestamp
 ),
 sizes AS (
     SELECT w.k, w.week_start, count(c.id) AS users
@@ -19,12 +23,12 @@ sizes AS (
 active AS (
     SELECT k, week_no, count(*) AS buyers
     FROM (
-        SELECT DISTINCT c.k, c.id, floor(extract(epoch FROM o.ordered_at - c.week_start) / 604800)::int AS week_no
-        FROM cohort c JOIN shop.orders o ON o.user_id = c.id AND o.status = 'paid'
-            AND o.ordered_at >= c.week_start AND o.ordered_at < $2::timestamp
+        SELECT DISTINCT c.k, c.id, floor((d.day - c.week_start::date) / 7.0)::int AS week_no
+        FROM cohort c JOIN shop.customer_daily d ON d.user_id = c.id
+            AND d.day >= c.week_start::date AND d.day < $2::date
         -- The constant bound (the oldest cohort's start) lets the planner
         -- read only these eight weeks.
-        WHERE o.ordered_at >= $2::timestamp - interval '56 days'
+        WHERE d.day >= $2::date - 56
     ) a
     GROUP BY k, week_no
 ),

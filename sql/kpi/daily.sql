@@ -4,11 +4,13 @@ WITH days AS (
     SELECT d::date AS day, row_number() OVER (ORDER BY d) - 1 AS i
     FROM generate_series($1::timestamp, $2::timestamp - interval '1 day', interval '1 day') d
 ),
+-- From the hourly aggregates the ETL keeps (shop.sales_hourly).
 agg AS (
-    SELECT ordered_at::date AS day, sum(total_amount) AS revenue, count(*) AS orders
-    FROM shop.orders
-    WHERE status = 'paid' AND ordered_at >= $1::timestamp - interval '7 days' AND ordered_at < $2::timestamp
+    SELECT day, sum(paid_revenue) AS revenue, sum(paid_orders)::bigint AS orders
+    FROM shop.sales_hourly
+    WHERE day >= $1::date - 7 AND day < $2::date
     GROUP BY 1
+    HAVING sum(paid_orders) > 0
 )
 SELECT to_char(d.day, 'MM-DD') AS day,
        coalesce(cur.revenue, 0) AS this_revenue, coalesce(prev.revenue, 0) AS last_revenue,

@@ -4,16 +4,16 @@ WITH periods AS (
     UNION ALL
     SELECT 'prev', $1::timestamp - interval '7 days', $1::timestamp
 ),
--- One scan over both weeks; grouping by period rather than joining the
--- periods keeps it a single pass over a busy fortnight.
+-- Both weeks from the hourly aggregates (shop.sales_hourly, kept by the
+-- ETL; the periods are whole days).
 m AS (
-    SELECT CASE WHEN ordered_at >= $1::timestamp THEN 'now' ELSE 'prev' END AS p,
-           coalesce(sum(total_amount) FILTER (WHERE status = 'paid'), 0) AS revenue,
-           count(*) FILTER (WHERE status = 'paid') AS orders,
-           count(*) FILTER (WHERE status IN ('cancelled', 'refunded')) AS cancelled,
-           count(*) AS all_orders
-    FROM shop.orders
-    WHERE ordered_at >= $1::timestamp - interval '7 days' AND ordered_at < $2::timestamp
+    SELECT CASE WHEN day >= $1::date THEN 'now' ELSE 'prev' END AS p,
+           sum(paid_revenue) AS revenue,
+           sum(paid_orders)::bigint AS orders,
+           sum(cancelled_orders)::bigint AS cancelled,
+           sum(orders)::bigint AS all_orders
+    FROM shop.sales_hourly
+    WHERE day >= $1::date - 7 AND day < $2::date
     GROUP BY 1
 ),
 newc AS (
@@ -23,25 +23,27 @@ newc AS (
 ),
 -- Repeat customers: of the customers with a paid order in the 12 months
 -- up to each period's end, the share with at least two (what a manager
--- means by the repeat purchase rate).
+-- means by the repeat purchase rate). One pass over the customers' days
+-- counts both windows: the 12 months to $2, and to $1 for the week before.
+per_user AS (
+    SELECT sum(paid_orders) FILTER (WHERE day >= ($2::timestamp - interval '365 days')::date) AS n_now,
+           sum(paid_orders) FILTER (WHERE day < $1::date) AS n_prev
+    FROM shop.customer_daily
+    WHERE day >= ($1::timestamp - interval '365 days')::date AND day < $2::date
+    GROUP BY user_id
+),
 repeat AS (
-    SELECT p.p,
-           count(*) FILTER (WHERE x.n >= 1) AS buyers_12m,
-           count(*) FILTER (WHERE x.n >= 2) AS repeaters_12m
-    FROM periods p
-    JOIN LATERAL (
-        SELECT user_id, count(*) AS n
-        FROM shop.orders
-        WHERE status = 'paid' AND ordered_at >= p.e - interval '365 days' AND ordered_at < p.e
-        GROUP BY user_id
-    ) x ON true
-    GROUP BY p.p
+    SELECT 'now' AS p, count(*) FILTER (WHERE n_now >= 1) AS buyers_12m, count(*) FILTER (WHERE n_now >= 2) AS repeaters_12m
+    FROM per_user
+    UNION ALL
+    SELECT 'prev', count(*) FILTER (WHERE n_prev >= 1), count(*) FILTER (WHERE n_prev >= 2)
+    FROM per_user
 ),
 -- Each period's paying customers.
 buyers AS (
-    SELECT CASE WHEN ordered_at >= $1::timestamp THEN 'now' ELSE 'prev' END AS p, count(DISTINCT user_id) AS buyers
-    FROM shop.orders
-    WHERE status = 'paid' AND ordered_at >= $1::timestamp - interval '7 days' AND ordered_at < $2::timestamp
+    SELECT CASE WHEN day >= $1::date THEN 'now' ELSE 'prev' END AS p, count(DISTINCT user_id) AS buyers
+    FROM shop.customer_daily
+    WHERE day >= $1::date - 7 AND day < $2::date
     GROUP BY 1
 ),
 v AS (

@@ -4,9 +4,9 @@ SELECT p.name, p.category, to_char(p.created_at, 'MM-DD HH24:MI') AS created,
        coalesce(s.units, 0) AS units, coalesce(s.revenue, 0) AS revenue
 FROM shop.products p
 LEFT JOIN LATERAL (
-    SELECT sum(i.quantity) AS units, sum(i.quantity * i.unit_price) AS revenue
-    FROM shop.order_items i JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
-    WHERE i.product_id = p.id AND i.ordered_at >= $1::timestamp AND i.ordered_at < $2::timestamp
+    SELECT sum(d.units)::bigint AS units, sum(d.revenue) AS revenue
+    FROM shop.product_sales_daily d
+    WHERE d.product_id = p.id AND d.day >= $1::date AND d.day < $2::date
 ) s ON true
 WHERE p.created_at >= $1::timestamp AND p.created_at < $2::timestamp
 ORDER BY coalesce(s.units, 0) DESC, p.created_at

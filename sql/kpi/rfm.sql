@@ -6,4 +6,4 @@ SELECT segment, count(*) AS customers, sum(monetary) AS revenue,
        round(avg(monetary)) AS avg_revenue
 FROM shop.rfm_at($2::timestamp)
 GROUP BY segment
-ORDER BY revenue DESC
+ORDER BY revenue DESC, segment

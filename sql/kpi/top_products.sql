@@ -1,10 +1,10 @@
--- The ten products with the most paid revenue in the period.
-SELECT row_number() OVER (ORDER BY sum(i.quantity * i.unit_price) DESC) AS rank,
-       p.name, p.category, sum(i.quantity) AS units, sum(i.quantity * i.unit_price) AS revenue
-FROM shop.order_items i
-JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
-JOIN shop.products p ON p.id = i.product_id
-WHERE i.ordered_at >= $1::timestamp AND i.ordered_at < $2::timestamp
+-- The ten products with the most paid revenue in the period (the first
+-- added, of equal ones), from their daily sales (shop.product_sales_daily).
+SELECT row_number() OVER (ORDER BY sum(s.revenue) DESC, p.id) AS rank,
+       p.name, p.category, sum(s.units)::bigint AS units, sum(s.revenue) AS revenue
+FROM shop.product_sales_daily s
+JOIN shop.products p ON p.id = s.product_id
+WHERE s.day >= $1::date AND s.day < $2::date
 GROUP BY p.id, p.name, p.category
-ORDER BY revenue DESC
+ORDER BY revenue DESC, p.id
 LIMIT 10

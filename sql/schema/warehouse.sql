@@ -85,6 +85,46 @@ CREATE TABLE IF NOT EXISTS shop.funnel_daily (
     PRIMARY KEY (day, stage)
 );
 
+-- Daily aggregates of the orders, kept by the ETL for each day it loads
+-- (shop.refresh_daily, below, called by sql/etl/daily_aggregates.sql): the
+-- weekly report sums a few thousand of these rows instead of grouping every
+-- order and order line of a busy week. A day's rows are recomputed from its
+-- orders, so reloading a day rebuilds them. Days are Korea time, like
+-- `ordered_at`; the report's periods are whole days.
+
+-- Orders per hour: all of them, paid ones and their revenue, cancelled or
+-- refunded ones, and the order lines of all of them.
+CREATE TABLE IF NOT EXISTS shop.sales_hourly (
+    day              date NOT NULL,
+    hour             smallint NOT NULL CHECK (hour BETWEEN 0 AND 23),
+    orders           integer NOT NULL,
+    paid_orders      integer NOT NULL,
+    paid_revenue     bigint NOT NULL,
+    cancelled_orders integer NOT NULL,
+    lines            integer NOT NULL,
+    PRIMARY KEY (day, hour)
+);
+
+-- Each product's paid units and revenue per day (lines of paid orders).
+CREATE TABLE IF NOT EXISTS shop.product_sales_daily (
+    day        date NOT NULL,
+    product_id bigint NOT NULL,
+    units      integer NOT NULL,
+    revenue    bigint NOT NULL,
+    PRIMARY KEY (day, product_id)
+);
+
+-- Each customer's paid orders per day, with their revenue and the time of
+-- the day's last one (recency, to the second).
+CREATE TABLE IF NOT EXISTS shop.customer_daily (
+    day          date NOT NULL,
+    user_id      bigint NOT NULL,
+    paid_orders  integer NOT NULL,
+    paid_revenue bigint NOT NULL,
+    last_paid_at timestamp NOT NULL,
+    PRIMARY KEY (day, user_id)
+);
+
 -- Rows the ETL refused, with why: nothing is dropped silently.
 CREATE TABLE IF NOT EXISTS shop.quarantine (
     ds       date NOT NULL,
@@ -110,6 +150,59 @@ CREATE INDEX IF NOT EXISTS events_ts ON shop.events (ts);
 CREATE INDEX IF NOT EXISTS grade_history_changed_at ON shop.grade_history (changed_at);
 CREATE INDEX IF NOT EXISTS quarantine_ds ON shop.quarantine (ds);
 CREATE INDEX IF NOT EXISTS products_created_at ON shop.products (created_at);
+-- A customer's days in order, with what the report sums (no heap access).
+CREATE INDEX IF NOT EXISTS customer_daily_user ON shop.customer_daily (user_id, day) INCLUDE (paid_orders, paid_revenue, last_paid_at);
+
+-- Recomputes the daily aggregates of the days first_day..last_day from the orders
+-- and order lines: what the ETL calls after loading a day, in the load's
+-- run, and what rebuilds every day of an older warehouse (below).
+CREATE OR REPLACE FUNCTION shop.refresh_daily(first_day date, last_day date)
+RETURNS void LANGUAGE sql AS $$
+    DELETE FROM shop.sales_hourly WHERE day BETWEEN first_day AND last_day;
+    INSERT INTO shop.sales_hourly (day, hour, orders, paid_orders, paid_revenue, cancelled_orders, lines)
+    SELECT coalesce(o.day, l.day), coalesce(o.hour, l.hour), coalesce(o.orders, 0), coalesce(o.paid_orders, 0),
+           coalesce(o.paid_revenue, 0), coalesce(o.cancelled_orders, 0), coalesce(l.lines, 0)
+    FROM (
+        SELECT ordered_at::date AS day, extract(hour FROM ordered_at)::smallint AS hour, count(*) AS orders,
+               count(*) FILTER (WHERE status = 'paid') AS paid_orders,
+               coalesce(sum(total_amount) FILTER (WHERE status = 'paid'), 0) AS paid_revenue,
+               count(*) FILTER (WHERE status IN ('cancelled', 'refunded')) AS cancelled_orders
+        FROM shop.orders
+        WHERE ordered_at >= first_day AND ordered_at < last_day + 1
+        GROUP BY 1, 2
+    ) o
+    FULL JOIN (
+        SELECT ordered_at::date AS day, extract(hour FROM ordered_at)::smallint AS hour, count(*) AS lines
+        FROM shop.order_items
+        WHERE ordered_at >= first_day AND ordered_at < last_day + 1
+        GROUP BY 1, 2
+    ) l ON l.day = o.day AND l.hour = o.hour;
+
+    DELETE FROM shop.product_sales_daily WHERE day BETWEEN first_day AND last_day;
+    INSERT INTO shop.product_sales_daily (day, product_id, units, revenue)
+    SELECT i.ordered_at::date, i.product_id, sum(i.quantity), sum(i.quantity * i.unit_price)
+    FROM shop.order_items i
+    JOIN shop.orders o ON o.id = i.order_id AND o.status = 'paid'
+    WHERE i.ordered_at >= first_day AND i.ordered_at < last_day + 1
+    GROUP BY 1, 2;
+
+    DELETE FROM shop.customer_daily WHERE day BETWEEN first_day AND last_day;
+    INSERT INTO shop.customer_daily (day, user_id, paid_orders, paid_revenue, last_paid_at)
+    SELECT ordered_at::date, user_id, count(*), sum(total_amount), max(ordered_at)
+    FROM shop.orders
+    WHERE status = 'paid' AND ordered_at >= first_day AND ordered_at < last_day + 1
+    GROUP BY 1, 2;
+$$;
+
+-- A warehouse loaded before the daily aggregates existed gets them for
+-- every day it holds, once (an empty shop.sales_hourly next to orders).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM shop.sales_hourly) AND EXISTS (SELECT 1 FROM shop.orders) THEN
+        PERFORM shop.refresh_daily(min(ordered_at)::date, max(ordered_at)::date) FROM shop.orders;
+    END IF;
+END
+$$;
 
 -- The report's definitions of a customer's grade and RFM segment at a point
 -- in time, each written once and read by every query that shows them.
@@ -151,15 +244,22 @@ $$;
 --   1       Lost            Lost                 At Risk              Can't Lose Them  Can't Lose Them
 CREATE OR REPLACE FUNCTION shop.rfm_at(at timestamp)
 RETURNS TABLE (user_id bigint, recency_days int, frequency bigint, monetary numeric, r int, f int, m int, segment text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    -- It reads the daily aggregates, so `at` must start a day.
+    IF at <> date_trunc('day', at) THEN
+        RAISE EXCEPTION 'shop.rfm_at(%): the time must be the start of a day (it reads shop.customer_daily)', at;
+    END IF;
+    RETURN QUERY
     WITH c AS (
-        SELECT o.user_id,
-               floor(extract(epoch FROM at - max(o.ordered_at)) / 86400)::int AS recency_days,
-               count(*) AS frequency,
-               sum(o.total_amount) AS monetary
-        FROM shop.orders o
-        WHERE o.status = 'paid' AND o.ordered_at >= at - interval '365 days' AND o.ordered_at < at
-        GROUP BY o.user_id
+        SELECT d.user_id,
+               floor(extract(epoch FROM at - max(d.last_paid_at)) / 86400)::int AS recency_days,
+               sum(d.paid_orders)::bigint AS frequency,
+               sum(d.paid_revenue) AS monetary
+        FROM shop.customer_daily d
+        WHERE d.day >= (at - interval '365 days')::date AND d.day < at::date
+        GROUP BY d.user_id
     ),
     s AS (
         SELECT c.*,
@@ -176,5 +276,6 @@ LANGUAGE sql STABLE AS $$
                ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
                ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
            ])[s.r][floor((s.f + s.m) / 2.0 + 0.5)::int]
-    FROM s
+    FROM s;
+END
 $$;

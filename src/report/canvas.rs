@@ -123,7 +123,7 @@ impl Canvas {
         let units: f32 = s
             .chars()
             .map(|c| match f.font.lookup_glyph_index(c as u32) {
-                Some(g) => f.font.get_glyph_width(g).map_or(f.upem * 0.55, f32::from),
+                Some(g) => f32::from(f.font.get_horizontal_advance(g)),
                 None => f.upem * 0.55,
             })
             .sum();

@@ -251,44 +251,87 @@ impl Clv {
     }
 }
 
-/// Turns per-customer rows into one row per group (`model.by`): the
-/// customers, their mean revenue so far (`historical`), their mean
-/// predicted revenue over the horizon (`predicted`) and its total
-/// (`predicted_total`). Both models are fitted on every customer.
-pub fn summarize(rows: &[super::Row], model: &super::def::Model) -> Result<Vec<super::Row>, String> {
-    use serde_json::Value;
-    let num = |r: &super::Row, k: &str| -> Result<f64, String> {
-        match r.get(k) {
-            Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("column `{k}` is not a number")),
-            Some(Value::String(s)) => s.parse().map_err(|_| format!("column `{k}` is not a number: {s}")),
-            Some(Value::Null) => Ok(0.0),
-            _ => Err(format!("the CLV query gives no column `{k}`")),
+/// A population's summaries, read from the per-customer rows of a CLV
+/// query, and the models fitted on them: fitted once per query, however
+/// many sections group the same rows.
+pub struct Fitted {
+    data: Vec<Summary>,
+    clv: Option<Clv>,
+    /// Each customer's prediction, per horizon asked for (in weeks).
+    predictions: std::sync::Mutex<Vec<(f64, std::sync::Arc<Vec<f64>>)>>,
+}
+
+impl Fitted {
+    /// Every customer's predicted revenue over `weeks`, computed once per
+    /// horizon, on all cores (each is a hypergeometric series).
+    fn predictions(&self, clv: &Clv, weeks: f64) -> std::sync::Arc<Vec<f64>> {
+        let mut cache = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, p)) = cache.iter().find(|(w, _)| *w == weeks) {
+            return p.clone();
         }
-    };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = self.data.len().div_ceil(threads).max(1);
+        let mut out = vec![0.0; self.data.len()];
+        std::thread::scope(|scope| {
+            for (data, out) in self.data.chunks(chunk).zip(out.chunks_mut(chunk)) {
+                scope.spawn(move || {
+                    for (s, o) in data.iter().zip(out) {
+                        *o = clv.predict(s, weeks);
+                    }
+                });
+            }
+        });
+        let out = std::sync::Arc::new(out);
+        cache.push((weeks, out.clone()));
+        out
+    }
+}
+
+fn number(r: &super::Row, k: &str) -> Result<f64, String> {
+    use serde_json::Value;
+    match r.get(k) {
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("column `{k}` is not a number")),
+        Some(Value::String(s)) => s.parse().map_err(|_| format!("column `{k}` is not a number: {s}")),
+        Some(Value::Null) => Ok(0.0),
+        _ => Err(format!("the CLV query gives no column `{k}`")),
+    }
+}
+
+/// Reads the summaries and fits both models on every customer.
+pub fn fit(rows: &[super::Row]) -> Result<Fitted, String> {
     let mut data = Vec::with_capacity(rows.len());
     for r in rows {
         data.push(Summary {
-            frequency: num(r, "frequency")?,
-            recency: num(r, "recency")?,
-            age: num(r, "age")?,
-            monetary: num(r, "monetary")?,
+            frequency: number(r, "frequency")?,
+            recency: number(r, "recency")?,
+            age: number(r, "age")?,
+            monetary: number(r, "monetary")?,
         });
     }
-    if data.is_empty() {
+    let clv = if data.is_empty() { None } else { Some(Clv::fit(&data)?) };
+    Ok(Fitted { data, clv, predictions: Default::default() })
+}
+
+/// Turns per-customer rows into one row per group (`model.by`): the
+/// customers, their mean revenue so far (`historical`), their mean
+/// predicted revenue over the horizon (`predicted`) and its total
+/// (`predicted_total`), from the models `fitted` on the same rows.
+pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model) -> Result<Vec<super::Row>, String> {
+    use serde_json::Value;
+    let Some(clv) = &fitted.clv else {
         return Ok(Vec::new());
-    }
-    let clv = Clv::fit(&data)?;
-    let weeks = model.horizon_weeks.unwrap_or(52.0);
+    };
+    let num = number;
+    let predictions = fitted.predictions(clv, model.horizon_weeks.unwrap_or(52.0));
     // (customers, historical sum, predicted sum) by group, in first-seen order.
     let mut groups: Vec<(String, u64, f64, f64)> = Vec::new();
-    for (r, s) in rows.iter().zip(&data) {
+    for (r, &predicted) in rows.iter().zip(predictions.iter()) {
         let key = match r.get(&model.by) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => "-".into(),
             Some(other) => other.to_string(),
         };
         let historical = num(r, "historical")?;
-        let predicted = clv.predict(s, weeks);
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => {
                 g.1 += 1;
@@ -299,7 +342,7 @@ pub fn summarize(rows: &[super::Row], model: &super::def::Model) -> Result<Vec<s
         }
     }
     let rank = |k: &str| model.order.iter().position(|o| o == k).unwrap_or(usize::MAX);
-    groups.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(b.3.total_cmp(&a.3)));
+    groups.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(b.3.total_cmp(&a.3)).then_with(|| a.0.cmp(&b.0)));
     Ok(groups
         .into_iter()
         .map(|(key, n, hist, pred)| {

@@ -14,15 +14,17 @@
 //! PDF goes to the run's staging area (`artifacts.pdf`, for `email` to
 //! attach) and to a local copy (`artifacts.local`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
 use crate::report::def::{Kind, Lang, ReportDef, Source};
-use crate::report::{Period, Row};
+use crate::report::{Period, Row, clv};
 
 /// Renders a PDF report from SQL queries against a Postgres connection.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -267,24 +269,35 @@ impl Report {
             true => pipeline_rows(ctx, &period).await?,
             false => Vec::new(),
         };
+        let results: Vec<Arc<Vec<Row>>> = results.into_iter().map(Arc::new).collect();
+        // Each query's models, fitted once however many sections group them.
+        let mut fits: HashMap<usize, Arc<clv::Fitted>> = HashMap::new();
         let mut data: Vec<Vec<Row>> = Vec::with_capacity(which.len());
         for (s, w) in self.def.sections.iter().zip(&which) {
-            let rows = match w {
-                Some(i) => results[*i].clone(),
-                None => pipeline.clone(),
-            };
-            let rows = match &s.model {
-                // The fit takes CPU for a while: off the async threads.
-                Some(m) => {
-                    let m = m.clone();
-                    tokio::task::spawn_blocking(move || crate::report::clv::summarize(&rows, &m))
-                        .await
-                        .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
-                        .map_err(|e| {
-                            TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")))
-                        })?
+            let failed = |e: String| TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")));
+            let rows = match (w, &s.model) {
+                (Some(i), Some(m)) => {
+                    let (rows, cached, m) = (results[*i].clone(), fits.get(i).cloned(), m.clone());
+                    let started = Instant::now();
+                    // The fit and the predictions take CPU for a while: off
+                    // the async threads.
+                    let (fitted, grouped) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                        let fitted = match cached {
+                            Some(f) => f,
+                            None => Arc::new(clv::fit(&rows)?),
+                        };
+                        let grouped = clv::summarize(&rows, &fitted, &m)?;
+                        Ok((fitted, grouped))
+                    })
+                    .await
+                    .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
+                    .map_err(failed)?;
+                    tracing::debug!(query = s.query.as_deref().unwrap_or(""), elapsed = ?started.elapsed(), "lifetime value model");
+                    fits.insert(*i, fitted);
+                    grouped
                 }
-                None => rows,
+                (Some(i), None) => results[*i].as_ref().clone(),
+                (None, _) => pipeline.clone(),
             };
             data.push(rows);
         }

@@ -90,6 +90,10 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     assert!(info.contains("Page size:       595.276 x 841.89 pts (A4)"), "{info}");
     let pages: usize = info.lines().find(|l| l.starts_with("Pages:")).unwrap().split_whitespace().last().unwrap().parse().unwrap();
     assert!((3..=6).contains(&pages), "{pages} pages");
+    // Fit to mail: the fonts are subset to the glyphs drawn (the whole
+    // Korean font would be 5 MB).
+    let size = std::fs::metadata(&pdf).unwrap().len();
+    assert!(size < 500_000, "the PDF is {size} bytes");
     let png = p.path().join("pages");
     let status = Command::new("pdftoppm").args(["-r", "30", "-png"]).arg(&pdf).arg(&png).status().unwrap();
     assert!(status.success());

@@ -217,6 +217,20 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     assert!(!recount.is_empty());
     assert_eq!(p.sql("SELECT day || ' ' || stage || ' ' || sessions FROM shop.funnel_daily ORDER BY 1"), recount);
 
+    // The daily aggregates the report reads add up to the orders and lines.
+    assert_eq!(
+        p.sql("SELECT sum(orders) || '|' || sum(paid_orders) || '|' || sum(paid_revenue) || '|' || sum(cancelled_orders) || '|' || sum(lines) FROM shop.sales_hourly"),
+        p.sql("SELECT count(*) || '|' || count(*) FILTER (WHERE status = 'paid') || '|' || sum(total_amount) FILTER (WHERE status = 'paid') || '|' || count(*) FILTER (WHERE status <> 'paid') || '|' || (SELECT count(*) FROM shop.order_items) FROM shop.orders"),
+    );
+    assert_eq!(
+        p.sql("SELECT sum(paid_orders) || '|' || sum(paid_revenue) || '|' || count(DISTINCT user_id) FROM shop.customer_daily"),
+        p.sql("SELECT count(*) || '|' || sum(total_amount) || '|' || count(DISTINCT user_id) FROM shop.orders WHERE status = 'paid'"),
+    );
+    assert_eq!(
+        p.sql("SELECT sum(units) || '|' || sum(revenue) FROM shop.product_sales_daily"),
+        p.sql("SELECT sum(i.quantity) || '|' || sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o ON o.id = i.order_id WHERE o.status = 'paid'"),
+    );
+
     // The CP949 day was read, not lost: its Korean payment methods decode.
     let cp949_day = faults.iter().find(|f| f["kind"] == "cp949 file").unwrap()["date"].as_str().unwrap().to_string();
     let methods = p.sql(&format!("SELECT DISTINCT payment_method FROM shop.orders WHERE ordered_at::date = '{cp949_day}' ORDER BY 1"));
@@ -260,6 +274,9 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
         ("shop.quarantine", "ds, source, line, order_id, reason, detail"),
         ("shop.events", "ts, session_id, event"),
         ("shop.funnel_daily", "day, stage"),
+        ("shop.sales_hourly", "day, hour"),
+        ("shop.product_sales_daily", "day, product_id"),
+        ("shop.customer_daily", "day, user_id"),
     ];
     let before: Vec<_> = tables.iter().map(|(t, o)| digest(t, o)).collect();
     p.sluice(&["run", "ecommerce_etl", "--date", "2024-09-05", "--rerun"]).ok();

@@ -1,0 +1,57 @@
+-- Reference for tests/integration/kpi.rs: the shipped query of the same name as
+-- it was before the daily aggregates, reading shop.orders and
+-- shop.order_items. The report must give the same numbers either way.
+-- One row per customer with a paid order before the end of the period: the
+-- purchase history the lifetime value models read (in weeks, purchase
+-- occasions counted by day, as `lifetimes` does), the paid revenue so far,
+-- and the customer's RFM segment and grade at the period's end.
+WITH occasions AS (
+    SELECT user_id, ordered_at::date AS day, sum(total_amount) AS amount
+    FROM shop.orders
+    WHERE status = 'paid' AND ordered_at < $2::timestamp
+    GROUP BY 1, 2
+),
+c AS (
+    SELECT user_id,
+           count(*) - 1 AS frequency,
+           (max(day) - min(day)) / 7.0 AS recency,
+           extract(epoch FROM $2::timestamp - min(day)::timestamp) / 604800 AS age,
+           CASE WHEN count(*) > 1 THEN (sum(amount) - (array_agg(amount ORDER BY day))[1]) / (count(*) - 1) ELSE 0 END AS monetary,
+           sum(amount) AS historical
+    FROM occasions
+    GROUP BY user_id
+)
+SELECT c.frequency, c.recency, c.age, c.monetary, c.historical,
+       coalesce(r.segment, 'No purchase in 12 months') AS segment, coalesce(g.grade, 'BRONZE') AS grade
+FROM c
+LEFT JOIN (
+        WITH c AS (
+            SELECT o.user_id,
+                   floor(extract(epoch FROM $2::timestamp - max(o.ordered_at)) / 86400)::int AS recency_days,
+                   count(*) AS frequency,
+                   sum(o.total_amount) AS monetary
+            FROM shop.orders o
+            WHERE o.status = 'paid' AND o.ordered_at >= $2::timestamp - interval '365 days' AND o.ordered_at < $2::timestamp
+            GROUP BY o.user_id
+        ),
+        s AS (
+            SELECT c.*,
+                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.recency_days DESC) - 1) / greatest(count(*) OVER () - 1, 1))::int AS r,
+                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.frequency) - 1) / greatest(count(*) OVER () - 1, 1))::int AS f,
+                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.monetary) - 1) / greatest(count(*) OVER () - 1, 1))::int AS m
+            FROM c
+        )
+        SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m,
+               (ARRAY[
+                   ARRAY['Lost', 'Lost', 'At Risk', 'Can''t Lose Them', 'Can''t Lose Them'],
+                   ARRAY['Hibernating', 'Hibernating', 'At Risk', 'At Risk', 'At Risk'],
+                   ARRAY['About to Sleep', 'Need Attention', 'Loyal', 'Loyal', 'Loyal'],
+                   ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
+                   ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
+               ])[s.r][floor((s.f + s.m) / 2.0 + 0.5)::int] AS segment
+        FROM s
+) r ON r.user_id = c.user_id
+LEFT JOIN shop.grades_at($2::timestamp) g ON g.user_id = c.user_id
+-- In one order, so that the models' sums (and so their fits) do not
+-- depend on how the database happened to join.
+ORDER BY c.user_id
