@@ -220,9 +220,30 @@ async fn fetch(
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
     tx.rollback().await.map_err(err)?;
-    rows.iter()
-        .map(|r| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(r).map_err(|e| TaskError::Failed(format!("{what}: {e}"))))
-        .collect()
+    if rows.len() < 10_000 {
+        return parse_rows(&rows).map_err(|e| TaskError::Failed(format!("{what}: {e}")));
+    }
+    // A per-customer query's rows (a lifetime value model reads hundreds of
+    // thousands): parsed off the async threads, on every core.
+    let parsed = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = rows.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = rows.chunks(chunk).map(|part| scope.spawn(move || parse_rows(part))).collect();
+            let mut all = Vec::with_capacity(rows.len());
+            for p in parts {
+                all.extend(p.join().unwrap_or_else(|_| Err("parsing the rows panicked".into()))?);
+            }
+            Ok::<_, String>(all)
+        })
+    })
+    .await
+    .map_err(|e| TaskError::from_join("parsing the rows", e))?;
+    parsed.map_err(|e| TaskError::Failed(format!("{what}: {e}")))
+}
+
+fn parse_rows(rows: &[String]) -> Result<Vec<Row>, String> {
+    rows.iter().map(|r| serde_json::from_str::<Row>(r).map_err(|e| e.to_string())).collect()
 }
 
 /// What a report's queries returned for a period.
@@ -264,11 +285,15 @@ impl Report {
                 None => Ok(None),
             }
         };
-        let (results, coverage) = futures::future::try_join(futures::future::try_join_all(fetches), coverage).await?;
-        let pipeline = match self.def.sections.iter().any(|s| s.source == Source::Pipeline) {
-            true => pipeline_rows(ctx, &period).await?,
-            false => Vec::new(),
+        // The pipeline's runs come from the state store, alongside.
+        let pipeline = async {
+            match self.def.sections.iter().any(|s| s.source == Source::Pipeline) {
+                true => pipeline_rows(ctx, &period).await,
+                false => Ok(Vec::new()),
+            }
         };
+        let ((results, coverage), pipeline) =
+            futures::future::try_join(futures::future::try_join(futures::future::try_join_all(fetches), coverage), pipeline).await?;
         let results: Vec<Arc<Vec<Row>>> = results.into_iter().map(Arc::new).collect();
         // Each query's models, fitted once however many sections group them.
         let mut fits: HashMap<usize, Arc<clv::Fitted>> = HashMap::new();
