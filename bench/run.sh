@@ -35,6 +35,8 @@ BIN="$CARGO_TARGET_DIR/release/sluice"
 
 start_postgres /var/tmp/sluice-bench-pg  # not under $HOME: as root, postgres could not enter it
 export SLUICE_DATABASE_URL="$PG_URL" SLUICE_SCHEMA="bench_state" SLUICE_CONN_WAREHOUSE="$PG_URL"
+# The runs' state starts fresh (and migrated by this build).
+psql "$PG_URL" -q -c "DROP SCHEMA IF EXISTS bench_state CASCADE" 2>/dev/null
 work="$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 proj="$work/project"
@@ -224,6 +226,9 @@ if [[ " ${workloads[*]} " == *" web "* ]]; then
         echo "  - { id: t00, type: shell, command: \"true\" }"
         for i in $(seq -w 1 49); do printf "  - { id: t%s, type: shell, command: \"true\", depends_on: [t%02d] }\n" "$i" $((10#$i - 1)); done
     } > "$proj/dags/web_grid.yaml"
+    # A fresh state schema: one migrated by another build of sluice may
+    # not match this one's migrations.
+    psql "$PG_URL" -q -c "DROP SCHEMA IF EXISTS bench_web CASCADE" 2>/dev/null
     SLUICE_SCHEMA=bench_web "$BIN" db migrate
     psql "$PG_URL" -q <<'SQL'
 SET search_path = bench_web;
