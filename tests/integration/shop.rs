@@ -285,6 +285,28 @@ sluice_test!(the_etl_loads_exactly_the_generated_rows_and_quarantines_exactly_th
     assert_eq!(before, after);
 });
 
+sluice_test!(a_warehouse_loaded_before_the_daily_aggregates_gets_them_for_every_day, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sluice(&["generate", "--days", "3", "--users", "300", "--products", "200", "--seed", "4"]).ok();
+    p.sluice(&["backfill", "ecommerce_etl", "--from", "2024-09-01", "--to", "2024-09-03"]).ok();
+    let digest = || -> Vec<String> {
+        ["shop.sales_hourly", "shop.product_sales_daily", "shop.customer_daily"]
+            .iter()
+            .map(|t| {
+                p.scalar(&format!("SELECT count(*) || ':' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"))
+            })
+            .collect()
+    };
+    let kept = digest();
+    assert!(kept.iter().all(|d| !d.starts_with("0:")), "{kept:?}");
+    // As a warehouse loaded by an older sluice: orders, and no aggregates.
+    p.sql("DROP TABLE shop.sales_hourly, shop.product_sales_daily, shop.customer_daily");
+    // Any run of the ETL applies the schema, which rebuilds every day's.
+    p.sluice(&["run", "ecommerce_etl", "--date", "2024-09-02", "--rerun"]).ok();
+    assert_eq!(digest(), kept);
+});
+
 /// Inserts a user and `n` paid orders of `amount` won each (the last one
 /// rounding the total to `spend`), `days_ago` days before 2024-12-01.
 fn customer(p: &Project, id: i64, grade: &str, spend: i64, n: i64) {
