@@ -233,7 +233,11 @@ fn report_with(p: &Project, queries: &str) -> Value {
     let kpi = p.path().join("sql/kpi");
     let from = match queries {
         "aggregates" => crate::harness::repo().join("sql/kpi"),
-        _ => crate::harness::repo().join("tests/data/kpi_from_orders"),
+        _ => {
+            // The RFM definition as it was, over the orders.
+            p.sql(&std::fs::read_to_string(crate::harness::repo().join("tests/data/rfm_at_from_orders.sql")).unwrap());
+            crate::harness::repo().join("tests/data/kpi_from_orders")
+        }
     };
     for e in std::fs::read_dir(&from).unwrap() {
         let e = e.unwrap();

@@ -24,33 +24,7 @@ c AS (
 SELECT c.frequency, c.recency, c.age, c.monetary, c.historical,
        coalesce(r.segment, 'No purchase in 12 months') AS segment, coalesce(g.grade, 'BRONZE') AS grade
 FROM c
-LEFT JOIN (
-        WITH c AS (
-            SELECT o.user_id,
-                   floor(extract(epoch FROM $2::timestamp - max(o.ordered_at)) / 86400)::int AS recency_days,
-                   count(*) AS frequency,
-                   sum(o.total_amount) AS monetary
-            FROM shop.orders o
-            WHERE o.status = 'paid' AND o.ordered_at >= $2::timestamp - interval '365 days' AND o.ordered_at < $2::timestamp
-            GROUP BY o.user_id
-        ),
-        s AS (
-            SELECT c.*,
-                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.recency_days DESC) - 1) / greatest(count(*) OVER () - 1, 1))::int AS r,
-                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.frequency) - 1) / greatest(count(*) OVER () - 1, 1))::int AS f,
-                   least(5, 1 + 5 * (rank() OVER (ORDER BY c.monetary) - 1) / greatest(count(*) OVER () - 1, 1))::int AS m
-            FROM c
-        )
-        SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m,
-               (ARRAY[
-                   ARRAY['Lost', 'Lost', 'At Risk', 'Can''t Lose Them', 'Can''t Lose Them'],
-                   ARRAY['Hibernating', 'Hibernating', 'At Risk', 'At Risk', 'At Risk'],
-                   ARRAY['About to Sleep', 'Need Attention', 'Loyal', 'Loyal', 'Loyal'],
-                   ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
-                   ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
-               ])[s.r][floor((s.f + s.m) / 2.0 + 0.5)::int] AS segment
-        FROM s
-) r ON r.user_id = c.user_id
+LEFT JOIN shop.rfm_at_from_orders($2::timestamp) r ON r.user_id = c.user_id
 LEFT JOIN shop.grades_at($2::timestamp) g ON g.user_id = c.user_id
 -- In one order, so that the models' sums (and so their fits) do not
 -- depend on how the database happened to join.
