@@ -103,6 +103,9 @@ impl TaskType for ReportConfig {
             if s.model.is_some() && s.kind != Kind::Table {
                 cx.error("definition", format!("{}: sections[{i}]: a model's rows are drawn as a table", self.definition));
             }
+            if s.model.is_some() && s.source == Source::Pipeline {
+                cx.error("definition", format!("{}: sections[{i}]: a model reads a query's rows; the pipeline's runs are not one", self.definition));
+            }
             match s.kind {
                 Kind::Cards if s.metrics.is_empty() => cx.error("definition", need("metrics")),
                 Kind::Bars | Kind::Lines | Kind::Hbars | Kind::Funnel if s.series.is_empty() || s.x.is_none() => {
@@ -322,6 +325,7 @@ impl Report {
                     grouped
                 }
                 (Some(i), None) => results[*i].as_ref().clone(),
+                // (A model on the pipeline's runs is refused at validation.)
                 (None, _) => pipeline.clone(),
             };
             data.push(rows);
