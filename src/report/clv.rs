@@ -321,7 +321,6 @@ pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model
     let Some(clv) = &fitted.clv else {
         return Ok(Vec::new());
     };
-    let num = number;
     let predictions = fitted.predictions(clv, model.horizon_weeks.unwrap_or(52.0));
     // (customers, historical sum, predicted sum) by group, in first-seen order.
     let mut groups: Vec<(String, u64, f64, f64)> = Vec::new();
@@ -331,7 +330,7 @@ pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model
             Some(Value::Null) | None => "-".into(),
             Some(other) => other.to_string(),
         };
-        let historical = num(r, "historical")?;
+        let historical = number(r, "historical")?;
         match groups.iter_mut().find(|g| g.0 == key) {
             Some(g) => {
                 g.1 += 1;
