@@ -161,7 +161,9 @@ impl BgNbd {
 fn repeat_values(data: &[Summary]) -> Vec<(f64, f64, f64)> {
     let mut v: Vec<(f64, f64, f64)> =
         data.iter().filter(|s| s.frequency > 0.0 && s.monetary > 0.0).map(|s| (s.frequency, s.monetary, s.monetary.ln())).collect();
-    v.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    // Sorted fully, so that the likelihood's sum, and so the fit, does not
+    // depend on the order the query returned the customers in.
+    v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     v
 }
 
@@ -322,25 +324,30 @@ pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model
         return Ok(Vec::new());
     };
     let predictions = fitted.predictions(clv, model.horizon_weeks.unwrap_or(52.0));
-    // (customers, historical sum, predicted sum) by group, in first-seen order.
-    let mut groups: Vec<(String, u64, f64, f64)> = Vec::new();
+    // (historical sum, predictions) by group. Revenue so far is whole won,
+    // summed exactly in any order; the predictions are summed sorted, so
+    // that the totals do not depend on the rows' order either.
+    let mut by_key: std::collections::BTreeMap<String, (f64, Vec<f64>)> = std::collections::BTreeMap::new();
     for (r, &predicted) in rows.iter().zip(predictions.iter()) {
         let key = match r.get(&model.by) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => "-".into(),
             Some(other) => other.to_string(),
         };
-        let historical = number(r, "historical")?;
-        match groups.iter_mut().find(|g| g.0 == key) {
-            Some(g) => {
-                g.1 += 1;
-                g.2 += historical;
-                g.3 += predicted;
-            }
-            None => groups.push((key, 1, historical, predicted)),
-        }
+        let g = by_key.entry(key).or_default();
+        g.0 += number(r, "historical")?;
+        g.1.push(predicted);
     }
+    // (key, customers, historical sum, predicted sum)
+    let mut groups: Vec<(String, u64, f64, f64)> = by_key
+        .into_iter()
+        .map(|(key, (historical, mut predicted))| {
+            predicted.sort_by(f64::total_cmp);
+            (key, predicted.len() as u64, historical, predicted.iter().sum())
+        })
+        .collect();
     let rank = |k: &str| model.order.iter().position(|o| o == k).unwrap_or(usize::MAX);
+    // By the given order, then the largest predicted total first (ties by name).
     groups.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(b.3.total_cmp(&a.3)).then_with(|| a.0.cmp(&b.0)));
     Ok(groups
         .into_iter()
@@ -402,6 +409,42 @@ mod tests {
         close(g.p, 6.2488);
         close(g.q, 3.7446);
         close(g.v, 15.4477);
+    }
+
+    /// The same customers in another order (a query without ORDER BY, a
+    /// different join) give the same fits and the same groups, in the
+    /// same order: two groups of the same customers tie, and are ordered
+    /// by name, not by which came first.
+    #[test]
+    fn the_rows_order_changes_nothing() {
+        let customers = cdnow("cdnow_customers_summary_with_transactions.csv");
+        let row = |r: &Vec<f64>, segment: &str| -> crate::report::Row {
+            serde_json::json!({
+                "frequency": r[1], "recency": r[2], "age": r[3], "monetary": r[4],
+                "historical": (r[4] * (r[1] + 1.0)).round(), "segment": segment,
+            })
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        let xs: Vec<_> = customers.iter().map(|r| row(r, "x")).collect();
+        let ys: Vec<_> = customers.iter().map(|r| row(r, "y")).collect();
+        let x_first: Vec<_> = xs.iter().chain(&ys).cloned().collect();
+        let y_first: Vec<_> = ys.iter().chain(&xs).cloned().collect();
+        let mut reversed = x_first.clone();
+        reversed.reverse();
+        let model: crate::report::def::Model = serde_yaml::from_str("{ kind: clv, by: segment }").unwrap();
+        let summarized = |rows: &[crate::report::Row]| {
+            let fitted = fit(rows).unwrap();
+            let clv = fitted.clv.unwrap();
+            ((clv.purchases, clv.value), summarize(rows, &fitted, &model).unwrap())
+        };
+        let first = summarized(&x_first);
+        let groups: Vec<&str> = first.1.iter().map(|g| g["segment"].as_str().unwrap()).collect();
+        assert_eq!(groups, ["x", "y"]);
+        assert_eq!(first.1[0]["predicted_total"], first.1[1]["predicted_total"]);
+        assert_eq!(summarized(&y_first), first);
+        assert_eq!(summarized(&reversed), first);
     }
 
     #[test]

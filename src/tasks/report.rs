@@ -223,14 +223,11 @@ async fn fetch(
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
     tx.rollback().await.map_err(err)?;
-    if rows.len() < 10_000 {
-        return parse_rows(&rows).map_err(|e| TaskError::Failed(format!("{what}: {e}")));
-    }
-    // A per-customer query's rows (a lifetime value model reads hundreds of
-    // thousands): parsed off the async threads, on every core.
+    // Parsed off the async threads; a per-customer query's rows (a lifetime
+    // value model reads hundreds of thousands) on every core.
     let parsed = tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = rows.len().div_ceil(threads);
+        let chunk = rows.len().div_ceil(threads).max(10_000);
         std::thread::scope(|scope| {
             let parts: Vec<_> = rows.chunks(chunk).map(|part| scope.spawn(move || parse_rows(part))).collect();
             let mut all = Vec::with_capacity(rows.len());

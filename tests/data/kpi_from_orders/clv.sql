@@ -26,6 +26,3 @@ SELECT c.frequency, c.recency, c.age, c.monetary, c.historical,
 FROM c
 LEFT JOIN shop.rfm_at_from_orders($2::timestamp) r ON r.user_id = c.user_id
 LEFT JOIN shop.grades_at($2::timestamp) g ON g.user_id = c.user_id
--- In one order, so that the models' sums (and so their fits) do not
--- depend on how the database happened to join.
-ORDER BY c.user_id
