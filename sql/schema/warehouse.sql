@@ -204,6 +204,81 @@ BEGIN
 END
 $$;
 
+-- What lets the grade update (sql/grades/update_grades.sql) grade only the
+-- customers whose grade can have changed since its last grading, instead
+-- of every customer every ten minutes.
+--
+-- The last grading: its as-of time and its thresholds and window, and
+-- whether it graded everyone or only the customers named below.
+CREATE TABLE IF NOT EXISTS shop.grade_state (
+    only_row   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    as_of      timestamp NOT NULL,
+    thresholds text NOT NULL,
+    everyone   boolean NOT NULL,
+    -- How many customers a grading of the changed ones looked at.
+    candidates integer
+);
+-- Customers whose orders were inserted, changed or deleted, or whose grade
+-- was set by other means than the grade update, since the last grading.
+-- Kept by the triggers below; emptied by the next grading.
+CREATE TABLE IF NOT EXISTS shop.grade_dirty (user_id bigint PRIMARY KEY);
+-- Customers whose grade has not yet come down to the one their orders earn
+-- (a downgrade moves one step per grading).
+CREATE TABLE IF NOT EXISTS shop.grade_pending (user_id bigint PRIMARY KEY);
+
+-- The customers of the orders a statement inserted, updated or deleted
+-- (COPY and the loads' DELETE of a day included), once per statement. A
+-- customer marked already is marked again (DO UPDATE, not DO NOTHING): the
+-- row lock makes a grading that takes the mark wait for this transaction,
+-- so that the grading reads the orders it committed.
+CREATE OR REPLACE FUNCTION shop.grade_dirty_orders() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM new_rows ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM old_rows ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+    ELSE
+        INSERT INTO shop.grade_dirty
+        SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows
+        ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER orders_inserted_grade_dirty AFTER INSERT ON shop.orders
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION shop.grade_dirty_orders();
+CREATE OR REPLACE TRIGGER orders_updated_grade_dirty AFTER UPDATE ON shop.orders
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION shop.grade_dirty_orders();
+CREATE OR REPLACE TRIGGER orders_deleted_grade_dirty AFTER DELETE ON shop.orders
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION shop.grade_dirty_orders();
+
+-- A customer inserted with a grade, or whose grade is set by hand. The
+-- grade update's own changes (`shop.grading` set) are not.
+CREATE OR REPLACE FUNCTION shop.grade_dirty_user() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO shop.grade_dirty VALUES (NEW.id) ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER users_inserted_grade_dirty AFTER INSERT ON shop.users
+    FOR EACH ROW WHEN (NEW.grade <> 'BRONZE') EXECUTE FUNCTION shop.grade_dirty_user();
+CREATE OR REPLACE TRIGGER users_graded_grade_dirty AFTER UPDATE OF grade ON shop.users
+    FOR EACH ROW WHEN (OLD.grade IS DISTINCT FROM NEW.grade AND current_setting('shop.grading', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION shop.grade_dirty_user();
+
+-- A truncated table leaves nothing to compare with: the next grading
+-- grades everyone.
+CREATE OR REPLACE FUNCTION shop.grade_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM shop.grade_state;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER orders_truncated_grade_forget AFTER TRUNCATE ON shop.orders
+    FOR EACH STATEMENT EXECUTE FUNCTION shop.grade_forget();
+CREATE OR REPLACE TRIGGER users_truncated_grade_forget AFTER TRUNCATE ON shop.users
+    FOR EACH STATEMENT EXECUTE FUNCTION shop.grade_forget();
+
 -- The report's definitions of a customer's grade and RFM segment at a point
 -- in time, each written once and read by every query that shows them.
 

@@ -104,11 +104,15 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     // grade history has the real upgrades and downgrades of each day.
     let params = grades.resolve_params(&[]).map_err(anyhow::Error::msg)?;
     if fresh {
-        // Grades are state carried from one tick to the next: start over.
-        sqlx::raw_sql("UPDATE shop.users SET grade = 'BRONZE', grade_updated_at = NULL; DELETE FROM shop.grade_history")
-            .execute(&mut <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?)
-            .await
-            .context("resetting the grades of an earlier demo")?;
+        // Grades are state carried from one tick to the next: start over,
+        // and have the first grading grade everyone.
+        sqlx::raw_sql(
+            "UPDATE shop.users SET grade = 'BRONZE', grade_updated_at = NULL; DELETE FROM shop.grade_history;
+             DELETE FROM shop.grade_state",
+        )
+        .execute(&mut <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?)
+        .await
+        .context("resetting the grades of an earlier demo")?;
     }
     let (mut graded, mut already) = (0, 0);
     let t = std::time::Instant::now();

@@ -386,3 +386,159 @@ sluice_test!(grade_update_respects_every_threshold_demotes_one_step_and_writes_h
     p.sluice(&["run", "grade_update", "--logical-date", "2024-11-30T15:10:00Z", "--conf", "vip_spend=4999999"]).ok();
     assert_eq!(p.sql("SELECT grade FROM shop.users WHERE id = 2"), vec!["VIP"]);
 });
+
+/// One step of the incremental-grading test: the shipped grade update as of
+/// `as_of` (with `conf` params), then the reference, which grades every
+/// customer (tests/data/update_grades_everyone.sql), on its own copy of the
+/// grades; both must leave the same grades and the same history.
+fn grade_both(p: &Project, as_of: &str, conf: &[(&str, &str)]) {
+    let mut args = vec!["run".to_string(), "grade_update".into(), "--conf".into(), format!("as_of={as_of}")];
+    for (k, v) in conf {
+        args.extend(["--conf".into(), format!("{k}={v}")]);
+    }
+    p.sluice(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let param = |k: &str, default: &str| conf.iter().find(|(n, _)| *n == k).map_or(default.to_string(), |(_, v)| v.to_string());
+    let values = [
+        format!("'{as_of}'"),
+        param("vip_spend", "5000000"),
+        param("vip_orders", "30"),
+        param("gold_spend", "2000000"),
+        param("gold_orders", "15"),
+        param("silver_spend", "500000"),
+        param("silver_orders", "5"),
+        param("window_months", "6"),
+    ];
+    let mut reference = std::fs::read_to_string(crate::harness::repo().join("tests/data/update_grades_everyone.sql")).unwrap();
+    for (i, v) in values.iter().enumerate().rev() {
+        reference = reference.replace(&format!("${}", i + 1), v);
+    }
+    p.sql(&reference);
+    // The rows one side has and the other has not (none, or the first 20).
+    let differ = |columns: &str, table: &str| {
+        p.sql(&format!(
+            "(SELECT 'shipped', {columns} FROM shop.{table} EXCEPT ALL SELECT 'shipped', {columns} FROM ref.{table})
+             UNION ALL
+             (SELECT 'reference', {columns} FROM ref.{table} EXCEPT ALL SELECT 'reference', {columns} FROM shop.{table})
+             ORDER BY 2 LIMIT 20"
+        ))
+    };
+    let none: Vec<String> = Vec::new();
+    assert_eq!(differ("id, grade, grade_updated_at", "users"), none, "grades as of {as_of}");
+    let history = "user_id, old_grade, new_grade, changed_at, reason, spend_6m, orders_6m";
+    assert_eq!(differ(history, "grade_history"), none, "history as of {as_of}");
+}
+
+/// Runs `sql` on the shop's users and on the reference's copy of them.
+fn edit_users(p: &Project, sql: &str) {
+    p.sql(&sql.replace("{users}", "shop.users"));
+    p.sql(&sql.replace("{users}", "ref.users"));
+}
+
+sluice_test!(grading_only_the_changed_customers_decides_what_grading_everyone_does, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sql(&std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap());
+    // 2,000 customers, the lower ids buying far more often: 40,000 orders
+    // over 2024, one in ten cancelled or refunded; a third of the customers
+    // start with a grade, so that some come down step by step.
+    p.sql(
+        "SELECT setseed(0.25);
+         INSERT INTO shop.users (id, name, signup_at, grade)
+         SELECT g, 'u' || g, '2024-01-01', (ARRAY['BRONZE', 'BRONZE', 'BRONZE', 'SILVER', 'GOLD', 'VIP'])[1 + g % 6]
+         FROM generate_series(1, 2000) g;
+         INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT g, 1 + floor(2000 * random() ^ 3)::int,
+                timestamp '2024-01-01' + random() * interval '366 days',
+                CASE WHEN random() < 0.9 THEN 'paid' WHEN random() < 0.5 THEN 'cancelled' ELSE 'refunded' END,
+                10000 + floor(random() * 390000), 1
+         FROM generate_series(1, 40000) g",
+    );
+    p.sql(
+        "CREATE SCHEMA ref;
+         CREATE VIEW ref.orders AS SELECT * FROM shop.orders;
+         CREATE TABLE ref.users AS SELECT * FROM shop.users;
+         CREATE TABLE ref.grade_history (LIKE shop.grade_history INCLUDING DEFAULTS)",
+    );
+    // Customers whose orders enter the window at the first tick (after the
+    // first grading's time) or leave it (just after its start).
+    p.sql(
+        "INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT 100000 + g, 1500 + g % 20, timestamp '2024-12-01 00:01' + (g % 6) * interval '1 minute', 'paid', 1000000, 1
+         FROM generate_series(0, 119) g;
+         INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT 110000 + g, 1400 + g % 10, timestamp '2024-06-01 00:01' + (g % 6) * interval '1 minute', 'paid', 100000, 1
+         FROM generate_series(0, 59) g",
+    );
+    let last = || p.sql("SELECT everyone, coalesce(candidates, -1) FROM shop.grade_state")[0].clone();
+    let changes = || p.scalar("SELECT count(*) FROM shop.grade_history").parse::<u64>().unwrap();
+
+    // The first grading grades everyone.
+    grade_both(&p, "2024-12-01 00:00:00", &[]);
+    assert_eq!(last(), "t|-1");
+    let first = changes();
+    assert!(first > 300, "{first} grade changes in the first grading");
+
+    // The next tick looks at those customers and the pending ones only.
+    grade_both(&p, "2024-12-01 00:10:00", &[]);
+    let (everyone, looked_at) = last().split_once('|').map(|(a, b)| (a.to_string(), b.parse::<i64>().unwrap())).unwrap();
+    assert_eq!(everyone, "f");
+    assert!(looked_at > 0 && looked_at < 2000, "a tick looked at {looked_at} of 2,000 customers");
+    assert!(changes() > first, "the tick changed no grade");
+    let moved = |users: &str, reason: &str| {
+        p.scalar(&format!(
+            "SELECT count(*) FROM shop.grade_history WHERE changed_at = '2024-12-01 00:10' AND user_id {users} AND reason = '{reason}'"
+        ))
+    };
+    assert_ne!(moved("BETWEEN 1500 AND 1519", "upgrade"), "0", "orders entering the window");
+    assert_ne!(moved("BETWEEN 1400 AND 1409", "downgrade"), "0", "orders leaving the window");
+
+    // What a load does between ticks: refunds, deleted orders, a new day of
+    // orders; and grades set by hand.
+    p.sql(
+        "UPDATE shop.orders SET status = 'refunded' WHERE status = 'paid' AND id % 17 = 0 AND ordered_at >= '2024-07-01';
+         DELETE FROM shop.orders WHERE id % 101 = 0;
+         INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT 200000 + g, 1 + g % 400, timestamp '2024-11-28' + g * interval '1 minute', 'paid', 250000, 1
+         FROM generate_series(1, 1200) g",
+    );
+    edit_users(&p, "INSERT INTO {users} (id, name, signup_at, grade) VALUES (5001, 'new', '2024-11-30', 'GOLD')");
+    edit_users(&p, "UPDATE {users} SET grade = 'VIP' WHERE id IN (1999, 1998)");
+    let before = changes();
+    grade_both(&p, "2024-12-01 00:20:00", &[]);
+    assert_eq!(last().split_once('|').unwrap().0, "f");
+    assert!(changes() > before + 3, "the loads and edits changed too few grades");
+    // A rerun of the same time after more refunds leaves the customers
+    // graded at that time alone, and grades the others.
+    p.sql("UPDATE shop.orders SET status = 'refunded' WHERE status = 'paid' AND user_id IN (3, 4, 1600) AND ordered_at >= '2024-09-01'");
+    grade_both(&p, "2024-12-01 00:20:00", &[]);
+    // Earlier the same day, then ticks that walk the downgrades down.
+    grade_both(&p, "2024-11-30 18:00:00", &[]);
+    assert_eq!(last().split_once('|').unwrap().0, "f");
+    for t in ["2024-12-01 00:30:00", "2024-12-01 00:40:00", "2024-12-01 00:50:00"] {
+        grade_both(&p, t, &[]);
+    }
+
+    // More than a day later: everyone. Then a month's end, where the
+    // window's start moves back (30 August - 6 months is 29 February 23:50,
+    // 31 August's is 29 February 00:00), over customers who bought much that day.
+    p.sql(
+        "INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT 300000 + g, 1700 + g % 10, timestamp '2024-02-29 01:00' + g * interval '10 minutes', 'paid', 300000, 1
+         FROM generate_series(1, 100) g",
+    );
+    grade_both(&p, "2024-08-30 23:50:00", &[]);
+    assert_eq!(last(), "t|-1");
+    let before = changes();
+    grade_both(&p, "2024-08-31 00:00:00", &[]);
+    assert_eq!(last().split_once('|').unwrap().0, "f");
+    assert!(changes() > before, "the month's end changed no grade");
+    // New thresholds: everyone.
+    grade_both(&p, "2024-08-31 00:10:00", &[("vip_spend", "3000000")]);
+    assert_eq!(last(), "t|-1");
+    grade_both(&p, "2024-08-31 00:20:00", &[("vip_spend", "3000000")]);
+    assert_eq!(last().split_once('|').unwrap().0, "f");
+    // A truncated table leaves nothing to compare with.
+    p.sql("TRUNCATE shop.orders CASCADE");
+    grade_both(&p, "2024-08-31 00:30:00", &[("vip_spend", "3000000")]);
+    assert_eq!(last(), "t|-1");
+});
