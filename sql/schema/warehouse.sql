@@ -226,12 +226,16 @@ CREATE TABLE IF NOT EXISTS shop.grade_dirty (user_id bigint PRIMARY KEY);
 -- (a downgrade moves one step per grading).
 CREATE TABLE IF NOT EXISTS shop.grade_pending (user_id bigint PRIMARY KEY);
 
+-- The triggers' functions run as the schema's owner (SECURITY DEFINER): a
+-- role that may write shop.orders or shop.users needs no grant on these.
+--
 -- The customers of the orders a statement inserted, updated or deleted
 -- (COPY and the loads' DELETE of a day included), once per statement. A
 -- customer marked already is marked again (DO UPDATE, not DO NOTHING): the
 -- row lock makes a grading that takes the mark wait for this transaction,
 -- so that the grading reads the orders it committed.
-CREATE OR REPLACE FUNCTION shop.grade_dirty_orders() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION shop.grade_dirty_orders() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM new_rows ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
@@ -254,7 +258,8 @@ CREATE OR REPLACE TRIGGER orders_deleted_grade_dirty AFTER DELETE ON shop.orders
 
 -- A customer inserted with a grade, or whose grade is set by hand. The
 -- grade update's own changes (`shop.grading` set) are not.
-CREATE OR REPLACE FUNCTION shop.grade_dirty_user() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION shop.grade_dirty_user() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     INSERT INTO shop.grade_dirty VALUES (NEW.id) ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
     RETURN NULL;
@@ -268,7 +273,8 @@ CREATE OR REPLACE TRIGGER users_graded_grade_dirty AFTER UPDATE OF grade ON shop
 
 -- A truncated table leaves nothing to compare with: the next grading
 -- grades everyone.
-CREATE OR REPLACE FUNCTION shop.grade_forget() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION shop.grade_forget() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     DELETE FROM shop.grade_state;
     RETURN NULL;
