@@ -80,18 +80,12 @@ WHERE NOT (SELECT everyone FROM grade_tick) AND status = 'paid'
   AND ordered_at < (SELECT greatest(as_of, last_as_of) FROM grade_tick);
 ANALYZE grade_candidates;
 
--- Marks taken: what was marked before the candidates were read is graded
--- now (with orders read after this), what is marked later waits for the
--- next grading. Grading everyone takes all of them; the lock makes a load
--- that marks customers wait for this grading to commit.
-DO $$
-BEGIN
-    IF (SELECT everyone FROM grade_tick) THEN
-        TRUNCATE shop.grade_dirty;
-    END IF;
-END
-$$;
-DELETE FROM shop.grade_dirty WHERE user_id IN (SELECT user_id FROM grade_candidates);
+-- Marks taken. A mark committed before this statement is graded now: the
+-- grading below reads the orders after it. A mark not yet committed is not
+-- seen here and stays for the next grading. So a load never waits for a
+-- grading, nor a grading for a load.
+DELETE FROM shop.grade_dirty
+WHERE (SELECT everyone FROM grade_tick) OR user_id IN (SELECT user_id FROM grade_candidates);
 DELETE FROM shop.grade_pending
 WHERE (SELECT everyone FROM grade_tick) OR user_id IN (SELECT user_id FROM grade_candidates);
 

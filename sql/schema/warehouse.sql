@@ -219,9 +219,13 @@ CREATE TABLE IF NOT EXISTS shop.grade_state (
     candidates integer
 );
 -- Customers whose orders were inserted, changed or deleted, or whose grade
--- was set by other means than the grade update, since the last grading.
--- Kept by the triggers below; emptied by the next grading.
-CREATE TABLE IF NOT EXISTS shop.grade_dirty (user_id bigint PRIMARY KEY);
+-- was set by other means than the grade update, since the last grading:
+-- one row per customer and writing statement, added by the triggers below
+-- and deleted by the grading that reads them. Only ever inserted, never
+-- updated, so that a load and a grading never wait for each other: a mark
+-- a load has not committed yet stays for the next grading.
+CREATE TABLE IF NOT EXISTS shop.grade_dirty (user_id bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS grade_dirty_user ON shop.grade_dirty (user_id);
 -- Customers whose grade has not yet come down to the one their orders earn
 -- (a downgrade moves one step per grading).
 CREATE TABLE IF NOT EXISTS shop.grade_pending (user_id bigint PRIMARY KEY);
@@ -230,21 +234,16 @@ CREATE TABLE IF NOT EXISTS shop.grade_pending (user_id bigint PRIMARY KEY);
 -- role that may write shop.orders or shop.users needs no grant on these.
 --
 -- The customers of the orders a statement inserted, updated or deleted
--- (COPY and the loads' DELETE of a day included), once per statement. A
--- customer marked already is marked again (DO UPDATE, not DO NOTHING): the
--- row lock makes a grading that takes the mark wait for this transaction,
--- so that the grading reads the orders it committed.
+-- (COPY and the loads' DELETE of a day included), once per statement.
 CREATE OR REPLACE FUNCTION shop.grade_dirty_orders() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM new_rows ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM old_rows ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+        INSERT INTO shop.grade_dirty SELECT DISTINCT user_id FROM old_rows;
     ELSE
-        INSERT INTO shop.grade_dirty
-        SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows
-        ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+        INSERT INTO shop.grade_dirty SELECT user_id FROM old_rows UNION SELECT user_id FROM new_rows;
     END IF;
     RETURN NULL;
 END
@@ -261,7 +260,7 @@ CREATE OR REPLACE TRIGGER orders_deleted_grade_dirty AFTER DELETE ON shop.orders
 CREATE OR REPLACE FUNCTION shop.grade_dirty_user() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
-    INSERT INTO shop.grade_dirty VALUES (NEW.id) ON CONFLICT (user_id) DO UPDATE SET user_id = excluded.user_id;
+    INSERT INTO shop.grade_dirty VALUES (NEW.id);
     RETURN NULL;
 END
 $$;
