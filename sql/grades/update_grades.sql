@@ -29,9 +29,8 @@
 -- Six months of paid orders are millions of rows; summing them per user
 -- through the index orders_paid_user (read in user order, no heap access)
 -- takes a third of the time of a hash table of a million groups, which the
--- planner would otherwise choose. The spend per user is then hashed for
--- the join with users, which wants more than the default 4 MB; JIT only
--- adds compile time here.
+-- planner would otherwise choose. Its join with a million users wants
+-- more than the default 4 MB of sort memory; JIT only adds compile time.
 SET LOCAL enable_hashagg = off;
 SET LOCAL work_mem = '256MB';
 SET LOCAL jit = off;

@@ -588,3 +588,16 @@ sluice_test!(a_load_open_during_a_tick_neither_waits_for_it_nor_is_lost, |p| {
     assert_eq!(p.scalar("SELECT grade FROM shop.users WHERE id = 1"), "SILVER");
     assert_eq!(p.scalar("SELECT count(*) FROM shop.grade_dirty"), "0");
 });
+
+sluice_test!(grading_a_warehouse_older_than_its_tables_says_what_to_do, |p| {
+    p.own_database();
+    p.copy_shipped();
+    p.sql(&std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap());
+    p.sql("DROP TABLE shop.grade_state");
+    // One try, without the DAG's retries.
+    let out = p.sluice(&["tasks", "test", "grade_update", "update_grades", "--conf", "as_of=2024-12-01 00:00:00"]);
+    assert_ne!(out.code, 0);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("predates incremental grading"), "{text}");
+    assert!(text.contains("any run of ecommerce_etl does"), "{text}");
+});
