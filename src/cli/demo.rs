@@ -105,10 +105,11 @@ pub async fn run(app: &App, args: DemoArgs) -> Result<ExitCode> {
     let params = grades.resolve_params(&[]).map_err(anyhow::Error::msg)?;
     if fresh {
         // Grades are state carried from one tick to the next: start over,
-        // and have the first grading grade everyone.
+        // and have the first grading grade everyone (`shop.grading`: the
+        // reset is not a grade set by hand for the next grading to read).
         sqlx::raw_sql(
-            "UPDATE shop.users SET grade = 'BRONZE', grade_updated_at = NULL; DELETE FROM shop.grade_history;
-             DELETE FROM shop.grade_state",
+            "SET shop.grading = on; UPDATE shop.users SET grade = 'BRONZE', grade_updated_at = NULL;
+             DELETE FROM shop.grade_history; DELETE FROM shop.grade_state",
         )
         .execute(&mut <sqlx::PgConnection as sqlx::Connection>::connect(&url).await?)
         .await

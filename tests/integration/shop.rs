@@ -397,17 +397,14 @@ fn grade_both(p: &Project, as_of: &str, conf: &[(&str, &str)]) {
         args.extend(["--conf".into(), format!("{k}={v}")]);
     }
     p.sluice(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
-    let param = |k: &str, default: &str| conf.iter().find(|(n, _)| *n == k).map_or(default.to_string(), |(_, v)| v.to_string());
-    let values = [
-        format!("'{as_of}'"),
-        param("vip_spend", "5000000"),
-        param("vip_orders", "30"),
-        param("gold_spend", "2000000"),
-        param("gold_orders", "15"),
-        param("silver_spend", "500000"),
-        param("silver_orders", "5"),
-        param("window_months", "6"),
-    ];
+    // The same params: the shipped DAG's, with the run's overrides.
+    let dag: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(p.path().join("dags/grade_update.yaml")).unwrap()).unwrap();
+    let param = |k: &str| match conf.iter().find(|(n, _)| *n == k) {
+        Some((_, v)) => v.to_string(),
+        None => serde_yaml::to_string(&dag["params"][k]).unwrap().trim().to_string(),
+    };
+    let names = ["vip_spend", "vip_orders", "gold_spend", "gold_orders", "silver_spend", "silver_orders", "window_months"];
+    let values: Vec<String> = std::iter::once(format!("'{as_of}'")).chain(names.iter().map(|k| param(k))).collect();
     let mut reference = std::fs::read_to_string(crate::harness::repo().join("tests/data/update_grades_everyone.sql")).unwrap();
     for (i, v) in values.iter().enumerate().rev() {
         reference = reference.replace(&format!("${}", i + 1), v);
