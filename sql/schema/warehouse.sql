@@ -322,6 +322,25 @@ $$;
 --   3       About to Sleep  Need Attention       Loyal                Loyal            Loyal
 --   2       Hibernating     Hibernating          At Risk              At Risk          At Risk
 --   1       Lost            Lost                 At Risk              Can't Lose Them  Can't Lose Them
+--
+-- shop.rfm_score and shop.rfm_segment are the two rules; sql/kpi/clv.sql
+-- applies them too, in its own pass over the daily aggregates.
+CREATE OR REPLACE FUNCTION shop.rfm_score(worse_plus_one bigint, customers bigint) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT least(5, 1 + 5 * (worse_plus_one - 1) / greatest(customers - 1, 1))::int
+$$;
+
+CREATE OR REPLACE FUNCTION shop.rfm_segment(r int, f int, m int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (ARRAY[
+        ARRAY['Lost', 'Lost', 'At Risk', 'Can''t Lose Them', 'Can''t Lose Them'],
+        ARRAY['Hibernating', 'Hibernating', 'At Risk', 'At Risk', 'At Risk'],
+        ARRAY['About to Sleep', 'Need Attention', 'Loyal', 'Loyal', 'Loyal'],
+        ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
+        ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
+    ])[r][floor((f + m) / 2.0 + 0.5)::int]
+$$;
+
 CREATE OR REPLACE FUNCTION shop.rfm_at(at timestamp)
 RETURNS TABLE (user_id bigint, recency_days int, frequency bigint, monetary numeric, r int, f int, m int, segment text)
 LANGUAGE plpgsql STABLE AS $$
@@ -343,19 +362,12 @@ BEGIN
     ),
     s AS (
         SELECT c.*,
-               least(5, 1 + 5 * (rank() OVER (ORDER BY c.recency_days DESC) - 1) / greatest(count(*) OVER () - 1, 1))::int AS r,
-               least(5, 1 + 5 * (rank() OVER (ORDER BY c.frequency) - 1) / greatest(count(*) OVER () - 1, 1))::int AS f,
-               least(5, 1 + 5 * (rank() OVER (ORDER BY c.monetary) - 1) / greatest(count(*) OVER () - 1, 1))::int AS m
+               shop.rfm_score(rank() OVER (ORDER BY c.recency_days DESC), count(*) OVER ()) AS r,
+               shop.rfm_score(rank() OVER (ORDER BY c.frequency), count(*) OVER ()) AS f,
+               shop.rfm_score(rank() OVER (ORDER BY c.monetary), count(*) OVER ()) AS m
         FROM c
     )
-    SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m,
-           (ARRAY[
-               ARRAY['Lost', 'Lost', 'At Risk', 'Can''t Lose Them', 'Can''t Lose Them'],
-               ARRAY['Hibernating', 'Hibernating', 'At Risk', 'At Risk', 'At Risk'],
-               ARRAY['About to Sleep', 'Need Attention', 'Loyal', 'Loyal', 'Loyal'],
-               ARRAY['Promising', 'Potential Loyalists', 'Loyal', 'Champions', 'Champions'],
-               ARRAY['New Customers', 'Potential Loyalists', 'Potential Loyalists', 'Champions', 'Champions']
-           ])[s.r][floor((s.f + s.m) / 2.0 + 0.5)::int]
+    SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m, shop.rfm_segment(s.r, s.f, s.m)
     FROM s;
 END
 $$;

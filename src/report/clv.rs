@@ -10,6 +10,8 @@
 //! the last purchase), `age` T (from the first purchase to the end of the
 //! observation), and `monetary` (the mean value of the repeat purchases).
 
+use std::collections::HashMap;
+
 use argmin::core::{CostFunction, Executor};
 use argmin::solver::neldermead::NelderMead;
 
@@ -253,29 +255,36 @@ impl Clv {
     }
 }
 
-/// A population's summaries, read from the per-customer rows of a CLV
-/// query, and the models fitted on them: fitted once per query, however
-/// many sections group the same rows.
+/// The customers a lifetime value query returned, one entry per customer
+/// in each vector: what the models read, the revenue so far, and the
+/// values of the columns the sections group them by. Read as typed columns
+/// (`float8`, `text`), not as JSON rows: a busy week has 200,000 of them.
+#[derive(Debug, Default)]
+pub struct Customers {
+    pub summaries: Vec<Summary>,
+    pub historical: Vec<f64>,
+    /// Column (a model's `by`) → each customer's value (`-` for NULL).
+    pub keys: HashMap<String, Vec<String>>,
+}
+
+/// The models fitted on a query's customers, once however many sections
+/// group them, and their predictions by horizon.
 pub struct Fitted {
-    data: Vec<Summary>,
     clv: Option<Clv>,
-    /// Each customer's prediction, per horizon asked for (in weeks).
     predictions: std::sync::Mutex<Vec<(f64, std::sync::Arc<Vec<f64>>)>>,
 }
 
 impl Fitted {
-    /// Every customer's predicted revenue over `weeks`, computed once per
-    /// horizon, on all cores (each is a hypergeometric series).
-    fn predictions(&self, clv: &Clv, weeks: f64) -> std::sync::Arc<Vec<f64>> {
+    fn predictions(&self, clv: &Clv, data: &[Summary], weeks: f64) -> std::sync::Arc<Vec<f64>> {
         let mut cache = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, p)) = cache.iter().find(|(w, _)| *w == weeks) {
             return p.clone();
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = self.data.len().div_ceil(threads).max(1);
-        let mut out = vec![0.0; self.data.len()];
+        let chunk = data.len().div_ceil(threads).max(1);
+        let mut out = vec![0.0; data.len()];
         std::thread::scope(|scope| {
-            for (data, out) in self.data.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            for (data, out) in data.chunks(chunk).zip(out.chunks_mut(chunk)) {
                 scope.spawn(move || {
                     for (s, o) in data.iter().zip(out) {
                         *o = clv.predict(s, weeks);
@@ -289,57 +298,33 @@ impl Fitted {
     }
 }
 
-fn number(r: &super::Row, k: &str) -> Result<f64, String> {
-    use serde_json::Value;
-    match r.get(k) {
-        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("column `{k}` is not a number")),
-        Some(Value::String(s)) => s.parse().map_err(|_| format!("column `{k}` is not a number: {s}")),
-        Some(Value::Null) => Ok(0.0),
-        _ => Err(format!("the CLV query gives no column `{k}`")),
-    }
+/// Fits the models on every customer (nothing to fit without customers).
+pub fn fit(customers: &Customers) -> Result<Fitted, String> {
+    let data = &customers.summaries;
+    let clv = if data.is_empty() { None } else { Some(Clv::fit(data)?) };
+    Ok(Fitted { clv, predictions: Default::default() })
 }
 
-/// Reads the summaries and fits both models on every customer.
-pub fn fit(rows: &[super::Row]) -> Result<Fitted, String> {
-    let mut data = Vec::with_capacity(rows.len());
-    for r in rows {
-        data.push(Summary {
-            frequency: number(r, "frequency")?,
-            recency: number(r, "recency")?,
-            age: number(r, "age")?,
-            monetary: number(r, "monetary")?,
-        });
-    }
-    let clv = if data.is_empty() { None } else { Some(Clv::fit(&data)?) };
-    Ok(Fitted { data, clv, predictions: Default::default() })
-}
-
-/// Turns per-customer rows into one row per group (`model.by`): the
-/// customers, their mean revenue so far (`historical`), their mean
-/// predicted revenue over the horizon (`predicted`) and its total
-/// (`predicted_total`), from the models `fitted` on the same rows.
-pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model) -> Result<Vec<super::Row>, String> {
+/// The rows a section draws: per value of `model.by`, the customers, their
+/// mean revenue so far, their mean and total predicted value.
+pub fn summarize(customers: &Customers, fitted: &Fitted, model: &super::def::Model) -> Result<Vec<super::Row>, String> {
     use serde_json::Value;
     let Some(clv) = &fitted.clv else {
         return Ok(Vec::new());
     };
-    let predictions = fitted.predictions(clv, model.horizon_weeks.unwrap_or(52.0));
+    let keys = customers.keys.get(&model.by).ok_or_else(|| format!("the customers were not read with column `{}`", model.by))?;
+    let predictions = fitted.predictions(clv, &customers.summaries, model.horizon_weeks.unwrap_or(52.0));
     // (historical sum, predictions) by group. Revenue so far is whole won,
     // summed exactly in any order; the predictions are summed sorted, so
     // that the totals do not depend on the rows' order either.
-    let mut by_key: std::collections::BTreeMap<String, (f64, Vec<f64>)> = std::collections::BTreeMap::new();
-    for (r, &predicted) in rows.iter().zip(predictions.iter()) {
-        let key = match r.get(&model.by) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => "-".into(),
-            Some(other) => other.to_string(),
-        };
+    let mut by_key: std::collections::BTreeMap<&str, (f64, Vec<f64>)> = std::collections::BTreeMap::new();
+    for ((key, &historical), &predicted) in keys.iter().zip(&customers.historical).zip(predictions.iter()) {
         let g = by_key.entry(key).or_default();
-        g.0 += number(r, "historical")?;
+        g.0 += historical;
         g.1.push(predicted);
     }
     // (key, customers, historical sum, predicted sum)
-    let mut groups: Vec<(String, u64, f64, f64)> = by_key
+    let mut groups: Vec<(&str, u64, f64, f64)> = by_key
         .into_iter()
         .map(|(key, (historical, mut predicted))| {
             predicted.sort_by(f64::total_cmp);
@@ -348,7 +333,7 @@ pub fn summarize(rows: &[super::Row], fitted: &Fitted, model: &super::def::Model
         .collect();
     let rank = |k: &str| model.order.iter().position(|o| o == k).unwrap_or(usize::MAX);
     // By the given order, then the largest predicted total first (ties by name).
-    groups.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then(b.3.total_cmp(&a.3)).then_with(|| a.0.cmp(&b.0)));
+    groups.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)).then(b.3.total_cmp(&a.3)).then_with(|| a.0.cmp(b.0)));
     Ok(groups
         .into_iter()
         .map(|(key, n, hist, pred)| {
@@ -417,27 +402,27 @@ mod tests {
     /// by name, not by which came first.
     #[test]
     fn the_rows_order_changes_nothing() {
-        let customers = cdnow("cdnow_customers_summary_with_transactions.csv");
-        let row = |r: &Vec<f64>, segment: &str| -> crate::report::Row {
-            serde_json::json!({
-                "frequency": r[1], "recency": r[2], "age": r[3], "monetary": r[4],
-                "historical": (r[4] * (r[1] + 1.0)).round(), "segment": segment,
-            })
-            .as_object()
-            .unwrap()
-            .clone()
+        let rows = cdnow("cdnow_customers_summary_with_transactions.csv");
+        let customers = |order: &[(usize, &str)]| Customers {
+            summaries: order
+                .iter()
+                .map(|&(i, _)| Summary { frequency: rows[i][1], recency: rows[i][2], age: rows[i][3], monetary: rows[i][4] })
+                .collect(),
+            historical: order.iter().map(|&(i, _)| (rows[i][4] * (rows[i][1] + 1.0)).round()).collect(),
+            keys: HashMap::from([("segment".to_string(), order.iter().map(|&(_, k)| k.to_string()).collect())]),
         };
-        let xs: Vec<_> = customers.iter().map(|r| row(r, "x")).collect();
-        let ys: Vec<_> = customers.iter().map(|r| row(r, "y")).collect();
-        let x_first: Vec<_> = xs.iter().chain(&ys).cloned().collect();
-        let y_first: Vec<_> = ys.iter().chain(&xs).cloned().collect();
+        let xs: Vec<(usize, &str)> = (0..rows.len()).map(|i| (i, "x")).collect();
+        let ys: Vec<(usize, &str)> = (0..rows.len()).map(|i| (i, "y")).collect();
+        let x_first: Vec<_> = xs.iter().chain(&ys).copied().collect();
+        let y_first: Vec<_> = ys.iter().chain(&xs).copied().collect();
         let mut reversed = x_first.clone();
         reversed.reverse();
         let model: crate::report::def::Model = serde_yaml::from_str("{ kind: clv, by: segment }").unwrap();
-        let summarized = |rows: &[crate::report::Row]| {
-            let fitted = fit(rows).unwrap();
+        let summarized = |order: &[(usize, &str)]| {
+            let c = customers(order);
+            let fitted = fit(&c).unwrap();
             let clv = fitted.clv.unwrap();
-            ((clv.purchases, clv.value), summarize(rows, &fitted, &model).unwrap())
+            ((clv.purchases, clv.value), summarize(&c, &fitted, &model).unwrap())
         };
         let first = summarized(&x_first);
         let groups: Vec<&str> = first.1.iter().map(|g| g["segment"].as_str().unwrap()).collect();

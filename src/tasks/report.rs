@@ -200,8 +200,27 @@ async fn pipeline_rows(ctx: &TaskCtx, p: &Period) -> Result<Vec<Row>, TaskError>
         .collect())
 }
 
-/// Runs one query in a read-only transaction of its own (a report never
-/// changes the warehouse), with the definition's settings.
+/// A read-only transaction (a report never changes the warehouse) with the
+/// definition's settings. An error names the setting it came from, if any.
+async fn begin_read_only(
+    pool: &sqlx::PgPool,
+    settings: Option<&BTreeMap<String, String>>,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, (Option<String>, sqlx::Error)> {
+    let mut tx = pool.begin().await.map_err(|e| (None, e))?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(|e| (None, e))?;
+    for (name, value) in settings.into_iter().flatten() {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| (Some(format!("report setting {name} = {value}")), e))?;
+    }
+    Ok(tx)
+}
+
+/// Runs one query in a read-only transaction of its own, with the
+/// definition's settings; its rows as JSON objects.
 async fn fetch(
     pool: &sqlx::PgPool,
     sql: &str,
@@ -210,16 +229,10 @@ async fn fetch(
     settings: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<Row>, TaskError> {
     let err = |e: sqlx::Error| TaskError::sql(what, &e);
-    let mut tx = pool.begin().await.map_err(err)?;
-    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(err)?;
-    for (name, value) in settings.into_iter().flatten() {
-        sqlx::query("SELECT set_config($1, $2, true)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| TaskError::sql(format!("report setting {name} = {value}"), &e))?;
-    }
+    let mut tx = begin_read_only(pool, settings).await.map_err(|e| match e {
+        (None, e) => err(e),
+        (Some(setting), e) => TaskError::sql(setting, &e),
+    })?;
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
     tx.rollback().await.map_err(err)?;
@@ -242,8 +255,61 @@ async fn fetch(
     parsed.map_err(|e| TaskError::Failed(format!("{what}: {e}")))
 }
 
+/// Runs a lifetime value model's query (as [`fetch`]) and reads its
+/// customers as typed columns: the model's five numbers as `float8` (NULL
+/// as 0) and each `by` column as text.
+async fn fetch_customers(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    p: &Period,
+    what: &str,
+    settings: Option<&BTreeMap<String, String>>,
+    by: &[String],
+) -> Result<clv::Customers, TaskError> {
+    let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
+    let keys: Vec<String> = by.iter().map(|c| format!("coalesce(q.{}::text, '-')", quote(c))).collect();
+    let wrapped = format!(
+        "SELECT coalesce(q.frequency::float8, 0), coalesce(q.recency::float8, 0), coalesce(q.age::float8, 0), \
+                coalesce(q.monetary::float8, 0), coalesce(q.historical::float8, 0), ARRAY[{}]::text[] FROM ({}) AS q",
+        keys.join(", "),
+        sql.trim().trim_end_matches(';')
+    );
+    let what = format!("{what} (a lifetime value model reads frequency, recency, age, monetary, historical and {})", by.join(", "));
+    let err = |e: sqlx::Error| TaskError::sql(&what, &e);
+    let mut tx = begin_read_only(pool, settings).await.map_err(|e| match e {
+        (None, e) => err(e),
+        (Some(setting), e) => TaskError::sql(setting, &e),
+    })?;
+    type Customer = (f64, f64, f64, f64, f64, Vec<String>);
+    let rows: Vec<Customer> =
+        sqlx::query_as(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
+    tx.rollback().await.map_err(err)?;
+    let mut c = clv::Customers {
+        summaries: Vec::with_capacity(rows.len()),
+        historical: Vec::with_capacity(rows.len()),
+        keys: by.iter().map(|b| (b.clone(), Vec::with_capacity(rows.len()))).collect(),
+    };
+    for (frequency, recency, age, monetary, historical, values) in rows {
+        c.summaries.push(clv::Summary { frequency, recency, age, monetary });
+        c.historical.push(historical);
+        for (b, v) in by.iter().zip(values) {
+            if let Some(k) = c.keys.get_mut(b) {
+                k.push(v);
+            }
+        }
+    }
+    Ok(c)
+}
+
 fn parse_rows(rows: &[String]) -> Result<Vec<Row>, String> {
     rows.iter().map(|r| serde_json::from_str::<Row>(r).map_err(|e| e.to_string())).collect()
+}
+
+/// One execution of a report's query.
+enum Fetched {
+    Rows(Arc<Vec<Row>>),
+    /// A lifetime value model's customers.
+    Customers(Arc<clv::Customers>),
 }
 
 /// What a report's queries returned for a period.
@@ -260,28 +326,47 @@ impl Report {
     async fn compute(&self, ctx: &TaskCtx) -> Result<Computed, TaskError> {
         let period = period_of(ctx);
         // Sections drawing the same query (a bars and a lines chart of one
-        // day-by-day query) share one execution.
-        let mut distinct: Vec<(&str, &str)> = Vec::new();
+        // day-by-day query) share one execution; so do the lifetime value
+        // models of one query, which read its customers as typed columns.
+        struct Query<'a> {
+            sql: &'a str,
+            what: &'a str,
+            /// For models: the columns their sections group by.
+            by: Option<Vec<String>>,
+        }
+        let mut distinct: Vec<Query> = Vec::new();
         let mut which: Vec<Option<usize>> = Vec::with_capacity(self.queries.len());
         for (s, sql) in self.def.sections.iter().zip(&self.queries) {
             let Some(sql) = sql else {
                 which.push(None);
                 continue;
             };
-            let what = s.query.as_deref().unwrap_or("query");
-            which.push(Some(match distinct.iter().position(|d| d.0 == sql.as_str()) {
+            let model = s.model.as_ref().map(|m| m.by.clone());
+            let i = match distinct.iter().position(|d| d.sql == sql.as_str() && d.by.is_some() == model.is_some()) {
                 Some(i) => i,
                 None => {
-                    distinct.push((sql.as_str(), what));
+                    let what = s.query.as_deref().unwrap_or("query");
+                    distinct.push(Query { sql, what, by: model.as_ref().map(|_| Vec::new()) });
                     distinct.len() - 1
                 }
-            }));
+            };
+            if let (Some(by), Some(column)) = (&mut distinct[i].by, model)
+                && !by.contains(&column)
+            {
+                by.push(column);
+            }
+            which.push(Some(i));
         }
-        let settings = &self.def.settings;
-        let fetches = distinct.iter().map(|&(sql, what)| fetch(&self.pool, sql, &period, what, Some(settings)));
+        let settings = Some(&self.def.settings);
+        let fetches = distinct.iter().map(|q| async move {
+            match &q.by {
+                None => fetch(&self.pool, q.sql, &period, q.what, settings).await.map(|r| Fetched::Rows(Arc::new(r))),
+                Some(by) => fetch_customers(&self.pool, q.sql, &period, q.what, settings, by).await.map(|c| Fetched::Customers(Arc::new(c))),
+            }
+        });
         let coverage = async {
             match &self.coverage {
-                Some(sql) => fetch(&self.pool, sql, &period, "coverage", Some(settings)).await.map(Some),
+                Some(sql) => fetch(&self.pool, sql, &period, "coverage", settings).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -294,34 +379,35 @@ impl Report {
         };
         let ((results, coverage), pipeline) =
             futures::future::try_join(futures::future::try_join(futures::future::try_join_all(fetches), coverage), pipeline).await?;
-        let results: Vec<Arc<Vec<Row>>> = results.into_iter().map(Arc::new).collect();
         // Each query's models, fitted once however many sections group them.
         let mut fits: HashMap<usize, Arc<clv::Fitted>> = HashMap::new();
         let mut data: Vec<Vec<Row>> = Vec::with_capacity(which.len());
         for (s, w) in self.def.sections.iter().zip(&which) {
             let failed = |e: String| TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")));
-            let rows = match (w, &s.model) {
-                (Some(i), Some(m)) => {
-                    let (rows, cached, m) = (results[*i].clone(), fits.get(i).cloned(), m.clone());
+            let rows = match (w.map(|i| (i, &results[i])), &s.model) {
+                (Some((i, Fetched::Customers(customers))), Some(m)) => {
+                    let (customers, cached, m) = (customers.clone(), fits.get(&i).cloned(), m.clone());
                     let started = Instant::now();
                     // The fit and the predictions take CPU for a while: off
                     // the async threads.
                     let (fitted, grouped) = tokio::task::spawn_blocking(move || -> Result<_, String> {
                         let fitted = match cached {
                             Some(f) => f,
-                            None => Arc::new(clv::fit(&rows)?),
+                            None => Arc::new(clv::fit(&customers)?),
                         };
-                        let grouped = clv::summarize(&rows, &fitted, &m)?;
+                        let grouped = clv::summarize(&customers, &fitted, &m)?;
                         Ok((fitted, grouped))
                     })
                     .await
                     .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
                     .map_err(failed)?;
                     tracing::debug!(query = s.query.as_deref().unwrap_or(""), elapsed = ?started.elapsed(), "lifetime value model");
-                    fits.insert(*i, fitted);
+                    fits.insert(i, fitted);
                     grouped
                 }
-                (Some(i), None) => results[*i].as_ref().clone(),
+                (Some((_, Fetched::Rows(rows))), None) => rows.as_ref().clone(),
+                // (Sections are matched with their kind of query above.)
+                (Some(_), _) => return Err(TaskError::Failed(format!("{}: read as the wrong kind of query", s.query.as_deref().unwrap_or("a section")))),
                 // (A model on the pipeline's runs is refused at validation.)
                 (None, _) => pipeline.clone(),
             };
