@@ -280,18 +280,34 @@ impl Fitted {
         if let Some((_, p)) = cache.iter().find(|(w, _)| *w == weeks) {
             return p.clone();
         }
+        // The expected purchases depend on the history (x, t_x, T) alone,
+        // and their series is the cost: computed once per distinct history
+        // (far fewer than customers: weeks and counts repeat), in parallel.
+        let key = |s: &Summary| [s.frequency.to_bits(), s.recency.to_bits(), s.age.to_bits()];
+        let mut histories: Vec<[u64; 3]> = data.iter().map(key).collect();
+        histories.sort_unstable();
+        histories.dedup();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = data.len().div_ceil(threads).max(1);
-        let mut out = vec![0.0; data.len()];
+        let chunk = histories.len().div_ceil(threads).max(1);
+        let mut purchases = vec![0.0; histories.len()];
         std::thread::scope(|scope| {
-            for (data, out) in data.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            for (hs, out) in histories.chunks(chunk).zip(purchases.chunks_mut(chunk)) {
                 scope.spawn(move || {
-                    for (s, o) in data.iter().zip(out) {
-                        *o = clv.predict(s, weeks);
+                    for (h, o) in hs.iter().zip(out) {
+                        let s = Summary { frequency: f64::from_bits(h[0]), recency: f64::from_bits(h[1]), age: f64::from_bits(h[2]), monetary: 0.0 };
+                        *o = clv.purchases.expected_purchases(&s, weeks);
                     }
                 });
             }
         });
+        let out: Vec<f64> = data
+            .iter()
+            .map(|s| {
+                // (Always found: the histories are these customers'.)
+                let i = histories.binary_search(&key(s)).unwrap_or_default();
+                purchases[i] * clv.value.expected_value(s)
+            })
+            .collect();
         let out = std::sync::Arc::new(out);
         cache.push((weeks, out.clone()));
         out
@@ -430,6 +446,21 @@ mod tests {
         assert_eq!(first.1[0]["predicted_total"], first.1[1]["predicted_total"]);
         assert_eq!(summarized(&y_first), first);
         assert_eq!(summarized(&reversed), first);
+    }
+
+    #[test]
+    fn predictions_computed_once_per_history_are_each_customers_own() {
+        let rows = cdnow("cdnow_customers_summary_with_transactions.csv");
+        let summaries: Vec<Summary> = rows.iter().map(|r| Summary { frequency: r[1], recency: r[2], age: r[3], monetary: r[4] }).collect();
+        let customers = Customers { historical: vec![0.0; summaries.len()], summaries, keys: HashMap::new() };
+        let fitted = fit(&customers).unwrap();
+        let clv = fitted.clv.unwrap();
+        let got = fitted.predictions(&clv, &customers.summaries, 39.0);
+        let distinct: std::collections::HashSet<_> = customers.summaries.iter().map(|s| [s.frequency.to_bits(), s.recency.to_bits(), s.age.to_bits()]).collect();
+        assert!(distinct.len() < customers.summaries.len(), "some customers share a history");
+        for (s, p) in customers.summaries.iter().zip(got.iter()) {
+            assert_eq!(p.to_bits(), clv.predict(s, 39.0).to_bits(), "{s:?}");
+        }
     }
 
     #[test]
