@@ -24,38 +24,36 @@ newc AS (
 -- Repeat customers: of the customers with a paid order in the 12 months
 -- up to each period's end, the share with at least two (what a manager
 -- means by the repeat purchase rate). One pass over the customers' days
--- counts both windows: the 12 months to $2, and to $1 for the week before.
+-- counts both windows: the 12 months to $2, and to $1 for the week before;
+-- and each period's paying customers (a day of shop.customer_daily is a
+-- day with a paid order), which the 12 months contain.
 per_user AS (
     SELECT sum(paid_orders) FILTER (WHERE day >= ($2::timestamp - interval '365 days')::date) AS n_now,
-           sum(paid_orders) FILTER (WHERE day < $1::date) AS n_prev
+           sum(paid_orders) FILTER (WHERE day < $1::date) AS n_prev,
+           bool_or(day >= $1::date) AS bought_now,
+           bool_or(day >= $1::date - 7 AND day < $1::date) AS bought_prev
     FROM shop.customer_daily
     WHERE day >= ($1::timestamp - interval '365 days')::date AND day < $2::date
     GROUP BY user_id
 ),
 repeat AS (
-    SELECT 'now' AS p, count(*) FILTER (WHERE n_now >= 1) AS buyers_12m, count(*) FILTER (WHERE n_now >= 2) AS repeaters_12m
+    SELECT 'now' AS p, count(*) FILTER (WHERE n_now >= 1) AS buyers_12m, count(*) FILTER (WHERE n_now >= 2) AS repeaters_12m,
+           count(*) FILTER (WHERE bought_now) AS buyers
     FROM per_user
     UNION ALL
-    SELECT 'prev', count(*) FILTER (WHERE n_prev >= 1), count(*) FILTER (WHERE n_prev >= 2)
+    SELECT 'prev', count(*) FILTER (WHERE n_prev >= 1), count(*) FILTER (WHERE n_prev >= 2),
+           count(*) FILTER (WHERE bought_prev)
     FROM per_user
-),
--- Each period's paying customers.
-buyers AS (
-    SELECT CASE WHEN day >= $1::date THEN 'now' ELSE 'prev' END AS p, count(DISTINCT user_id) AS buyers
-    FROM shop.customer_daily
-    WHERE day >= $1::date - 7 AND day < $2::date
-    GROUP BY 1
 ),
 v AS (
     SELECT p.p, coalesce(m.revenue, 0) AS revenue, coalesce(m.orders, 0) AS orders,
            CASE WHEN m.orders > 0 THEN round(m.revenue / m.orders) END AS aov,
-           coalesce(b.buyers, 0) AS active_customers, n.new_customers,
+           coalesce(r.buyers, 0) AS active_customers, n.new_customers,
            CASE WHEN r.buyers_12m > 0 THEN r.repeaters_12m::numeric / r.buyers_12m END AS repeat_rate,
            CASE WHEN m.all_orders > 0 THEN m.cancelled::numeric / m.all_orders END AS cancel_rate
     FROM periods p
     JOIN newc n USING (p)
     LEFT JOIN m USING (p)
-    LEFT JOIN buyers b USING (p)
     LEFT JOIN repeat r USING (p)
 )
 SELECT 'revenue' AS metric, (SELECT revenue FROM v WHERE p = 'now') AS value, (SELECT revenue FROM v WHERE p = 'prev') AS previous
