@@ -63,6 +63,8 @@ WHERE o.ordered_at >= (:end_ts)::timestamp - make_interval(days => :events_days)
 
 INSERT INTO shop.funnel_daily (day, stage, sessions)
 SELECT (ts AT TIME ZONE 'Asia/Seoul')::date, event, count(DISTINCT session_id) FROM shop.events GROUP BY 1, 2;
+INSERT INTO shop.events_daily (day, events)
+SELECT (ts AT TIME ZONE 'Asia/Seoul')::date, count(*) FROM shop.events GROUP BY 1;
 
 -- The daily aggregates the ETL would keep (the weekly report reads them).
 SELECT shop.refresh_daily(min(ordered_at)::date, max(ordered_at)::date) FROM shop.orders \g /dev/null
@@ -75,7 +77,7 @@ INSERT INTO shop.quarantine (ds, source, line, reason, detail)
 SELECT ((:end_ts)::timestamp - make_interval(days => 1 + g % 7))::date, 'orders.csv', g, 'bad_amount', 'amount is not a number'
 FROM generate_series(1, 50) g;
 
-VACUUM ANALYZE shop.users, shop.products, shop.orders, shop.order_items, shop.events, shop.funnel_daily,
+VACUUM ANALYZE shop.users, shop.products, shop.orders, shop.order_items, shop.events, shop.funnel_daily, shop.events_daily,
     shop.sales_hourly, shop.product_sales_daily, shop.customer_daily, shop.grade_history, shop.quarantine;
 SELECT 'users' AS t, count(*) FROM shop.users UNION ALL SELECT 'orders', count(*) FROM shop.orders
 UNION ALL SELECT 'order_items', count(*) FROM shop.order_items UNION ALL SELECT 'events', count(*) FROM shop.events;

@@ -1,6 +1,6 @@
 -- The day's funnel ($1 = ds): sessions with at least one event of each
--- step. Recomputed from the day's events, so rerunning a day changes
--- nothing; both statements commit together.
+-- step, and the day's events. Recomputed from the day's events, so
+-- rerunning a day changes nothing; the statements commit together.
 DELETE FROM shop.funnel_daily WHERE day = $1::date;
 
 INSERT INTO shop.funnel_daily (day, stage, sessions)
@@ -9,3 +9,11 @@ FROM shop.events e
 WHERE e.ts >= ($1::date::timestamp AT TIME ZONE 'Asia/Seoul')
   AND e.ts < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Seoul')
 GROUP BY e.event;
+
+-- The day's events, which the report's data quality section counts.
+INSERT INTO shop.events_daily (day, events)
+SELECT $1::date, count(*)
+FROM shop.events e
+WHERE e.ts >= ($1::date::timestamp AT TIME ZONE 'Asia/Seoul')
+  AND e.ts < (($1::date + 1)::timestamp AT TIME ZONE 'Asia/Seoul')
+ON CONFLICT (day) DO UPDATE SET events = excluded.events;

@@ -85,6 +85,14 @@ CREATE TABLE IF NOT EXISTS shop.funnel_daily (
     PRIMARY KEY (day, stage)
 );
 
+-- Events per day (Korea time), kept by the ETL with the funnel
+-- (sql/etl/funnel_daily.sql): the weekly report's data quality section sums
+-- seven rows instead of counting a busy week's millions of events.
+CREATE TABLE IF NOT EXISTS shop.events_daily (
+    day    date PRIMARY KEY,
+    events bigint NOT NULL
+);
+
 -- Daily aggregates of the orders, kept by the ETL for each day it loads
 -- (shop.refresh_daily, below, called by sql/etl/daily_aggregates.sql): the
 -- weekly report sums a few thousand of these rows instead of grouping every
@@ -195,11 +203,19 @@ RETURNS void LANGUAGE sql AS $$
 $$;
 
 -- A warehouse loaded before the daily aggregates existed gets them for
--- every day it holds, once (an empty shop.sales_hourly next to orders).
+-- every day it holds, once (an empty shop.sales_hourly next to orders, an
+-- empty shop.events_daily next to events).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM shop.sales_hourly) AND EXISTS (SELECT 1 FROM shop.orders) THEN
         PERFORM shop.refresh_daily(min(ordered_at)::date, max(ordered_at)::date) FROM shop.orders;
+    END IF;
+    -- The same for the events' daily counts (a day the ETL writes meanwhile
+    -- keeps its own count).
+    IF NOT EXISTS (SELECT 1 FROM shop.events_daily) AND EXISTS (SELECT 1 FROM shop.events) THEN
+        INSERT INTO shop.events_daily (day, events)
+        SELECT (ts AT TIME ZONE 'Asia/Seoul')::date, count(*) FROM shop.events GROUP BY 1
+        ON CONFLICT (day) DO NOTHING;
     END IF;
 END
 $$;

@@ -294,7 +294,12 @@ impl Fitted {
             for (hs, out) in histories.chunks(chunk).zip(purchases.chunks_mut(chunk)) {
                 scope.spawn(move || {
                     for (h, o) in hs.iter().zip(out) {
-                        let s = Summary { frequency: f64::from_bits(h[0]), recency: f64::from_bits(h[1]), age: f64::from_bits(h[2]), monetary: 0.0 };
+                        let s = Summary {
+                            frequency: f64::from_bits(h[0]),
+                            recency: f64::from_bits(h[1]),
+                            age: f64::from_bits(h[2]),
+                            monetary: 0.0,
+                        };
                         *o = clv.purchases.expected_purchases(&s, weeks);
                     }
                 });
@@ -456,7 +461,8 @@ mod tests {
         let fitted = fit(&customers).unwrap();
         let clv = fitted.clv.unwrap();
         let got = fitted.predictions(&clv, &customers.summaries, 39.0);
-        let distinct: std::collections::HashSet<_> = customers.summaries.iter().map(|s| [s.frequency.to_bits(), s.recency.to_bits(), s.age.to_bits()]).collect();
+        let distinct: std::collections::HashSet<_> =
+            customers.summaries.iter().map(|s| [s.frequency.to_bits(), s.recency.to_bits(), s.age.to_bits()]).collect();
         assert!(distinct.len() < customers.summaries.len(), "some customers share a history");
         for (s, p) in customers.summaries.iter().zip(got.iter()) {
             assert_eq!(p.to_bits(), clv.predict(s, 39.0).to_bits(), "{s:?}");
