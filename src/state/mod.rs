@@ -1131,7 +1131,7 @@ async fn apply_decisions(conn: &mut PgConnection, run_id: i64, decisions: &[(Str
     }
     let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
     let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
-    // The SQL function (migration 0008) that claim_tries applies too.
+    // The SQL function (migrations 0008, 0009) that claim_tries applies too.
     sqlx::query("SELECT apply_decisions($1, $2, $3)").bind(run_id).bind(&ids).bind(&states).execute(&mut *conn).await?;
     Ok(())
 }
