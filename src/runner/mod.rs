@@ -605,7 +605,6 @@ where
     }
 }
 
-/// Tells the observer about skips and upstream failures once they are written.
 /// The ready instances a claim is offered, with their tasks. The claim
 /// orders them by `priority_weight`, then topological order, and takes
 /// what `slots` allows; offering it a fan-out's hundreds of ready
@@ -626,6 +625,7 @@ fn claim_candidates<'d, 't>(dag: &'d Dag, tis: &'t [TiRow], now: DateTime<Utc>, 
     ready
 }
 
+/// Tells the observer about skips and upstream failures once they are written.
 fn report_decisions(observer: &mut dyn Observer, decisions: &[(String, TiState)]) {
     for (task, state) in decisions {
         if *state != TiState::Queued {
