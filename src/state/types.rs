@@ -6,9 +6,8 @@
 use std::str::FromStr;
 
 /// The state of a task instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum TiState {
     Pending,
     Queued,
@@ -72,9 +71,8 @@ impl std::fmt::Display for TiState {
 }
 
 /// The state of a DAG run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunState {
     Queued,
     Running,
@@ -117,9 +115,8 @@ impl FromStr for RunState {
 }
 
 /// How a DAG run came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RunType {
     /// Created by the daemon at a tick.
     Scheduled,
@@ -142,6 +139,19 @@ impl RunType {
     }
 }
 
+impl FromStr for RunType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "scheduled" => RunType::Scheduled,
+            "manual" => RunType::Manual,
+            "backfill" => RunType::Backfill,
+            "asset_triggered" => RunType::AssetTriggered,
+            other => return Err(format!("unknown run type `{other}`")),
+        })
+    }
+}
+
 impl std::fmt::Display for RunType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -150,19 +160,102 @@ impl std::fmt::Display for RunType {
 
 /// What a web UI user may do: a viewer reads, an admin also acts
 /// (trigger, clear, mark, pause).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::Type, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Role {
     Admin,
     Viewer,
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Admin => "admin",
             Role::Viewer => "viewer",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "admin" => Role::Admin,
+            "viewer" => Role::Viewer,
+            other => return Err(format!("unknown role `{other}`: admin or viewer")),
         })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stored as `text` columns. Declared as PostgreSQL's built-in `text`
+/// (by its OID) rather than by name (`#[sqlx(type_name = "text")]`),
+/// which made every new connection look the type up in `pg_type` first: a
+/// round trip of about 2 ms per connection.
+macro_rules! text_column {
+    ($($t:ty),*) => {$(
+        impl sqlx::Type<sqlx::Postgres> for $t {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+        impl sqlx::Encode<'_, sqlx::Postgres> for $t {
+            fn encode_by_ref(&self, buf: &mut sqlx::postgres::PgArgumentBuffer) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+        impl sqlx::Decode<'_, sqlx::Postgres> for $t {
+            fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?.parse()?)
+            }
+        }
+    )*};
+}
+
+text_column!(TiState, RunState, RunType, Role);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::TypeInfo;
+
+    /// Every state type is PostgreSQL's `text` by OID, so that no
+    /// connection looks it up by name first.
+    #[test]
+    fn state_types_are_builtin_text() {
+        for info in [
+            <TiState as sqlx::Type<sqlx::Postgres>>::type_info(),
+            <RunState as sqlx::Type<sqlx::Postgres>>::type_info(),
+            <RunType as sqlx::Type<sqlx::Postgres>>::type_info(),
+            <Role as sqlx::Type<sqlx::Postgres>>::type_info(),
+        ] {
+            assert_eq!(info.name(), "TEXT");
+            assert!(info.oid().is_some(), "declared by name, not by OID");
+        }
+    }
+
+    #[test]
+    fn names_read_back_as_written() {
+        use TiState::*;
+        for s in [Pending, Queued, Running, UpForRetry, UpForReschedule, Success, Failed, Skipped, UpstreamFailed, Removed] {
+            assert_eq!(s.as_str().parse::<TiState>(), Ok(s));
+        }
+        for s in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed] {
+            assert_eq!(s.as_str().parse::<RunState>(), Ok(s));
+        }
+        for s in [RunType::Scheduled, RunType::Manual, RunType::Backfill, RunType::AssetTriggered] {
+            assert_eq!(s.as_str().parse::<RunType>(), Ok(s));
+        }
+        for s in [Role::Admin, Role::Viewer] {
+            assert_eq!(s.as_str().parse::<Role>(), Ok(s));
+        }
     }
 }
