@@ -250,127 +250,17 @@ async fn record(
     let task = dag.resolve(&claimed.task_id).map(|(t, _)| t);
     let took = crate::dag::duration::format_elapsed(elapsed);
     let end = match result {
-        Ok(Outcome { reschedule_at: Some(at), .. }) => {
-            report.state = TiState::UpForReschedule;
-            report.retry_in = Some((at - Utc::now()).to_std().unwrap_or_default());
-            TryEnd {
-                state: TiState::UpForReschedule,
-                error: None,
-                output: None,
-                exit_code: None,
-                next_try_at: Some(at),
-                error_kind: None,
-                log: String::new(),
-                assets: Vec::new(),
-            }
-        }
-        Ok(outcome) => {
-            let state = if outcome.skipped { TiState::Skipped } else { TiState::Success };
-            for w in &outcome.warnings {
-                tracing::warn!("{w}");
-            }
-            tracing::info!("{} in {took}{}", state, outcome.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default());
-            report.state = state;
-            report.note = outcome.note.clone();
-            report.warnings = outcome.warnings.clone();
-            // A success updates the task's assets (a skip does not).
-            let mut assets: Vec<String> = match (state, task) {
-                (TiState::Success, Some(t)) => t.outlets.iter().chain(&outcome.assets).cloned().collect(),
-                _ => Vec::new(),
-            };
-            assets.sort();
-            assets.dedup();
-            if !assets.is_empty() {
-                tracing::info!("updated asset(s): {}", assets.join(", "));
-            }
-            TryEnd {
-                assets,
-                state,
-                error: None,
-                output: serde_json::to_value(&outcome).ok(),
-                exit_code: outcome.metrics.get("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32),
-                next_try_at: None,
-                error_kind: None,
-                log: String::new(),
-            }
-        }
+        Ok(Outcome { reschedule_at: Some(at), .. }) => rescheduled(&mut report, at),
+        Ok(outcome) => succeeded(&mut report, task, outcome, &took),
         Err(TaskError::Cancelled(why)) => {
             tracing::warn!("try interrupted ({why}) after {took}; it will run again when the run resumes");
-            let mut wait = Duration::from_millis(250);
-            loop {
-                match runner
-                    .store
-                    .requeue_interrupted(
-                        run.run_id,
-                        &claimed.task_id,
-                        claimed.try_number,
-                        &runner.worker.id,
-                        claimed.poking_since.is_some(),
-                    )
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(e) if wait < Duration::from_secs(5) => {
-                        tracing::warn!(error = %e, "could not requeue the interrupted try; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not requeue the interrupted try; the next worker will find it by its stale heartbeat");
-                        break;
-                    }
-                }
-            }
+            requeue(runner, run, claimed).await;
             report.state = TiState::Queued;
             report.interrupted = true;
             report.error = Some(format!("interrupted ({why})"));
             return report;
         }
-        Err(e) => {
-            let kind = e.kind();
-            let msg = crate::secrets::mask(&e.to_string());
-            let retryable = kind.retryable();
-            let will_retry = claimed.try_number < claimed.max_tries && retryable;
-            let (state, next) = match task.filter(|_| will_retry) {
-                Some(task) => {
-                    let wait = task.retry_wait(&dag.dag_id, run.logical_date, claimed.try_number);
-                    report.retry_in = Some(wait);
-                    (TiState::UpForRetry, Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()))
-                }
-                None => (TiState::Failed, None),
-            };
-            match report.retry_in {
-                Some(w) => tracing::error!(
-                    kind = %kind,
-                    "try {}/{} failed after {took}: {msg}; retrying in {}",
-                    claimed.try_number,
-                    claimed.max_tries,
-                    crate::dag::duration::format(w)
-                ),
-                None if !retryable && claimed.try_number < claimed.max_tries => tracing::error!(
-                    kind = %kind,
-                    "try {}/{} failed after {took}: {msg}; not retried: a {kind} error would happen again",
-                    claimed.try_number,
-                    claimed.max_tries
-                ),
-                None => tracing::error!(kind = %kind, "try {}/{} failed after {took}: {msg}", claimed.try_number, claimed.max_tries),
-            }
-            report.state = state;
-            report.error = Some(msg.clone());
-            TryEnd {
-                state,
-                error: Some(msg),
-                output: None,
-                error_kind: Some(kind),
-                exit_code: match &e {
-                    TaskError::Exit { code, .. } => Some(*code),
-                    _ => None,
-                },
-                next_try_at: next,
-                log: String::new(),
-                assets: Vec::new(),
-            }
-        }
+        Err(e) => failed(&mut report, dag, run, task, claimed, e, &took),
     };
     let end = TryEnd { log: log.text(), ..end };
     report.states = store_end(runner, run, claimed, &end, give_up).await;
@@ -385,6 +275,124 @@ async fn record(
         report.notices = super::notice::notify_try(runner, dag, run, task, claimed, &report, notifiers, log).await;
     }
     report
+}
+
+/// A sensor in reschedule mode gives its slot back until `at`.
+fn rescheduled(report: &mut TryReport, at: chrono::DateTime<Utc>) -> TryEnd {
+    report.state = TiState::UpForReschedule;
+    report.retry_in = Some((at - Utc::now()).to_std().unwrap_or_default());
+    TryEnd {
+        state: TiState::UpForReschedule,
+        error: None,
+        output: None,
+        exit_code: None,
+        next_try_at: Some(at),
+        error_kind: None,
+        log: String::new(),
+        assets: Vec::new(),
+    }
+}
+
+/// A success (or a skip): its output, and the assets a success updates.
+fn succeeded(report: &mut TryReport, task: Option<&Task>, outcome: Outcome, took: &str) -> TryEnd {
+    let state = if outcome.skipped { TiState::Skipped } else { TiState::Success };
+    for w in &outcome.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!("{} in {took}{}", state, outcome.note.as_ref().map(|n| format!(": {n}")).unwrap_or_default());
+    report.state = state;
+    report.note = outcome.note.clone();
+    report.warnings = outcome.warnings.clone();
+    // A success updates the task's assets (a skip does not).
+    let mut assets: Vec<String> = match (state, task) {
+        (TiState::Success, Some(t)) => t.outlets.iter().chain(&outcome.assets).cloned().collect(),
+        _ => Vec::new(),
+    };
+    assets.sort();
+    assets.dedup();
+    if !assets.is_empty() {
+        tracing::info!("updated asset(s): {}", assets.join(", "));
+    }
+    TryEnd {
+        assets,
+        state,
+        error: None,
+        output: serde_json::to_value(&outcome).ok(),
+        exit_code: outcome.metrics.get("exit_code").and_then(|v| v.as_i64()).map(|c| c as i32),
+        next_try_at: None,
+        error_kind: None,
+        log: String::new(),
+    }
+}
+
+/// Puts an interrupted try back in the queue without using up a retry,
+/// retrying for a few seconds; if the store stays unreachable, the next
+/// worker finds the try by its stale heartbeat.
+async fn requeue(runner: &Runner, run: &RunRow, claimed: &Claimed) {
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let sensor = claimed.poking_since.is_some();
+        match runner.store.requeue_interrupted(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, sensor).await {
+            Ok(()) => break,
+            Err(e) if wait < Duration::from_secs(5) => {
+                tracing::warn!(error = %e, "could not requeue the interrupted try; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not requeue the interrupted try; the next worker will find it by its stale heartbeat");
+                break;
+            }
+        }
+    }
+}
+
+/// A failure: retried when tries are left and its kind is worth retrying,
+/// failed otherwise. The message is masked before it is logged or stored.
+fn failed(report: &mut TryReport, dag: &Dag, run: &RunRow, task: Option<&Task>, claimed: &Claimed, e: TaskError, took: &str) -> TryEnd {
+    let kind = e.kind();
+    let msg = crate::secrets::mask(&e.to_string());
+    let retryable = kind.retryable();
+    let will_retry = claimed.try_number < claimed.max_tries && retryable;
+    let (state, next) = match task.filter(|_| will_retry) {
+        Some(task) => {
+            let wait = task.retry_wait(&dag.dag_id, run.logical_date, claimed.try_number);
+            report.retry_in = Some(wait);
+            (TiState::UpForRetry, Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()))
+        }
+        None => (TiState::Failed, None),
+    };
+    match report.retry_in {
+        Some(w) => tracing::error!(
+            kind = %kind,
+            "try {}/{} failed after {took}: {msg}; retrying in {}",
+            claimed.try_number,
+            claimed.max_tries,
+            crate::dag::duration::format(w)
+        ),
+        None if !retryable && claimed.try_number < claimed.max_tries => tracing::error!(
+            kind = %kind,
+            "try {}/{} failed after {took}: {msg}; not retried: a {kind} error would happen again",
+            claimed.try_number,
+            claimed.max_tries
+        ),
+        None => tracing::error!(kind = %kind, "try {}/{} failed after {took}: {msg}", claimed.try_number, claimed.max_tries),
+    }
+    report.state = state;
+    report.error = Some(msg.clone());
+    TryEnd {
+        state,
+        error: Some(msg),
+        output: None,
+        error_kind: Some(kind),
+        exit_code: match &e {
+            TaskError::Exit { code, .. } => Some(*code),
+            _ => None,
+        },
+        next_try_at: next,
+        log: String::new(),
+        assets: Vec::new(),
+    }
 }
 
 /// The recorded outputs a try of `task` reads: its upstream tasks' (a
