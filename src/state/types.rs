@@ -24,6 +24,20 @@ pub enum TiState {
 }
 
 impl TiState {
+    /// Every value, in the order of the type.
+    pub const ALL: [TiState; 10] = [
+        TiState::Pending,
+        TiState::Queued,
+        TiState::Running,
+        TiState::UpForRetry,
+        TiState::UpForReschedule,
+        TiState::Success,
+        TiState::Failed,
+        TiState::Skipped,
+        TiState::UpstreamFailed,
+        TiState::Removed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TiState::Pending => "pending",
@@ -48,19 +62,8 @@ impl TiState {
 impl FromStr for TiState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "pending" => TiState::Pending,
-            "queued" => TiState::Queued,
-            "running" => TiState::Running,
-            "up_for_retry" => TiState::UpForRetry,
-            "up_for_reschedule" => TiState::UpForReschedule,
-            "success" => TiState::Success,
-            "failed" => TiState::Failed,
-            "skipped" => TiState::Skipped,
-            "upstream_failed" => TiState::UpstreamFailed,
-            "removed" => TiState::Removed,
-            other => return Err(format!("unknown task state `{other}`")),
-        })
+        from_name(&Self::ALL, s, Self::as_str)
+            .ok_or_else(|| format!("unknown task state `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
     }
 }
 
@@ -81,6 +84,9 @@ pub enum RunState {
 }
 
 impl RunState {
+    /// Every value, in the order of the type.
+    pub const ALL: [RunState; 4] = [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Queued => "queued",
@@ -104,13 +110,7 @@ impl std::fmt::Display for RunState {
 impl FromStr for RunState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "queued" => RunState::Queued,
-            "running" => RunState::Running,
-            "success" => RunState::Success,
-            "failed" => RunState::Failed,
-            other => return Err(format!("unknown run state `{other}`: one of queued, running, success, failed")),
-        })
+        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown run state `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
     }
 }
 
@@ -129,6 +129,9 @@ pub enum RunType {
 }
 
 impl RunType {
+    /// Every value, in the order of the type.
+    pub const ALL: [RunType; 4] = [RunType::Scheduled, RunType::Manual, RunType::Backfill, RunType::AssetTriggered];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunType::Scheduled => "scheduled",
@@ -142,13 +145,7 @@ impl RunType {
 impl FromStr for RunType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "scheduled" => RunType::Scheduled,
-            "manual" => RunType::Manual,
-            "backfill" => RunType::Backfill,
-            "asset_triggered" => RunType::AssetTriggered,
-            other => return Err(format!("unknown run type `{other}`")),
-        })
+        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown run type `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
     }
 }
 
@@ -168,6 +165,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every value, in the order of the type.
+    pub const ALL: [Role; 2] = [Role::Admin, Role::Viewer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
@@ -179,11 +179,7 @@ impl Role {
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "admin" => Role::Admin,
-            "viewer" => Role::Viewer,
-            other => return Err(format!("unknown role `{other}`: admin or viewer")),
-        })
+        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown role `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
     }
 }
 
@@ -191,6 +187,16 @@ impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// The value of `all` whose name is `s`.
+fn from_name<T: Copy>(all: &[T], s: &str, name: fn(T) -> &'static str) -> Option<T> {
+    all.iter().copied().find(|&v| name(v) == s)
+}
+
+/// The names of `all`, for an error message.
+fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
+    all.iter().map(|&v| name(v)).collect::<Vec<_>>().join(", ")
 }
 
 /// Stored as `text` columns. Declared as PostgreSQL's built-in `text`
@@ -244,18 +250,15 @@ mod tests {
 
     #[test]
     fn names_read_back_as_written() {
-        use TiState::*;
-        for s in [Pending, Queued, Running, UpForRetry, UpForReschedule, Success, Failed, Skipped, UpstreamFailed, Removed] {
-            assert_eq!(s.as_str().parse::<TiState>(), Ok(s));
+        fn check<T: Copy + PartialEq + std::fmt::Debug + FromStr<Err = String>>(all: &[T], name: fn(T) -> &'static str) {
+            for &v in all {
+                assert_eq!(name(v).parse::<T>(), Ok(v));
+            }
+            assert!("nonsense".parse::<T>().unwrap_err().contains(name(all[0])), "the error lists the names");
         }
-        for s in [RunState::Queued, RunState::Running, RunState::Success, RunState::Failed] {
-            assert_eq!(s.as_str().parse::<RunState>(), Ok(s));
-        }
-        for s in [RunType::Scheduled, RunType::Manual, RunType::Backfill, RunType::AssetTriggered] {
-            assert_eq!(s.as_str().parse::<RunType>(), Ok(s));
-        }
-        for s in [Role::Admin, Role::Viewer] {
-            assert_eq!(s.as_str().parse::<Role>(), Ok(s));
-        }
+        check(&TiState::ALL, TiState::as_str);
+        check(&RunState::ALL, RunState::as_str);
+        check(&RunType::ALL, RunType::as_str);
+        check(&Role::ALL, Role::as_str);
     }
 }

@@ -201,20 +201,22 @@ async fn pipeline_rows(ctx: &TaskCtx, p: &Period) -> Result<Vec<Row>, TaskError>
 }
 
 /// A read-only transaction (a report never changes the warehouse) with the
-/// definition's settings. An error names the setting it came from, if any.
+/// definition's settings. An error names the setting it came from, or
+/// else `what` the transaction is for.
 async fn begin_read_only(
     pool: &sqlx::PgPool,
     settings: Option<&BTreeMap<String, String>>,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, (Option<String>, sqlx::Error)> {
-    let mut tx = pool.begin().await.map_err(|e| (None, e))?;
-    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(|e| (None, e))?;
+    what: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, TaskError> {
+    let mut tx = pool.begin().await.map_err(|e| TaskError::sql(what, &e))?;
+    sqlx::query("SET TRANSACTION READ ONLY").execute(&mut *tx).await.map_err(|e| TaskError::sql(what, &e))?;
     for (name, value) in settings.into_iter().flatten() {
         sqlx::query("SELECT set_config($1, $2, true)")
             .bind(name)
             .bind(value)
             .execute(&mut *tx)
             .await
-            .map_err(|e| (Some(format!("report setting {name} = {value}")), e))?;
+            .map_err(|e| TaskError::sql(format!("report setting {name} = {value}"), &e))?;
     }
     Ok(tx)
 }
@@ -229,10 +231,7 @@ async fn fetch(
     settings: Option<&BTreeMap<String, String>>,
 ) -> Result<Vec<Row>, TaskError> {
     let err = |e: sqlx::Error| TaskError::sql(what, &e);
-    let mut tx = begin_read_only(pool, settings).await.map_err(|e| match e {
-        (None, e) => err(e),
-        (Some(setting), e) => TaskError::sql(setting, &e),
-    })?;
+    let mut tx = begin_read_only(pool, settings, what).await?;
     let wrapped = format!("SELECT row_to_json(q)::text FROM ({}) AS q", sql.trim().trim_end_matches(';'));
     let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
     tx.rollback().await.map_err(err)?;
@@ -276,10 +275,7 @@ async fn fetch_customers(
     );
     let what = format!("{what} (a lifetime value model reads frequency, recency, age, monetary, historical and {})", by.join(", "));
     let err = |e: sqlx::Error| TaskError::sql(&what, &e);
-    let mut tx = begin_read_only(pool, settings).await.map_err(|e| match e {
-        (None, e) => err(e),
-        (Some(setting), e) => TaskError::sql(setting, &e),
-    })?;
+    let mut tx = begin_read_only(pool, settings, &what).await?;
     type Customer = (f64, f64, f64, f64, f64, Vec<String>);
     let rows: Vec<Customer> =
         sqlx::query_as(sqlx::AssertSqlSafe(wrapped)).bind(p.start).bind(p.end).fetch_all(&mut *tx).await.map_err(err)?;
