@@ -392,10 +392,13 @@ async fn tick(
 
     // 2. Start queued runs (scheduled and triggered; backfills start their own).
     let active = store.active_runs().await?;
-    let queued: Vec<(&str, i64, i64)> = active
+    let queued: Vec<(&str, i64, bool, i64)> = active
         .iter()
         .filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill && !is_paused(&r.dag_id))
-        .filter_map(|r| set.dags.get(&r.dag_id).map(|d| (r.dag_id.as_str(), d.max_active_runs as i64, r.run_id)))
+        .filter_map(|r| {
+            let d = set.dags.get(&r.dag_id)?;
+            Some((r.dag_id.as_str(), d.max_active_runs as i64, d.tasks.iter().any(|t| t.depends_on_past), r.run_id))
+        })
         .collect();
     let started: HashSet<i64> = store.start_queued_runs(&queued).await?.into_iter().collect();
     for r in active.iter().filter(|r| started.contains(&r.run_id)) {

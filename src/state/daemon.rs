@@ -89,16 +89,23 @@ impl Store {
     /// Moves queued runs to running, each while its DAG has fewer than its
     /// `max_active_runs` running, oldest first. Serialized per DAG by
     /// advisory locks (taken in name order), so several daemons never
-    /// exceed a limit. `queued`: (DAG, its max_active_runs, run). Returns
+    /// exceed a limit. `queued`: (DAG, its max_active_runs, whether its
+    /// runs wait for their predecessors (`depends_on_past`), run). Returns
     /// the runs started.
-    pub async fn start_queued_runs(&self, queued: &[(&str, i64, i64)]) -> Result<Vec<i64>, StateError> {
+    ///
+    /// One exception to the limit: in a DAG whose runs wait for their
+    /// predecessors, a queued run older than every running run starts at
+    /// once. It is a run cleared after the later ones started, and they may
+    /// all be waiting for it: holding it back for a free slot would hold
+    /// the DAG forever.
+    pub async fn start_queued_runs(&self, queued: &[(&str, i64, bool, i64)]) -> Result<Vec<i64>, StateError> {
         if queued.is_empty() {
             return Ok(Vec::new());
         }
-        let mut limits: Vec<(&str, i64)> = queued.iter().map(|(d, m, _)| (*d, *m)).collect();
+        let mut limits: Vec<(&str, i64, bool)> = queued.iter().map(|(d, m, o, _)| (*d, *m, *o)).collect();
         limits.sort();
         limits.dedup_by(|a, b| a.0 == b.0);
-        let dags: Vec<&str> = limits.iter().map(|(d, _)| *d).collect();
+        let dags: Vec<&str> = limits.iter().map(|(d, _, _)| *d).collect();
         let mut tx = self.pool().begin().await?;
         // Its own statement: the next one's snapshot sees every start
         // committed before the locks were granted.
@@ -107,20 +114,25 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let started: Vec<i64> = sqlx::query_scalar(
-            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS l(dag_id, max_active)),
-             running AS (SELECT dag_id, count(*) AS n FROM dag_runs WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id),
+            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $4::bool[]) AS l(dag_id, max_active, ordered)),
+             running AS (
+                 SELECT dag_id, count(*) AS n, min(logical_date) AS oldest FROM dag_runs
+                 WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id
+             ),
              cand AS (
-                 SELECT r.run_id, r.dag_id, row_number() OVER (PARTITION BY r.dag_id ORDER BY r.logical_date, r.run_id) AS k
+                 SELECT r.run_id, r.dag_id, r.logical_date, row_number() OVER (PARTITION BY r.dag_id ORDER BY r.logical_date, r.run_id) AS k
                  FROM dag_runs r WHERE r.run_id = ANY($3) AND r.state = 'queued'
              )
              UPDATE dag_runs r SET state = 'running', started_at = COALESCE(r.started_at, now())
              FROM cand JOIN lim USING (dag_id) LEFT JOIN running USING (dag_id)
-             WHERE r.run_id = cand.run_id AND cand.k <= lim.max_active - coalesce(running.n, 0)
+             WHERE r.run_id = cand.run_id
+               AND (cand.k <= lim.max_active - coalesce(running.n, 0) OR (lim.ordered AND cand.logical_date < running.oldest))
              RETURNING r.run_id",
         )
         .bind(&dags)
-        .bind(limits.iter().map(|(_, m)| *m).collect::<Vec<_>>())
-        .bind(queued.iter().map(|(_, _, r)| *r).collect::<Vec<_>>())
+        .bind(limits.iter().map(|(_, m, _)| *m).collect::<Vec<_>>())
+        .bind(queued.iter().map(|(_, _, _, r)| *r).collect::<Vec<_>>())
+        .bind(limits.iter().map(|(_, _, o)| *o).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
