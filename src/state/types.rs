@@ -59,20 +59,6 @@ impl TiState {
     }
 }
 
-impl FromStr for TiState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        from_name(&Self::ALL, s, Self::as_str)
-            .ok_or_else(|| format!("unknown task state `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
-    }
-}
-
-impl std::fmt::Display for TiState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The state of a DAG run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -98,19 +84,6 @@ impl RunState {
 
     pub fn is_finished(self) -> bool {
         matches!(self, RunState::Success | RunState::Failed)
-    }
-}
-
-impl std::fmt::Display for RunState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown run state `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
     }
 }
 
@@ -142,19 +115,6 @@ impl RunType {
     }
 }
 
-impl FromStr for RunType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown run type `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
-    }
-}
-
-impl std::fmt::Display for RunType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// What a web UI user may do: a viewer reads, an admin also acts
 /// (trigger, clear, mark, pause).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -176,19 +136,6 @@ impl Role {
     }
 }
 
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!("unknown role `{s}`: one of {}", names(&Self::ALL, Self::as_str)))
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The value of `all` whose name is `s`.
 fn from_name<T: Copy>(all: &[T], s: &str, name: fn(T) -> &'static str) -> Option<T> {
     all.iter().copied().find(|&v| name(v) == s)
@@ -199,12 +146,24 @@ fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
     all.iter().map(|&v| name(v)).collect::<Vec<_>>().join(", ")
 }
 
-/// Stored as `text` columns. Declared as PostgreSQL's built-in `text`
-/// (by its OID) rather than by name (`#[sqlx(type_name = "text")]`),
-/// which made every new connection look the type up in `pg_type` first: a
-/// round trip of about 2 ms per connection.
+/// Each type is stored as a `text` column, parsed from and shown as its
+/// name. Declared to sqlx as PostgreSQL's built-in `text` (by its OID)
+/// rather than by name (`#[sqlx(type_name = "text")]`), which made every
+/// new connection look the type up in `pg_type` first: a round trip of
+/// about 2 ms per connection.
 macro_rules! text_column {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $what:literal),*) => {$(
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                from_name(&Self::ALL, s, Self::as_str).ok_or_else(|| format!(concat!("unknown ", $what, " `{}`: one of {}"), s, names(&Self::ALL, Self::as_str)))
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
         impl sqlx::Type<sqlx::Postgres> for $t {
             fn type_info() -> sqlx::postgres::PgTypeInfo {
                 <&str as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -226,7 +185,7 @@ macro_rules! text_column {
     )*};
 }
 
-text_column!(TiState, RunState, RunType, Role);
+text_column!(TiState: "task state", RunState: "run state", RunType: "run type", Role: "role");
 
 #[cfg(test)]
 mod tests {
