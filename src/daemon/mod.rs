@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::connections::Connections;
 use crate::dag::Dag;
 use crate::runner::{RunOutcome, Runner, Stop};
+use crate::state::daemon::QueuedRun;
 use crate::state::{RunState, RunType, Store};
 use crate::template::Templates;
 
@@ -392,12 +393,17 @@ async fn tick(
 
     // 2. Start queued runs (scheduled and triggered; backfills start their own).
     let active = store.active_runs().await?;
-    let queued: Vec<(&str, i64, bool, i64)> = active
+    let queued: Vec<QueuedRun> = active
         .iter()
         .filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill && !is_paused(&r.dag_id))
         .filter_map(|r| {
             let d = set.dags.get(&r.dag_id)?;
-            Some((r.dag_id.as_str(), d.max_active_runs as i64, d.tasks.iter().any(|t| t.depends_on_past), r.run_id))
+            Some(QueuedRun {
+                dag_id: &r.dag_id,
+                max_active_runs: d.max_active_runs as i64,
+                depends_on_past: d.depends_on_past(),
+                run_id: r.run_id,
+            })
         })
         .collect();
     let started: HashSet<i64> = store.start_queued_runs(&queued).await?.into_iter().collect();

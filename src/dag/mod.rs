@@ -158,6 +158,12 @@ impl Dag {
         self.index = self.tasks.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
     }
 
+    /// Whether a task of this DAG waits for its previous run
+    /// (`depends_on_past`, or `wait_for_downstream`, which implies it).
+    pub fn depends_on_past(&self) -> bool {
+        self.tasks.iter().any(|t| t.depends_on_past)
+    }
+
     pub fn task(&self, id: &str) -> Option<&Task> {
         self.index.get(id).map(|&i| &self.tasks[i])
     }

@@ -130,8 +130,7 @@ impl<'r> Driver<'r> {
             return self.time_out(limit, observer).await;
         }
         if all_done && self.tries.is_empty() {
-            store.decide(run_id, &decisions).await?;
-            report_decisions(observer, &decisions);
+            self.write_decisions(&decisions, observer).await?;
             let ok = tis.iter().all(|t| matches!(t.state, TiState::Success | TiState::Skipped | TiState::Removed));
             let state = if ok { RunState::Success } else { RunState::Failed };
             if store.finish_run(run_id, state).await? {
@@ -141,16 +140,14 @@ impl<'r> Driver<'r> {
             return Ok(Step::Done(if ok { RunOutcome::Success } else { RunOutcome::Failed }));
         }
         if stopping && self.tries.is_empty() {
-            store.decide(run_id, &decisions).await?;
-            report_decisions(observer, &decisions);
+            self.write_decisions(&decisions, observer).await?;
             return Ok(Step::Done(RunOutcome::Interrupted));
         }
 
         let running_total = tis.iter().filter(|t| t.state == TiState::Running).count();
         let ready = tis.iter().any(|t| is_ready(t, now));
         if !ready || stopping {
-            store.decide(run_id, &decisions).await?;
-            report_decisions(observer, &decisions);
+            self.write_decisions(&decisions, observer).await?;
         } else {
             self.claim_and_start(observer, &tis, running_total, now, &decisions).await?;
         }
@@ -169,6 +166,14 @@ impl<'r> Driver<'r> {
             wait = wait.min(until(at));
         }
         Ok(Step::Wait(wait))
+    }
+
+    /// Writes the decisions on their own (when no claim writes them) and
+    /// tells the observer.
+    async fn write_decisions(&self, decisions: &[(String, TiState)], observer: &mut dyn Observer) -> Result<(), StateError> {
+        self.runner.store.decide(self.run.run_id, decisions).await?;
+        report_decisions(observer, decisions);
+        Ok(())
     }
 
     /// Reaps the tries of workers that stopped heartbeating, once per
@@ -194,7 +199,7 @@ impl<'r> Driver<'r> {
     async fn past(&self, tis: &[TiRow]) -> Result<(Option<i64>, Past), StateError> {
         let dag = &self.dag;
         let needed = self.runner.ignore_past_for != Some(self.run.run_id)
-            && dag.tasks.iter().any(|t| t.depends_on_past)
+            && dag.depends_on_past()
             && tis.iter().any(|t| t.state == TiState::Pending && dag.task(&t.task_id).is_some_and(|x| x.depends_on_past));
         match needed {
             true => self.runner.store.previous_run_states(&dag.dag_id, self.run.logical_date).await,

@@ -330,8 +330,8 @@ fn succeeded(report: &mut TryReport, task: Option<&Task>, outcome: Outcome, took
 /// worker finds the try by its stale heartbeat.
 async fn requeue(runner: &Runner, run: &RunRow, claimed: &Claimed) {
     let mut wait = Duration::from_millis(250);
+    let sensor = claimed.poking_since.is_some();
     loop {
-        let sensor = claimed.poking_since.is_some();
         match runner.store.requeue_interrupted(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, sensor).await {
             Ok(()) => break,
             Err(e) if wait < Duration::from_secs(5) => {

@@ -36,6 +36,16 @@ pub struct RunningTry {
     pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
+/// A queued run the daemon would start, with what its DAG's limit needs.
+pub struct QueuedRun<'a> {
+    pub dag_id: &'a str,
+    pub max_active_runs: i64,
+    /// Whether the DAG's runs wait for their predecessors
+    /// ([`crate::dag::Dag::depends_on_past`]).
+    pub depends_on_past: bool,
+    pub run_id: i64,
+}
+
 impl Store {
     /// The logical date of each DAG's latest scheduled run.
     pub async fn last_scheduled(&self) -> Result<HashMap<String, DateTime<Utc>>, StateError> {
@@ -89,20 +99,18 @@ impl Store {
     /// Moves queued runs to running, each while its DAG has fewer than its
     /// `max_active_runs` running, oldest first. Serialized per DAG by
     /// advisory locks (taken in name order), so several daemons never
-    /// exceed a limit. `queued`: (DAG, its max_active_runs, whether its
-    /// runs wait for their predecessors (`depends_on_past`), run). Returns
-    /// the runs started.
+    /// exceed a limit. Returns the runs started.
     ///
     /// One exception to the limit: in a DAG whose runs wait for their
     /// predecessors, a queued run older than every running run starts at
     /// once. It is a run cleared after the later ones started, and they may
     /// all be waiting for it: holding it back for a free slot would hold
     /// the DAG forever.
-    pub async fn start_queued_runs(&self, queued: &[(&str, i64, bool, i64)]) -> Result<Vec<i64>, StateError> {
+    pub async fn start_queued_runs(&self, queued: &[QueuedRun<'_>]) -> Result<Vec<i64>, StateError> {
         if queued.is_empty() {
             return Ok(Vec::new());
         }
-        let mut limits: Vec<(&str, i64, bool)> = queued.iter().map(|(d, m, o, _)| (*d, *m, *o)).collect();
+        let mut limits: Vec<(&str, i64, bool)> = queued.iter().map(|q| (q.dag_id, q.max_active_runs, q.depends_on_past)).collect();
         limits.sort();
         limits.dedup_by(|a, b| a.0 == b.0);
         let dags: Vec<&str> = limits.iter().map(|(d, _, _)| *d).collect();
@@ -114,7 +122,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let started: Vec<i64> = sqlx::query_scalar(
-            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $4::bool[]) AS l(dag_id, max_active, ordered)),
+            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $4::bool[]) AS l(dag_id, max_active, depends_on_past)),
              running AS (
                  SELECT dag_id, count(*) AS n, min(logical_date) AS oldest FROM dag_runs
                  WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id
@@ -126,12 +134,12 @@ impl Store {
              UPDATE dag_runs r SET state = 'running', started_at = COALESCE(r.started_at, now())
              FROM cand JOIN lim USING (dag_id) LEFT JOIN running USING (dag_id)
              WHERE r.run_id = cand.run_id
-               AND (cand.k <= lim.max_active - coalesce(running.n, 0) OR (lim.ordered AND cand.logical_date < running.oldest))
+               AND (cand.k <= lim.max_active - coalesce(running.n, 0) OR (lim.depends_on_past AND cand.logical_date < running.oldest))
              RETURNING r.run_id",
         )
         .bind(&dags)
         .bind(limits.iter().map(|(_, m, _)| *m).collect::<Vec<_>>())
-        .bind(queued.iter().map(|(_, _, _, r)| *r).collect::<Vec<_>>())
+        .bind(queued.iter().map(|q| q.run_id).collect::<Vec<_>>())
         .bind(limits.iter().map(|(_, _, o)| *o).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
