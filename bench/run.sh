@@ -91,10 +91,11 @@ if [[ " ${workloads[*]} " == *" w3 "* ]]; then
     log "generating 1,000,000 orders"
     python3 bench/gen_orders.py 1000000 "$csv"
     psql "$PG_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
-DROP TABLE IF EXISTS w3_psql, w3_sluice;
+DROP TABLE IF EXISTS w3_psql, w3_sluice, w3_stream;
 CREATE TABLE w3_psql (order_id bigint, user_id bigint, product_id bigint, category text, quantity int,
                       amount numeric(12,2), status text, ordered_at timestamp);
 CREATE TABLE w3_sluice (LIKE w3_psql);
+CREATE TABLE w3_stream (LIKE w3_psql);
 SQL
     cat > "$proj/dags/w3_load.yaml" <<'YAML'
 tasks:
@@ -112,19 +113,26 @@ tasks:
       ordered_at: timestamp
   - { id: load, type: load, input: orders, conn: warehouse, table: w3_sluice, mode: replace }
 YAML
+    # The same extract streaming its rows into the table as it reads them.
+    sed -e 's/^  - { id: load.*//' -e 's/^      ordered_at: timestamp$/&\n    into: { conn: warehouse, table: w3_stream, mode: replace }/' \
+        "$proj/dags/w3_load.yaml" > "$proj/dags/w3_stream.yaml"
     for _ in $(seq "$REPEAT"); do
         # Both load into an empty table (replace mode would otherwise pay a
         # DELETE of the previous iteration's million rows).
-        psql "$PG_URL" -q -c "TRUNCATE w3_psql, w3_sluice"
+        psql "$PG_URL" -q -c "TRUNCATE w3_psql, w3_sluice, w3_stream"
         measure w3_psql_copy -- psql "$PG_URL" -q -c "\\copy w3_psql FROM '$csv' WITH (FORMAT csv, HEADER true)"
         measure w3_sluice -- "$BIN" run w3_load
+        measure w3_stream -- "$BIN" run w3_stream
     done | tee "$work/w3.json"
     # The same rows, value for value, whichever loaded them.
-    test "$(psql "$PG_URL" -Atc 'SELECT count(*) FROM w3_sluice')" = 1000000
-    test "$(psql "$PG_URL" -Atc 'SELECT (SELECT count(*) FROM (SELECT * FROM w3_sluice EXCEPT ALL SELECT * FROM w3_psql) a)
-                                  + (SELECT count(*) FROM (SELECT * FROM w3_psql EXCEPT ALL SELECT * FROM w3_sluice) b)')" = 0
-    p="$(grep w3_psql "$work/w3.json" | median wall_s)"; s="$(grep w3_sluice "$work/w3.json" | median wall_s)"
-    echo "{\"label\": \"w3_ratio\", \"psql_s\": $p, \"sluice_s\": $s, \"ratio\": $(python3 -c "print(round($s/$p, 2))")}"
+    for t in w3_sluice w3_stream; do
+        test "$(psql "$PG_URL" -Atc "SELECT count(*) FROM $t")" = 1000000
+        test "$(psql "$PG_URL" -Atc "SELECT (SELECT count(*) FROM (SELECT * FROM $t EXCEPT ALL SELECT * FROM w3_psql) a)
+                                       + (SELECT count(*) FROM (SELECT * FROM w3_psql EXCEPT ALL SELECT * FROM $t) b)")" = 0
+    done
+    p="$(grep w3_psql "$work/w3.json" | median wall_s)"; s="$(grep '"w3_sluice"' "$work/w3.json" | median wall_s)"
+    st="$(grep '"w3_stream"' "$work/w3.json" | median wall_s)"
+    echo "{\"label\": \"w3_ratio\", \"psql_s\": $p, \"sluice_s\": $s, \"ratio\": $(python3 -c "print(round($s/$p, 2))"), \"stream_s\": $st, \"stream_ratio\": $(python3 -c "print(round($st/$p, 2))")}"
 fi
 
 # A database of its own per workload, holding the shop warehouse (schema

@@ -343,14 +343,15 @@ fn write_numeric(out: &mut Vec<u8>, v: i128, scale: usize) {
 }
 
 /// Appends rows `[start, start + len)` of a prepared frame to `out` in the
-/// binary format (without header or trailer), following `plan`.
-pub fn encode_binary(df: &DataFrame, plan: &[Bin], start: usize, len: usize, out: &mut Vec<u8>) -> Result<(), String> {
+/// binary format (without header or trailer), following `plan`. Errors
+/// name rows from `first_row` (the frame's first row in the whole load).
+pub fn encode_binary(df: &DataFrame, plan: &[Bin], start: usize, len: usize, first_row: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let part = df.slice(start as i64, len);
     let n = part.height();
     let mut iters = cell_iters(&part)?;
     let names: Vec<String> = part.get_column_names().iter().map(|c| c.to_string()).collect();
     let too_big = |j: usize, v: &dyn std::fmt::Display, row: usize| {
-        format!("column `{}`: {v} (row {}) does not fit the table's column type", names[j], start + row + 1)
+        format!("column `{}`: {v} (row {}) does not fit the table's column type", names[j], first_row + start + row + 1)
     };
     for row in 0..n {
         out.extend_from_slice(&(plan.len() as i16).to_be_bytes());

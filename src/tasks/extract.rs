@@ -20,6 +20,7 @@ use polars::prelude::*;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use super::load::{Frames, LoadError, LoadTarget, Loaded, TableLoad};
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
 use crate::dag::duration::Dur;
 use crate::datasets::{DatasetWriter, RejectsSummary};
@@ -85,6 +86,13 @@ pub struct ExtractConfig {
     /// `schema`). Default false: a missing source fails the task.
     #[serde(default)]
     pub allow_empty: bool,
+    /// Loads the rows into a Postgres table while they are read, instead of
+    /// writing a dataset: the keys of a `load` task but `input` (`conn`,
+    /// `table`, `mode`, ...). One transaction, committed only once every
+    /// row is read and accounted for and the bad rows are within the
+    /// limits. The extract then writes no dataset; quarantined rows still
+    /// go to `<task>_rejects`.
+    pub into: Option<Box<LoadTarget>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -143,6 +151,8 @@ pub struct Extract {
     source: Source,
     /// The format's reader; None for Parquet, which polars reads itself.
     reader: Option<Box<dyn Reader>>,
+    /// The table of `into`.
+    into: Option<TableLoad>,
 }
 
 /// Whether a `conn` value names a connection: empty means none.
@@ -263,16 +273,27 @@ impl TaskType for ExtractConfig {
         if self.allow_empty && self.schema.is_none() {
             cx.error("allow_empty", "allow_empty needs `schema` (an empty source has no columns to infer)");
         }
+        if let Some(into) = &self.into {
+            into.validate(cx, "into.");
+        }
     }
 
     fn connections(&self) -> Vec<String> {
-        conn_id(&self.conn).map(str::to_string).into_iter().collect()
+        conn_id(&self.conn).map(str::to_string).into_iter().chain(self.into.as_ref().map(|t| t.conn.clone())).collect()
+    }
+
+    fn assets(&self) -> Vec<String> {
+        self.into.as_ref().map(|t| t.assets()).unwrap_or_default()
     }
 
     fn produces(&self) -> super::Produces {
         let parquet = self.format == Some(Format::Parquet)
             || (self.format.is_none() && self.source.as_deref().and_then(format_of) == Some(Format::Parquet));
-        super::Produces { dataset: true, rejects: self.on_bad_rows == OnBadRows::Quarantine && !parquet, ..Default::default() }
+        super::Produces {
+            dataset: self.into.is_none(),
+            rejects: self.on_bad_rows == OnBadRows::Quarantine && !parquet,
+            ..Default::default()
+        }
     }
 
     async fn build(self, ctx: &TaskCtx) -> Result<Extract, TaskError> {
@@ -329,7 +350,11 @@ impl TaskType for ExtractConfig {
         if format == Format::Log && name.to_ascii_lowercase().ends_with(".txt") && self.format.is_none() {
             tracing::info!("reading `{name}` as a log (format: log, from its .txt extension)");
         }
-        Ok(Extract { cfg: self, source, reader })
+        let into = match self.into.clone() {
+            Some(t) => Some(TableLoad::build(*t, ctx).await?),
+            None => None,
+        };
+        Ok(Extract { cfg: self, source, reader, into })
     }
 }
 
@@ -494,7 +519,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// What the blocking read produced.
 struct ReadResult {
-    tmp: PathBuf,
+    /// The dataset's temporary file (none when the rows were streamed).
+    tmp: Option<PathBuf>,
     /// Rows written to the dataset.
     rows: u64,
     schema: polars::prelude::Schema,
@@ -514,6 +540,35 @@ pub struct RowCounts {
     pub skipped: u64,
 }
 
+/// Where the rows read go.
+enum Output {
+    /// A temporary Parquet file, committed as the task's dataset.
+    Dataset(PathBuf),
+    /// Frames to a load (`into`), after their columns (an empty frame),
+    /// sent as soon as they are known.
+    Stream { columns: tokio::sync::oneshot::Sender<DataFrame>, frames: std::sync::mpsc::SyncSender<DataFrame> },
+}
+
+/// Where the blocking read writes.
+enum Dest {
+    Dataset(DatasetWriter),
+    Stream { frames: std::sync::mpsc::SyncSender<DataFrame>, sent: u64 },
+}
+
+/// A read that failed, or that stopped because the load it streamed to
+/// stopped taking rows (the load's error says why).
+enum ReadError {
+    Format(FormatError),
+    /// Where the rows sent so far came from, to place the load's error.
+    LoadStopped(Lineage),
+}
+
+impl From<FormatError> for ReadError {
+    fn from(e: FormatError) -> ReadError {
+        ReadError::Format(e)
+    }
+}
+
 impl RowCounts {
     fn of(r: &ReadResult, policy: OnBadRows) -> RowCounts {
         let bad: u64 = r.bad.values().sum();
@@ -528,7 +583,7 @@ impl Run for Extract {
         if files.is_empty() {
             let source = self.cfg.source.as_deref().unwrap_or_default();
             if self.cfg.allow_empty {
-                tracing::warn!("source `{source}` matches nothing; writing an empty dataset (allow_empty)");
+                tracing::warn!("source `{source}` matches nothing; reading no rows (allow_empty)");
             } else {
                 // A file that has not arrived yet may be there on the next try.
                 return Err(TaskError::Failed(format!(
@@ -537,19 +592,117 @@ impl Run for Extract {
                 )));
             }
         }
+        let this = std::sync::Arc::new(self);
+        match this.into.is_some() {
+            false => this.read_to_dataset(ctx, files).await,
+            true => this.read_into_table(ctx, files).await,
+        }
+    }
+}
+
+impl Extract {
+    /// Reads every file in a blocking thread.
+    async fn read(self: &std::sync::Arc<Self>, files: Vec<SourceFile>, out: Output) -> Result<ReadResult, ReadError> {
+        let job = self.clone();
+        let warnings = super::polars_warnings::Capture::start();
+        let read = tokio::task::spawn_blocking(move || job.read_all(&files, out)).await;
+        warnings.log();
+        read.map_err(|e| ReadError::Format(FormatError::Invalid(TaskError::from_join("reading the source", e).to_string())))?
+    }
+
+    /// Reads the files into the task's dataset.
+    async fn read_to_dataset(self: &std::sync::Arc<Self>, ctx: &TaskCtx, files: Vec<SourceFile>) -> Result<Outcome, TaskError> {
         let n_files = files.len();
         let tmp = ctx.dataset_tmp(&ctx.task_id);
         // Removes the temporary file if anything below fails or the try is cancelled.
         let guard = TmpGuard(Some(tmp.clone()));
-        let this = std::sync::Arc::new(self);
-        let job = this.clone();
-        let warnings = super::polars_warnings::Capture::start();
-        let read = tokio::task::spawn_blocking(move || job.read_all(&files, tmp)).await;
-        warnings.log();
-        let read = read.map_err(|e| TaskError::from_join("reading the source", e))?;
-        let r = read.map_err(format_error)?;
-        let cfg = &this.cfg;
-        let counts = RowCounts::of(&r, cfg.on_bad_rows);
+        let r = match self.read(files, Output::Dataset(tmp)).await {
+            Ok(r) => r,
+            Err(ReadError::Format(e)) => return Err(format_error(e)),
+            Err(ReadError::LoadStopped(_)) => return Err(TaskError::Failed("the read stopped with no load to stop it (a bug in sluice)".into())),
+        };
+        let (counts, rejects) = self.account(ctx, &r).await?;
+        let lineage = match r.lineage.as_ref().filter(|l| !l.runs.is_empty()) {
+            Some(l) => Some(write_lineage(ctx, l).await?),
+            None => None,
+        };
+        let tmp = r.tmp.as_ref().ok_or_else(|| TaskError::Failed("the read wrote no dataset (a bug in sluice)".into()))?;
+        let mut dataset = ctx.commit_dataset(tmp, &ctx.task_id, r.rows, &r.schema).await?;
+        dataset.lineage = lineage;
+        guard.disarm();
+        let mut out = self.outcome(Outcome::default(), counts, &r, n_files);
+        out.dataset = Some(dataset);
+        out.rejects = rejects;
+        Ok(out)
+    }
+
+    /// Reads the files and loads their rows into `into`'s table at the same
+    /// time: the load's COPY takes each batch as the reader makes it, and
+    /// its transaction commits only when the read has ended and its bad
+    /// rows are within the limits.
+    async fn read_into_table(self: &std::sync::Arc<Self>, ctx: &TaskCtx, files: Vec<SourceFile>) -> Result<Outcome, TaskError> {
+        let target = self.into.as_ref().ok_or_else(|| TaskError::Config("into: missing".into()))?;
+        let n_files = files.len();
+        let (columns_tx, columns_rx) = tokio::sync::oneshot::channel();
+        // Two batches in flight: the reader runs ahead of COPY by at most that.
+        let (frames_tx, frames_rx) = std::sync::mpsc::sync_channel(2);
+        let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+        let what = match &self.cfg.query {
+            Some(_) => "the query's rows".to_string(),
+            None => format!("the rows of `{}`", crate::secrets::mask(self.cfg.source.as_deref().unwrap_or_default())),
+        };
+        let load = async {
+            // No columns: the read failed before it knew them, and says why.
+            let columns = columns_rx.await.ok()?;
+            Some(target.load(ctx, Frames::stream(columns, frames_rx, verdict_rx), &what).await)
+        };
+        /// How the read ended.
+        enum ReadEnd {
+            Done(RowCounts, Option<RejectsSummary>, Box<ReadResult>),
+            Failed(TaskError),
+            LoadStopped(Lineage),
+        }
+        let read = async {
+            let end = match self.read(files, Output::Stream { columns: columns_tx, frames: frames_tx }).await {
+                Ok(r) => match self.account(ctx, &r).await {
+                    Ok((counts, rejects)) => ReadEnd::Done(counts, rejects, Box::new(r)),
+                    Err(e) => ReadEnd::Failed(e),
+                },
+                Err(ReadError::Format(e)) => ReadEnd::Failed(format_error(e)),
+                Err(ReadError::LoadStopped(lineage)) => ReadEnd::LoadStopped(lineage),
+            };
+            let verdict = match &end {
+                ReadEnd::Done(..) => Ok(()),
+                _ => Err(TaskError::Failed(format!("reading {what} failed"))),
+            };
+            let _ = verdict_tx.send(verdict);
+            end
+        };
+        let (loaded, read) = tokio::join!(load, read);
+        match (loaded, read) {
+            (Some(Ok(loaded @ Loaded::Rows { .. })), ReadEnd::Done(counts, rejects, r)) => {
+                let mut out = self.outcome(target.outcome(&loaded), counts, &r, n_files);
+                out.rejects = rejects;
+                Ok(out)
+            }
+            // An append this interval already made: nothing read is loaded again.
+            (Some(Ok(already @ Loaded::AlreadyLoaded(_))), _) => Ok(target.outcome(&already)),
+            // The read's own failure comes first: the load only followed it.
+            (_, ReadEnd::Failed(e)) => Err(e),
+            (Some(Err(LoadError::Copy(e))), ReadEnd::LoadStopped(lineage)) => Err(target.copy_error(&what, e, Some(&lineage))),
+            (Some(Err(LoadError::Copy(e))), ReadEnd::Done(_, _, r)) => Err(target.copy_error(&what, e, r.lineage.as_ref())),
+            (Some(Err(LoadError::Task(e))), _) => Err(e),
+            (None, _) | (Some(Ok(Loaded::Rows { .. })), ReadEnd::LoadStopped(_)) => {
+                Err(TaskError::Failed("the read and the load of `into` disagree on how they ended (a bug in sluice)".into()))
+            }
+        }
+    }
+
+    /// Checks the bad rows against the limits and writes the quarantined
+    /// ones to `<task>_rejects`.
+    async fn account(&self, ctx: &TaskCtx, r: &ReadResult) -> Result<(RowCounts, Option<RejectsSummary>), TaskError> {
+        let cfg = &self.cfg;
+        let counts = RowCounts::of(r, cfg.on_bad_rows);
         let bad_total = counts.quarantined + counts.skipped;
         for (reason, n) in &r.bad {
             tracing::warn!(reason = %reason, count = n, "bad rows");
@@ -565,24 +718,25 @@ impl Run for Extract {
                 describe_bad(&r.bad)
             )));
         }
-        let lineage = match r.lineage.as_ref().filter(|l| !l.runs.is_empty()) {
-            Some(l) => Some(write_lineage(ctx, l).await?),
-            None => None,
-        };
-        let mut dataset = ctx.commit_dataset(&r.tmp, &ctx.task_id, r.rows, &r.schema).await?;
-        dataset.lineage = lineage;
-        guard.disarm();
         // Quarantine always writes its dataset, empty or not, so that
         // downstream tasks can read it every day.
         let mut rejects = None;
         if bad_total > 0 || r.rejects.is_some() {
             let mut summary = RejectsSummary { total: bad_total, by_reason: r.bad.clone(), dataset: None };
-            if let Some(mut df) = r.rejects {
+            if let Some(df) = &r.rejects {
+                let mut df = df.clone();
                 summary.dataset = Some(ctx.write_dataset(&format!("{}_rejects", ctx.task_id), &mut df).await?);
             }
             rejects = Some(summary);
         }
-        let from = if cfg.query.is_some() {
+        Ok((counts, rejects))
+    }
+
+    /// The extract's note and metrics, in front of what `out` (the load of
+    /// `into`, or nothing) says.
+    fn outcome(&self, out: Outcome, counts: RowCounts, r: &ReadResult, n_files: usize) -> Outcome {
+        let bad_total = counts.quarantined + counts.skipped;
+        let from = if self.cfg.query.is_some() {
             "the query".to_string()
         } else {
             format!("{n_files} file{}", if n_files == 1 { "" } else { "s" })
@@ -600,7 +754,10 @@ impl Run for Extract {
         if r.lost > 0 {
             note.push_str(&format!("; {} records after malformed XML lost (keep_rows_before_error)", super::thousands(r.lost)));
         }
-        let mut out = Outcome::note(note)
+        if let Some(load) = out.note.as_deref().filter(|n| !n.is_empty()) {
+            note.push_str(&format!("; {load}"));
+        }
+        let mut metrics = Outcome::note(note)
             .metric("rows", counts.loaded)
             .metric("rows_read", counts.read)
             .metric("rows_quarantined", counts.quarantined)
@@ -608,12 +765,11 @@ impl Run for Extract {
             .metric("files", n_files as u64)
             .metric("bad_rows", bad_total);
         if r.lost > 0 {
-            out = out.metric("rows_lost", r.lost);
-            out.warnings.push(format!("{} XML records after a syntax error were not read", r.lost));
+            metrics = metrics.metric("rows_lost", r.lost);
+            metrics.warnings.push(format!("{} XML records after a syntax error were not read", r.lost));
         }
-        out.dataset = Some(dataset);
-        out.rejects = rejects;
-        Ok(out)
+        metrics.metrics.extend(out.metrics);
+        Outcome { note: metrics.note, metrics: metrics.metrics, warnings: metrics.warnings, ..out }
     }
 }
 
@@ -658,15 +814,15 @@ pub fn describe_bad(bad: &BTreeMap<String, u64>) -> String {
 }
 
 impl Extract {
-    /// Reads every file into a temporary Parquet file (blocking).
-    fn read_all(&self, files: &[SourceFile], tmp: PathBuf) -> Result<ReadResult, FormatError> {
-        let Some(reader) = &self.reader else { return self.read_parquet(files, tmp) };
+    /// Reads every file into a temporary Parquet file or a load (blocking).
+    fn read_all(&self, files: &[SourceFile], out: Output) -> Result<ReadResult, ReadError> {
+        let Some(reader) = &self.reader else { return self.read_parquet(files, out) };
         let schema = match &self.cfg.schema {
             Some(s) => s.clone(),
             None => reader.infer(files)?,
         };
         if schema.0.is_empty() {
-            return Err(FormatError::Invalid("the source has no records, so no columns could be inferred; declare a `schema`".into()));
+            return Err(FormatError::Invalid("the source has no records, so no columns could be inferred; declare a `schema`".into()).into());
         }
         // Output names after renames.
         let mut out_schema = schema.clone();
@@ -680,17 +836,42 @@ impl Extract {
             probe.names.push(c.clone());
             probe.types.push(crate::formats::columns::ColumnType::Text);
         }
-        let mut writer = DatasetWriter::create(tmp, probe.polars_schema()).map_err(FormatError::Write)?;
+        let mut dest = match out {
+            Output::Dataset(tmp) => Dest::Dataset(DatasetWriter::create(tmp, probe.polars_schema()).map_err(FormatError::Write)?),
+            Output::Stream { columns, frames } => {
+                // The load starts (its table checked, COPY open) while the
+                // first batch is read.
+                let _ = columns.send(DataFrame::empty_with_schema(&probe.polars_schema()));
+                Dest::Stream { frames, sent: 0 }
+            }
+        };
+        let stopped = std::cell::Cell::new(false);
         let mut write = |df: DataFrame| -> Result<(), String> {
             let mut df = df;
             df.set_column_names(&probe.names).map_err(|e| e.to_string())?;
-            writer.write(&df)
+            match &mut dest {
+                Dest::Dataset(writer) => writer.write(&df),
+                Dest::Stream { frames, sent } => {
+                    let n = df.height() as u64;
+                    frames.send(df).map_err(|_| {
+                        stopped.set(true);
+                        "the load stopped".to_string()
+                    })?;
+                    *sent += n;
+                    Ok(())
+                }
+            }
         };
         let mut sink = Sink::new(&schema, self.cfg.on_bad_rows, self.cfg.source_column.as_deref(), self.cfg.max_bad_rows, &mut write);
         let max_ratio = self.cfg.max_bad_ratio.unwrap_or(DEFAULT_MAX_BAD_RATIO);
         for file in files {
             sink.start_file();
-            reader.read(file, &schema, &mut sink)?;
+            if let Err(e) = reader.read(file, &schema, &mut sink) {
+                return Err(match stopped.get() {
+                    true => ReadError::LoadStopped(std::mem::take(&mut sink.lineage)),
+                    false => e.into(),
+                });
+            }
             let f = sink.file;
             // A file of nothing but bad rows is the wrong format, not data.
             if f.bad > 0 && f.good == 0 && max_ratio < 1.0 {
@@ -700,13 +881,25 @@ impl Extract {
                     f.read,
                     file.name,
                     describe_bad(&bad)
-                )));
+                ))
+                .into());
             }
         }
         let bad: BTreeMap<String, u64> = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let (good, lost) = (sink.good, sink.lost);
-        let (rejects, lineage) = sink.finish()?;
-        let (tmp, rows, schema) = writer.finish().map_err(FormatError::Write)?;
+        let so_far = stopped.get().then(|| sink.lineage.clone());
+        let (rejects, lineage) = match sink.finish() {
+            Ok(r) => r,
+            Err(_) if stopped.get() => return Err(ReadError::LoadStopped(so_far.unwrap_or_default())),
+            Err(e) => return Err(e.into()),
+        };
+        let (tmp, rows, schema) = match dest {
+            Dest::Dataset(writer) => {
+                let (tmp, rows, schema) = writer.finish().map_err(FormatError::Write)?;
+                (Some(tmp), rows, schema)
+            }
+            Dest::Stream { sent, .. } => (None, sent, probe.polars_schema()),
+        };
         // Every row read is written, quarantined or skipped; anything else
         // is a bug that would lose data, so it fails loudly.
         let quarantined = rejects.as_ref().map_or(0, |r| r.height() as u64);
@@ -714,12 +907,13 @@ impl Extract {
         if rows != good || (self.cfg.on_bad_rows == OnBadRows::Quarantine && quarantined != bad_total) {
             return Err(FormatError::Invalid(format!(
                 "rows are unaccounted for: {good} good rows read but {rows} written, {bad_total} bad rows but {quarantined} quarantined (a bug in sluice)"
-            )));
+            ))
+            .into());
         }
         Ok(ReadResult { tmp, rows, schema, bad, lost, rejects, lineage: Some(lineage) })
     }
 
-    fn read_parquet(&self, files: &[SourceFile], tmp: PathBuf) -> Result<ReadResult, FormatError> {
+    fn read_parquet(&self, files: &[SourceFile], out: Output) -> Result<ReadResult, ReadError> {
         let mut frames = Vec::new();
         for file in files {
             let name = &file.name;
@@ -746,11 +940,24 @@ impl Extract {
         for (old, new) in &self.cfg.rename {
             df.rename(old, new.as_str().into()).map_err(|e| FormatError::Invalid(e.to_string()))?;
         }
-        crate::datasets::write_frame(&tmp, &mut df).map_err(FormatError::Write)?;
+        let (rows, schema) = (df.height() as u64, df.schema().as_ref().clone());
+        let tmp = match out {
+            Output::Dataset(tmp) => {
+                crate::datasets::write_frame(&tmp, &mut df).map_err(FormatError::Write)?;
+                Some(tmp)
+            }
+            Output::Stream { columns, frames } => {
+                let _ = columns.send(df.clear());
+                if frames.send(df).is_err() {
+                    return Err(ReadError::LoadStopped(Lineage::default()));
+                }
+                None
+            }
+        };
         Ok(ReadResult {
             tmp,
-            rows: df.height() as u64,
-            schema: df.schema().as_ref().clone(),
+            rows,
+            schema,
             bad: BTreeMap::new(),
             lost: 0,
             rejects: None,

@@ -301,7 +301,7 @@ impl ValidateCx<'_, '_> {
             Some(p) if p.dataset => {}
             Some(_) => self.error(
                 key,
-                format!("input `{id}` is a task that writes no dataset; only extract and transform tasks produce datasets to read"),
+                format!("input `{id}` is a task that writes no dataset; only extract and transform tasks produce datasets to read, and an extract with `into` loads its rows into a table instead"),
             ),
             None => match id.strip_suffix("_rejects").and_then(|t| self.tasks.get(t).map(|p| (t, p))) {
                 Some((_, p)) if p.rejects => {}

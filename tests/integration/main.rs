@@ -10,6 +10,7 @@ mod daemon;
 mod data;
 mod faults;
 mod first_project;
+mod into;
 mod kpi;
 mod machines;
 mod mapping;

@@ -5,6 +5,10 @@
 //! how many were skipped). A case fails on any row not accounted for:
 //! read must equal loaded + quarantined + skipped, and both the dataset
 //! and the `_rejects` dataset are read back from the staging area.
+//!
+//! The same corpus runs again with every extract streaming its rows into a
+//! table (`into`): the same counts, the same rows in the table, and no table
+//! at all when the task fails.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,8 +40,17 @@ fn read_parquet(path: &Path) -> DataFrame {
     ParquetReader::new(std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).finish().unwrap()
 }
 
+/// Where a case's extracts put their rows.
+#[derive(Clone, Copy, PartialEq)]
+enum Into {
+    /// Their datasets.
+    Dataset,
+    /// A table named after the task (`into`, created by the load).
+    Table,
+}
+
 /// Checks one task of a case; returns what is wrong.
-fn check(p: &Project, run: i64, task: &str, want: &Expected) -> Vec<String> {
+fn check(p: &Project, run: i64, task: &str, want: &Expected, into: Into) -> Vec<String> {
     let mut wrong = Vec::new();
     let t = p.task_json(run, task);
     let state = t["state"].as_str().unwrap_or_default();
@@ -51,6 +64,9 @@ fn check(p: &Project, run: i64, task: &str, want: &Expected) -> Vec<String> {
         }
     }
     if state != "success" {
+        if into == Into::Table && !p.scalar(&format!("SELECT to_regclass('{task}')")).is_empty() {
+            wrong.push(format!("{task}: failed, but its table exists: the load was not rolled back"));
+        }
         return wrong;
     }
     let m = &t["output"]["metrics"];
@@ -71,15 +87,27 @@ fn check(p: &Project, run: i64, task: &str, want: &Expected) -> Vec<String> {
         wrong.push(format!("{task}: {} rows lost, expected {}", n("rows_lost"), want.lost));
     }
     let staging = p.path().join(format!(".sluice/staging/case/{run}"));
-    let ds = read_parquet(&staging.join(format!("{task}.parquet")));
-    if ds.height() as u64 != loaded {
-        wrong.push(format!("{task}: the dataset has {} rows, the task says {loaded}", ds.height()));
-    }
-    if let Some(ids) = &want.loaded_ids {
-        let got: Vec<i64> = ds.column("id").unwrap().i64().unwrap().into_no_null_iter().collect();
-        if &got != ids {
-            wrong.push(format!("{task}: loaded ids {got:?}, expected {ids:?}"));
+    // The ids of the rows loaded, in order.
+    let got: Vec<i64> = match into {
+        Into::Dataset => {
+            let ds = read_parquet(&staging.join(format!("{task}.parquet")));
+            ds.column("id").unwrap().i64().unwrap().into_no_null_iter().collect()
         }
+        Into::Table => {
+            if n("rows_inserted") != loaded {
+                wrong.push(format!("{task}: {} rows inserted into the table, the extract says {loaded}", n("rows_inserted")));
+            }
+            // One COPY into a new table: its physical order is the order sent.
+            p.sql(&format!("SELECT id FROM {task} ORDER BY ctid")).iter().map(|v| v.parse().unwrap()).collect()
+        }
+    };
+    if got.len() as u64 != loaded {
+        wrong.push(format!("{task}: {} rows were loaded, the task says {loaded}", got.len()));
+    }
+    if let Some(ids) = &want.loaded_ids
+        && &got != ids
+    {
+        wrong.push(format!("{task}: loaded ids {got:?}, expected {ids:?}"));
     }
     let rejects_path = staging.join(format!("{task}_rejects.parquet"));
     let got: Vec<(i64, String)> = if rejects_path.exists() {
@@ -101,6 +129,28 @@ fn check(p: &Project, run: i64, task: &str, want: &Expected) -> Vec<String> {
 
 #[test]
 fn every_row_of_every_format_is_accounted_for() {
+    run_corpus(Into::Dataset);
+}
+
+#[test]
+fn every_row_of_every_format_is_accounted_for_when_streamed_into_a_table() {
+    run_corpus(Into::Table);
+}
+
+/// Gives every extract of a DAG file `into: <a table named after it>`.
+fn stream_into_tables(dag: &Path) {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(dag).unwrap()).unwrap();
+    for t in doc["tasks"].as_sequence_mut().unwrap() {
+        if t["type"].as_str() == Some("extract") {
+            let id = t["id"].as_str().unwrap().to_string();
+            let into = format!("{{conn: warehouse, table: {id}, mode: replace, create: true}}");
+            t.as_mapping_mut().unwrap().insert("into".into(), serde_yaml::from_str(&into).unwrap());
+        }
+    }
+    std::fs::write(dag, serde_yaml::to_string(&doc).unwrap()).unwrap();
+}
+
+fn run_corpus(into: Into) {
     let root = repo().join("tests/dags/rows");
     let mut cases: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     cases.sort();
@@ -108,8 +158,11 @@ fn every_row_of_every_format_is_accounted_for() {
     let mut failures = Vec::new();
     for case in cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let p = Project::new(&format!("rows_{name}"));
+        let p = Project::new(&format!("rows_{name}{}", if into == Into::Table { "_into" } else { "" }));
         p.copy_from(&format!("tests/dags/rows/{name}"));
+        if into == Into::Table {
+            stream_into_tables(&p.path().join("dags/case.yaml"));
+        }
         let expected: BTreeMap<String, Expected> =
             serde_yaml::from_str(&std::fs::read_to_string(case.join("expected.yaml")).unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let out = p.sluice(&["run", "case", "--date", "2024-01-05"]);
@@ -120,7 +173,7 @@ fn every_row_of_every_format_is_accounted_for() {
         }
         let run = p.last_run("case");
         for (task, want) in &expected {
-            for w in check(&p, run, task, want) {
+            for w in check(&p, run, task, want, into) {
                 failures.push(format!("{name}: {w}"));
             }
         }
