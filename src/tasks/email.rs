@@ -104,22 +104,29 @@ impl TaskType for EmailConfig {
                 TaskError::Failed(format!("`{task}` has no output in this run to attach (did it succeed?)"))
             })?;
             let artifacts = upstream.get("artifacts").and_then(|a| a.as_object()).cloned().unwrap_or_default();
-            let staged: Vec<(String, String)> = artifacts
+            // The PDF first, then the other files by name; `local` is where
+            // the PDF was written, whose file name it is sent under.
+            let mut staged: Vec<(String, String)> = artifacts
                 .iter()
                 .filter(|(k, _)| k.as_str() != "local")
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                 .collect();
+            staged.sort_by_key(|(k, _)| (k != "pdf", k.clone()));
             if staged.is_empty() {
                 return Err(TaskError::Failed(format!("`{task}` produced no file to attach")));
             }
-            for (_, uri) in staged {
+            for (key, uri) in staged {
                 let path = ctx.local_artifact(&uri).await?;
                 let bytes = std::fs::read(&path).map_err(|e| TaskError::Failed(format!("cannot read {}: {e}", path.display())))?;
-                let local_name = artifacts.get("local").and_then(|v| v.as_str()).map(std::path::PathBuf::from);
+                let local_name = artifacts.get("local").and_then(|v| v.as_str()).filter(|_| key == "pdf").map(std::path::PathBuf::from);
                 let name = local_name
                     .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
                     .unwrap_or_else(|| uri.rsplit('/').next().unwrap_or("attachment").to_string());
-                let mime = if name.ends_with(".pdf") { "application/pdf" } else { "application/octet-stream" };
+                let mime = match name.rsplit('.').next() {
+                    Some("pdf") => "application/pdf",
+                    Some("json") => "application/json",
+                    _ => "application/octet-stream",
+                };
                 attachments.push((name, bytes, mime.to_string()));
             }
         }

@@ -154,6 +154,12 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     assert_eq!(att["type"], "application/pdf");
     assert_eq!(att["head"], "%PDF-");
     assert_eq!(att["sha256"].as_str().unwrap(), sha256_file(&pdf));
+    // The numbers behind it (`data_output`), under their own name.
+    let att = &m["attachments"][1];
+    assert_eq!(att["filename"], "weekly_kpi_2024-W47.json");
+    assert_eq!(att["type"], "application/json");
+    assert_eq!(att["head"], "{\n  \"");
+    assert_eq!(m["attachments"].as_array().unwrap().len(), 2);
 });
 
 sluice_test!(an_empty_week_still_renders_in_both_languages, |p| {
