@@ -22,7 +22,8 @@
 //!   `partition_column`, then COPY; rerunning a day never duplicates it.
 //!
 //! A failure anywhere rolls the transaction back: the table is left exactly
-//! as it was.
+//! as it was. The table work (`table.rs`) also serves an extract's `into`,
+//! which streams its rows into COPY as it reads them.
 
 mod table;
 
