@@ -3,8 +3,10 @@
 //! read and accounted for, with the load's modes and errors.
 
 use std::fmt::Write;
+use std::process::Stdio;
+use std::time::Duration;
 
-use crate::harness::Project;
+use crate::harness::{Project, wait_until};
 
 /// `n` rows `id,amount`, then `last` as the final line.
 fn orders_csv(p: &Project, n: u64, last: &str) {
@@ -155,4 +157,40 @@ tasks:
     let e = p.task_json(p.last_run("ev"), "partition")["error"].as_str().unwrap().to_string();
     assert!(e.contains("1 row(s) have `day` outside the run's interval"), "{e}");
     assert_eq!(p.scalar("SELECT string_agg(id::text, ',' ORDER BY id) FROM ev_log"), "1,2,2");
+});
+
+// The process killed while COPY is taking the streamed rows: the server
+// rolls the transaction back, the table keeps its old rows, and a rerun
+// loads the file whole.
+sluice_test!(a_streamed_load_killed_midway_leaves_the_table_as_it_was, |p| {
+    p.sql("CREATE TABLE big (id bigint, amount int); INSERT INTO big VALUES (-1, 1), (-2, 2), (-3, 3)");
+    orders_csv(&p, 2_000_000, "");
+    p.write(
+        "dags/big.yaml",
+        r#"
+tasks:
+  - id: big
+    type: extract
+    source: data/orders.csv
+    schema: { id: int, amount: int }
+    into: { conn: warehouse, table: big, mode: replace }
+"#,
+    );
+    let mut run = p.command(&["run", "big", "--date", "2024-01-05"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // COPY has taken rows (pg_stat_progress_copy counts them as they come).
+    wait_until("COPY to take 100,000 rows", Duration::from_secs(120), || {
+        p.scalar("SELECT coalesce(max(tuples_processed), 0) FROM pg_stat_progress_copy WHERE relid = 'big'::regclass")
+            .parse::<i64>()
+            .unwrap()
+            > 100_000
+    });
+    unsafe { libc::kill(run.id() as i32, libc::SIGKILL) };
+    run.wait().unwrap();
+    wait_until("the server to end the COPY", Duration::from_secs(60), || {
+        p.scalar("SELECT count(*) FROM pg_stat_progress_copy WHERE relid = 'big'::regclass") == "0"
+    });
+    assert_eq!(p.sql("SELECT id FROM big ORDER BY id"), ["-3", "-2", "-1"]);
+
+    p.sluice(&["run", "big", "--date", "2024-01-05", "--rerun"]).ok();
+    assert_eq!(p.scalar("SELECT count(*) || ' ' || min(id) || ' ' || max(id) FROM big"), "2000000 1 2000000");
 });
