@@ -394,7 +394,7 @@ impl Extract {
         let warnings = super::polars_warnings::Capture::start();
         let read = tokio::task::spawn_blocking(move || job.read_all(&files, out)).await;
         warnings.log();
-        read.map_err(|e| ReadError::Format(FormatError::Invalid(TaskError::from_join("reading the source", e).to_string())))?
+        read.map_err(|e| ReadError::Thread(TaskError::from_join("reading the source", e)))?
     }
 
     /// Reads the files into the task's dataset.
@@ -406,6 +406,7 @@ impl Extract {
         let r = match self.read(files, Output::Dataset(tmp)).await {
             Ok(r) => r,
             Err(ReadError::Format(e)) => return Err(format_error(e)),
+            Err(ReadError::Thread(e)) => return Err(e),
             Err(ReadError::LoadStopped(_)) => return Err(TaskError::Failed("the read stopped with no load to stop it (a bug in sluice)".into())),
         };
         let (counts, rejects) = self.account(ctx, &r).await?;
@@ -456,6 +457,7 @@ impl Extract {
                     Err(e) => ReadEnd::Failed(e),
                 },
                 Err(ReadError::Format(e)) => ReadEnd::Failed(format_error(e)),
+                Err(ReadError::Thread(e)) => ReadEnd::Failed(e),
                 Err(ReadError::LoadStopped(lineage)) => ReadEnd::LoadStopped(lineage),
             };
             let verdict = match &end {

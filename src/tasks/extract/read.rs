@@ -53,6 +53,8 @@ enum Dest {
 /// stopped taking rows (the load's error says why).
 pub(super) enum ReadError {
     Format(FormatError),
+    /// The reading thread itself failed (a panic, caught and recorded).
+    Thread(crate::tasks::TaskError),
     /// Where the rows sent so far came from, to place the load's error.
     LoadStopped(Lineage),
 }
