@@ -8,7 +8,9 @@
 # W1 fan-out: 1 start task, 500 parallel `true` shell tasks, 1 join.
 # W2 chain:   100 sequential `true` shell tasks.
 # W3 load:    a 1,000,000-row orders CSV extracted and loaded into Postgres
-#             by a sluice DAG, against `psql \copy` of the same file, same server.
+#             by a sluice DAG (an extract then a load, and one extract
+#             streaming `into` the table), against `psql \copy` of the same
+#             file, same server.
 # grade:      the shipped grade_update DAG over 1,000,000 users and
 #             10,000,000 orders (first grading, a rerun of the same interval,
 #             the next ten-minute tick, and a tick after a day's orders were

@@ -62,13 +62,6 @@ pub async fn run(app: &App, args: RunArgs) -> Result<ExitCode> {
             {
                 Ok(run) => run,
                 Err(crate::state::RunExists(existing)) if args.rerun => {
-                    // Tries of a worker known to be dead (killed on this
-                    // host, or stopped) are requeued first, so that they
-                    // do not hold the rerun back; live ones do.
-                    let forever = std::time::Duration::from_secs(100 * 365 * 86_400);
-                    for (run, task, try_number, _) in store.reap(forever, crate::runner::DEFAULT_WORKER_FAILURES, "", &[]).await? {
-                        tracing::warn!(run, task = %task, try_number, "the worker running this try is gone; its try is requeued");
-                    }
                     let all: Vec<(String, i32)> = dag.tasks.iter().map(|t| (t.id.clone(), t.retries as i32)).collect();
                     let (_, running) = store.clear(existing.run_id, &all).await?;
                     if !running.is_empty() {

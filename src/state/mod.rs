@@ -873,22 +873,38 @@ impl Store {
 
     /// Resets task instances so that they run again: state pending, and one
     /// more full set of retries. Running instances are left alone and
-    /// returned as the second list.
+    /// returned as the second list, unless their worker is known to be dead
+    /// (killed on this host, or stopped): their try is recorded as lost
+    /// (`worker_lost`) and the instance cleared like the others.
     pub async fn clear(&self, run_id: i64, tasks: &[(String, i32)]) -> Result<(Vec<String>, Vec<String>), StateError> {
         let ids: Vec<&str> = tasks.iter().map(|(t, _)| t.as_str()).collect();
         let retries: Vec<i32> = tasks.iter().map(|(_, r)| *r).collect();
+        let dead = self.dead_workers().await?;
         let mut tx = self.pool.begin().await?;
+        if !dead.is_empty() {
+            sqlx::query(
+                "UPDATE task_tries SET state = 'failed', ended_at = now(), error_kind = 'worker_lost',
+                     error = 'the worker running this try (' || worker_id || ') is gone; the task was cleared'
+                 WHERE run_id = $1 AND task_id = ANY($2) AND state = 'running' AND worker_id = ANY($3)",
+            )
+            .bind(run_id)
+            .bind(&ids)
+            .bind(&dead)
+            .execute(&mut *tx)
+            .await?;
+        }
         let cleared: Vec<String> = sqlx::query_scalar(
             "UPDATE task_instances t SET state = 'pending', max_tries = t.try_number + u.retries + 1, next_try_at = NULL,
                  error = NULL, error_kind = NULL, notice = NULL, worker_id = NULL, heartbeat_at = NULL, started_at = NULL, ended_at = NULL, output = NULL,
                  worker_failures = 0
              FROM UNNEST($2::text[], $3::int[]) AS u(task_id, retries)
-             WHERE t.run_id = $1 AND t.task_id = u.task_id AND t.state NOT IN ('running')
+             WHERE t.run_id = $1 AND t.task_id = u.task_id AND (t.state <> 'running' OR t.worker_id = ANY($4))
              RETURNING t.task_id",
         )
         .bind(run_id)
         .bind(&ids)
         .bind(&retries)
+        .bind(&dead)
         .fetch_all(&mut *tx)
         .await?;
         if !cleared.is_empty() {

@@ -30,7 +30,7 @@ mod table;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-pub use table::{Frames, LoadError, Loaded, TableLoad, MARKER_TABLE};
+pub use table::{Frames, LoadError, Loaded, TableLoad};
 
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
 

@@ -191,6 +191,8 @@ tasks:
     });
     assert_eq!(p.sql("SELECT id FROM big ORDER BY id"), ["-3", "-2", "-1"]);
 
+    // The rerun clears the dead worker's instance; its try is recorded as lost.
     p.sluice(&["run", "big", "--date", "2024-01-05", "--rerun"]).ok();
+    assert_eq!(p.state_sql("SELECT error_kind FROM task_tries WHERE task_id = 'big' AND try_number = 1"), ["worker_lost"]);
     assert_eq!(p.scalar("SELECT count(*) || ' ' || min(id) || ' ' || max(id) FROM big"), "2000000 1 2000000");
 });

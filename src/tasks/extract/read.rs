@@ -105,6 +105,7 @@ impl Extract {
                 Dest::Stream { frames, sent: 0 }
             }
         };
+        let streaming = matches!(dest, Dest::Stream { .. });
         let stopped = std::cell::Cell::new(false);
         let mut write = |df: DataFrame| -> Result<(), String> {
             let mut df = df;
@@ -147,7 +148,9 @@ impl Extract {
         }
         let bad: BTreeMap<String, u64> = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         let (good, lost) = (sink.good, sink.lost);
-        let so_far = stopped.get().then(|| sink.lineage.clone());
+        // The last batch goes out in `finish`: if the load stops there, the
+        // rows sent so far are still placed by their lineage.
+        let so_far = streaming.then(|| sink.lineage.clone());
         let (rejects, lineage) = match sink.finish() {
             Ok(r) => r,
             Err(_) if stopped.get() => return Err(ReadError::LoadStopped(so_far.unwrap_or_default())),
