@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::decide::{Past, decide, past_allows, past_failed};
 use super::{Observer, RunEvent, RunOutcome, Runner, TryReport, exec, notice};
 use crate::dag::{Dag, Task};
-use crate::state::{ClaimSpec, RunRow, RunState, StateError, TiRow, TiState};
+use crate::state::chain::ForeseenClaim;
+use crate::state::{ClaimSpec, Claimed, RunRow, RunState, StateError, TiRow, TiState};
 
 /// What a driver step decided.
 pub(super) enum Step {
@@ -41,10 +42,47 @@ pub(super) struct Driver<'r> {
     /// The run's task states as a try's end was just recorded, when they
     /// are current: the next step starts from them instead of reading.
     fresh: Option<Vec<TiRow>>,
+    /// Cancelled when the run is to start nothing new (a drain): a try's
+    /// end then claims nothing either.
+    drain: CancellationToken,
+}
+
+/// What a try's success will lead to, worked out when the try starts,
+/// for a try that is the only one running in its run (a chain's step):
+/// its end and this claim then go to the state store in one round trip
+/// ([`crate::state::Store::finish_and_claim`]), and the next try starts
+/// without a driver step in between.
+pub struct Ahead {
+    pub claim: ForeseenClaim,
+    /// The run's states after the success and its decisions.
+    tis: Vec<TiRow>,
+    pub drain: CancellationToken,
+}
+
+/// A try's end recorded with the claim it led to.
+#[derive(Debug, Clone)]
+pub struct Chained {
+    pub decisions: Vec<(String, TiState)>,
+    pub claimed: Vec<Claimed>,
+    /// The run's states after the end and the decisions (before the claim).
+    tis: Vec<TiRow>,
+}
+
+impl Ahead {
+    /// What the driver is told when the claim was made as foreseen.
+    pub fn chained(self, claimed: Vec<Claimed>) -> Chained {
+        Chained { decisions: self.claim.decisions, claimed, tis: self.tis }
+    }
 }
 
 impl<'r> Driver<'r> {
-    pub(super) fn new(runner: &'r Runner, dag: Arc<Dag>, run: RunRow, prev_success: Option<crate::template::PrevSuccess>) -> Self {
+    pub(super) fn new(
+        runner: &'r Runner,
+        dag: Arc<Dag>,
+        run: RunRow,
+        prev_success: Option<crate::template::PrevSuccess>,
+        drain: CancellationToken,
+    ) -> Self {
         Driver {
             runner,
             dag,
@@ -56,6 +94,7 @@ impl<'r> Driver<'r> {
             blocked_said: false,
             prev_success,
             fresh: None,
+            drain,
         }
     }
 
@@ -89,8 +128,17 @@ impl<'r> Driver<'r> {
                     // nothing else of the run was running) serve the next
                     // step when no other end came with it and none is
                     // running here.
-                    self.fresh = report.states.take().filter(|_| one && self.tries.is_empty());
+                    let current = one && self.tries.is_empty();
+                    self.fresh = report.states.take().filter(|_| current);
+                    let chained = report.chained.take();
                     observer.event(&RunEvent::Finished(report));
+                    // Its end claimed what it led to: start that now.
+                    if let Some(chained) = chained {
+                        let Chained { decisions, claimed, tis } = *chained;
+                        report_decisions(observer, &decisions);
+                        let tis = self.start(observer, claimed, Some(tis));
+                        self.fresh = tis.filter(|_| current);
+                    }
                 }
                 // TryJob::run catches panics and records them; this is
                 // only reached if the runtime aborts it.
@@ -253,39 +301,98 @@ impl<'r> Driver<'r> {
         // another process queues meanwhile waits for the next step), and
         // what their tries read, fetched by the claim.
         let slots = (dag.max_active_tasks as usize).saturating_sub(running_total).min(runner.parallelism.saturating_sub(self.local.len()));
-        let mut specs: HashMap<String, ClaimSpec> = HashMap::new();
-        let mut reads = crate::state::Reads::default();
-        for (ti, t, index) in claim_candidates(dag, tis, now, slots) {
-            let family = index.and(t.max_active_tis).map(|m| (t.id.clone(), m as i32));
-            specs.insert(ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family });
-            let r = exec::reads(dag, t, index);
-            reads.upstream.extend(r.upstream);
-            reads.mapped.extend(r.mapped);
-        }
-        reads.upstream.sort_unstable();
-        reads.upstream.dedup();
-        reads.mapped.sort_unstable();
-        reads.mapped.dedup();
+        let (specs, reads) = claim_specs(dag, &claim_candidates(dag, tis, now, slots));
         let claimed = runner
             .store
             .claim(self.run.run_id, &runner.worker.id, slots as i64, dag.max_active_tasks as i64, &specs, decisions, &reads)
             .await?;
         report_decisions(observer, decisions);
+        // The states are copied only for a try that may chain.
+        let tis = (claimed.len() == 1 && self.local.is_empty()).then(|| tis.to_vec());
+        self.start(observer, claimed, tis);
+        Ok(())
+    }
+
+    /// Starts the tries claimed; `tis`, the run's states before the claim
+    /// when known, are returned with the claimed instances running. A try
+    /// left the only one running in the run is given what its success
+    /// will lead to.
+    fn start(&mut self, observer: &mut dyn Observer, claimed: Vec<Claimed>, mut tis: Option<Vec<TiRow>>) -> Option<Vec<TiRow>> {
+        for t in tis.iter_mut().flatten() {
+            if claimed.iter().any(|c| c.task_id == t.task_id) {
+                t.state = TiState::Running;
+            }
+        }
+        let single = claimed.len() == 1 && self.local.is_empty();
         for c in claimed {
             observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
             self.local.insert(c.task_id.clone());
+            let next = match (&tis, single) {
+                (Some(tis), true) => self.foresee(tis, &c.task_id),
+                _ => None,
+            };
             let job = exec::TryJob {
-                runner: runner.clone(),
-                dag: dag.clone(),
+                runner: self.runner.clone(),
+                dag: self.dag.clone(),
                 run: self.run.clone(),
                 claimed: c,
                 interrupt: self.interrupt.clone(),
                 test_mode: false,
                 prev_success: self.prev_success,
+                next,
             };
             self.tries.spawn(job.run());
         }
-        Ok(())
+        tis
+    }
+
+    /// What the success of `task_id`, the only try running in the run
+    /// (`tis`), will decide and claim; none when the next step could
+    /// decide otherwise than from the run's states alone (a timeout,
+    /// `depends_on_past`, pools, retries waiting), when the success sends
+    /// notices, or when it claims nothing.
+    fn foresee(&self, tis: &[TiRow], task_id: &str) -> Option<Ahead> {
+        let dag = &self.dag;
+        if dag.dagrun_timeout.is_some() || dag.depends_on_past() || self.drain.is_cancelled() {
+            return None;
+        }
+        // Notices are sent after the end is recorded: the tries claimed
+        // with it would wait for them, unheartbeated.
+        if dag.resolve(task_id).is_none_or(|(t, _)| !t.on_success.is_empty()) {
+            return None;
+        }
+        if tis.iter().any(|t| t.task_id != task_id && t.state != TiState::Pending && !t.state.is_terminal()) {
+            return None;
+        }
+        let mut after = tis.to_vec();
+        after.iter_mut().find(|t| t.task_id == task_id)?.state = TiState::Success;
+        let expect: Vec<(String, TiState)> = after.iter().map(|t| (t.task_id.clone(), t.state)).collect();
+        let decisions = decide(dag, &after, &Past::new());
+        for (task, state) in &decisions {
+            if let Some(t) = after.iter_mut().find(|t| &t.task_id == task) {
+                t.state = *state;
+            }
+        }
+        let slots = (dag.max_active_tasks as usize).min(self.runner.parallelism);
+        let candidates = claim_candidates(dag, &after, Utc::now(), slots);
+        if slots == 0
+            || candidates.is_empty()
+            || candidates.iter().any(|(_, t, index)| t.pool.is_some() || (index.is_some() && t.max_active_tis.is_some()))
+        {
+            return None;
+        }
+        let (tasks, reads) = claim_specs(dag, &candidates);
+        let owned = |v: Vec<&str>| v.into_iter().map(str::to_string).collect();
+        let claim = ForeseenClaim {
+            expect,
+            decisions,
+            limit: slots as i64,
+            max_active: dag.max_active_tasks as i64,
+            tasks,
+            upstream: owned(reads.upstream),
+            mapped: owned(reads.mapped),
+        };
+        Some(Ahead { claim, tis: after, drain: self.drain.clone() })
     }
 
     /// Whether the run is held only by tasks whose previous run failed
@@ -340,6 +447,25 @@ fn claim_candidates<'d, 't>(dag: &'d Dag, tis: &'t [TiRow], now: DateTime<Utc>, 
         ready.truncate(2 * slots + 8);
     }
     ready
+}
+
+/// What a claim of `candidates` needs: each task's limits from the DAG
+/// file, and the outputs their tries read.
+fn claim_specs<'d>(dag: &'d Dag, candidates: &[(&TiRow, &'d Task, Option<i32>)]) -> (HashMap<String, ClaimSpec>, crate::state::Reads<'d>) {
+    let mut specs: HashMap<String, ClaimSpec> = HashMap::new();
+    let mut reads = crate::state::Reads::default();
+    for &(ti, t, index) in candidates {
+        let family = index.and(t.max_active_tis).map(|m| (t.id.clone(), m as i32));
+        specs.insert(ti.task_id.clone(), ClaimSpec { max_tries: t.retries as i32 + 1, pool: t.pool.clone(), family });
+        let r = exec::reads(dag, t, index);
+        reads.upstream.extend(r.upstream);
+        reads.mapped.extend(r.mapped);
+    }
+    reads.upstream.sort_unstable();
+    reads.upstream.dedup();
+    reads.mapped.sort_unstable();
+    reads.mapped.dedup();
+    (specs, reads)
 }
 
 /// Tells the observer about skips and upstream failures once they are written.

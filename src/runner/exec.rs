@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Runner;
+use super::driver::{Ahead, Chained};
 use crate::dag::{Dag, Task};
 use crate::datasets::DatasetRef;
 use crate::state::{Claimed, RunRow, TiRow, TiState, TryEnd};
@@ -37,6 +38,8 @@ pub struct TryReport {
     pub notices: Vec<super::notice::Notice>,
     /// The run's task states as the end of the try was recorded, if it was.
     pub states: Option<Vec<TiRow>>,
+    /// The claim the end was recorded with, when it was foreseen.
+    pub chained: Option<Box<Chained>>,
 }
 
 pub struct TryJob {
@@ -48,6 +51,8 @@ pub struct TryJob {
     pub test_mode: bool,
     /// The DAG's latest successful run before this one (read once per run).
     pub prev_success: Option<crate::template::PrevSuccess>,
+    /// What a success leads to, when the driver could work it out ahead.
+    pub next: Option<Ahead>,
 }
 
 impl TryJob {
@@ -55,7 +60,7 @@ impl TryJob {
     /// error, a panic in the task or in blocking work it spawned), the try
     /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
-        let TryJob { runner, dag, run, claimed, interrupt, prev_success, .. } = self;
+        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, .. } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
         if claimed.poking_since.is_some() {
             // A rescheduled sensor's try goes on with its log so far.
@@ -141,7 +146,7 @@ impl TryJob {
         let elapsed = started.elapsed();
         // Instrumented, not entered: a guard held across an await would
         // leave the span entered on whatever thread runs other tasks meanwhile.
-        let recorded = AssertUnwindSafe(record(&runner, &dag, &run, &claimed, result, elapsed, &log, &interrupt)).catch_unwind();
+        let recorded = AssertUnwindSafe(record(&runner, &dag, &run, &claimed, result, elapsed, &log, &interrupt, next)).catch_unwind();
         let report = match recorded.instrument(span).await {
             Ok(r) => r,
             Err(panic) => {
@@ -186,6 +191,7 @@ impl TryReport {
             interrupted: false,
             notices: Vec::new(),
             states: None,
+            chained: None,
         }
     }
 
@@ -193,6 +199,36 @@ impl TryReport {
         self.error = Some(e);
         self
     }
+}
+
+const CLAIM_LOST: &str = "this try's claim was lost meanwhile (cleared, or declared a zombie and retried); its result was not applied";
+
+/// Records a success with the claim it was foreseen to lead to, in one
+/// round trip. `None` when that could not be done (the store failed): the
+/// end is then recorded on its own, retried as any end (if the failed call
+/// did commit, its claimed tries are found by their stale heartbeat).
+async fn store_end_and_claim(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, next: Ahead) -> Option<Recorded> {
+    use crate::state::chain::ChainEnd;
+    match runner.store.finish_and_claim(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end, &next.claim).await {
+        Ok(ChainEnd::Claimed(tries)) => Some(Recorded::Chained(next.chained(tries))),
+        Ok(ChainEnd::Decided) => Some(Recorded::Chained(next.chained(Vec::new()))),
+        Ok(ChainEnd::Ended) => Some(Recorded::States(None)),
+        Ok(ChainEnd::Lost) => {
+            tracing::warn!("{CLAIM_LOST}");
+            Some(Recorded::States(None))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "recording the end with the next claim failed; recording the end alone");
+            None
+        }
+    }
+}
+
+/// How an end was recorded: alone (with the run's states when nothing
+/// else was running), or with the claim it led to.
+enum Recorded {
+    States(Option<Vec<TiRow>>),
+    Chained(Chained),
 }
 
 /// Records the end of a try in the state store, retrying with backoff while
@@ -213,9 +249,7 @@ async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEn
                 return states;
             }
             Ok(None) => {
-                tracing::warn!(
-                    "this try's claim was lost meanwhile (cleared, or declared a zombie and retried); its result was not applied"
-                );
+                tracing::warn!("{CLAIM_LOST}");
                 return None;
             }
             Err(e) => {
@@ -245,6 +279,7 @@ async fn record(
     elapsed: Duration,
     log: &TryLog,
     give_up: &CancellationToken,
+    next: Option<Ahead>,
 ) -> TryReport {
     let mut report = TryReport::new(claimed, TiState::Success, elapsed);
     let task = dag.resolve(&claimed.task_id).map(|(t, _)| t);
@@ -263,7 +298,16 @@ async fn record(
         Err(e) => failed(&mut report, dag, run, task, claimed, e, &took),
     };
     let end = TryEnd { log: log.text(), ..end };
-    report.states = store_end(runner, run, claimed, &end, give_up).await;
+    let next = next.filter(|n| end.state == TiState::Success && !n.drain.is_cancelled() && !give_up.is_cancelled());
+    let chained = match next {
+        Some(next) => store_end_and_claim(runner, run, claimed, &end, next).await,
+        None => None,
+    };
+    match chained {
+        Some(Recorded::Chained(c)) => report.chained = Some(Box::new(c)),
+        Some(Recorded::States(s)) => report.states = s,
+        None => report.states = store_end(runner, run, claimed, &end, give_up).await,
+    }
     let Some(task) = task else { return report };
     let notifiers = match end.state {
         TiState::Failed => &task.on_failure,

@@ -285,7 +285,7 @@ impl Runner {
                 Err(e) => return Err(e),
             }
         };
-        let mut d = driver::Driver::new(self, dag, run, prev_success);
+        let mut d = driver::Driver::new(self, dag, run, prev_success, stop.drain.clone());
         let mut stopping = false;
         let mut interrupted = false;
         // While the state store is unreachable: when it failed first, and the

@@ -27,6 +27,7 @@ use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
 pub mod assets;
+pub mod chain;
 pub mod daemon;
 pub mod pools;
 pub mod types;
@@ -37,6 +38,8 @@ pub use worker::Worker;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations");
 
 pub const DEFAULT_SCHEMA: &str = "sluice";
+/// A state-store connection idle for longer than this is pinged before use.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -226,6 +229,20 @@ impl Store {
             // Short: while the database is down, callers retry and say so
             // rather than wait silently in the pool.
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out (a round trip before
+            // each statement); a connection used within the last second is
+            // known to be alive, and the pings were a tenth of a chain's
+            // time per task. One idle for longer (the database may have
+            // restarted meanwhile) is still tried first.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(opts)
             .await
             .map_err(connect_err)?;
@@ -606,21 +623,8 @@ impl Store {
             self.decide(run_id, decisions).await?;
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = tasks.keys().map(String::as_str).collect();
-        let (maxes, pool_names, pool_slots): (Vec<i32>, Vec<Option<&str>>, Vec<i32>) = ids
-            .iter()
-            .map(|id| {
-                let t = &tasks[*id];
-                (t.max_tries, t.pool.as_ref().map(|p| p.pool.as_str()), t.pool.as_ref().map_or(1, |p| p.slots))
-            })
-            .fold((Vec::new(), Vec::new(), Vec::new()), |(mut a, mut b, mut c), (x, y, z)| {
-                a.push(x);
-                b.push(y);
-                c.push(z);
-                (a, b, c)
-            });
-        let decided: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
-        let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
+        let ClaimArrays { ids, maxes, pool_names, pool_slots } = ClaimArrays::of(tasks);
+        let (decided, states) = split_decisions(decisions);
         // claim_tries (migration 0008) locks the run's row, applies the
         // decisions, claims and opens the try rows in one round trip: each
         // round trip is per-task overhead. With pools or per-task limits,
@@ -667,21 +671,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?
         };
-        // One claim's rows carry the same outputs: parsed once.
-        let outputs: Option<Arc<HashMap<String, Value>>> = match rows.first().and_then(|r| r.get::<Option<Value>, _>("outputs")) {
-            Some(Value::Object(m)) => Some(Arc::new(m.into_iter().collect())),
-            _ => None,
-        };
-        Ok(rows
-            .into_iter()
-            .map(|r| Claimed {
-                task_id: r.get("task_id"),
-                try_number: r.get("try_number"),
-                max_tries: r.get("max_tries"),
-                poking_since: r.get("poking_since"),
-                outputs: outputs.clone(),
-            })
-            .collect())
+        Ok(claimed_of(rows))
     }
 
     /// Records the end of a try. Returns None when the claim was lost
@@ -1139,14 +1129,56 @@ pub fn describe_target(url: &str) -> String {
     }
 }
 
+/// A claim's candidate tasks as the arrays `claim_tries` takes.
+struct ClaimArrays<'a> {
+    ids: Vec<&'a str>,
+    maxes: Vec<i32>,
+    pool_names: Vec<Option<&'a str>>,
+    pool_slots: Vec<i32>,
+}
+
+impl<'a> ClaimArrays<'a> {
+    fn of(tasks: &'a HashMap<String, ClaimSpec>) -> ClaimArrays<'a> {
+        let mut a = ClaimArrays { ids: Vec::new(), maxes: Vec::new(), pool_names: Vec::new(), pool_slots: Vec::new() };
+        for (id, t) in tasks {
+            a.ids.push(id);
+            a.maxes.push(t.max_tries);
+            a.pool_names.push(t.pool.as_ref().map(|p| p.pool.as_str()));
+            a.pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
+        }
+        a
+    }
+}
+
+/// Decisions as the two arrays the SQL functions take.
+fn split_decisions(decisions: &[(String, TiState)]) -> (Vec<&str>, Vec<&str>) {
+    decisions.iter().map(|(t, s)| (t.as_str(), s.as_str())).unzip()
+}
+
+/// The tries of a claim's rows; they carry the same outputs, parsed once.
+fn claimed_of(rows: Vec<sqlx::postgres::PgRow>) -> Vec<Claimed> {
+    let outputs: Option<Arc<HashMap<String, Value>>> = match rows.first().and_then(|r| r.get::<Option<Value>, _>("outputs")) {
+        Some(Value::Object(m)) => Some(Arc::new(m.into_iter().collect())),
+        _ => None,
+    };
+    rows.into_iter()
+        .map(|r| Claimed {
+            task_id: r.get("task_id"),
+            try_number: r.get("try_number"),
+            max_tries: r.get("max_tries"),
+            poking_since: r.get("poking_since"),
+            outputs: outputs.clone(),
+        })
+        .collect()
+}
+
 /// Writes trigger-rule decisions; an instance that is no longer pending
 /// (another worker decided it first) is left alone.
 async fn apply_decisions(conn: &mut PgConnection, run_id: i64, decisions: &[(String, TiState)]) -> Result<(), StateError> {
     if decisions.is_empty() {
         return Ok(());
     }
-    let ids: Vec<&str> = decisions.iter().map(|(t, _)| t.as_str()).collect();
-    let states: Vec<&str> = decisions.iter().map(|(_, s)| s.as_str()).collect();
+    let (ids, states) = split_decisions(decisions);
     // The SQL function (migrations 0008, 0009) that claim_tries applies too.
     sqlx::query("SELECT apply_decisions($1, $2, $3)").bind(run_id).bind(&ids).bind(&states).execute(&mut *conn).await?;
     Ok(())

@@ -344,3 +344,66 @@ tasks:
         ]
     );
 });
+
+// A chain's next task is claimed with the end of the one before, in one
+// round trip (`finish_and_claim`, worked out when the try started), and
+// the outputs it reads come with that claim.
+sluice_test!(a_chain_claims_each_next_task_with_the_end_of_the_one_before, |p| {
+    let url = p.own_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    crate::harness::psql(&crate::harness::db_url(), &format!("ALTER DATABASE {db} SET track_functions = 'pl'"));
+    p.write(
+        "dags/chain.yaml",
+        r#"
+tasks:
+  - { id: t1, type: shell, command: "exit 0" }
+  - { id: t2, type: shell, command: "echo '{{ upstream.t1.note }}' > t2.txt", depends_on: [t1] }
+  - { id: t3, type: shell, command: "echo '{{ upstream.t2.metrics.exit_code }}' > t3.txt", depends_on: [t2] }
+  - { id: t4, type: shell, command: "true", depends_on: [t3] }
+"#,
+    );
+    p.sluice(&["run", "chain"]).ok();
+    assert_eq!(std::fs::read_to_string(p.path().join("t2.txt")).unwrap(), "exit 0\n");
+    assert_eq!(std::fs::read_to_string(p.path().join("t3.txt")).unwrap(), "0\n");
+    // The backends' statistics are written when they end (with the run).
+    let calls = |f: &str| p.count(&format!("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = '{f}'"));
+    wait_until("the run's function statistics", Duration::from_secs(30), || calls("finish_and_claim") >= 3);
+    // t1, t2 and t3 each claimed their successor; t4's end claims nothing.
+    assert_eq!(calls("finish_and_claim"), 3);
+    // claim_tries: t1's own claim and the three made through finish_and_claim.
+    assert_eq!(calls("claim_tries"), 4);
+});
+
+// A claim worked out ahead is made only if the run is as foreseen: here a
+// task the next one depends on is cleared while the try before it runs, so
+// the next task must wait for that task's new try.
+sluice_test!(a_foreseen_claim_yields_to_a_change_made_while_the_try_ran, |p| {
+    p.write(
+        "dags/yield.yaml",
+        r#"
+tasks:
+  - { id: b, type: shell, command: "echo b >> ran.txt" }
+  - id: a
+    type: shell
+    depends_on: [b]
+    command: |
+      touch a_started
+      for i in $(seq 600); do test -f go && break; sleep 0.1; done
+      test -f go && echo a >> ran.txt
+  - { id: c, type: shell, command: "echo c >> ran.txt", depends_on: [a, b] }
+"#,
+    );
+    let mut run = p.command(&["run", "yield"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    wait_until("a to run", Duration::from_secs(60), || p.path().join("a_started").exists());
+    let id = p.last_run("yield").to_string();
+    let out = p.sluice(&["tasks", "clear", "yield", "--run", &id, "--task", "^b$"]).ok();
+    assert!(out.stdout.contains("cleared 1 task instance"), "{}", out.stdout);
+    std::fs::write(p.path().join("go"), "").unwrap();
+    wait_until("the run to end", Duration::from_secs(60), || run.try_wait().unwrap().is_some());
+    assert!(run.wait().unwrap().success());
+    let s = p.states(id.parse().unwrap());
+    assert_eq!(s["b"], ("success".into(), 2));
+    assert_eq!(s["c"], ("success".into(), 1));
+    // c started only after b ran again.
+    assert_eq!(std::fs::read_to_string(p.path().join("ran.txt")).unwrap(), "b\na\nb\nc\n");
+});

@@ -1,0 +1,97 @@
+//! A chain's step in one round trip: the end of a try with the claim its
+//! success leads to, worked out ahead by the driver (migration 0010).
+
+use std::collections::HashMap;
+
+use super::{ClaimArrays, ClaimSpec, Claimed, StateError, Store, TiState, TryEnd, claimed_of, split_decisions};
+
+/// A claim worked out when a try started, for its success.
+#[derive(Debug, Clone)]
+pub struct ForeseenClaim {
+    /// Every instance of the run and its state once the end is applied;
+    /// the claim is made only if the run is exactly so.
+    pub expect: Vec<(String, TiState)>,
+    /// The trigger-rule decisions those states lead to.
+    pub decisions: Vec<(String, TiState)>,
+    pub limit: i64,
+    pub max_active: i64,
+    /// The candidates, as [`Store::claim`] takes them (no pools, no
+    /// per-task limits: those need the pools' choice).
+    pub tasks: HashMap<String, ClaimSpec>,
+    /// The outputs the claimed tries read.
+    pub upstream: Vec<String>,
+    pub mapped: Vec<String>,
+}
+
+/// What [`Store::finish_and_claim`] did.
+#[derive(Debug)]
+pub enum ChainEnd {
+    /// The try's claim was lost meanwhile: its end was not applied.
+    Lost,
+    /// The end is recorded; the run was not as foreseen, so nothing else
+    /// was done.
+    Ended,
+    /// The end and the decisions are recorded; nothing could be claimed.
+    Decided,
+    /// The end and the decisions are recorded, and these tries claimed.
+    Claimed(Vec<Claimed>),
+}
+
+impl Store {
+    /// Records the end of a try (as [`Store::finish_try`]) and, if the
+    /// run is then exactly as `next` foresaw, applies its decisions and
+    /// claims its tries, in one transaction.
+    pub async fn finish_and_claim(
+        &self,
+        run_id: i64,
+        task_id: &str,
+        try_number: i32,
+        worker: &str,
+        end: &TryEnd,
+        next: &ForeseenClaim,
+    ) -> Result<ChainEnd, StateError> {
+        let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
+        let (expect_ids, expect_states) = split_decisions(&next.expect);
+        let (decided, states) = split_decisions(&next.decisions);
+        let ClaimArrays { ids, maxes, pool_names, pool_slots } = ClaimArrays::of(&next.tasks);
+        let rows = sqlx::query(
+            "SELECT outcome, task_id, try_number, max_tries, poking_since, outputs
+             FROM finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                   $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+        )
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(worker)
+        .bind(end.state.as_str())
+        .bind(&end.error)
+        .bind(&end.output)
+        .bind(end.next_try_at)
+        .bind(try_state.as_str())
+        .bind(end.exit_code)
+        .bind(&end.log)
+        .bind(end.error_kind.map(|k| k.as_str()))
+        .bind(&end.assets)
+        .bind(&expect_ids)
+        .bind(&expect_states)
+        .bind(next.limit)
+        .bind(next.max_active)
+        .bind(&ids)
+        .bind(&maxes)
+        .bind(&pool_names)
+        .bind(&pool_slots)
+        .bind(&decided)
+        .bind(&states)
+        .bind(&next.upstream)
+        .bind(&next.mapped)
+        .fetch_all(&self.pool)
+        .await?;
+        let outcome: Option<String> = rows.first().map(|r| sqlx::Row::get(r, "outcome"));
+        Ok(match outcome.as_deref() {
+            Some("claimed") => ChainEnd::Claimed(claimed_of(rows)),
+            Some("decided") => ChainEnd::Decided,
+            Some("lost") => ChainEnd::Lost,
+            _ => ChainEnd::Ended,
+        })
+    }
+}
