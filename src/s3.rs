@@ -118,6 +118,7 @@ pub fn client(c: &Connection) -> Result<Client, S3Error> {
         None => custom,
     };
     let mut b = aws_sdk_s3::Config::builder()
+        .http_client(https_client())
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region))
         .credentials_provider(Credentials::new(access, secret, None, None, "sluice-connection"))
@@ -126,6 +127,14 @@ pub fn client(c: &Connection) -> Result<Client, S3Error> {
         b = b.endpoint_url(endpoint_of(c));
     }
     Ok(Client::from_conf(b.build()))
+}
+
+/// The HTTPS client every S3 connection shares: rustls with ring, trusting
+/// the system's certificates (and `SSL_CERT_FILE`/`SSL_CERT_DIR`).
+fn https_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    static CLIENT: std::sync::OnceLock<aws_sdk_s3::config::SharedHttpClient> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()).clone()
 }
 
 /// The whole chain of an SDK error, without secrets.
@@ -158,6 +167,14 @@ where
 {
     use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError as S};
     match e {
+        // A certificate the client does not trust fails every try alike.
+        S::DispatchFailure(_) if root_cause(e).contains("certificate") => (
+            ErrorKind::Permanent,
+            format!(
+                "the S3 server's TLS certificate is not trusted ({}): if the server's certificate authority is your own, point SSL_CERT_FILE at its certificate; for a plain-HTTP endpoint add tls=false to the connection",
+                root_cause(e)
+            ),
+        ),
         S::DispatchFailure(_) => (ErrorKind::Transient, format!("cannot reach the S3 server ({})", root_cause(e))),
         S::TimeoutError(_) => (ErrorKind::Transient, "the S3 server did not answer in time".into()),
         S::ResponseError(_) => (ErrorKind::Transient, format!("the S3 server's answer could not be read ({})", root_cause(e))),

@@ -229,11 +229,11 @@ impl Store {
             // Short: while the database is down, callers retry and say so
             // rather than wait silently in the pool.
             .acquire_timeout(Duration::from_secs(5))
-            // sqlx pings every connection it hands out (a round trip before
-            // each statement); a connection used within the last second is
-            // known to be alive, and the pings were a tenth of a chain's
-            // time per task. One idle for longer (the database may have
-            // restarted meanwhile) is still tried first.
+            // sqlx pings every connection it hands out: a round trip before
+            // each statement. A connection used within the last second is
+            // taken as alive (a statement on a dead one fails as any store
+            // error, and its callers retry); one idle for longer (the
+            // database may have restarted meanwhile) is still tried first.
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {

@@ -402,6 +402,118 @@ tasks:
     assert!(err.contains("did not appear within 3s"), "{err}");
 });
 
+/// A second moto server, serving HTTPS with a certificate for 127.0.0.1
+/// signed by a certificate authority of its own; stopped when dropped.
+struct TlsS3 {
+    child: std::process::Child,
+    port: u16,
+    /// The authority's certificate, which a client must be told to trust.
+    ca: PathBuf,
+}
+
+impl TlsS3 {
+    fn start(dir: &Path) -> TlsS3 {
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let days = ["-days", "1"];
+        openssl(
+            &[
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=sluice test CA",
+                    "-keyout",
+                    "ca-key.pem",
+                    "-out",
+                    "ca.pem",
+                ][..],
+                &days,
+            ]
+            .concat(),
+        );
+        openssl(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "s3-key.pem", "-out", "s3.csr"]);
+        std::fs::write(dir.join("s3.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        openssl(
+            &[
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "s3.csr",
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca-key.pem",
+                    "-CAcreateserial",
+                    "-extfile",
+                    "s3.ext",
+                    "-out",
+                    "s3.pem",
+                ][..],
+                &days,
+            ]
+            .concat(),
+        );
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let python = PathBuf::from(crate::harness::service("SLUICE_TEST_PYTHON"));
+        let child = std::process::Command::new(python.with_file_name("moto_server"))
+            .current_dir(dir)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "-c", "s3.pem", "-k", "s3-key.pem"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s3 = TlsS3 { child, port, ca: dir.join("ca.pem") };
+        crate::harness::wait_until("the HTTPS S3 server", std::time::Duration::from_secs(60), || s3.curl(&["-X", "PUT"], "/secure"));
+        s3
+    }
+
+    /// A request with curl trusting the authority (moto takes unsigned requests).
+    fn curl(&self, args: &[&str], path: &str) -> bool {
+        let url = format!("https://127.0.0.1:{}{path}", self.port);
+        std::process::Command::new("curl").args(["-fs", "--cacert"]).arg(&self.ca).args(args).arg(url).output().unwrap().status.success()
+    }
+}
+
+impl Drop for TlsS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// S3 over HTTPS (the SDK's client is rustls with ring): a server whose
+// certificate the system does not trust is refused with an error that says
+// so; trusted through SSL_CERT_FILE, the same DAG moves the file both ways.
+sluice_test!(s3_over_https_checks_the_servers_certificate, |p| {
+    let s3 = TlsS3::start(p.path());
+    p.set_env("SLUICE_CONN_SECURE", &format!("s3://testkey:testsecret@127.0.0.1:{}?region=us-east-1", s3.port));
+    p.write("files/a.txt", "over tls");
+    p.write(
+        "dags/tls.yaml",
+        r#"
+tasks:
+  - { id: put, type: s3, conn: secure, op: put, src: files/a.txt, dst: "s3://secure/in/", retries: 2 }
+  - { id: get, type: s3, conn: secure, op: get, src: "s3://secure/in/a.txt", dst: out/a.txt, depends_on: [put] }
+"#,
+    );
+    p.sluice(&["run", "tls", "--date", "2024-01-01"]).code(1);
+    let put = p.task_json(p.last_run("tls"), "put");
+    let err = put["error"].as_str().unwrap();
+    assert!(err.contains("TLS certificate is not trusted") && err.contains("SSL_CERT_FILE"), "{err}");
+    assert_eq!((put["error_kind"].as_str(), put["try_number"].as_i64()), (Some("permanent"), Some(1)), "not retried: {put}");
+    p.set_env("SSL_CERT_FILE", s3.ca.to_str().unwrap());
+    let out = p.sluice(&["run", "tls", "--date", "2024-01-02"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(std::fs::read_to_string(p.path().join("out/a.txt")).unwrap(), "over tls");
+});
+
 sluice_test!(unreachable_services_give_clear_errors, |p| {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     p.set_env("SLUICE_CONN_LAKE", &format!("s3://k:s3cr3t-key@127.0.0.1:{closed}?tls=false"));
