@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{ClaimArrays, ClaimSpec, Claimed, StateError, Store, TiState, TryEnd, claimed_of, split_decisions};
+use super::{ClaimArrays, ClaimSpec, Claimed, StateError, Store, TiState, TryEnd, bind_end, claimed_of, split_decisions};
 
 /// A claim worked out when a try started, for its success.
 #[derive(Debug, Clone)]
@@ -50,42 +50,29 @@ impl Store {
         end: &TryEnd,
         next: &ForeseenClaim,
     ) -> Result<ChainEnd, StateError> {
-        let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
         let (expect_ids, expect_states) = split_decisions(&next.expect);
         let (decided, states) = split_decisions(&next.decisions);
         let ClaimArrays { ids, maxes, pool_names, pool_slots } = ClaimArrays::of(&next.tasks);
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT outcome, task_id, try_number, max_tries, poking_since, outputs
              FROM finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                    $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .bind(try_number)
-        .bind(worker)
-        .bind(end.state.as_str())
-        .bind(&end.error)
-        .bind(&end.output)
-        .bind(end.next_try_at)
-        .bind(try_state.as_str())
-        .bind(end.exit_code)
-        .bind(&end.log)
-        .bind(end.error_kind.map(|k| k.as_str()))
-        .bind(&end.assets)
-        .bind(&expect_ids)
-        .bind(&expect_states)
-        .bind(next.limit)
-        .bind(next.max_active)
-        .bind(&ids)
-        .bind(&maxes)
-        .bind(&pool_names)
-        .bind(&pool_slots)
-        .bind(&decided)
-        .bind(&states)
-        .bind(&next.upstream)
-        .bind(&next.mapped)
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = bind_end(query, run_id, task_id, try_number, worker, end)
+            .bind(&expect_ids)
+            .bind(&expect_states)
+            .bind(next.limit)
+            .bind(next.max_active)
+            .bind(&ids)
+            .bind(&maxes)
+            .bind(&pool_names)
+            .bind(&pool_slots)
+            .bind(&decided)
+            .bind(&states)
+            .bind(&next.upstream)
+            .bind(&next.mapped)
+            .fetch_all(&self.pool)
+            .await?;
         let outcome: Option<String> = rows.first().map(|r| sqlx::Row::get(r, "outcome"));
         Ok(match outcome.as_deref() {
             Some("claimed") => ChainEnd::Claimed(claimed_of(rows)),

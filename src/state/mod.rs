@@ -688,13 +688,12 @@ impl Store {
         worker: &str,
         end: &TryEnd,
     ) -> Result<Option<Option<Vec<TiRow>>>, StateError> {
-        let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
         // One statement, so atomic without a transaction of its own. Its
         // final SELECT reads the snapshot from before the updates, so this
         // instance's new values are put in by hand; it returns only this
         // instance while others are running (a fan-out would read the whole
         // run at each end).
-        let rows: Vec<FinishRow> = sqlx::query_as(
+        let query = sqlx::query(
             "WITH ti AS (
                  UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL,
                      error_kind = $12
@@ -723,22 +722,9 @@ impl Store {
              FROM task_instances i WHERE i.run_id = $1 AND i.task_id <> $2 AND EXISTS (SELECT 1 FROM ti)
                  AND NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2)
              ORDER BY priority, task_id",
-        )
-        .bind(run_id)
-        .bind(task_id)
-        .bind(try_number)
-        .bind(worker)
-        .bind(end.state.as_str())
-        .bind(&end.error)
-        .bind(&end.output)
-        .bind(end.next_try_at)
-        .bind(try_state)
-        .bind(end.exit_code)
-        .bind(&end.log)
-        .bind(end.error_kind.map(|k| k.as_str()))
-        .bind(&end.assets)
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let rows = bind_end(query, run_id, task_id, try_number, worker, end).fetch_all(&self.pool).await?;
+        let rows: Vec<FinishRow> = rows.iter().map(sqlx::FromRow::from_row).collect::<Result<_, _>>()?;
         Ok(match rows.first() {
             None => None,
             Some(r) if r.full => Some(Some(rows.into_iter().map(|r| r.ti).collect())),
@@ -1127,6 +1113,36 @@ pub fn describe_target(url: &str) -> String {
         ),
         Err(_) => "an invalid URL".into(),
     }
+}
+
+/// Binds the end of a try as `$1`..`$13`: run, task, try number, worker,
+/// the instance's state, error, output, next try, the try's state, exit
+/// code, log, error kind, assets (the statements of
+/// [`Store::finish_try`] and [`Store::finish_and_claim`]).
+fn bind_end<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    run_id: i64,
+    task_id: &'q str,
+    try_number: i32,
+    worker: &'q str,
+    end: &'q TryEnd,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    // A failed try whose instance will be retried is itself failed.
+    let try_state = if end.state == TiState::UpForRetry { TiState::Failed } else { end.state };
+    query
+        .bind(run_id)
+        .bind(task_id)
+        .bind(try_number)
+        .bind(worker)
+        .bind(end.state.as_str())
+        .bind(&end.error)
+        .bind(&end.output)
+        .bind(end.next_try_at)
+        .bind(try_state.as_str())
+        .bind(end.exit_code)
+        .bind(&end.log)
+        .bind(end.error_kind.map(|k| k.as_str()))
+        .bind(&end.assets)
 }
 
 /// A claim's candidate tasks as the arrays `claim_tries` takes.
