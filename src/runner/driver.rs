@@ -164,14 +164,7 @@ impl<'r> Driver<'r> {
         // decisions are written by the claim below, in its transaction,
         // or on their own when nothing is claimed.
         let decisions = decide(&self.dag, &tis, &past.1);
-        if !decisions.is_empty() {
-            let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
-            for t in tis.iter_mut() {
-                if let Some(s) = decided.get(t.task_id.as_str()) {
-                    t.state = *s;
-                }
-            }
-        }
+        apply_locally(&mut tis, &decisions);
         let now = Utc::now();
         let all_done = tis.iter().all(|t| t.state.is_terminal());
         if !all_done && let Some(limit) = self.over_time(now) {
@@ -368,11 +361,7 @@ impl<'r> Driver<'r> {
         after.iter_mut().find(|t| t.task_id == task_id)?.state = TiState::Success;
         let expect: Vec<(String, TiState)> = after.iter().map(|t| (t.task_id.clone(), t.state)).collect();
         let decisions = decide(dag, &after, &Past::new());
-        for (task, state) in &decisions {
-            if let Some(t) = after.iter_mut().find(|t| &t.task_id == task) {
-                t.state = *state;
-            }
-        }
+        apply_locally(&mut after, &decisions);
         let slots = (dag.max_active_tasks as usize).min(self.runner.parallelism);
         let candidates = claim_candidates(dag, &after, Utc::now(), slots);
         if slots == 0
@@ -466,6 +455,19 @@ fn claim_specs<'d>(dag: &'d Dag, candidates: &[(&TiRow, &'d Task, Option<i32>)])
     reads.mapped.sort_unstable();
     reads.mapped.dedup();
     (specs, reads)
+}
+
+/// Applies decisions to a local copy of the run's states.
+fn apply_locally(tis: &mut [TiRow], decisions: &[(String, TiState)]) {
+    if decisions.is_empty() {
+        return;
+    }
+    let decided: HashMap<&str, TiState> = decisions.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+    for t in tis.iter_mut() {
+        if let Some(s) = decided.get(t.task_id.as_str()) {
+            t.state = *s;
+        }
+    }
 }
 
 /// Tells the observer about skips and upstream failures once they are written.
