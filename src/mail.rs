@@ -159,18 +159,7 @@ pub async fn deliver(msg: &Outgoing, conn: Option<&Connection>, outbox: &Path) -
 
 /// Says what went wrong in words a person can act on.
 fn describe_smtp(e: &lettre::transport::smtp::Error, id: &str, server: &str) -> String {
-    use std::error::Error;
-    let mut detail = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !detail.contains(&t) {
-            detail.push_str(": ");
-            detail.push_str(&t);
-        }
-        src = s.source();
-    }
-    let detail = crate::secrets::mask(&detail);
+    let detail = crate::secrets::mask(&crate::tasks::error::error_chain(e));
     let code = e.status().map(|c| c.to_string()).unwrap_or_default();
     let lower = detail.to_ascii_lowercase();
     if code.starts_with("535") || code.starts_with("534") || lower.contains("authentication") || lower.contains("credentials") {

@@ -330,7 +330,6 @@ impl<'r> Driver<'r> {
                 run: self.run.clone(),
                 claimed: c,
                 interrupt: self.interrupt.clone(),
-                test_mode: false,
                 prev_success: self.prev_success,
                 next,
             };

@@ -48,7 +48,6 @@ pub struct TryJob {
     pub run: Arc<RunRow>,
     pub claimed: Claimed,
     pub interrupt: CancellationToken,
-    pub test_mode: bool,
     /// The DAG's latest successful run before this one (read once per run).
     pub prev_success: Option<crate::template::PrevSuccess>,
     /// What a success leads to, when the driver could work it out ahead.

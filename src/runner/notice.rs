@@ -214,7 +214,7 @@ async fn send(runner: &Runner, dag: &Dag, run: &RunRow, event: &Event<'_>, n: &N
                     (Notice::NotSent { what, to, error: format!("HTTP {status}: {}", crate::secrets::mask(text.trim())) }, passing)
                 }
                 Err(e) => {
-                    let why = crate::tasks::extract::error_chain(&e).replace(&url, &shown_url(&url));
+                    let why = crate::tasks::error::error_chain(&e).replace(&url, &shown_url(&url));
                     (Notice::NotSent { what, to, error: format!("{why}; check the URL and that the receiver is up") }, true)
                 }
             }

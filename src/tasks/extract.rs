@@ -22,7 +22,6 @@ use serde::Deserialize;
 mod fetch;
 mod read;
 
-pub use fetch::error_chain;
 pub use read::RowCounts;
 use read::{Output, ReadError, ReadResult};
 

@@ -225,7 +225,7 @@ impl Sensor {
                 let resp = match ctx.res.http().get(url).timeout(self.poke.clamp(Duration::from_secs(5), Duration::from_secs(60))).send().await {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::info!("GET {shown}: {}", crate::secrets::mask(&super::extract::error_chain(&e)));
+                        tracing::info!("GET {shown}: {}", crate::secrets::mask(&super::error::error_chain(&e)));
                         return Ok(false);
                     }
                 };

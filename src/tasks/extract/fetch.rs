@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::{Extract, Source};
 use crate::formats::SourceFile;
 use crate::s3::S3Uri;
+use crate::tasks::error::error_chain;
 use crate::tasks::{TaskCtx, TaskError};
 
 impl Extract {
@@ -142,7 +143,7 @@ impl Extract {
         let mut file = tokio::fs::File::create(&local).await.map_err(|e| TaskError::Failed(format!("{}: {e}", local.display())))?;
         let mut resp = resp;
         let mut n = 0usize;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| TaskError::transient(format!("GET {shown}: {}", error_chain(&e))))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| TaskError::transient(format!("GET {shown}: {}", crate::secrets::mask(&error_chain(&e)))))? {
             n += chunk.len();
             file.write_all(&chunk).await.map_err(|e| TaskError::Failed(e.to_string()))?;
         }
@@ -150,19 +151,4 @@ impl Extract {
         tracing::info!(bytes = n, "downloaded {shown}");
         Ok(vec![SourceFile { path: local, name: shown }])
     }
-}
-
-/// An error and its sources, one after the other.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
