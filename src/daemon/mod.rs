@@ -203,6 +203,13 @@ pub async fn run(
     let mut driving: HashSet<i64> = HashSet::new();
     let mut last_reload = tokio::time::Instant::now() - opts.reload_every;
     let mut last_reap = tokio::time::Instant::now() - runner.heartbeat_every;
+    // A pass runs at each poll, at a DAG's interval end, and when a run
+    // ends that a DAG was waiting for (the last pass's `waiting`): not at
+    // every run's end, since a hundred runs ending together would each
+    // cost a pass while other runs are starting.
+    let mut next_poll = tokio::time::Instant::now();
+    let mut pass_now = true;
+    let mut waiting = Waiting::default();
 
     loop {
         if last_reload.elapsed() >= opts.reload_every {
@@ -226,29 +233,36 @@ pub async fn run(
                 Err(e) => tracing::error!("reaping zombie tries failed: {e}"),
             }
         }
-        if let Err(e) = tick(&runner, &store, &set, &metrics, &stop, &mut drivers, &mut driving).await {
-            tracing::error!("scheduler loop: {e}");
+        if pass_now || tokio::time::Instant::now() >= next_poll {
+            next_poll = tokio::time::Instant::now() + opts.poll;
+            match tick(&runner, &store, &set, &metrics, &stop, &mut drivers, &mut driving).await {
+                Ok(w) => waiting = w,
+                Err(e) => tracing::error!("scheduler loop: {e}"),
+            }
+            *metrics.last_loop.lock().unwrap_or_else(|e| e.into_inner()) = Utc::now();
+            metrics.scheduler_loops.fetch_add(1, Ordering::Relaxed);
         }
-        *metrics.last_loop.lock().unwrap_or_else(|e| e.into_inner()) = Utc::now();
-        metrics.scheduler_loops.fetch_add(1, Ordering::Relaxed);
 
         // Wake at the next interval end of any DAG (tokio-cron-scheduler's
         // wake-ups come on its own half-second beat), or at the poll.
         let now = Utc::now();
         let next_due = set.dags.values().filter_map(|d| plan::next_wake(d, now)).min();
-        let until_due = next_due.map_or(opts.poll, |t| (t - now).to_std().unwrap_or_default() + Duration::from_millis(2));
+        let due_at = next_due.map(|t| tokio::time::Instant::now() + (t - now).to_std().unwrap_or_default() + Duration::from_millis(2));
+        let wake_at = due_at.map_or(next_poll, |d| d.min(next_poll));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake_rx.recv() => {
                 // Let the tick's interval end pass before looking.
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                pass_now = true;
             }
-            _ = tokio::time::sleep(opts.poll.min(until_due)) => {}
+            _ = tokio::time::sleep_until(wake_at) => pass_now = true,
             Some(done) = drivers.join_next(), if !drivers.is_empty() => {
-                finished(done, &mut driving);
+                let mut ended = vec![finished(done, &mut driving)];
                 while let Some(more) = drivers.try_join_next() {
-                    finished(more, &mut driving);
+                    ended.push(finished(more, &mut driving));
                 }
+                pass_now = ended.iter().flatten().any(|dag| waiting.wants(dag));
             }
         }
     }
@@ -280,7 +294,9 @@ pub async fn run(
 /// A run driver's end: the run, its DAG, and how it went.
 type Driven = (i64, String, Result<RunOutcome, crate::runner::RunnerError>);
 
-fn finished(done: Result<Driven, tokio::task::JoinError>, driving: &mut HashSet<i64>) {
+/// Logs a run driver's end; returns the run's DAG (None when the driver's
+/// task itself failed).
+fn finished(done: Result<Driven, tokio::task::JoinError>, driving: &mut HashSet<i64>) -> Option<String> {
     match done {
         Ok((run_id, dag, result)) => {
             driving.remove(&run_id);
@@ -290,8 +306,29 @@ fn finished(done: Result<Driven, tokio::task::JoinError>, driving: &mut HashSet<
                 Ok(RunOutcome::Interrupted) => tracing::info!(dag = %dag, run = run_id, "stopped driving the run"),
                 Err(e) => tracing::error!(dag = %dag, run = run_id, "driving the run failed: {e}"),
             }
+            Some(dag)
         }
-        Err(e) => tracing::error!("a run driver ended abnormally: {e}"),
+        Err(e) => {
+            tracing::error!("a run driver ended abnormally: {e}");
+            None
+        }
+    }
+}
+
+/// What the last pass left waiting for a run to end: the end of one of
+/// their runs makes the next pass at once instead of at the poll.
+#[derive(Default)]
+struct Waiting {
+    /// DAGs with queued runs held by `max_active_runs`, or with due
+    /// intervals held by it.
+    dags: HashSet<String>,
+    /// Whether a DAG is scheduled on assets: any run may update one.
+    assets: bool,
+}
+
+impl Waiting {
+    fn wants(&self, dag: &str) -> bool {
+        self.assets || self.dags.contains(dag)
     }
 }
 
@@ -346,8 +383,9 @@ async fn tick(
     stop: &Stop,
     drivers: &mut JoinSet<Driven>,
     driving: &mut HashSet<i64>,
-) -> Result<(), crate::state::StateError> {
+) -> Result<Waiting, crate::state::StateError> {
     let now = Utc::now();
+    let mut waiting = Waiting { dags: HashSet::new(), assets: set.dags.values().any(|d| d.assets.is_some()) };
     let paused = store.paused_dags().await?;
     let is_paused = |id: &str| paused.get(id).copied().unwrap_or(false);
     let active = store.active_runs().await?;
@@ -365,6 +403,7 @@ async fn tick(
         }
         let room = (dag.max_active_runs as usize).saturating_sub(active_count.get(dag.dag_id.as_str()).copied().unwrap_or(0));
         if room == 0 {
+            waiting.dags.insert(dag.dag_id.clone());
             continue;
         }
         for iv in plan::due(dag, last.get(&dag.dag_id).copied(), now, room) {
@@ -407,8 +446,11 @@ async fn tick(
         })
         .collect();
     let started: HashSet<i64> = store.start_queued_runs(&queued).await?.into_iter().collect();
-    for r in active.iter().filter(|r| started.contains(&r.run_id)) {
-        tracing::info!(dag = %r.dag_id, run = r.run_id, "run started");
+    for q in &queued {
+        match started.contains(&q.run_id) {
+            true => tracing::info!(dag = %q.dag_id, run = q.run_id, "run started"),
+            false => _ = waiting.dags.insert(q.dag_id.to_string()),
+        }
     }
 
     // 3. Drive every running run of a known DAG.
@@ -431,5 +473,5 @@ async fn tick(
             (run_id, dag_id, res)
         });
     }
-    Ok(())
+    Ok(waiting)
 }

@@ -15,6 +15,7 @@ use super::decide::{Past, decide, past_allows, past_failed};
 use super::{Observer, RunEvent, RunOutcome, Runner, TryReport, exec, notice};
 use crate::dag::{Dag, Task};
 use crate::state::chain::ForeseenClaim;
+use crate::state::open::OpenStart;
 use crate::state::{ClaimSpec, Claimed, RunRow, RunState, StateError, TiRow, TiState};
 
 /// What a driver step decided.
@@ -45,6 +46,9 @@ pub(super) struct Driver<'r> {
     /// Cancelled when the run is to start nothing new (a drain): a try's
     /// end then claims nothing either.
     drain: CancellationToken,
+    /// The state a try's end finished the run in ([`Chained`]): the step
+    /// that sees every instance done records nothing more.
+    finished: Option<RunState>,
 }
 
 /// What a try's success will lead to, worked out when the try starts,
@@ -66,12 +70,19 @@ pub struct Chained {
     pub claimed: Vec<Claimed>,
     /// The run's states after the end and the decisions (before the claim).
     tis: Vec<TiRow>,
+    /// The state the run was finished in with the end.
+    finished: Option<RunState>,
 }
 
 impl Ahead {
     /// What the driver is told when the claim was made as foreseen.
     pub fn chained(self, claimed: Vec<Claimed>) -> Chained {
-        Chained { decisions: self.claim.decisions, claimed, tis: self.tis }
+        Chained { decisions: self.claim.decisions, claimed, tis: self.tis, finished: None }
+    }
+
+    /// What the driver is told when the run was finished with the end.
+    pub fn finished(self) -> Chained {
+        Chained { decisions: self.claim.decisions, claimed: Vec::new(), tis: self.tis, finished: self.claim.finish }
     }
 }
 
@@ -80,7 +91,6 @@ impl<'r> Driver<'r> {
         runner: &'r Runner,
         dag: Arc<Dag>,
         run: RunRow,
-        prev_success: Option<crate::template::PrevSuccess>,
         drain: CancellationToken,
     ) -> Self {
         Driver {
@@ -92,10 +102,35 @@ impl<'r> Driver<'r> {
             local: HashSet::new(),
             last_reap: tokio::time::Instant::now() - runner.heartbeat_every,
             blocked_said: false,
-            prev_success,
+            prev_success: None,
             fresh: None,
             drain,
+            finished: None,
         }
+    }
+
+    /// Opens the run in one statement ([`crate::state::Store::open_run`]):
+    /// syncs its instances with the DAG and reads the DAG's previous
+    /// success; claims and starts the first tries when the run is as a run
+    /// nothing has touched yet (every task pending), else reads its states
+    /// for the first step.
+    pub(super) async fn open(&mut self, observer: &mut dyn Observer) -> Result<(), StateError> {
+        let first = self.foresee_open();
+        let run = &self.run;
+        let opened =
+            self.runner.store.open_run(run.run_id, &self.dag, run.logical_date, &self.runner.worker.id, first.as_ref().map(|a| &a.claim)).await?;
+        self.prev_success = opened.prev_success;
+        match (opened.start, first) {
+            (OpenStart::States(tis), _) => self.fresh = Some(tis),
+            (OpenStart::Claimed(claimed), Some(Ahead { claim, tis, .. })) => {
+                report_decisions(observer, &claim.decisions);
+                self.fresh = self.start(observer, claimed, Some(tis));
+            }
+            (OpenStart::Decided, Some(Ahead { claim, .. })) => report_decisions(observer, &claim.decisions),
+            // Claims are only made when foreseen.
+            (OpenStart::Claimed(_) | OpenStart::Decided, None) => {}
+        }
+        Ok(())
     }
 
     /// Stops the tries running here (they are requeued).
@@ -134,7 +169,8 @@ impl<'r> Driver<'r> {
                     observer.event(&RunEvent::Finished(report));
                     // Its end claimed what it led to: start that now.
                     if let Some(chained) = chained {
-                        let Chained { decisions, claimed, tis } = *chained;
+                        let Chained { decisions, claimed, tis, finished } = *chained;
+                        self.finished = self.finished.or(finished);
                         report_decisions(observer, &decisions);
                         let tis = self.start(observer, claimed, Some(tis));
                         self.fresh = tis.filter(|_| current);
@@ -172,9 +208,14 @@ impl<'r> Driver<'r> {
         }
         if all_done && self.tries.is_empty() {
             self.write_decisions(&decisions, observer).await?;
-            let ok = tis.iter().all(|t| matches!(t.state, TiState::Success | TiState::Skipped | TiState::Removed));
+            let ok = run_succeeds(&tis);
             let state = if ok { RunState::Success } else { RunState::Failed };
-            if store.finish_run(run_id, state).await? {
+            // Finished with its last try's end, or now.
+            let finished_here = match self.finished.take() {
+                Some(_) => true,
+                None => store.finish_run(run_id, state).await?,
+            };
+            if finished_here {
                 notice::notify_run(self.runner, &self.dag, &self.run, state, None).await;
             }
             observer.event(&RunEvent::RunFinished { state });
@@ -345,7 +386,7 @@ impl<'r> Driver<'r> {
     /// notices, or when it claims nothing.
     fn foresee(&self, tis: &[TiRow], task_id: &str) -> Option<Ahead> {
         let dag = &self.dag;
-        if dag.dagrun_timeout.is_some() || dag.depends_on_past() || self.drain.is_cancelled() {
+        if !self.may_foresee() {
             return None;
         }
         // Notices are sent after the end is recorded: the tries claimed
@@ -358,9 +399,57 @@ impl<'r> Driver<'r> {
         }
         let mut after = tis.to_vec();
         after.iter_mut().find(|t| t.task_id == task_id)?.state = TiState::Success;
+        self.ahead(after)
+    }
+
+    /// The first claim of a run nothing has touched yet: every task of the
+    /// DAG pending.
+    fn foresee_open(&self) -> Option<Ahead> {
+        if !self.may_foresee() {
+            return None;
+        }
+        let dag = &self.dag;
+        let fresh = dag
+            .topo
+            .iter()
+            .map(|&i| TiRow {
+                task_id: dag.tasks[i].id.clone(),
+                state: TiState::Pending,
+                try_number: 0,
+                max_tries: dag.tasks[i].retries as i32 + 1,
+                worker_id: None,
+                next_try_at: None,
+                started_at: None,
+                ended_at: None,
+                error: None,
+                error_kind: None,
+                output: None,
+                notice: None,
+            })
+            .collect();
+        // (A run opened is never finished by its opening.)
+        self.ahead(fresh).filter(|a| a.claim.finish.is_none())
+    }
+
+    /// Whether a claim may be worked out ahead: not for a run with a
+    /// deadline or waiting for its predecessors, nor while draining.
+    fn may_foresee(&self) -> bool {
+        !(self.dag.dagrun_timeout.is_some() || self.dag.depends_on_past() || self.drain.is_cancelled())
+    }
+
+    /// The claim that the run's states `after` lead to, if one can be made
+    /// without the pools' choice; nothing of the run may be running.
+    fn ahead(&self, mut after: Vec<TiRow>) -> Option<Ahead> {
+        let dag = &self.dag;
         let expect: Vec<(String, TiState)> = after.iter().map(|t| (t.task_id.clone(), t.state)).collect();
         let decisions = decide(dag, &after, &Past::new());
         apply_locally(&mut after, &decisions);
+        // The last end of the run: it finishes the run.
+        if after.iter().all(|t| t.state.is_terminal()) {
+            let finish = Some(if run_succeeds(&after) { RunState::Success } else { RunState::Failed });
+            let claim = ForeseenClaim { expect, decisions, limit: 0, max_active: 0, tasks: HashMap::new(), upstream: Vec::new(), mapped: Vec::new(), finish };
+            return Some(Ahead { claim, tis: after, drain: self.drain.clone() });
+        }
         let slots = (dag.max_active_tasks as usize).min(self.runner.parallelism);
         let candidates = claim_candidates(dag, &after, Utc::now(), slots);
         if slots == 0
@@ -379,6 +468,7 @@ impl<'r> Driver<'r> {
             tasks,
             upstream: owned(reads.upstream),
             mapped: owned(reads.mapped),
+            finish: None,
         };
         Some(Ahead { claim, tis: after, drain: self.drain.clone() })
     }
@@ -480,6 +570,11 @@ fn report_decisions(observer: &mut dyn Observer, decisions: &[(String, TiState)]
 
 fn until(t: DateTime<Utc>) -> Duration {
     (t - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// Whether a run whose instances are all done succeeded.
+fn run_succeeds(tis: &[TiRow]) -> bool {
+    tis.iter().all(|t| matches!(t.state, TiState::Success | TiState::Skipped | TiState::Removed))
 }
 
 fn is_ready(t: &TiRow, now: DateTime<Utc>) -> bool {

@@ -211,6 +211,7 @@ async fn store_end_and_claim(runner: &Runner, run: &RunRow, claimed: &Claimed, e
     match runner.store.finish_and_claim(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end, &next.claim).await {
         Ok(ChainEnd::Claimed(tries)) => Some(Recorded::Chained(next.chained(tries))),
         Ok(ChainEnd::Decided) => Some(Recorded::Chained(next.chained(Vec::new()))),
+        Ok(ChainEnd::Finished) => Some(Recorded::Chained(next.finished())),
         Ok(ChainEnd::Ended) => Some(Recorded::States(None)),
         Ok(ChainEnd::Lost) => {
             tracing::warn!("{CLAIM_LOST}");

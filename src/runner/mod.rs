@@ -256,7 +256,7 @@ impl Runner {
         stop: Stop,
     ) -> Result<RunOutcome, RunnerError> {
         // Ride out an unreachable state store before the first claim, too.
-        let (run, prev_success) = loop {
+        let mut d = loop {
             let begin = async {
                 let mut run = match known.take() {
                     Some(run) => run,
@@ -266,11 +266,12 @@ impl Runner {
                     self.store.start_run(run_id).await?;
                     run = self.store.run(run_id).await?.ok_or(RunnerError::NoRun(run_id))?;
                 }
-                let prev = self.store.previous_success(&dag.dag_id, run.logical_date).await?;
-                // Always: a file edited and edited back has the run's
-                // original hash, but instances of the edit to remove.
-                self.store.sync_task_instances(run_id, &dag).await?;
-                Ok::<_, RunnerError>((run, prev))
+                // Always syncs the instances: a file edited and edited back
+                // has the run's original hash, but instances of the edit to
+                // remove.
+                let mut d = driver::Driver::new(self, dag.clone(), run, stop.drain.clone());
+                d.open(observer).await?;
+                Ok::<_, RunnerError>(d)
             };
             match begin.await {
                 Ok(started) => break started,
@@ -285,7 +286,6 @@ impl Runner {
                 Err(e) => return Err(e),
             }
         };
-        let mut d = driver::Driver::new(self, dag, run, prev_success, stop.drain.clone());
         let mut stopping = false;
         let mut interrupted = false;
         // While the state store is unreachable: when it failed first, and the

@@ -1,9 +1,10 @@
 //! A chain's step in one round trip: the end of a try with the claim its
-//! success leads to, worked out ahead by the driver (migration 0010).
+//! success leads to, worked out ahead by the driver (migration 0010), or
+//! with the run's end when it is the last (migration 0012).
 
 use std::collections::HashMap;
 
-use super::{ClaimArrays, ClaimSpec, Claimed, StateError, Store, TiState, TryEnd, bind_end, claimed_of, split_decisions};
+use super::{ClaimArrays, ClaimSpec, Claimed, RunState, StateError, Store, TiState, TryEnd, bind_end, claimed_of, split_decisions};
 
 /// A claim worked out when a try started, for its success.
 #[derive(Debug, Clone)]
@@ -21,6 +22,9 @@ pub struct ForeseenClaim {
     /// The outputs the claimed tries read.
     pub upstream: Vec<String>,
     pub mapped: Vec<String>,
+    /// The run's state when the success leaves every instance done: the
+    /// run is then finished with the end, and nothing claimed.
+    pub finish: Option<RunState>,
 }
 
 /// What [`Store::finish_and_claim`] did.
@@ -35,6 +39,9 @@ pub enum ChainEnd {
     Decided,
     /// The end and the decisions are recorded, and these tries claimed.
     Claimed(Vec<Claimed>),
+    /// The end and the decisions are recorded, and the run finished in
+    /// the state foreseen.
+    Finished,
 }
 
 impl Store {
@@ -56,7 +63,7 @@ impl Store {
         let query = sqlx::query(
             "SELECT outcome, task_id, try_number, max_tries, poking_since, outputs
              FROM finish_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                   $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)",
+                                   $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)",
         );
         let rows = bind_end(query, run_id, task_id, try_number, worker, end)
             .bind(&expect_ids)
@@ -71,12 +78,14 @@ impl Store {
             .bind(&states)
             .bind(&next.upstream)
             .bind(&next.mapped)
+            .bind(next.finish)
             .fetch_all(&self.pool)
             .await?;
         let outcome: Option<String> = rows.first().map(|r| sqlx::Row::get(r, "outcome"));
         Ok(match outcome.as_deref() {
             Some("claimed") => ChainEnd::Claimed(claimed_of(rows)),
             Some("decided") => ChainEnd::Decided,
+            Some("finished") => ChainEnd::Finished,
             Some("lost") => ChainEnd::Lost,
             _ => ChainEnd::Ended,
         })

@@ -29,6 +29,7 @@ use crate::dag::schedule::DataInterval;
 pub mod assets;
 pub mod chain;
 pub mod daemon;
+pub mod open;
 pub mod pools;
 pub mod types;
 pub mod web;
@@ -370,25 +371,6 @@ impl Store {
         Ok(row.map(|r| (r.get("dag_hash"), r.get("source"))))
     }
 
-    /// Adds task instances for tasks added to the DAG since the run was
-    /// created, and marks instances of tasks no longer in the DAG `removed`.
-    pub async fn sync_task_instances(&self, run_id: i64, dag: &Dag) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
-        insert_task_instances(&mut tx, &[(run_id, dag)]).await?;
-        let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
-        sqlx::query(
-            "UPDATE task_instances SET state = 'removed', ended_at = now()
-             WHERE run_id = $1 AND NOT (task_id = ANY($2)) AND state NOT IN ('running', 'removed')
-               AND NOT (task_id LIKE '%]' AND split_part(task_id, '[', 1) = ANY($2))",
-        )
-        .bind(run_id)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     pub async fn run(&self, run_id: i64) -> Result<Option<RunRow>, StateError> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!("{RUN_SELECT} WHERE run_id = $1"))).bind(run_id).fetch_optional(&self.pool).await?)
     }
@@ -443,24 +425,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
-    }
-
-    /// The DAG's latest successful run with an earlier logical date than
-    /// `before`, for the `prev_*_success` template names.
-    pub async fn previous_success(&self, dag_id: &str, before: DateTime<Utc>) -> Result<Option<crate::template::PrevSuccess>, StateError> {
-        let row = sqlx::query(
-            "SELECT data_interval_start, data_interval_end, started_at FROM dag_runs
-             WHERE dag_id = $1 AND logical_date < $2 AND state = 'success' ORDER BY logical_date DESC LIMIT 1",
-        )
-        .bind(dag_id)
-        .bind(before)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| crate::template::PrevSuccess {
-            interval_start: r.get("data_interval_start"),
-            interval_end: r.get("data_interval_end"),
-            started_at: r.get("started_at"),
-        }))
     }
 
     /// Creates (or, after a clear, resets) the `n` instances of a mapped
@@ -1042,6 +1006,32 @@ async fn insert_run(
     Ok(Some(run))
 }
 
+/// A DAG's task instances as the state store's columns: in topological
+/// order, which is their claim priority.
+#[derive(Default)]
+struct InstanceArrays<'a> {
+    ids: Vec<&'a str>,
+    prio: Vec<i32>,
+    max: Vec<i32>,
+    pool: Vec<Option<&'a str>>,
+    pool_slots: Vec<i32>,
+    weight: Vec<i32>,
+}
+
+impl<'a> InstanceArrays<'a> {
+    fn push(&mut self, dag: &'a Dag) {
+        for (pos, &i) in dag.topo.iter().enumerate() {
+            let t = &dag.tasks[i];
+            self.ids.push(t.id.as_str());
+            self.prio.push(pos as i32);
+            self.max.push(t.retries as i32 + 1);
+            self.pool.push(t.pool.as_ref().map(|p| p.pool.as_str()));
+            self.pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
+            self.weight.push(t.priority_weight);
+        }
+    }
+}
+
 /// Inserts the missing task instances of runs, pending, each from its DAG.
 async fn insert_task_instances(tx: &mut sqlx::PgConnection, runs: &[(i64, &Dag)]) -> Result<(), StateError> {
     let n: usize = runs.iter().map(|(_, d)| d.tasks.len()).sum();
@@ -1049,24 +1039,12 @@ async fn insert_task_instances(tx: &mut sqlx::PgConnection, runs: &[(i64, &Dag)]
         return Ok(());
     }
     let mut run_ids = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    let mut prio = Vec::with_capacity(n);
-    let mut max = Vec::with_capacity(n);
-    let mut pool = Vec::with_capacity(n);
-    let mut pool_slots = Vec::with_capacity(n);
-    let mut weight = Vec::with_capacity(n);
+    let mut all = InstanceArrays::default();
     for (run_id, dag) in runs {
-        for (pos, &i) in dag.topo.iter().enumerate() {
-            let t = &dag.tasks[i];
-            run_ids.push(*run_id);
-            ids.push(t.id.as_str());
-            prio.push(pos as i32);
-            max.push(t.retries as i32 + 1);
-            pool.push(t.pool.as_ref().map(|p| p.pool.as_str()));
-            pool_slots.push(t.pool.as_ref().map_or(1, |p| p.slots));
-            weight.push(t.priority_weight);
-        }
+        run_ids.extend(std::iter::repeat_n(*run_id, dag.tasks.len()));
+        all.push(dag);
     }
+    let InstanceArrays { ids, prio, max, pool, pool_slots, weight } = all;
     sqlx::query(
         "INSERT INTO task_instances (run_id, task_id, state, priority, max_tries, pool, pool_slots, priority_weight)
          SELECT u.run_id, u.task_id, 'pending', u.priority, u.max_tries, u.pool, u.pool_slots, u.priority_weight

@@ -133,3 +133,24 @@ tasks:
     let pid: i32 = std::fs::read_to_string(p.path().join("long.pid")).unwrap().trim().parse().unwrap();
     crate::harness::wait_until("the timed-out task's process to end", Duration::from_secs(20), || !process_alive(pid));
 });
+
+// A run finished by its last try's end (in the statement that records the
+// end) still sends its run-level notice, once.
+sluice_test!(a_run_finished_with_its_last_end_still_notifies, |p| {
+    let stub = HttpStub::start(|_, _, _| (200, "{}".into()));
+    p.set_env("SLUICE_VAR_HOOK", &stub.url);
+    p.write(
+        "dags/quiet.yaml",
+        r#"
+on_success:
+  - webhook: "{{ var.hook }}/run"
+tasks:
+  - { id: a, type: shell, command: "true" }
+  - { id: b, type: shell, command: "true", depends_on: [a] }
+"#,
+    );
+    p.sluice(&["run", "quiet"]).ok();
+    let ran = bodies(&stub, "/run");
+    assert_eq!(ran.len(), 1);
+    assert_eq!((ran[0]["event"].as_str(), ran[0]["state"].as_str()), (Some("run_success"), Some("success")));
+});

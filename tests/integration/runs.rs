@@ -367,11 +367,52 @@ tasks:
     assert_eq!(std::fs::read_to_string(p.path().join("t3.txt")).unwrap(), "0\n");
     // The backends' statistics are written when they end (with the run).
     let calls = |f: &str| p.count(&format!("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = '{f}'"));
-    wait_until("the run's function statistics", Duration::from_secs(30), || calls("finish_and_claim") >= 3);
-    // t1, t2 and t3 each claimed their successor; t4's end claims nothing.
-    assert_eq!(calls("finish_and_claim"), 3);
-    // claim_tries: t1's own claim and the three made through finish_and_claim.
+    wait_until("the run's function statistics", Duration::from_secs(30), || calls("finish_and_claim") >= 4);
+    // t1, t2 and t3 each claimed their successor; t4's end finished the run.
+    assert_eq!(calls("finish_and_claim"), 4);
+    assert_eq!(p.state_sql("SELECT state FROM dag_runs"), vec!["success".to_string()]);
+    // claim_tries: t1's claim, made with the run's opening (open_run), and
+    // the three made through finish_and_claim.
     assert_eq!(calls("claim_tries"), 4);
+    assert_eq!(calls("open_run"), 1);
+    // open_run claimed t1 itself: its time includes a nested call.
+    let nested = p.count("SELECT count(*) FROM pg_stat_user_functions WHERE funcname = 'open_run' AND total_time > self_time");
+    assert_eq!(nested, 1, "the run's opening did not claim its first task");
+});
+
+// A run that is not as a new run (some tasks done) is opened without the
+// foreseen first claim: the opening reads its states, and the driver's
+// first step claims from them.
+sluice_test!(a_resumed_run_is_opened_from_its_states, |p| {
+    let url = p.own_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    crate::harness::psql(&crate::harness::db_url(), &format!("ALTER DATABASE {db} SET track_functions = 'pl'"));
+    p.write(
+        "dags/resume.yaml",
+        r#"
+tasks:
+  - { id: ok, type: shell, command: "echo ok >> ran.txt" }
+  - { id: bad, type: shell, command: "test -f fixed && echo bad >> ran.txt" }
+  - { id: down, type: shell, command: "echo down >> ran.txt", depends_on: [bad] }
+"#,
+    );
+    p.sluice(&["run", "resume"]).code(1);
+    let run = p.last_run("resume");
+    std::fs::write(p.path().join("fixed"), "").unwrap();
+    p.sluice(&["tasks", "clear", "resume", "--run", &run.to_string(), "--only-failed"]).ok();
+    let calls = |f: &str| p.count(&format!("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = '{f}'"));
+    wait_until("the first run's function statistics", Duration::from_secs(30), || calls("open_run") >= 1);
+    crate::harness::psql(&url, "SELECT pg_stat_reset()");
+    p.sluice(&["run", "resume", "--resume", &run.to_string()]).ok();
+    wait_until("the resume's function statistics", Duration::from_secs(30), || calls("open_run") >= 1);
+    assert_eq!(calls("open_run"), 1);
+    let nested = p.count("SELECT count(*) FROM pg_stat_user_functions WHERE funcname = 'open_run' AND total_time > self_time");
+    assert_eq!(nested, 0, "the opening of a resumed run claimed as for a new run");
+    let s = p.states(run);
+    assert_eq!(s["ok"], ("success".into(), 1));
+    assert_eq!(s["bad"], ("success".into(), 2));
+    assert_eq!(s["down"], ("success".into(), 1));
+    assert_eq!(std::fs::read_to_string(p.path().join("ran.txt")).unwrap(), "ok\nbad\ndown\n");
 });
 
 // A claim worked out ahead is made only if the run is as foreseen: here a
