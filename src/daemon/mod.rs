@@ -1,7 +1,8 @@
 //! `sluice daemon`: creates scheduled runs and runs their tasks.
 //!
-//! Each loop (woken by tokio-cron-scheduler at a DAG's tick, and at least
-//! every `poll` interval):
+//! Each pass (at a DAG's interval end, woken by tokio-cron-scheduler and
+//! by the loop's own timer; when a run ends that a DAG waits for, to start
+//! the next; and at least every `poll` interval):
 //!
 //! 1. re-reads changed DAG files; a broken edit keeps the last good version;
 //! 2. creates the due scheduled runs, decided from the state store
@@ -30,7 +31,7 @@ use crate::connections::Connections;
 use crate::dag::Dag;
 use crate::runner::{RunOutcome, Runner, Stop};
 use crate::state::daemon::QueuedRun;
-use crate::state::{RunState, RunType, Store};
+use crate::state::{RunRow, RunState, RunType, Store};
 use crate::template::Templates;
 
 pub mod http;
@@ -411,14 +412,8 @@ async fn tick(
             due.push((dag.as_ref(), iv, serde_json::Value::Object(params)));
         }
     }
-    // An interval that has a run already was made by another daemon (or a
-    // backfill) first: exactly one run per interval.
-    for run in store.create_scheduled_runs(&due).await? {
-        metrics.runs_created.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(dag = %run.dag_id, run = run.run_id, logical_date = %run.logical_date, "scheduled run created");
-    }
-
     // 1b. Runs of DAGs scheduled on assets that were updated.
+    let mut queued_rows: Vec<RunRow> = Vec::new();
     for dag in set.dags.values().filter(|d| d.assets.is_some()) {
         if is_paused(&dag.dag_id) || active_count.get(dag.dag_id.as_str()).copied().unwrap_or(0) >= dag.max_active_runs as usize {
             continue;
@@ -427,14 +422,18 @@ async fn tick(
         if let Some(run) = store.create_asset_run(dag, &params).await? {
             metrics.runs_created.fetch_add(1, Ordering::Relaxed);
             tracing::info!(dag = %dag.dag_id, run = run.run_id, "run created: its assets were updated");
+            queued_rows.push(run);
         }
     }
 
-    // 2. Start queued runs (scheduled and triggered; backfills start their own).
-    let active = store.active_runs().await?;
-    let queued: Vec<QueuedRun> = active
+    // 2. Create the due runs and start queued runs (scheduled, triggered,
+    // asset-triggered; backfills start their own), in one transaction. An
+    // interval that has a run already was made by another daemon (or a
+    // backfill) first: exactly one run per interval.
+    queued_rows.extend(active.iter().filter(|r| r.state == RunState::Queued).cloned());
+    let queued: Vec<QueuedRun> = queued_rows
         .iter()
-        .filter(|r| r.state == RunState::Queued && r.run_type != RunType::Backfill && !is_paused(&r.dag_id))
+        .filter(|r| r.run_type != RunType::Backfill && !is_paused(&r.dag_id))
         .filter_map(|r| {
             let d = set.dags.get(&r.dag_id)?;
             Some(QueuedRun {
@@ -445,17 +444,25 @@ async fn tick(
             })
         })
         .collect();
-    let started: HashSet<i64> = store.start_queued_runs(&queued).await?.into_iter().collect();
-    for q in &queued {
-        match started.contains(&q.run_id) {
-            true => tracing::info!(dag = %q.dag_id, run = q.run_id, "run started"),
-            false => _ = waiting.dags.insert(q.dag_id.to_string()),
+    let (created, started) = store.create_and_start_runs(&due, &queued).await?;
+    for run in &created {
+        metrics.runs_created.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(dag = %run.dag_id, run = run.run_id, logical_date = %run.logical_date, "scheduled run created");
+    }
+    let started_ids: HashSet<i64> = started.iter().map(|r| r.run_id).collect();
+    for r in &started {
+        tracing::info!(dag = %r.dag_id, run = r.run_id, "run started");
+    }
+    // A run left queued waits for one of its DAG's runs to end.
+    for (dag, run) in created.iter().map(|r| (r.dag_id.as_str(), r.run_id)).chain(queued.iter().map(|q| (q.dag_id, q.run_id))) {
+        if !started_ids.contains(&run) {
+            waiting.dags.insert(dag.to_string());
         }
     }
 
     // 3. Drive every running run of a known DAG.
-    let active = store.active_runs().await?;
-    for r in active.into_iter().filter(|r| r.state == RunState::Running) {
+    let running = active.into_iter().filter(|r| r.state == RunState::Running).chain(started);
+    for r in running {
         if driving.contains(&r.run_id) || stop.drain.is_cancelled() {
             continue;
         }

@@ -87,12 +87,7 @@ impl Ahead {
 }
 
 impl<'r> Driver<'r> {
-    pub(super) fn new(
-        runner: &'r Runner,
-        dag: Arc<Dag>,
-        run: RunRow,
-        drain: CancellationToken,
-    ) -> Self {
+    pub(super) fn new(runner: &'r Runner, dag: Arc<Dag>, run: RunRow, drain: CancellationToken) -> Self {
         Driver {
             runner,
             dag,
@@ -117,8 +112,11 @@ impl<'r> Driver<'r> {
     pub(super) async fn open(&mut self, observer: &mut dyn Observer) -> Result<(), StateError> {
         let first = self.foresee_open();
         let run = &self.run;
-        let opened =
-            self.runner.store.open_run(run.run_id, &self.dag, run.logical_date, &self.runner.worker.id, first.as_ref().map(|a| &a.claim)).await?;
+        let opened = self
+            .runner
+            .store
+            .open_run(run.run_id, &self.dag, run.logical_date, &self.runner.worker.id, first.as_ref().map(|a| &a.claim))
+            .await?;
         self.prev_success = opened.prev_success;
         match (opened.start, first) {
             (OpenStart::States(tis), _) => self.fresh = Some(tis),
@@ -447,7 +445,16 @@ impl<'r> Driver<'r> {
         // The last end of the run: it finishes the run.
         if after.iter().all(|t| t.state.is_terminal()) {
             let finish = Some(if run_succeeds(&after) { RunState::Success } else { RunState::Failed });
-            let claim = ForeseenClaim { expect, decisions, limit: 0, max_active: 0, tasks: HashMap::new(), upstream: Vec::new(), mapped: Vec::new(), finish };
+            let claim = ForeseenClaim {
+                expect,
+                decisions,
+                limit: 0,
+                max_active: 0,
+                tasks: HashMap::new(),
+                upstream: Vec::new(),
+                mapped: Vec::new(),
+                finish,
+            };
             return Some(Ahead { claim, tis: after, drain: self.drain.clone() });
         }
         let slots = (dag.max_active_tasks as usize).min(self.runner.parallelism);

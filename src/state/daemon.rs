@@ -37,6 +37,7 @@ pub struct RunningTry {
 }
 
 /// A queued run the daemon would start, with what its DAG's limit needs.
+#[derive(Clone)]
 pub struct QueuedRun<'a> {
     pub dag_id: &'a str,
     pub max_active_runs: i64,
@@ -62,89 +63,37 @@ impl Store {
             .await?)
     }
 
-    /// Creates the due scheduled runs of one daemon pass, queued, with their
-    /// task instances, in one transaction (a pass after a minute boundary
-    /// may have a hundred). An interval that has a run already (another
-    /// daemon's, a backfill's) is skipped: one run per interval.
-    pub async fn create_scheduled_runs(&self, due: &[(&Dag, DataInterval, Value)]) -> Result<Vec<RunRow>, StateError> {
-        if due.is_empty() {
-            return Ok(Vec::new());
+    /// One daemon pass's writes, in one transaction: creates the due
+    /// scheduled runs, queued, with their task instances (a pass after a
+    /// minute boundary may have a hundred), then starts them and the
+    /// `queued` runs, each while its DAG has fewer than its
+    /// `max_active_runs` running, oldest first. An interval that has a run
+    /// already (another daemon's, a backfill's) is skipped: one run per
+    /// interval. Returns the runs created and the runs started.
+    pub async fn create_and_start_runs(
+        &self,
+        due: &[(&Dag, DataInterval, Value)],
+        queued: &[QueuedRun<'_>],
+    ) -> Result<(Vec<RunRow>, Vec<RunRow>), StateError> {
+        if due.is_empty() && queued.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut tx = self.pool().begin().await?;
-        let created: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash)
-             SELECT u.dag_id, 'scheduled', u.start_at, u.start_at, u.end_at, u.conf, 'queued', u.dag_hash
-             FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::jsonb[], $5::text[]) AS u(dag_id, start_at, end_at, conf, dag_hash)
-             ON CONFLICT (dag_id, logical_date) DO NOTHING
-             RETURNING {RUN_COLUMNS}"
-        )))
-        .bind(due.iter().map(|(d, _, _)| d.dag_id.as_str()).collect::<Vec<_>>())
-        .bind(due.iter().map(|(_, iv, _)| iv.start).collect::<Vec<_>>())
-        .bind(due.iter().map(|(_, iv, _)| iv.end).collect::<Vec<_>>())
-        .bind(due.iter().map(|(_, _, c)| c).collect::<Vec<_>>())
-        .bind(due.iter().map(|(d, _, _)| d.file_hash.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
+        let created = create_scheduled_runs(&mut tx, due).await?;
         let dag_of: HashMap<&str, &Dag> = due.iter().map(|(d, _, _)| (d.dag_id.as_str(), *d)).collect();
-        let runs: Vec<(i64, &Dag)> = created.iter().filter_map(|r| Some((r.run_id, *dag_of.get(r.dag_id.as_str())?))).collect();
-        insert_task_instances(&mut tx, &runs).await?;
-        let mut versions: Vec<&Dag> = runs.iter().map(|(_, d)| *d).collect();
-        versions.sort_by(|a, b| a.dag_id.cmp(&b.dag_id));
-        versions.dedup_by(|a, b| a.dag_id == b.dag_id);
-        insert_dag_versions(&mut tx, &versions).await?;
+        let mut to_start: Vec<QueuedRun> = queued.to_vec();
+        to_start.extend(created.iter().filter_map(|r| {
+            let d = dag_of.get(r.dag_id.as_str())?;
+            Some(QueuedRun {
+                dag_id: &r.dag_id,
+                max_active_runs: d.max_active_runs as i64,
+                depends_on_past: d.depends_on_past(),
+                run_id: r.run_id,
+            })
+        }));
+        let started = start_queued_runs(&mut tx, &to_start).await?;
         tx.commit().await?;
-        Ok(created)
-    }
-
-    /// Moves queued runs to running, each while its DAG has fewer than its
-    /// `max_active_runs` running, oldest first. Serialized per DAG by
-    /// advisory locks (taken in name order), so several daemons never
-    /// exceed a limit. Returns the runs started.
-    ///
-    /// One exception to the limit: in a DAG whose runs wait for their
-    /// predecessors, a queued run older than every running run starts at
-    /// once. It is a run cleared after the later ones started, and they may
-    /// all be waiting for it: holding it back for a free slot would hold
-    /// the DAG forever.
-    pub async fn start_queued_runs(&self, queued: &[QueuedRun<'_>]) -> Result<Vec<i64>, StateError> {
-        if queued.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut limits: Vec<(&str, i64, bool)> = queued.iter().map(|q| (q.dag_id, q.max_active_runs, q.depends_on_past)).collect();
-        limits.sort();
-        limits.dedup_by(|a, b| a.0 == b.0);
-        let dags: Vec<&str> = limits.iter().map(|(d, _, _)| *d).collect();
-        let mut tx = self.pool().begin().await?;
-        // Its own statement: the next one's snapshot sees every start
-        // committed before the locks were granted.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-run-start:' || d)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(d, n) ORDER BY n")
-            .bind(&dags)
-            .execute(&mut *tx)
-            .await?;
-        let started: Vec<i64> = sqlx::query_scalar(
-            "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $4::bool[]) AS l(dag_id, max_active, depends_on_past)),
-             running AS (
-                 SELECT dag_id, count(*) AS n, min(logical_date) AS oldest FROM dag_runs
-                 WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id
-             ),
-             cand AS (
-                 SELECT r.run_id, r.dag_id, r.logical_date, row_number() OVER (PARTITION BY r.dag_id ORDER BY r.logical_date, r.run_id) AS k
-                 FROM dag_runs r WHERE r.run_id = ANY($3) AND r.state = 'queued'
-             )
-             UPDATE dag_runs r SET state = 'running', started_at = COALESCE(r.started_at, now())
-             FROM cand JOIN lim USING (dag_id) LEFT JOIN running USING (dag_id)
-             WHERE r.run_id = cand.run_id
-               AND (cand.k <= lim.max_active - coalesce(running.n, 0) OR (lim.depends_on_past AND cand.logical_date < running.oldest))
-             RETURNING r.run_id",
-        )
-        .bind(&dags)
-        .bind(limits.iter().map(|(_, m, _)| *m).collect::<Vec<_>>())
-        .bind(queued.iter().map(|q| q.run_id).collect::<Vec<_>>())
-        .bind(limits.iter().map(|(_, _, o)| *o).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(started)
+        Ok((created, started))
     }
 
     /// Run and task counts for `/metrics`.
@@ -237,4 +186,87 @@ impl crate::resources::PipelineView for Store {
                 .collect())
         })
     }
+}
+
+/// Creates the due scheduled runs, queued, with their task instances and
+/// DAG versions.
+async fn create_scheduled_runs(tx: &mut sqlx::PgConnection, due: &[(&Dag, DataInterval, Value)]) -> Result<Vec<RunRow>, StateError> {
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let created: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, conf, state, dag_hash)
+         SELECT u.dag_id, 'scheduled', u.start_at, u.start_at, u.end_at, u.conf, 'queued', u.dag_hash
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::jsonb[], $5::text[]) AS u(dag_id, start_at, end_at, conf, dag_hash)
+         ON CONFLICT (dag_id, logical_date) DO NOTHING
+         RETURNING {RUN_COLUMNS}"
+    )))
+    .bind(due.iter().map(|(d, _, _)| d.dag_id.as_str()).collect::<Vec<_>>())
+    .bind(due.iter().map(|(_, iv, _)| iv.start).collect::<Vec<_>>())
+    .bind(due.iter().map(|(_, iv, _)| iv.end).collect::<Vec<_>>())
+    .bind(due.iter().map(|(_, _, c)| c).collect::<Vec<_>>())
+    .bind(due.iter().map(|(d, _, _)| d.file_hash.as_str()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let dag_of: HashMap<&str, &Dag> = due.iter().map(|(d, _, _)| (d.dag_id.as_str(), *d)).collect();
+    let runs: Vec<(i64, &Dag)> = created.iter().filter_map(|r| Some((r.run_id, *dag_of.get(r.dag_id.as_str())?))).collect();
+    insert_task_instances(&mut *tx, &runs).await?;
+    let mut versions: Vec<&Dag> = runs.iter().map(|(_, d)| *d).collect();
+    versions.sort_by(|a, b| a.dag_id.cmp(&b.dag_id));
+    versions.dedup_by(|a, b| a.dag_id == b.dag_id);
+    insert_dag_versions(&mut *tx, &versions).await?;
+    Ok(created)
+}
+
+/// Moves queued runs to running, each while its DAG has fewer than its
+/// `max_active_runs` running, oldest first. Serialized per DAG by advisory
+/// locks (taken in name order), so several daemons never exceed a limit.
+/// Returns the runs started.
+///
+/// One exception to the limit: in a DAG whose runs wait for their
+/// predecessors, a queued run older than every running run starts at once.
+/// It is a run cleared after the later ones started, and they may all be
+/// waiting for it: holding it back for a free slot would hold the DAG
+/// forever.
+async fn start_queued_runs(tx: &mut sqlx::PgConnection, queued: &[QueuedRun<'_>]) -> Result<Vec<RunRow>, StateError> {
+    if queued.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut limits: Vec<(&str, i64, bool)> = queued.iter().map(|q| (q.dag_id, q.max_active_runs, q.depends_on_past)).collect();
+    limits.sort();
+    limits.dedup_by(|a, b| a.0 == b.0);
+    let dags: Vec<&str> = limits.iter().map(|(d, _, _)| *d).collect();
+    // Its own statement: the next one's snapshot sees every start
+    // committed before the locks were granted.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('sluice-run-start:' || d)) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(d, n) ORDER BY n",
+    )
+    .bind(&dags)
+    .execute(&mut *tx)
+    .await?;
+    let returning: Vec<String> = RUN_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
+    let started: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH lim AS (SELECT * FROM UNNEST($1::text[], $2::bigint[], $4::bool[]) AS l(dag_id, max_active, depends_on_past)),
+         running AS (
+             SELECT dag_id, count(*) AS n, min(logical_date) AS oldest FROM dag_runs
+             WHERE state = 'running' AND dag_id = ANY($1) GROUP BY dag_id
+         ),
+         cand AS (
+             SELECT r.run_id, r.dag_id, r.logical_date, row_number() OVER (PARTITION BY r.dag_id ORDER BY r.logical_date, r.run_id) AS k
+             FROM dag_runs r WHERE r.run_id = ANY($3) AND r.state = 'queued'
+         )
+         UPDATE dag_runs r SET state = 'running', started_at = COALESCE(r.started_at, now())
+         FROM cand JOIN lim USING (dag_id) LEFT JOIN running USING (dag_id)
+         WHERE r.run_id = cand.run_id
+           AND (cand.k <= lim.max_active - coalesce(running.n, 0) OR (lim.depends_on_past AND cand.logical_date < running.oldest))
+         RETURNING {}",
+        returning.join(", ")
+    )))
+    .bind(&dags)
+    .bind(limits.iter().map(|(_, m, _)| *m).collect::<Vec<_>>())
+    .bind(queued.iter().map(|q| q.run_id).collect::<Vec<_>>())
+    .bind(limits.iter().map(|(_, _, o)| *o).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(started)
 }
