@@ -33,11 +33,15 @@ REPEAT="${REPEAT:-3}"
 workloads=("$@")
 [ ${#workloads[@]} -eq 0 ] && workloads=(w1 w2 w3 grade report web daemon)
 
-# PROFILE=lto measures the smallest binary (Cargo.toml) instead.
+# PROFILE=lto measures the smallest binary (Cargo.toml) instead; BIN=path
+# measures a binary built before (another commit's, to compare two builds
+# in turn on the same machine).
 PROFILE="${PROFILE:-release}"
-log "building sluice ($PROFILE)"
-cargo build --profile "$PROFILE" --locked -q --bins
-BIN="$CARGO_TARGET_DIR/$PROFILE/sluice"
+if [ -z "${BIN:-}" ]; then
+    log "building sluice ($PROFILE)"
+    cargo build --profile "$PROFILE" --locked -q --bins
+    BIN="$CARGO_TARGET_DIR/$PROFILE/sluice"
+fi
 
 start_postgres /var/tmp/sluice-bench-pg  # not under $HOME: as root, postgres could not enter it
 export SLUICE_DATABASE_URL="$PG_URL" SLUICE_SCHEMA="bench_state" SLUICE_CONN_WAREHOUSE="$PG_URL"

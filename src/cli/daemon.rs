@@ -44,7 +44,7 @@ fn parse_dur(s: &str) -> Result<std::time::Duration, String> {
 }
 
 pub async fn daemon(app: &App, args: DaemonArgs) -> Result<ExitCode> {
-    let store = app.store().await?;
+    let store = app.store_warm().await?;
     let (bag, conns) = app.load(true)?;
     for d in bag.errors() {
         tracing::error!("{d}");

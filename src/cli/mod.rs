@@ -229,6 +229,15 @@ impl App {
 
     /// Connects to the state store (migrating it on first use).
     pub async fn store(&self) -> Result<Store> {
+        self.open_store(false).await
+    }
+
+    /// [`App::store`] with a pool that stays open while idle (the daemon).
+    pub async fn store_warm(&self) -> Result<Store> {
+        self.open_store(true).await
+    }
+
+    async fn open_store(&self, warm: bool) -> Result<Store> {
         let Some(url) = &self.global.database_url else {
             return Err(ConfigError(
                 "no state database: set SLUICE_DATABASE_URL (e.g. postgres://user:pass@localhost:5432/sluice) or pass --database-url"
@@ -236,7 +245,11 @@ impl App {
             )
             .into());
         };
-        let store = Store::connect(url, &self.global.schema).await?.with_paused_at_creation(self.global.dags_paused_at_creation);
+        let store = match warm {
+            true => Store::connect_warm(url, &self.global.schema).await?,
+            false => Store::connect(url, &self.global.schema).await?,
+        };
+        let store = store.with_paused_at_creation(self.global.dags_paused_at_creation);
         // config/pools.yaml is written into the store by every command
         // that opens it: the file wins for the pools it lists.
         let pools = crate::pools::load(&self.project.root).map_err(ConfigError)?;

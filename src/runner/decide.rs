@@ -109,20 +109,7 @@ pub(super) mod tests {
 
     /// An instance of `task_id` in `state`, for tests.
     pub(in crate::runner) fn ti(task_id: &str, state: TiState) -> TiRow {
-        TiRow {
-            task_id: task_id.into(),
-            state,
-            try_number: 0,
-            max_tries: 1,
-            worker_id: None,
-            next_try_at: None,
-            started_at: None,
-            ended_at: None,
-            error: None,
-            error_kind: None,
-            output: None,
-            notice: None,
-        }
+        TiRow::untried(task_id, state, 1)
     }
 
     /// The decisions for a DAG whose instances have the given states.

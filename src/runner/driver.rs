@@ -407,24 +407,8 @@ impl<'r> Driver<'r> {
             return None;
         }
         let dag = &self.dag;
-        let fresh = dag
-            .topo
-            .iter()
-            .map(|&i| TiRow {
-                task_id: dag.tasks[i].id.clone(),
-                state: TiState::Pending,
-                try_number: 0,
-                max_tries: dag.tasks[i].retries as i32 + 1,
-                worker_id: None,
-                next_try_at: None,
-                started_at: None,
-                ended_at: None,
-                error: None,
-                error_kind: None,
-                output: None,
-                notice: None,
-            })
-            .collect();
+        let fresh =
+            dag.topo.iter().map(|&i| TiRow::untried(dag.tasks[i].id.clone(), TiState::Pending, dag.tasks[i].retries as i32 + 1)).collect();
         // (A run opened is never finished by its opening.)
         self.ahead(fresh).filter(|a| a.claim.finish.is_none())
     }

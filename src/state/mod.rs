@@ -42,6 +42,9 @@ pub const DEFAULT_SCHEMA: &str = "sluice";
 /// A state-store connection idle for longer than this is pinged before use.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
+/// The state store's connections per process.
+const POOL_SIZE: u32 = 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot connect to the state database ({target}): {reason}")]
@@ -116,6 +119,26 @@ pub struct TiRow {
     pub output: Option<Value>,
     /// What became of the failure notice of the last failed try.
     pub notice: Option<String>,
+}
+
+impl TiRow {
+    /// An instance in `state` that no try has touched.
+    pub fn untried(task_id: impl Into<String>, state: TiState, max_tries: i32) -> TiRow {
+        TiRow {
+            task_id: task_id.into(),
+            state,
+            try_number: 0,
+            max_tries,
+            worker_id: None,
+            next_try_at: None,
+            started_at: None,
+            ended_at: None,
+            error: None,
+            error_kind: None,
+            output: None,
+            notice: None,
+        }
+    }
 }
 
 /// What the tries of a claim read: the outputs of these tasks, and of the
@@ -204,6 +227,20 @@ impl Store {
     /// Connects, creates the schema and applies migrations (safe to call from
     /// several processes at once: migrations hold an advisory lock).
     pub async fn connect(url: &str, schema: &str) -> Result<Store, StateError> {
+        Store::connect_keeping(url, schema, 1).await
+    }
+
+    /// [`Store::connect`] for the daemon: its pool keeps every connection
+    /// open while idle. A boundary that starts a hundred runs at once then
+    /// does not first wait for new backends to be opened, which sqlx's
+    /// pool would otherwise do at each boundary after ten idle minutes
+    /// (every hour for hourly DAGs).
+    pub async fn connect_warm(url: &str, schema: &str) -> Result<Store, StateError> {
+        Store::connect_keeping(url, schema, POOL_SIZE).await
+    }
+
+    /// Connects with a pool that keeps `idle` connections open.
+    async fn connect_keeping(url: &str, schema: &str, idle: u32) -> Result<Store, StateError> {
         crate::secrets::register_uri(url);
         if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
             return Err(StateError::Invalid(format!("invalid state schema name `{schema}`: use letters, digits and `_`")));
@@ -225,8 +262,8 @@ impl Store {
         // them (W2's end-of-try statement: 0.4 ms to plan, 0.25 to run).
         let opts = base.options([("search_path", schema), ("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .min_connections(1)
+            .max_connections(POOL_SIZE)
+            .min_connections(idle)
             // Short: while the database is down, callers retry and say so
             // rather than wait silently in the pool.
             .acquire_timeout(Duration::from_secs(5))

@@ -3,7 +3,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Project, term, wait_until};
+use crate::harness::{Project, psql, term, wait_until};
 
 fn daemon(p: &Project, name: &str, extra: &[&str]) -> Child {
     p.daemon(name, extra)
@@ -514,4 +514,23 @@ sluice_test!(a_batch_of_due_runs_starts_within_each_dags_max_active_runs, |p| {
     };
     assert_eq!(most("two"), 2, "`two` ran more (or never more) than 2 runs at once");
     assert_eq!(most("one"), 1, "`one` ran more than 1 run at once");
+});
+
+sluice_test!(an_idle_daemon_keeps_its_state_connections_open, |p| {
+    // Its own database: the daemon is its only client there. With nothing
+    // due, it keeps its pool's ten connections open, so that a boundary
+    // starting many runs does not first open new backends.
+    let url = p.own_database();
+    p.write("dags/hourly.yaml", "schedule: '@hourly'\ntasks:\n  - { id: a, type: shell, command: 'true' }\n");
+    let (mut d, addr) = daemon_http(&p, "a", &[]);
+    // Up, and past its passes at start (a TERM before its handler would
+    // end it by the signal).
+    wait_for_loops(&addr, 2);
+    let backends = || -> i64 {
+        psql(&url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")[0]
+            .parse()
+            .unwrap()
+    };
+    wait_until("the idle daemon to hold ten state connections", Duration::from_secs(60), || backends() >= 10);
+    assert!(term(&mut d).success());
 });
