@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 ensure_packages
 export_cargo_target
-log "building sluice (first build: about 10-20 minutes)"
+log "building sluice (first build: about 20 minutes on two cores)"
 cargo build --locked
 exec "$CARGO_TARGET_DIR/debug/sluice" demo "$@"

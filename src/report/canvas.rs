@@ -6,6 +6,8 @@
 //! elements, so that one drawing of a report gives the PDF (`finish`) and
 //! the web dashboard's pages (`finish_svg`): the two never disagree.
 
+use std::collections::BTreeMap;
+
 use printpdf::*;
 
 pub const PAGE_W: f32 = 210.0;
@@ -58,10 +60,73 @@ pub enum Align {
     Right,
 }
 
+/// One face of the report's font. The whole font measures the text; the
+/// PDF embeds a subset of it, the glyphs drawn, made when it is saved.
 struct Face {
     font: ParsedFont,
     id: FontId,
     upem: f32,
+    /// Every character drawn in this face that the font has, with its
+    /// glyph in the whole font.
+    drawn: BTreeMap<char, u16>,
+}
+
+impl Face {
+    fn new(bytes: &[u8]) -> Result<Face, String> {
+        let mut warnings = Vec::new();
+        let font = ParsedFont::from_bytes(bytes, 0, &mut warnings).ok_or("the font file could not be parsed")?;
+        let upem = font.pdf_font_metrics.units_per_em.max(1) as f32;
+        Ok(Face { font, id: FontId::new(), upem, drawn: BTreeMap::new() })
+    }
+
+    /// The advance of `c` in font units (a fallback for a character the
+    /// font lacks, which the PDF shows as its missing glyph).
+    fn advance(&self, c: char) -> f32 {
+        match self.font.lookup_glyph_index(c as u32) {
+            Some(g) => f32::from(self.font.get_glyph_width(g).unwrap_or(0)),
+            None => self.upem * 0.55,
+        }
+    }
+
+    fn draw(&mut self, s: &str) {
+        for c in s.chars() {
+            if let Some(g) = self.font.lookup_glyph_index(c as u32) {
+                self.drawn.insert(c, g);
+            }
+        }
+    }
+
+    /// The font to embed: the glyphs drawn only (a whole Korean font is
+    /// megabytes), renumbered in the order they are given to the
+    /// subsetter, `.notdef` first, which is the order allsorts keeps.
+    fn subset(&self) -> Result<ParsedFont, String> {
+        use allsorts::binary::read::ReadScope;
+        use allsorts::font_data::FontData;
+        use allsorts::subset::{CmapTarget, SubsetProfile, subset};
+        use allsorts::tables::FontTableProvider;
+        let mut glyphs: Vec<u16> = std::iter::once(0).chain(self.drawn.values().copied()).collect();
+        glyphs.sort_unstable();
+        glyphs.dedup();
+        let whole = ReadScope::new(&self.font.original_bytes).read::<FontData<'_>>().map_err(|e| e.to_string())?;
+        let provider = whole.table_provider(self.font.font_index as usize).map_err(|e| e.to_string())?;
+        let bytes =
+            subset(&provider, &glyphs, &SubsetProfile::Pdf, CmapTarget::Unicode).map_err(|e| format!("cannot subset the font: {e}"))?;
+        let mut warnings = Vec::new();
+        let mut font = ParsedFont::from_bytes(&bytes, 0, &mut warnings).ok_or("the font's subset could not be parsed")?;
+        // A subset is named with a tag of six capitals, `ABCDEF+Name` (ISO
+        // 32000-1, 9.6.4): the PDF calls a font without one complete.
+        let tag: String = self.id.0.chars().filter(char::is_ascii_uppercase).take(6).collect();
+        let name = provider.read_table_data(allsorts::tag::NAME).ok().and_then(|d| {
+            ReadScope::new(&d).read::<allsorts::tables::NameTable<'_>>().ok()?.string_for_id(allsorts::tables::NameTable::POSTSCRIPT_NAME)
+        });
+        font.font_name = Some(format!("{tag}+{}", name.unwrap_or_else(|| "Font".into())));
+        // Characters and advances by the subset's glyph numbers, from the
+        // whole font: the subset's own character map need not cover them all.
+        let new_id = |g: &u16| glyphs.binary_search(g).map(|i| i as u16).ok();
+        font.codepoint_to_glyph = self.drawn.iter().filter_map(|(c, g)| Some((*c as u32, new_id(g)?))).collect();
+        font.glyph_widths = glyphs.iter().enumerate().filter_map(|(i, g)| Some((i as u16, self.font.get_glyph_width(*g)?))).collect();
+        Ok(font)
+    }
 }
 
 pub struct Canvas {
@@ -94,20 +159,10 @@ fn mm(v: f32) -> Pt {
 
 impl Canvas {
     pub fn new(title: &str, regular: &[u8], bold: &[u8]) -> Result<Canvas, String> {
-        let mut doc = PdfDocument::new(title);
-        let mut warnings = Vec::new();
-        let load = |doc: &mut PdfDocument, bytes: &[u8], warnings: &mut Vec<_>| -> Result<Face, String> {
-            let font = ParsedFont::from_bytes(bytes, 0, warnings).ok_or("the font file could not be parsed")?;
-            let id = doc.add_font(&font);
-            let upem = font.pdf_font_metrics.units_per_em.max(1) as f32;
-            Ok(Face { font, id, upem })
-        };
-        let regular = load(&mut doc, regular, &mut warnings)?;
-        let bold = load(&mut doc, bold, &mut warnings)?;
         Ok(Canvas {
-            doc,
-            regular,
-            bold,
+            doc: PdfDocument::new(title),
+            regular: Face::new(regular)?,
+            bold: Face::new(bold)?,
             pages: Vec::new(),
             ops: Vec::new(),
             svg_pages: Vec::new(),
@@ -120,13 +175,7 @@ impl Canvas {
     /// The width of `s` in mm at `size` points.
     pub fn width(&self, s: &str, size: f32, bold: bool) -> f32 {
         let f = if bold { &self.bold } else { &self.regular };
-        let units: f32 = s
-            .chars()
-            .map(|c| match f.font.lookup_glyph_index(c as u32) {
-                Some(g) => f32::from(f.font.get_horizontal_advance(g)),
-                None => f.upem * 0.55,
-            })
-            .sum();
+        let units: f32 = s.chars().map(|c| f.advance(c)).sum();
         units / f.upem * size * 25.4 / 72.0
     }
 
@@ -141,7 +190,9 @@ impl Canvas {
             Align::Center => x - w / 2.0,
             Align::Right => x - w,
         };
-        let id = if bold { self.bold.id.clone() } else { self.regular.id.clone() };
+        let face = if bold { &mut self.bold } else { &mut self.regular };
+        face.draw(s);
+        let id = face.id.clone();
         self.ops.extend([
             Op::StartTextSection,
             Op::SetFillColor { col: color.color() },
@@ -275,6 +326,9 @@ impl Canvas {
         self.doc.metadata.info.metadata_date = when;
         self.doc.metadata.info.creator = "sluice".into();
         self.doc.metadata.info.producer = concat!("sluice ", env!("CARGO_PKG_VERSION")).into();
+        for face in [&self.regular, &self.bold] {
+            self.doc.resources.fonts.map.insert(face.id.clone(), PdfFont::new(face.subset()?));
+        }
         self.doc.with_pages(out);
         let mut warnings = Vec::new();
         Ok(self.doc.save(&PdfSaveOptions::default(), &mut warnings))
@@ -319,5 +373,63 @@ mod tests {
         // A 10 pt digit of NanumGothic is between 1.5 and 2.5 mm wide.
         assert!((1.5..2.5).contains(&w("0")), "{}", w("0"));
         assert!(c.width("0", 10.0, true) >= w("0"));
+    }
+
+    /// A glyph's outline in a TrueType font: its bytes in `glyf`, found
+    /// through `loca`.
+    fn outline(font: &[u8], glyph: u16) -> Vec<u8> {
+        use allsorts::binary::read::ReadScope;
+        use allsorts::font_data::FontData;
+        use allsorts::tables::FontTableProvider;
+        use allsorts::tag;
+        let data = ReadScope::new(font).read::<FontData<'_>>().unwrap();
+        let provider = data.table_provider(0).unwrap();
+        let table = |t| provider.read_table_data(t).unwrap().into_owned();
+        let (head, loca, glyf) = (table(tag::HEAD), table(tag::LOCA), table(tag::GLYF));
+        let long = i16::from_be_bytes([head[50], head[51]]) == 1;
+        let at = |i: usize| match long {
+            true => u32::from_be_bytes(loca[4 * i..4 * i + 4].try_into().unwrap()) as usize,
+            false => 2 * u16::from_be_bytes([loca[2 * i], loca[2 * i + 1]]) as usize,
+        };
+        glyf[at(glyph as usize)..at(glyph as usize + 1)].to_vec()
+    }
+
+    /// The PDF embeds a subset of each face, renumbered. A character given
+    /// the wrong glyph there would still extract as the right text (through
+    /// the PDF's ToUnicode map) while showing another letter, so this
+    /// compares outlines: each character drawn is the whole font's glyph.
+    #[test]
+    fn the_embedded_subset_draws_each_character_with_its_own_glyph() {
+        let (regular, bold) = crate::report::find_fonts(std::path::Path::new(".")).expect("fonts-nanum is installed by scripts/test.sh");
+        let mut c = Canvas::new("t", &regular, &bold).unwrap();
+        let drawn = "주간 KPI 리포트 · 매출 ₩1,234,567 (+12.5%) 고객 등급 VIP";
+        c.text(10.0, 10.0, drawn, 10.0, false, INK, Align::Left);
+        c.text(10.0, 20.0, "굵게 Bold 09", 10.0, true, INK, Align::Left);
+        let subset = c.regular.subset().unwrap();
+        assert!(
+            subset.original_bytes.len() * 20 < regular.len(),
+            "the subset is {} bytes of {}",
+            subset.original_bytes.len(),
+            regular.len()
+        );
+        for ch in drawn.chars() {
+            let whole = c.regular.font.lookup_glyph_index(ch as u32).unwrap();
+            let new = subset.lookup_glyph_index(ch as u32).unwrap_or_else(|| panic!("{ch:?} is not in the subset"));
+            assert_ne!(new, 0, "{ch:?} maps to .notdef");
+            assert_eq!(
+                outline(&subset.original_bytes, new),
+                outline(&regular, whole),
+                "{ch:?}: glyph {new} of the subset, {whole} of the font"
+            );
+            assert_eq!(subset.get_glyph_width(new), c.regular.font.get_glyph_width(whole), "{ch:?}");
+        }
+        // The bold face keeps its own characters only.
+        let bold_subset = c.bold.subset().unwrap();
+        let name = subset.font_name.as_deref().unwrap();
+        assert!(
+            name.len() == "ABCDEF+NanumGothic".len() && name[..6].chars().all(|c| c.is_ascii_uppercase()) && name.ends_with("+NanumGothic"),
+            "{name}"
+        );
+        assert!(bold_subset.lookup_glyph_index('굵' as u32).is_some() && bold_subset.lookup_glyph_index('매' as u32).is_none());
     }
 }

@@ -94,6 +94,14 @@ sluice_test!(the_weekly_report_is_rendered_archived_and_mailed, |p| {
     // Korean font would be 5 MB).
     let size = std::fs::metadata(&pdf).unwrap().len();
     assert!(size < 500_000, "the PDF is {size} bytes");
+    // Both faces embedded, as subsets (named `ABCDEF+...`), with a Unicode map.
+    let fonts = String::from_utf8(Command::new("pdffonts").arg(&pdf).output().unwrap().stdout).unwrap();
+    let faces: Vec<&str> = fonts.lines().skip(2).collect();
+    assert_eq!(faces.len(), 2, "{fonts}");
+    for face in faces {
+        let f: Vec<&str> = face.split_whitespace().collect();
+        assert!(f[0].contains("+NanumGothic") && f[f.len() - 5..f.len() - 2] == ["yes", "yes", "yes"], "{fonts}");
+    }
     let png = p.path().join("pages");
     let status = Command::new("pdftoppm").args(["-r", "30", "-png"]).arg(&pdf).arg(&png).status().unwrap();
     assert!(status.success());
