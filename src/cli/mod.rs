@@ -346,7 +346,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Migrate) => {
-            let store = app.store().await.context("migrating the state database")?;
+            let store = app.store().await.context("opening the state database")?;
             outln!("state database is up to date (schema `{}`)", store.schema());
             Ok(ExitCode::SUCCESS)
         }

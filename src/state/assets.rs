@@ -1,6 +1,7 @@
 //! Assets in the state store: update events, and the runs they create for
 //! the DAGs scheduled on them.
 
+use super::types::from_row;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -8,7 +9,7 @@ use super::{RunRow, RunState, RunType, StateError, Store};
 use crate::dag::Dag;
 
 /// An asset's updates, for `sluice assets list`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct AssetRow {
     pub asset: String,
     pub events: i64,
@@ -17,6 +18,7 @@ pub struct AssetRow {
     pub last_dag: String,
     pub last_run: Option<i64>,
 }
+from_row!(AssetRow { asset, events, last_update, last_dag, last_run });
 
 impl Store {
     /// Creates a run of `dag` when the assets it is scheduled on were

@@ -1,5 +1,6 @@
 //! State-store queries of the scheduler daemon and `sluice status`.
 
+use super::types::from_row;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
 /// A worker, for `sluice status`.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct WorkerRow {
     pub worker_id: String,
     pub hostname: String,
@@ -23,9 +24,10 @@ pub struct WorkerRow {
     pub heartbeat_at: DateTime<Utc>,
     pub stopped_at: Option<DateTime<Utc>>,
 }
+from_row!(WorkerRow { worker_id, hostname, pid, kind, version, started_at, heartbeat_at, stopped_at });
 
 /// A running try, for `sluice status`.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RunningTry {
     pub run_id: i64,
     pub dag_id: String,
@@ -35,6 +37,7 @@ pub struct RunningTry {
     pub started_at: Option<DateTime<Utc>>,
     pub heartbeat_at: Option<DateTime<Utc>>,
 }
+from_row!(RunningTry { run_id, dag_id, task_id, try_number, worker_id, started_at, heartbeat_at });
 
 /// A queued run the daemon would start, with what its DAG's limit needs.
 #[derive(Clone)]

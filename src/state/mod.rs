@@ -26,17 +26,18 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use crate::dag::Dag;
 use crate::dag::schedule::DataInterval;
 
+use types::from_row;
+
 pub mod assets;
 pub mod chain;
 pub mod daemon;
+mod migrate;
 pub mod open;
 pub mod pools;
 pub mod types;
 pub mod web;
 pub mod worker;
 pub use worker::Worker;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations");
 
 pub const DEFAULT_SCHEMA: &str = "sluice";
 /// A state-store connection idle for longer than this is pinged before use.
@@ -62,7 +63,7 @@ pub use crate::pgerror::describe as describe_sqlx;
 pub use types::{Role, RunState, RunType, TiState};
 
 /// A DAG run.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRow {
     pub run_id: i64,
     pub dag_id: String,
@@ -76,6 +77,19 @@ pub struct RunRow {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
 }
+from_row!(RunRow {
+    run_id,
+    dag_id,
+    run_type,
+    logical_date,
+    data_interval_start,
+    data_interval_end,
+    conf,
+    state,
+    created_at,
+    started_at,
+    ended_at
+});
 
 impl RunRow {
     /// A run that is never recorded (run id 0, manual, running): the
@@ -102,7 +116,7 @@ impl RunRow {
 }
 
 /// A task instance.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TiRow {
     pub task_id: String,
     pub state: TiState,
@@ -120,6 +134,7 @@ pub struct TiRow {
     /// What became of the failure notice of the last failed try.
     pub notice: Option<String>,
 }
+from_row!(TiRow { task_id, state, try_number, max_tries, worker_id, next_try_at, started_at, ended_at, error, error_kind, output, notice });
 
 impl TiRow {
     /// An instance in `state` that no try has touched.
@@ -150,16 +165,15 @@ pub struct Reads<'a> {
 }
 
 /// A row of [`Store::finish_try`]'s answer.
-#[derive(sqlx::FromRow)]
 struct FinishRow {
-    #[sqlx(flatten)]
     ti: TiRow,
     /// Whether the answer is the whole run (nothing else was running).
     full: bool,
 }
+from_row!(FinishRow { full } flatten { ti });
 
 /// One try of a task instance.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TryRow {
     pub task_id: String,
     pub try_number: i32,
@@ -170,6 +184,7 @@ pub struct TryRow {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
 }
+from_row!(TryRow { task_id, try_number, worker_id, state, started_at, ended_at, exit_code, error });
 
 /// What the claim needs to know of a task from the DAG file.
 #[derive(Debug, Clone)]
@@ -284,7 +299,7 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(connect_err)?;
-        MIGRATOR.run(&pool).await.map_err(|e| StateError::Migrate(e.to_string()))?;
+        migrate::MIGRATOR.run(&pool).await.map_err(|e| StateError::Migrate(e.to_string()))?;
         Ok(Store { pool, schema: schema.to_string(), paused_at_creation: false })
     }
 

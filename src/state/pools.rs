@@ -1,11 +1,12 @@
 //! Pools in the state store: their slots, and how many are taken.
 
+use super::types::from_row;
 use std::collections::HashMap;
 
 use super::{ClaimSpec, StateError, Store};
 
 /// A pool with its use now.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct PoolRow {
     pub name: String,
     pub slots: i32,
@@ -15,6 +16,7 @@ pub struct PoolRow {
     /// Slots wanted by tries waiting for one (queued or due).
     pub waiting: i64,
 }
+from_row!(PoolRow { name, slots, description, running, waiting });
 
 impl Store {
     /// Adds pools or sets their slots and descriptions.

@@ -187,6 +187,26 @@ macro_rules! text_column {
 
 text_column!(TiState: "task state", RunState: "run state", RunType: "run type", Role: "role");
 
+/// `sqlx::FromRow` for a struct read from a row by column name: each field
+/// from the column of its name, each `flatten` field (itself `FromRow`)
+/// from the same row. Written out instead of sqlx's derive, whose proc
+/// macro compiles sqlx, tokio, rustls and ring a second time, for the
+/// compiler. A field left out of the list does not compile.
+macro_rules! from_row {
+    ($t:ident { $($field:ident),* $(,)? } $(flatten { $($inner:ident),* $(,)? })?) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $t {
+            fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok($t {
+                    $($field: row.try_get(stringify!($field))?,)*
+                    $($($inner: sqlx::FromRow::from_row(row)?,)*)?
+                })
+            }
+        }
+    };
+}
+pub(crate) use from_row;
+
 #[cfg(test)]
 mod tests {
     use super::*;

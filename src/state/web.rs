@@ -2,27 +2,29 @@
 //! key, and the few batch reads its pages need (runs of many DAGs, task
 //! instances of many runs) in one query each.
 
+use super::types::from_row;
 use chrono::{DateTime, Utc};
 
 use super::{RunRow, StateError, Store, TiRow};
 use crate::state::Role;
 
 /// A web UI user.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct UserRow {
     pub name: String,
     pub role: Role,
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
 }
+from_row!(UserRow { name, role, password_hash, created_at });
 
 /// A task instance with its run.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RunTi {
     pub run_id: i64,
-    #[sqlx(flatten)]
     pub ti: TiRow,
 }
+from_row!(RunTi { run_id } flatten { ti });
 
 impl Store {
     /// Adds a user or replaces its role and password. Returns whether the

@@ -63,7 +63,7 @@ pub fn tables_read(stmts: &[Statement]) -> BTreeSet<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -76,5 +76,45 @@ mod tests {
         let t: Vec<String> = tables_read(&s).into_iter().collect();
         assert_eq!(t, vec!["orders", "refunds", "users"]);
         assert!(parse("SELEC 1", Engine::Polars).is_err());
+    }
+
+    /// A query nested `n` deep in parentheses, and a third as deep in
+    /// subqueries, reading `table`.
+    pub(crate) fn nested_sql(n: usize, table: &str) -> String {
+        format!(
+            "SELECT {}id{} AS x FROM ({}SELECT * FROM {table}{}) q ORDER BY x",
+            "(".repeat(n),
+            " + 1)".repeat(n),
+            "SELECT * FROM (".repeat(n / 3),
+            ") s".repeat(n / 3)
+        )
+    }
+
+    /// The deepest `nested_sql` the parser takes (its recursion limit).
+    pub(crate) fn deepest_parsed() -> usize {
+        (1..100).rev().find(|&n| parse(&nested_sql(n, "t"), Engine::Polars).is_ok()).unwrap()
+    }
+
+    /// Validation parses on an async worker's 2 MiB stack. SQL nested as
+    /// deep as sqlparser allows is read there in every build profile
+    /// (sqlparser is unoptimised in dev builds: larger frames); deeper SQL
+    /// is an error, not a crash.
+    #[test]
+    fn sql_nested_to_the_parser_limit_parses_on_a_worker_stack() {
+        let worker = std::thread::Builder::new().stack_size(2 << 20);
+        let read = worker
+            .spawn(|| {
+                let n = deepest_parsed();
+                assert!(n >= 40, "the parser takes SQL {n} deep only");
+                let ok = parse(&nested_sql(n, "orders"), Engine::Polars).map(|s| tables_read(&s));
+                let pg = parse(&nested_sql(n, "orders"), Engine::Postgres).map(|s| tables_read(&s));
+                (ok, pg, parse(&nested_sql(500, "orders"), Engine::Polars).map(|_| ()))
+            })
+            .unwrap()
+            .join()
+            .expect("parsing deep SQL panicked");
+        assert_eq!(read.0.unwrap().into_iter().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(read.1.unwrap().into_iter().collect::<Vec<_>>(), ["orders"]);
+        assert!(read.2.unwrap_err().contains("recursion limit"), "deeper than the limit is refused");
     }
 }

@@ -441,6 +441,20 @@ mod cookbook {
         }
     }
 
+    /// A transform runs polars' SQL on a blocking thread's 2 MiB stack.
+    /// SQL nested as deep as its parser allows runs there in every build
+    /// profile. (polars-sql unoptimised, as in a dev build with
+    /// `opt-level = 0` for it, overflowed this stack here.)
+    #[test]
+    fn sql_nested_to_the_parser_limit_runs_on_a_blocking_thread_stack() {
+        use crate::tasks::sqlcheck::tests::{deepest_parsed, nested_sql};
+        let n = deepest_parsed();
+        let blocking = std::thread::Builder::new().stack_size(2 << 20);
+        let got = blocking.spawn(move || values(&nested_sql(n, "t"))).unwrap().join().expect("deep SQL panicked");
+        let n = n as i64;
+        assert_eq!(got, [1 + n, 2 + n, 3 + n].map(|v| v.to_string()));
+    }
+
     /// `DATE '…'` and `CAST('…' AS DATE)` work but make polars warn that
     /// casting text to a date is deprecated; `DATE('…')` does not.
     #[test]
