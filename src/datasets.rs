@@ -122,7 +122,9 @@ impl DatasetWriter {
         let thread = std::thread::Builder::new()
             .name("dataset-writer".into())
             .spawn(move || {
-                for df in rx {
+                for mut df in rx {
+                    // A batch of typed chunks is one row group, not one per chunk.
+                    df.rechunk_mut();
                     writer.write_batch(&df).map_err(|e| format!("writing {name}: {e}"))?;
                 }
                 writer.finish().map_err(|e| format!("finishing {name}: {e}"))?;

@@ -467,10 +467,50 @@ pub enum Builder {
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
     Dec(Vec<Option<i128>>, u8, u8),
-    Text(Vec<Option<String>>),
+    Text(TextColumn),
     Bool(Vec<Option<bool>>),
     Date(Vec<Option<i32>>),
     Ts(Vec<Option<i64>>, bool),
+}
+
+/// Text values end to end in one buffer: no allocation per value.
+#[derive(Default)]
+pub struct TextColumn {
+    buf: String,
+    /// Where each value ends in `buf`.
+    ends: Vec<usize>,
+    valid: Vec<bool>,
+}
+
+impl TextColumn {
+    fn with_capacity(cap: usize) -> TextColumn {
+        TextColumn { buf: String::with_capacity(cap.saturating_mul(8)), ends: Vec::with_capacity(cap), valid: Vec::with_capacity(cap) }
+    }
+
+    fn push(&mut self, v: Option<&str>) {
+        if let Some(s) = v {
+            self.buf.push_str(s);
+        }
+        self.ends.push(self.buf.len());
+        self.valid.push(v.is_some());
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.ends.truncate(n);
+        self.valid.truncate(n);
+        self.buf.truncate(self.ends.last().copied().unwrap_or(0));
+    }
+
+    fn take(&mut self, name: PlSmallStr) -> Series {
+        let t = std::mem::take(self);
+        let mut start = 0;
+        let values = t.ends.iter().zip(&t.valid).map(|(&end, &valid)| {
+            let v = &t.buf[start..end];
+            start = end;
+            valid.then_some(v)
+        });
+        StringChunked::from_iter_options(name, values).into_series()
+    }
 }
 
 impl Builder {
@@ -479,7 +519,7 @@ impl Builder {
             ColumnType::Int => Builder::Int(Vec::with_capacity(cap)),
             ColumnType::Float => Builder::Float(Vec::with_capacity(cap)),
             ColumnType::Decimal { precision, scale } => Builder::Dec(Vec::with_capacity(cap), *precision, *scale),
-            ColumnType::Text => Builder::Text(Vec::with_capacity(cap)),
+            ColumnType::Text => Builder::Text(TextColumn::with_capacity(cap)),
             ColumnType::Bool => Builder::Bool(Vec::with_capacity(cap)),
             ColumnType::Date { .. } => Builder::Date(Vec::with_capacity(cap)),
             ColumnType::Timestamp { .. } => Builder::Ts(Vec::with_capacity(cap), false),
@@ -493,7 +533,7 @@ impl Builder {
             (Builder::Int(b), Val::Int(x)) => b.push(Some(x)),
             (Builder::Float(b), Val::Float(x)) => b.push(Some(x)),
             (Builder::Dec(b, ..), Val::Dec(x)) => b.push(Some(x)),
-            (Builder::Text(b), Val::Text(x)) => b.push(Some(x)),
+            (Builder::Text(b), Val::Text(x)) => b.push(Some(&x)),
             (Builder::Bool(b), Val::Bool(x)) => b.push(Some(x)),
             (Builder::Date(b), Val::Date(x)) => b.push(Some(x)),
             (Builder::Ts(b, _), Val::Micros(x)) => b.push(Some(x)),
@@ -518,7 +558,7 @@ impl Builder {
             Builder::Int(b) => b.len(),
             Builder::Float(b) => b.len(),
             Builder::Dec(b, ..) => b.len(),
-            Builder::Text(b) => b.len(),
+            Builder::Text(b) => b.ends.len(),
             Builder::Bool(b) => b.len(),
             Builder::Date(b) => b.len(),
             Builder::Ts(b, _) => b.len(),
@@ -527,6 +567,19 @@ impl Builder {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drops the values after the first `n`.
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Builder::Int(b) => b.truncate(n),
+            Builder::Float(b) => b.truncate(n),
+            Builder::Dec(b, ..) => b.truncate(n),
+            Builder::Text(b) => b.truncate(n),
+            Builder::Bool(b) => b.truncate(n),
+            Builder::Date(b) => b.truncate(n),
+            Builder::Ts(b, _) => b.truncate(n),
+        }
     }
 
     /// Turns the accumulated values into a column and empties the builder.
@@ -538,7 +591,7 @@ impl Builder {
             Builder::Dec(b, p, s) => Int128Chunked::from_iter_options(name, std::mem::take(b).into_iter())
                 .into_series()
                 .into_decimal(*p as usize, *s as usize)?,
-            Builder::Text(b) => Series::new(name, std::mem::take(b)),
+            Builder::Text(b) => b.take(name),
             Builder::Bool(b) => Series::new(name, std::mem::take(b)),
             Builder::Date(b) => Int32Chunked::from_iter_options(name, std::mem::take(b).into_iter()).into_series().into_date(),
             Builder::Ts(b, tz) => Int64Chunked::from_iter_options(name, std::mem::take(b).into_iter())
@@ -565,12 +618,45 @@ impl Rows {
         }
     }
 
+    /// Empty rows of the same columns.
+    pub fn like(&self, cap: usize) -> Rows {
+        Rows { names: self.names.clone(), types: self.types.clone(), builders: self.types.iter().map(|t| Builder::new(t, cap)).collect() }
+    }
+
     pub fn len(&self) -> usize {
         self.builders.first().map_or(0, Builder::len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Parses `s` by column `c`'s type and pushes it (text without a copy of its own).
+    pub fn push_parsed(&mut self, c: usize, s: &str) -> Result<(), String> {
+        match &mut self.builders[c] {
+            Builder::Text(b) => b.push(Some(s)),
+            b => b.push(self.types[c].parse(s)?),
+        }
+        Ok(())
+    }
+
+    /// Pushes a text value to column `c`, a text column.
+    pub fn push_text(&mut self, c: usize, s: &str) {
+        match &mut self.builders[c] {
+            Builder::Text(b) => b.push(Some(s)),
+            b => b.push(Val::Text(s.to_string())),
+        }
+    }
+
+    pub fn push_null_at(&mut self, c: usize) {
+        self.builders[c].push_null();
+    }
+
+    /// Drops the rows after the first `n` (and any values of a row begun after them).
+    pub fn truncate(&mut self, n: usize) {
+        for b in &mut self.builders {
+            b.truncate(n);
+        }
     }
 
     /// Pushes one complete row of parsed values (one per column).

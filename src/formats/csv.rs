@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::columns::{Infer, Schema};
+use super::typing::{CHUNK_ROWS, Pipeline, Typist};
 use super::{Encoding, FieldTypes, FormatError, Reader, Reason, Sink, SourceFile, bom_len, open_at};
 
 /// CSV options.
@@ -277,8 +278,8 @@ fn physical_line(path: &std::path::Path, name: &str, start: u64) -> Result<(Vec<
     Ok((buf, start + n))
 }
 
-impl Reader for CsvReader {
-    fn infer(&self, files: &[SourceFile]) -> Result<Schema, FormatError> {
+impl CsvReader {
+    fn infer_schema(&self, files: &[SourceFile]) -> Result<Schema, FormatError> {
         let mut names: Vec<String> = Vec::new();
         let mut infer: Vec<Infer> = Vec::new();
         for file in files {
@@ -322,7 +323,8 @@ impl Reader for CsvReader {
         Ok(Schema(names.into_iter().zip(infer.iter().map(Infer::result)).collect()))
     }
 
-    fn read(&self, file: &SourceFile, schema: &Schema, sink: &mut Sink<'_>) -> Result<(), FormatError> {
+    /// Reads a file, typing its records in chunks of `chunk_rows`.
+    fn read_in_chunks(&self, file: &SourceFile, schema: &Schema, sink: &mut Sink<'_>, chunk_rows: usize) -> Result<(), FormatError> {
         let name = file.name.as_str();
         let st = self.start(file)?;
         let (width, index): (usize, Vec<usize>) = match &st.header {
@@ -354,55 +356,70 @@ impl Reader for CsvReader {
             }
             None => (schema.0.len(), (0..schema.0.len()).collect()),
         };
-        let types = FieldTypes::of(schema);
-        let enc = st.enc;
-        let delim = self.opts.delimiter.to_string();
+        let typist = Typist {
+            types: FieldTypes::of(schema),
+            index,
+            width,
+            enc: st.enc,
+            nulls: self.nulls.clone(),
+            delim: self.opts.delimiter.to_string(),
+            rows: sink.rows.like(0),
+            source: sink.has_source_column().then(|| name.to_string()),
+        };
         let mut recs = Records::new(file, &self.opts, &st, Some(width))?;
-        while let Some(item) = recs.next()? {
-            let line = match item {
-                Item::Row(line) => line,
-                Item::Runaway { line, detail, raw } => {
-                    sink.reject(name, line, Reason::UnterminatedQuote, detail, &raw)?;
-                    continue;
-                }
-            };
-            let rec = &recs.rec;
-            let raw = || (0..rec.len()).map(|i| enc.lossy(field(rec, i))).collect::<Vec<_>>().join(&delim);
-            if rec.len() != width {
-                // A blank line is not a row.
-                if blank(rec) {
-                    continue;
-                }
-                sink.reject(name, line, Reason::WrongFieldCount, format!("{} fields, expected {width}", rec.len()), &raw())?;
-                continue;
-            }
-            let mut decoded: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(index.len());
-            let mut bad_enc = None;
-            for (k, &i) in index.iter().enumerate() {
-                match enc.decode(field(rec, i)) {
-                    Some(s) => decoded.push(s),
-                    None => {
-                        bad_enc = Some(k);
-                        break;
+        // This thread splits the records; typing them is the pipeline's.
+        std::thread::scope(|scope| {
+            let mut typing = Pipeline::new(scope, &typist, name, chunk_rows);
+            loop {
+                let item = match recs.next() {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // The rows before it first: one of them may be the
+                        // first bad row, which `fail` reports.
+                        typing.finish(sink)?;
+                        return Err(e);
                     }
+                };
+                let line = match item {
+                    Item::Row(line) => line,
+                    Item::Runaway { line, detail, raw } => {
+                        typing.chunk.bad(line, Reason::UnterminatedQuote, detail, raw);
+                        typing.hand_over_if_full(sink)?;
+                        continue;
+                    }
+                };
+                let rec = &recs.rec;
+                if rec.len() == width {
+                    typing.chunk.record(line, (0..width).map(|i| field(rec, i)));
+                } else if !blank(rec) {
+                    // (A blank line is not a row.)
+                    let raw = (0..rec.len()).map(|i| typist.enc.lossy(field(rec, i))).collect::<Vec<_>>().join(&typist.delim);
+                    typing.chunk.bad(line, Reason::WrongFieldCount, format!("{} fields, expected {width}", rec.len()), raw);
                 }
+                typing.hand_over_if_full(sink)?;
             }
-            if let Some(k) = bad_enc {
-                let detail = format!("column `{}` is not valid {}", types.names[k], enc.name());
-                sink.reject(name, line, Reason::InvalidEncoding, detail, &raw())?;
-                continue;
-            }
-            sink.fields(name, line, &types, decoded.iter().map(|s| Some(s.as_ref())), &self.nulls, &raw)?;
-        }
-        Ok(())
+            typing.finish(sink)
+        })
+    }
+}
+
+impl Reader for CsvReader {
+    fn infer(&self, files: &[SourceFile]) -> Result<Schema, FormatError> {
+        self.infer_schema(files)
+    }
+
+    fn read(&self, file: &SourceFile, schema: &Schema, sink: &mut Sink<'_>) -> Result<(), FormatError> {
+        self.read_in_chunks(file, schema, sink, CHUNK_ROWS)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::OnBadRows;
     use super::super::testkit::{collect, file, src};
+    use super::super::{Lineage, OnBadRows};
     use super::*;
+    use polars::prelude::DataFrame;
 
     fn reader() -> CsvReader {
         CsvReader { opts: CsvOptions::default(), nulls: vec![String::new()] }
@@ -419,6 +436,123 @@ mod tests {
         assert_eq!(lines, vec![3, 4]);
         assert_eq!(bad.get("unparsable value"), Some(&1));
         assert_eq!(bad.get("wrong field count"), Some(&1));
+    }
+
+    /// A file with a bad row of every kind the splitting and the typing
+    /// find, blank lines and legitimate multi-line fields, among 3,000 rows.
+    fn messy_csv() -> Vec<u8> {
+        let mut s = String::from("id,amount,note\n");
+        for i in 1..=3000 {
+            match i {
+                _ if i % 97 == 0 => s.push_str(&format!("{i},1.00\n")),
+                _ if i % 89 == 0 => s.push_str(&format!("{i},abc,x\n")),
+                _ if i % 83 == 0 => s.push_str(&format!("{i},2.00,a\0b\n")),
+                _ if i % 79 == 0 => s.push('\n'),
+                _ if i % 73 == 0 => s.push_str(&format!("{i},3.00,\"two\nlines\"\n")),
+                _ => s.push_str(&format!("{i},{}.{:02},n{i}\n", i % 1000, i % 100)),
+            }
+        }
+        // A quote never closed: only its line is rejected.
+        s.push_str("3001,4.00,\"open\n3002,5.00,last\n");
+        s.into_bytes()
+    }
+
+    /// Reads with chunks of `chunk_rows`: the rows, the rejects, the bad
+    /// counts and the lineage.
+    fn read_chunked(
+        f: &tempfile::NamedTempFile,
+        schema: &Schema,
+        source_column: bool,
+        chunk_rows: usize,
+    ) -> (DataFrame, DataFrame, Vec<(String, u64)>, Lineage) {
+        let mut frames = Vec::new();
+        let mut w = |df: DataFrame| {
+            frames.push(df);
+            Ok(())
+        };
+        let mut sink = Sink::new(schema, OnBadRows::Quarantine, source_column.then_some("source"), None, &mut w);
+        reader().read_in_chunks(&src(f, "m.csv"), schema, &mut sink, chunk_rows).unwrap();
+        let bad = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let (rejects, lineage) = sink.finish().unwrap();
+        let df = frames.into_iter().reduce(|mut a, b| {
+            a.vstack_mut(&b).unwrap();
+            a
+        });
+        (df.unwrap(), rejects.unwrap(), bad, lineage)
+    }
+
+    #[test]
+    fn typing_in_chunks_on_threads_changes_nothing() {
+        let f = file(&messy_csv());
+        let schema: Schema = serde_yaml::from_str("{id: int, amount: 'decimal(12,2)', note: text}").unwrap();
+        for source_column in [false, true] {
+            // One chunk: typed on the reading thread.
+            let (df, rejects, bad, lineage) = read_chunked(&f, &schema, source_column, usize::MAX);
+            let good = df.height() as u64;
+            let bad_total: u64 = bad.iter().map(|b| b.1).sum();
+            assert_eq!(rejects.height() as u64, bad_total);
+            assert_eq!(good + bad_total, 3000 - 3000 / 79 + 2, "every row but the blank lines read");
+            let reasons: Vec<&str> = bad.iter().map(|b| b.0.as_str()).collect();
+            assert_eq!(reasons, ["NUL byte", "unparsable value", "unterminated quote", "wrong field count"]);
+            let lines: Vec<i64> = rejects.column("line").unwrap().i64().unwrap().into_no_null_iter().collect();
+            assert!(lines.is_sorted(), "rejects in file order");
+            assert_eq!(
+                lineage.locate(good - 1),
+                Some(("m.csv", 1 + 3000 + 3000 / 73 + 2)),
+                "the header, 3,000 rows, the multi-line ones, the open quote, the last"
+            );
+            // Each good row's values, in order (a bad field leaves nothing of its row behind).
+            let ids: Vec<i64> = df.column("id").unwrap().i64().unwrap().into_no_null_iter().collect();
+            let mut expected: Vec<i64> = (1..=3000).filter(|i| [97, 89, 83, 79].iter().all(|m| i % m != 0)).collect();
+            expected.push(3002);
+            assert!(ids == expected, "{} ids read, {} expected", ids.len(), expected.len());
+            let notes = df.column("note").unwrap().str().unwrap();
+            let amounts = df.column("amount").unwrap().cast(&polars::prelude::DataType::String).unwrap();
+            for (row, &id) in ids.iter().enumerate() {
+                let note = if id % 73 == 0 {
+                    "two\nlines".to_string()
+                } else if id == 3002 {
+                    "last".into()
+                } else {
+                    format!("n{id}")
+                };
+                assert_eq!(notes.get(row), Some(note.as_str()));
+                let amount = match id {
+                    _ if id % 73 == 0 => "3.00".to_string(),
+                    3002 => "5.00".into(),
+                    _ => format!("{}.{:02}", id % 1000, id % 100),
+                };
+                assert_eq!(amounts.str().unwrap().get(row), Some(amount.as_str()), "row {row}");
+            }
+            // Many chunks, typed on other threads, come out the same.
+            for chunk_rows in [1, 2, 3, 64, 1000] {
+                let (d, r, b, l) = read_chunked(&f, &schema, source_column, chunk_rows);
+                assert!(d.equals_missing(&df), "rows, chunks of {chunk_rows}");
+                assert!(r.equals_missing(&rejects), "rejects, chunks of {chunk_rows}");
+                assert_eq!(b, bad, "chunks of {chunk_rows}");
+                assert_eq!(l, lineage, "chunks of {chunk_rows}");
+            }
+        }
+    }
+
+    #[test]
+    fn typing_in_chunks_fails_at_the_first_bad_row() {
+        // The first bad row is typed on a thread (unparsable, line 4), the
+        // second found while splitting (wrong field count, line 6).
+        let f = file(b"id\n1\n2\nx\n3\n4,5\n6\n");
+        let schema: Schema = serde_yaml::from_str("{id: int}").unwrap();
+        for chunk_rows in [1, 2, 100] {
+            let mut w = |_df: DataFrame| Ok(());
+            let mut sink = Sink::new(&schema, OnBadRows::Fail, None, None, &mut w);
+            let e = reader().read_in_chunks(&src(&f, "x.csv"), &schema, &mut sink, chunk_rows).unwrap_err().to_string();
+            assert!(e.contains("x.csv, line 4: unparsable value"), "chunks of {chunk_rows}: {e}");
+            let mut sink = Sink::new(&schema, OnBadRows::Skip, None, Some(1), &mut w);
+            let e = reader().read_in_chunks(&src(&f, "x.csv"), &schema, &mut sink, chunk_rows).unwrap_err().to_string();
+            assert!(
+                e.contains("more than max_bad_rows (1) bad rows; the last: x.csv, line 6: wrong field count"),
+                "chunks of {chunk_rows}: {e}"
+            );
+        }
     }
 
     #[test]

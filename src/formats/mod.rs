@@ -28,6 +28,7 @@ pub mod columns;
 pub mod csv;
 pub mod json;
 pub mod log;
+pub mod typing;
 pub mod xml;
 
 pub use csv::CsvOptions;
@@ -169,6 +170,8 @@ pub struct FileCounts {
 /// Receives rows from a reader.
 pub struct Sink<'w> {
     pub rows: Rows,
+    /// Rows typed on other threads ([`Sink::typed`]), not yet written.
+    typed: Option<DataFrame>,
     /// Rows kept (written to the dataset).
     pub good: u64,
     /// Bad rows, by reason.
@@ -201,6 +204,7 @@ impl<'w> Sink<'w> {
         }
         Sink {
             rows: Rows::new(&full, BATCH_ROWS),
+            typed: None,
             good: 0,
             bad: BTreeMap::new(),
             lost: 0,
@@ -212,6 +216,11 @@ impl<'w> Sink<'w> {
             source_column: source_column.is_some(),
             max_bad_rows,
         }
+    }
+
+    /// Whether each row gets a column holding its source's name.
+    pub fn has_source_column(&self) -> bool {
+        self.source_column
     }
 
     pub fn policy(&self) -> OnBadRows {
@@ -237,15 +246,9 @@ impl<'w> Sink<'w> {
         if self.source_column {
             vals.push(Val::Text(source.to_string()));
         }
-        self.lineage.push(self.good, source, line);
         self.rows.push(vals);
-        self.good += 1;
-        self.file.read += 1;
-        self.file.good += 1;
-        if self.rows.len() >= BATCH_ROWS {
-            self.flush()?;
-        }
-        Ok(())
+        self.kept(source, line);
+        self.flush_full()
     }
 
     /// Parses fields by the column types and adds the row, or rejects it.
@@ -260,17 +263,68 @@ impl<'w> Sink<'w> {
         nulls: &[String],
         raw: &dyn Fn() -> String,
     ) -> Result<(), FormatError> {
-        match parse_fields(schema, fields, nulls) {
-            Ok(vals) => self.row(vals, source, line),
-            Err(FieldError::Nul(col)) => self.reject(
-                source,
-                line,
-                Reason::NulByte,
-                format!("column `{col}` holds a NUL byte (\\0), which PostgreSQL cannot store"),
-                &raw(),
-            ),
-            Err(FieldError::Value(detail)) => self.reject(source, line, Reason::Unparsable, detail, &raw()),
+        match parse_into(&mut self.rows, schema, fields, nulls) {
+            Ok(()) => {
+                if self.source_column {
+                    self.rows.push_text(schema.names.len(), source);
+                }
+                self.kept(source, line);
+                self.flush_full()
+            }
+            Err(e) => {
+                let (reason, detail) = e.reason();
+                self.reject(source, line, reason, detail, &raw())
+            }
         }
+    }
+
+    /// Counts a row kept, read from `line` of `source`.
+    fn kept(&mut self, source: &str, line: u64) {
+        self.lineage.push(self.good, source, line);
+        self.good += 1;
+        self.file.read += 1;
+        self.file.good += 1;
+    }
+
+    /// Writes the rows when they make a batch.
+    fn flush_full(&mut self) -> Result<(), FormatError> {
+        match self.rows.len() >= BATCH_ROWS {
+            true => self.flush(),
+            false => Ok(()),
+        }
+    }
+
+    /// Takes in a chunk of rows typed on another thread
+    /// ([`typing`]), as if each of its rows had come through
+    /// [`Sink::row`] or [`Sink::reject`] in turn.
+    pub fn typed(&mut self, source: &str, chunk: typing::Typed) -> Result<(), FormatError> {
+        let typing::Typed { frame, outcomes } = chunk;
+        let frame = frame.map_err(FormatError::Write)?;
+        // Rows given one by one before go first.
+        if !self.rows.is_empty() {
+            self.flush()?;
+        }
+        for o in outcomes {
+            match o {
+                typing::Outcome::Good(line) => self.kept(source, line),
+                typing::Outcome::Bad(b) => self.reject(source, b.line, b.reason, b.detail, &b.raw)?,
+            }
+        }
+        let height = match &mut self.typed {
+            Some(acc) => {
+                acc.vstack_mut_owned(frame).map_err(|e| FormatError::Write(e.to_string()))?;
+                acc.height()
+            }
+            None => {
+                let h = frame.height();
+                self.typed = Some(frame);
+                h
+            }
+        };
+        if height >= BATCH_ROWS {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Handles a bad row by the policy.
@@ -304,6 +358,12 @@ impl<'w> Sink<'w> {
     }
 
     pub fn flush(&mut self) -> Result<(), FormatError> {
+        // Typed chunks, then rows given one by one since (the order they came in).
+        if let Some(df) = self.typed.take()
+            && df.height() > 0
+        {
+            (self.write)(df).map_err(FormatError::Write)?;
+        }
         if self.rows.is_empty() {
             return Ok(());
         }
@@ -322,7 +382,7 @@ impl<'w> Sink<'w> {
     }
 }
 
-/// Column names and types, as parse_fields needs them.
+/// Column names and types, as parse_into needs them.
 pub struct FieldTypes {
     pub names: Vec<String>,
     pub types: Vec<ColumnType>,
@@ -339,18 +399,43 @@ enum FieldError {
     Value(String),
 }
 
-/// Parses text fields by the column types.
-fn parse_fields<'a>(schema: &FieldTypes, fields: impl Iterator<Item = Option<&'a str>>, nulls: &[String]) -> Result<Vec<Val>, FieldError> {
-    let mut out = Vec::with_capacity(schema.types.len());
-    for ((t, name), f) in schema.types.iter().zip(&schema.names).zip(fields) {
-        match f {
-            None => out.push(Val::Null),
-            Some(s) if nulls.iter().any(|n| n == s) => out.push(Val::Null),
-            Some(s) if s.as_bytes().contains(&0) => return Err(FieldError::Nul(name.clone())),
-            Some(s) => out.push(t.parse(s).map_err(|e| FieldError::Value(format!("column `{name}`: {e}")))?),
+impl FieldError {
+    /// Why the row is bad, and the detail its reject records.
+    fn reason(self) -> (Reason, String) {
+        match self {
+            FieldError::Nul(col) => (Reason::NulByte, format!("column `{col}` holds a NUL byte (\\0), which PostgreSQL cannot store")),
+            FieldError::Value(detail) => (Reason::Unparsable, detail),
         }
     }
-    Ok(out)
+}
+
+/// Parses text fields by the column types straight into the first
+/// columns of `rows`; a bad field leaves `rows` as it was.
+fn parse_into<'a>(
+    rows: &mut Rows,
+    schema: &FieldTypes,
+    fields: impl Iterator<Item = Option<&'a str>>,
+    nulls: &[String],
+) -> Result<(), FieldError> {
+    let before = rows.len();
+    let mut pushed = Ok(());
+    for (c, (name, f)) in schema.names.iter().zip(fields).enumerate() {
+        pushed = match f {
+            Some(s) if !nulls.iter().any(|n| n == s) => match s.as_bytes().contains(&0) {
+                true => Err(FieldError::Nul(name.clone())),
+                false => rows.push_parsed(c, s).map_err(|e| FieldError::Value(format!("column `{name}`: {e}"))),
+            },
+            _ => {
+                rows.push_null_at(c);
+                Ok(())
+            }
+        };
+        if pushed.is_err() {
+            rows.truncate(before);
+            break;
+        }
+    }
+    pushed
 }
 
 // ---------------------------------------------------------------- encodings

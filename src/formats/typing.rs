@@ -1,0 +1,265 @@
+//! Typing delimited records on several threads.
+//!
+//! Parsing and typing each field (integers, decimals, timestamps, text
+//! columns) costs several times what splitting a CSV into records does. The
+//! reading thread therefore only splits: it copies each record's fields
+//! into a [`Chunk`], with the rows it already found bad (wrong field count,
+//! a quote never closed) in their place, and hands full chunks round-robin
+//! to typing threads, which also build the chunk's columns. Their [`Typed`]
+//! results are taken back in the order
+//! the chunks were read and given to the [`Sink`] one by one, so the rows,
+//! their lineage, the bad-row policy (`fail` names the first bad line,
+//! `max_bad_rows` counts in file order) and the dataset come out exactly as
+//! if one thread had typed every row in turn.
+//!
+//! A file that fits in one chunk is typed on the reading thread. A typing
+//! thread that dies (a bug) fails the read: its rows are never skipped.
+
+use std::borrow::Cow;
+use std::sync::mpsc;
+use std::thread::Scope;
+
+use polars::prelude::DataFrame;
+
+use super::columns::Rows;
+use super::{Encoding, FieldTypes, FormatError, Reason, Sink, parse_into};
+
+/// Records per chunk.
+pub const CHUNK_ROWS: usize = 8192;
+/// Bytes of fields after which a chunk is handed over with fewer records.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Chunks handed over and not yet taken back, per typing thread.
+const IN_FLIGHT: usize = 2;
+
+/// A row found bad, in its place among the others.
+pub struct Bad {
+    pub line: u64,
+    pub reason: Reason,
+    pub detail: String,
+    pub raw: String,
+}
+
+/// Records split from a file, in file order, not yet typed.
+#[derive(Default)]
+pub struct Chunk {
+    /// The records' fields, one after the other.
+    data: Vec<u8>,
+    /// Where each field ends in `data`: `width` entries per record.
+    ends: Vec<usize>,
+    entries: Vec<Entry>,
+}
+
+enum Entry {
+    /// The next record's fields, read from this line.
+    Record(u64),
+    /// A row the reading thread rejected.
+    Bad(Bad),
+}
+
+impl Chunk {
+    /// Adds a record: its fields (as many as the typist's `width`) and the line it starts on.
+    pub fn record<'a>(&mut self, line: u64, fields: impl Iterator<Item = &'a [u8]>) {
+        for f in fields {
+            self.data.extend_from_slice(f);
+            self.ends.push(self.data.len());
+        }
+        self.entries.push(Entry::Record(line));
+    }
+
+    /// Adds a row found bad while splitting.
+    pub fn bad(&mut self, line: u64, reason: Reason, detail: String, raw: String) {
+        self.entries.push(Entry::Bad(Bad { line, reason, detail, raw }));
+    }
+
+    fn full(&self, rows: usize) -> bool {
+        self.entries.len() >= rows || self.data.len() >= CHUNK_BYTES
+    }
+}
+
+/// A chunk typed: its good rows, and the fate of each of its rows in order.
+pub struct Typed {
+    /// The good rows as a frame of the sink's columns (built on the typing thread).
+    pub frame: Result<DataFrame, String>,
+    pub outcomes: Vec<Outcome>,
+}
+
+pub enum Outcome {
+    /// A row kept, read from this line.
+    Good(u64),
+    Bad(Bad),
+}
+
+/// How the records of one file are typed.
+pub struct Typist {
+    /// The columns read, with their types.
+    pub types: FieldTypes,
+    /// The record field each column is read from.
+    pub index: Vec<usize>,
+    /// Fields per record.
+    pub width: usize,
+    pub enc: Encoding,
+    pub nulls: Vec<String>,
+    /// The delimiter, to show a bad row's raw text.
+    pub delim: String,
+    /// Empty rows of the sink's columns, to build each chunk's in.
+    pub rows: Rows,
+    /// The value of the sink's source column, when it has one.
+    pub source: Option<String>,
+}
+
+impl Typist {
+    /// Decodes and types a chunk's records, as [`Sink::fields`] does one row.
+    fn type_chunk(&self, chunk: Chunk) -> Typed {
+        let Chunk { data, ends, entries } = chunk;
+        let (w, enc) = (self.width, self.enc);
+        let mut rows = self.rows.like(entries.len());
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut decoded: Vec<Cow<'_, str>> = Vec::with_capacity(self.index.len());
+        let mut k = 0;
+        for e in entries {
+            let line = match e {
+                Entry::Bad(b) => {
+                    outcomes.push(Outcome::Bad(b));
+                    continue;
+                }
+                Entry::Record(line) => line,
+            };
+            let first = k * w;
+            k += 1;
+            let field = |i: usize| {
+                let from = if first + i == 0 { 0 } else { ends[first + i - 1] };
+                &data[from..ends[first + i]]
+            };
+            let raw = || (0..w).map(|i| enc.lossy(field(i))).collect::<Vec<_>>().join(&self.delim);
+            decoded.clear();
+            let mut bad_enc = None;
+            for (c, &i) in self.index.iter().enumerate() {
+                match enc.decode(field(i)) {
+                    Some(s) => decoded.push(s),
+                    None => {
+                        bad_enc = Some(c);
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = bad_enc {
+                let detail = format!("column `{}` is not valid {}", self.types.names[c], enc.name());
+                outcomes.push(Outcome::Bad(Bad { line, reason: Reason::InvalidEncoding, detail, raw: raw() }));
+                continue;
+            }
+            match parse_into(&mut rows, &self.types, decoded.iter().map(|s| Some(s.as_ref())), &self.nulls) {
+                Ok(()) => {
+                    if let Some(s) = &self.source {
+                        rows.push_text(self.types.names.len(), s);
+                    }
+                    outcomes.push(Outcome::Good(line));
+                }
+                Err(e) => {
+                    let (reason, detail) = e.reason();
+                    outcomes.push(Outcome::Bad(Bad { line, reason, detail, raw: raw() }));
+                }
+            }
+        }
+        Typed { frame: rows.take().map_err(|e| e.to_string()), outcomes }
+    }
+}
+
+/// The chunks of one file on their way through the typing threads. Lives
+/// in a [`std::thread::scope`]; dropping it (on an error) stops the threads.
+pub struct Pipeline<'scope, 'env> {
+    scope: &'scope Scope<'scope, 'env>,
+    typist: &'env Typist,
+    source: &'env str,
+    chunk_rows: usize,
+    /// The chunk being filled.
+    pub chunk: Chunk,
+    /// Each typing thread's queue and results (none until the first chunk is full).
+    inputs: Vec<mpsc::SyncSender<Chunk>>,
+    outputs: Vec<mpsc::Receiver<Typed>>,
+    handed: usize,
+    taken: usize,
+}
+
+impl<'scope, 'env> Pipeline<'scope, 'env> {
+    /// `source` names the file in the sink's lineage and rejects.
+    pub fn new(scope: &'scope Scope<'scope, 'env>, typist: &'env Typist, source: &'env str, chunk_rows: usize) -> Self {
+        Pipeline {
+            scope,
+            typist,
+            source,
+            chunk_rows: chunk_rows.max(1),
+            chunk: Chunk::default(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            handed: 0,
+            taken: 0,
+        }
+    }
+
+    /// Hands the chunk over when it is full, taking back typed chunks
+    /// into the sink as the queues require.
+    pub fn hand_over_if_full(&mut self, sink: &mut Sink<'_>) -> Result<(), FormatError> {
+        if !self.chunk.full(self.chunk_rows) {
+            return Ok(());
+        }
+        if self.inputs.is_empty() {
+            self.start()?;
+        }
+        let threads = self.inputs.len();
+        while self.handed - self.taken >= threads * IN_FLIGHT {
+            self.take_back(sink)?;
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        // A queue holds at most IN_FLIGHT - 1 chunks here, so this never
+        // blocks; it fails only if the thread is gone.
+        self.inputs[self.handed % threads].send(chunk).map_err(|_| stopped())?;
+        self.handed += 1;
+        Ok(())
+    }
+
+    /// Types what is left and gives every row to the sink, in order.
+    pub fn finish(mut self, sink: &mut Sink<'_>) -> Result<(), FormatError> {
+        let last = std::mem::take(&mut self.chunk);
+        if self.inputs.is_empty() {
+            // The whole file in one chunk: typed here.
+            return sink.typed(self.source, self.typist.type_chunk(last));
+        }
+        while self.taken < self.handed {
+            self.take_back(sink)?;
+        }
+        sink.typed(self.source, self.typist.type_chunk(last))
+    }
+
+    fn start(&mut self) -> Result<(), FormatError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        for _ in 0..threads {
+            let (in_tx, in_rx) = mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+            let (out_tx, out_rx) = mpsc::channel::<Typed>();
+            let typist = self.typist;
+            std::thread::Builder::new()
+                .name("csv-typing".into())
+                .spawn_scoped(self.scope, move || {
+                    for chunk in in_rx {
+                        if out_tx.send(typist.type_chunk(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| FormatError::Invalid(format!("cannot start a thread to type the records: {e}")))?;
+            self.inputs.push(in_tx);
+            self.outputs.push(out_rx);
+        }
+        Ok(())
+    }
+
+    /// Takes back the oldest chunk handed over, into the sink.
+    fn take_back(&mut self, sink: &mut Sink<'_>) -> Result<(), FormatError> {
+        let typed = self.outputs[self.taken % self.outputs.len()].recv().map_err(|_| stopped())?;
+        self.taken += 1;
+        sink.typed(self.source, typed)
+    }
+}
+
+fn stopped() -> FormatError {
+    FormatError::Invalid("a thread typing the records stopped before returning them (a bug in sluice); nothing was loaded".into())
+}
