@@ -127,8 +127,14 @@ YAML
         # Both load into an empty table (replace mode would otherwise pay a
         # DELETE of the previous iteration's million rows).
         psql "$PG_URL" -q -c "TRUNCATE w3_psql, w3_sluice, w3_stream"
+        # Each load starts after a checkpoint: the WAL of the one before
+        # (about 150 MB) would otherwise trigger one in the middle of a
+        # load, whichever comes next.
+        psql "$PG_URL" -q -c "CHECKPOINT"
         measure w3_psql_copy -- psql "$PG_URL" -q -c "\\copy w3_psql FROM '$csv' WITH (FORMAT csv, HEADER true)"
+        psql "$PG_URL" -q -c "CHECKPOINT"
         measure w3_sluice -- "$BIN" run w3_load
+        psql "$PG_URL" -q -c "CHECKPOINT"
         measure w3_stream -- "$BIN" run w3_stream
     done | tee "$work/w3.json"
     # The same rows, value for value, whichever loaded them.

@@ -181,8 +181,126 @@ pub fn scan(path: &Path) -> PolarsResult<LazyFrame> {
     LazyFrame::scan_parquet(PlRefPath::new(path.to_string_lossy().as_ref()), ScanArgsParquet::default())
 }
 
-/// Reads a whole local Parquet file.
-pub fn read(path: &Path) -> Result<DataFrame, String> {
-    let f = File::open(path).map_err(|e| format!("cannot open dataset {}: {e}", path.display()))?;
-    ParquetReader::new(f).finish().map_err(|e| format!("cannot read dataset {}: {e}", path.display()))
+/// A local Parquet file read in frames of whole row groups, about
+/// [`crate::formats::BATCH_ROWS`] rows each: a load streams them into COPY
+/// instead of holding the dataset in memory.
+pub struct Batches {
+    path: PathBuf,
+    metadata: polars::io::parquet::metadata::FileMetadataRef,
+    /// Where each frame starts and how many rows it has.
+    slices: std::vec::IntoIter<(usize, usize)>,
+    read: usize,
+}
+
+/// Opens a local Parquet file for [`Batches`]; returns an empty frame of
+/// its columns too.
+pub fn batches(path: &Path) -> Result<(DataFrame, Batches), String> {
+    let open = || File::open(path).map_err(|e| format!("cannot open dataset {}: {e}", path.display()));
+    let mut reader = ParquetReader::new(open()?);
+    let metadata = reader.get_metadata().map_err(|e| format!("cannot read dataset {}: {e}", path.display()))?.clone();
+    let columns = reader.with_slice(Some((0, 0))).finish().map_err(|e| format!("cannot read dataset {}: {e}", path.display()))?;
+    let mut slices = Vec::new();
+    let mut start = 0;
+    let mut len = 0;
+    for rg in &metadata.row_groups {
+        len += rg.num_rows();
+        if len >= crate::formats::BATCH_ROWS {
+            slices.push((start, len));
+            start += len;
+            len = 0;
+        }
+    }
+    if len > 0 {
+        slices.push((start, len));
+    }
+    Ok((columns, Batches { path: path.to_path_buf(), metadata, slices: slices.into_iter(), read: 0 }))
+}
+
+impl Iterator for Batches {
+    type Item = Result<DataFrame, String>;
+
+    /// The next frame; after the last, an error if the frames did not hold
+    /// every row the file's footer counts.
+    fn next(&mut self) -> Option<Result<DataFrame, String>> {
+        let path = &self.path;
+        let Some((start, len)) = self.slices.next() else {
+            let total = self.metadata.num_rows;
+            if self.read == total {
+                return None;
+            }
+            let e = format!(
+                "rows are unaccounted for: dataset {} holds {total} rows but {} were read (a bug in sluice)",
+                path.display(),
+                self.read
+            );
+            self.read = total;
+            return Some(Err(e));
+        };
+        let frame = File::open(path).map_err(|e| format!("cannot open dataset {}: {e}", path.display())).and_then(|f| {
+            let mut reader = ParquetReader::new(f).with_slice(Some((start, len)));
+            reader.set_metadata(self.metadata.clone());
+            reader.finish().map_err(|e| format!("cannot read dataset {}: {e}", path.display()))
+        });
+        if let Ok(df) = &frame {
+            self.read += df.height();
+        }
+        Some(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(from: i64, n: i64) -> DataFrame {
+        df!("id" => (from..from + n).collect::<Vec<i64>>(), "name" => (from..from + n).map(|i| format!("n{i}")).collect::<Vec<_>>())
+            .unwrap()
+    }
+
+    /// Reads `path` with [`batches`]: the frames' heights and all their rows.
+    fn read_in_batches(path: &Path) -> (Vec<usize>, DataFrame) {
+        let (columns, frames) = batches(path).unwrap();
+        let frames: Vec<DataFrame> = frames.map(Result::unwrap).collect();
+        let heights = frames.iter().map(DataFrame::height).collect();
+        let all = frames.into_iter().fold(columns, |mut a, b| {
+            a.vstack_mut_owned(b).unwrap();
+            a
+        });
+        (heights, all)
+    }
+
+    #[test]
+    fn a_dataset_is_read_in_frames_of_whole_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        // Row groups of 10,000 rows (one per batch written) come together
+        // in frames of at least BATCH_ROWS.
+        let small = dir.path().join("small.parquet");
+        let mut w = DatasetWriter::create(small.clone(), frame(0, 0).schema().as_ref().clone()).unwrap();
+        for i in 0..15 {
+            w.write(&frame(i * 10_000, 10_000)).unwrap();
+        }
+        w.finish().unwrap();
+        let (heights, all) = read_in_batches(&small);
+        assert_eq!(heights, [70_000, 70_000, 10_000]);
+        assert!(all.equals(&frame(0, 150_000)));
+        // One frame written whole, and an empty one.
+        for n in [200_000, 0] {
+            let whole = dir.path().join(format!("whole{n}.parquet"));
+            write_frame(&whole, &mut frame(0, n)).unwrap();
+            let (heights, all) = read_in_batches(&whole);
+            assert_eq!(heights.iter().sum::<usize>(), n as usize);
+            assert!(all.equals(&frame(0, n)));
+            assert_eq!(all.schema(), frame(0, 0).schema());
+        }
+        // Frames that miss rows of the file end in an error, not silently.
+        let (_, mut b) = batches(&small).unwrap();
+        let mut slices: Vec<_> = b.slices.collect();
+        slices.remove(1);
+        b.slices = slices.into_iter();
+        let ends: Vec<Result<usize, String>> = b.map(|f| f.map(|df| df.height())).collect();
+        assert_eq!(ends[..2], [Ok(70_000), Ok(10_000)]);
+        let e = ends[2].clone().unwrap_err();
+        assert!(e.contains("holds 150000 rows but 80000 were read"), "{e}");
+        assert_eq!(ends.len(), 3);
+    }
 }

@@ -178,13 +178,15 @@ impl TaskType for LoadConfig {
 
 impl Run for Load {
     async fn run(self, ctx: &TaskCtx) -> Result<Outcome, TaskError> {
+        // The dataset is read a few row groups at a time as COPY takes
+        // them: a load's memory does not grow with the dataset.
         let path = self.path.clone();
-        let df = tokio::task::spawn_blocking(move || crate::datasets::read(&path))
+        let (columns, batches) = tokio::task::spawn_blocking(move || crate::datasets::batches(&path))
             .await
             .map_err(|e| TaskError::from_join("reading the dataset", e))?
             .map_err(TaskError::Failed)?;
         let what = format!("dataset `{}`", self.input);
-        match self.target.load(ctx, Frames::whole(df), &what).await {
+        match self.target.load(ctx, Frames::read(columns, batches), &what).await {
             Ok(loaded) => Ok(self.target.outcome(&loaded)),
             Err(LoadError::Copy(e)) => {
                 let lineage = self.lineage(ctx).await;

@@ -30,9 +30,12 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// One frame, all the rows.
-    pub fn whole(df: DataFrame) -> Frames {
-        Frames { schema: df.clear(), frames: Box::new(std::iter::once(df)), verdict: None }
+    /// Frames read one after another as the COPY takes them (a dataset
+    /// streamed from its file). A read error ends them, and the load rolls
+    /// back with that error.
+    pub fn read(schema: DataFrame, frames: impl Iterator<Item = Result<DataFrame, String>> + Send + 'static) -> Frames {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        Frames { schema, frames: Box::new(UntilError { frames, verdict: Some(tx) }), verdict: Some(rx) }
     }
 
     /// Frames received until the sender is dropped; the load commits only
@@ -44,6 +47,30 @@ impl Frames {
         verdict: tokio::sync::oneshot::Receiver<Result<(), TaskError>>,
     ) -> Frames {
         Frames { schema, frames: Box::new(frames.into_iter()), verdict: Some(verdict) }
+    }
+}
+
+/// Frames until the first error, which goes to the verdict (as does the
+/// end, as Ok).
+struct UntilError<I> {
+    frames: I,
+    verdict: Option<tokio::sync::oneshot::Sender<Result<(), TaskError>>>,
+}
+
+impl<I: Iterator<Item = Result<DataFrame, String>>> Iterator for UntilError<I> {
+    type Item = DataFrame;
+
+    fn next(&mut self) -> Option<DataFrame> {
+        self.verdict.as_ref()?;
+        let end = match self.frames.next() {
+            Some(Ok(df)) => return Some(df),
+            Some(Err(e)) => Err(TaskError::Failed(e)),
+            None => Ok(()),
+        };
+        if let Some(tx) = self.verdict.take() {
+            let _ = tx.send(end);
+        }
+        None
     }
 }
 
@@ -676,3 +703,22 @@ impl TableLoad {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_end_at_the_first_error_which_the_verdict_carries() {
+        let df = polars::df!("id" => [1i64, 2]).unwrap();
+        let reads = vec![Ok(df.clone()), Err("cannot read dataset x: broken page".to_string()), Ok(df.clone())];
+        let Frames { frames, verdict, .. } = Frames::read(df.clear(), reads.into_iter());
+        assert_eq!(frames.count(), 1);
+        let e = verdict.unwrap().try_recv().unwrap().unwrap_err();
+        assert!(e.to_string().contains("broken page"), "{e}");
+        // Every frame read: the verdict is Ok.
+        let Frames { frames, verdict, .. } = Frames::read(df.clear(), vec![Ok(df.clone()), Ok(df)].into_iter());
+        assert_eq!(frames.count(), 2);
+        assert!(verdict.unwrap().try_recv().unwrap().is_ok());
+    }
+}
