@@ -99,10 +99,11 @@ if [[ " ${workloads[*]} " == *" w3 "* ]]; then
     python3 bench/gen_orders.py 1000000 "$csv"
     psql "$PG_URL" -q -v ON_ERROR_STOP=1 <<'SQL'
 DROP TABLE IF EXISTS w3_psql, w3_sluice, w3_stream;
+-- No autovacuum: a vacuum of the rows one load wrote would run during the next.
 CREATE TABLE w3_psql (order_id bigint, user_id bigint, product_id bigint, category text, quantity int,
-                      amount numeric(12,2), status text, ordered_at timestamp);
-CREATE TABLE w3_sluice (LIKE w3_psql);
-CREATE TABLE w3_stream (LIKE w3_psql);
+                      amount numeric(12,2), status text, ordered_at timestamp) WITH (autovacuum_enabled = false);
+CREATE TABLE w3_sluice (LIKE w3_psql) WITH (autovacuum_enabled = false);
+CREATE TABLE w3_stream (LIKE w3_psql) WITH (autovacuum_enabled = false);
 SQL
     cat > "$proj/dags/w3_load.yaml" <<'YAML'
 tasks:
