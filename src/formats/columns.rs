@@ -393,7 +393,7 @@ impl Infer {
     pub fn add(&mut self, s: &str) {
         self.seen = true;
         let t = s.trim();
-        if self.bool_ && !matches!(t.to_ascii_lowercase().as_str(), "true" | "false") {
+        if self.bool_ && !(t.eq_ignore_ascii_case("true") || t.eq_ignore_ascii_case("false")) {
             self.bool_ = false;
         }
         if self.int && t.parse::<i64>().is_err() {
@@ -408,6 +408,16 @@ impl Infer {
         if self.ts && parse_naive_ts(t).is_none() {
             self.ts = false;
         }
+    }
+
+    /// Takes in what another inference over other values of the column saw.
+    pub fn merge(&mut self, other: &Infer) {
+        self.bool_ &= other.bool_;
+        self.int &= other.int;
+        self.float &= other.float;
+        self.date &= other.date;
+        self.ts &= other.ts;
+        self.seen |= other.seen;
     }
 
     pub fn result(&self) -> ColumnType {

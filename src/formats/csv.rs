@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::columns::{Infer, Schema};
-use super::typing::{CHUNK_ROWS, Pipeline, Typist};
+use super::typing::{CHUNK_ROWS, Fields, Pipeline, Typist, hand_over_if_full, infer_in_parallel};
 use super::{Encoding, FieldTypes, FormatError, Reader, Reason, Sink, SourceFile, bom_len, open_at};
 
 /// CSV options.
@@ -288,36 +288,43 @@ impl CsvReader {
                 for c in h {
                     if !names.contains(c) {
                         names.push(c.clone());
-                        infer.push(Infer::default());
                     }
                 }
             }
+            // Field k of a record is column columns[k] (a header's order
+            // among every file's names), or column k without a header.
+            let columns: Option<Vec<usize>> =
+                st.header.as_ref().map(|h| h.iter().filter_map(|c| names.iter().position(|n| n == c)).collect());
             let width = st.header.as_ref().map(Vec::len);
             let mut recs = Records::new(file, &self.opts, &st, width)?;
-            while let Some(item) = recs.next()? {
-                let Item::Row(_) = item else { continue };
-                let rec = &recs.rec;
-                if blank(rec) {
-                    continue;
-                }
-                if st.header.is_none() && rec.len() > names.len() {
-                    for i in names.len()..rec.len() {
-                        names.push(format!("column_{}", i + 1));
-                        infer.push(Infer::default());
+            let (widest, part) = infer_in_parallel(columns.as_deref(), st.enc, &self.nulls, |hand_over| {
+                let mut chunk = Fields::default();
+                let mut widest = 0;
+                while let Some(item) = recs.next()? {
+                    let Item::Row(_) = item else { continue };
+                    let rec = &recs.rec;
+                    // A blank line is no row; a row of the wrong width is a
+                    // bad row, reported when read.
+                    if blank(rec) || width.is_some_and(|w| w != rec.len()) {
+                        continue;
                     }
+                    widest = widest.max(rec.len());
+                    chunk.record((0..rec.len()).map(|k| field(rec, k)));
+                    hand_over_if_full(&mut chunk, hand_over)?;
                 }
-                let cols: Vec<usize> = match &st.header {
-                    Some(h) if rec.len() == h.len() => h.iter().filter_map(|c| names.iter().position(|n| n == c)).collect(),
-                    Some(_) => continue, // a bad row; it is reported when read
-                    None => (0..rec.len()).collect(),
-                };
-                for (k, i) in cols.iter().enumerate() {
-                    if let Some(s) = st.enc.decode(field(rec, k))
-                        && !self.nulls.iter().any(|n| n == &*s)
-                    {
-                        infer[*i].add(&s);
-                    }
+                hand_over(chunk)?;
+                Ok(widest)
+            })?;
+            if st.header.is_none() {
+                for i in names.len()..widest {
+                    names.push(format!("column_{}", i + 1));
                 }
+            }
+            if infer.len() < names.len() {
+                infer.resize(names.len(), Infer::default());
+            }
+            for (a, b) in infer.iter_mut().zip(&part) {
+                a.merge(b);
             }
         }
         Ok(Schema(names.into_iter().zip(infer.iter().map(Infer::result)).collect()))
@@ -533,6 +540,37 @@ mod tests {
                 assert_eq!(l, lineage, "chunks of {chunk_rows}");
             }
         }
+    }
+
+    #[test]
+    fn types_are_inferred_over_every_chunk() {
+        // 30,000 rows: four chunks for the inferring threads; what widens a
+        // column comes late, in a chunk of its own.
+        let mut s = String::from("n,x,flag,day,at,empty\n");
+        let mut bare = String::new();
+        for i in 0..30_000 {
+            let x = if i == 25_000 { "1.5".to_string() } else { i.to_string() };
+            let flag = if i == 20_000 {
+                "maybe"
+            } else if i % 2 == 0 {
+                "true"
+            } else {
+                "FALSE"
+            };
+            s.push_str(&format!("{i},{x},{flag},2024-01-{:02},2024-01-01 10:{:02}:00,\n", i % 28 + 1, i % 60));
+            bare.push_str(&format!("{i},{x}\n"));
+        }
+        s.push_str("1,2,3\n"); // the wrong width: left out
+        bare.push_str("1,2,x,4\n"); // without a header: two more columns
+        let f = file(s.as_bytes());
+        let schema = reader().infer(&[src(&f, "i.csv")]).unwrap();
+        let types: Vec<String> = schema.0.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+        assert_eq!(types, ["n: int", "x: float", "flag: text", "day: date", "at: timestamp", "empty: text"]);
+        let g = file(bare.as_bytes());
+        let r = CsvReader { opts: CsvOptions { header: false, ..Default::default() }, nulls: vec![String::new()] };
+        let schema = r.infer(&[src(&g, "b.csv")]).unwrap();
+        let types: Vec<String> = schema.0.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+        assert_eq!(types, ["column_1: int", "column_2: float", "column_3: text", "column_4: int"]);
     }
 
     #[test]

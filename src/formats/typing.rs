@@ -14,6 +14,11 @@
 //!
 //! A file that fits in one chunk is typed on the reading thread. A typing
 //! thread that dies (a bug) fails the read: its rows are never skipped.
+//!
+//! Inferring a CSV's column types (a full pass when no schema is declared)
+//! is split the same way: the reading thread splits the records into
+//! [`Fields`], and threads fold them into one [`Infer`] per column, merged
+//! at the end ([`infer_in_parallel`]).
 
 use std::borrow::Cow;
 use std::sync::mpsc;
@@ -21,7 +26,7 @@ use std::thread::Scope;
 
 use polars::prelude::DataFrame;
 
-use super::columns::Rows;
+use super::columns::{Infer, Rows};
 use super::{Encoding, FieldTypes, FormatError, Reason, Sink, parse_into};
 
 /// Records per chunk.
@@ -231,8 +236,7 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
     }
 
     fn start(&mut self) -> Result<(), FormatError> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        for _ in 0..threads {
+        for _ in 0..threads() {
             let (in_tx, in_rx) = mpsc::sync_channel::<Chunk>(IN_FLIGHT);
             let (out_tx, out_rx) = mpsc::channel::<Typed>();
             let typist = self.typist;
@@ -257,6 +261,109 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
         let typed = self.outputs[self.taken % self.outputs.len()].recv().map_err(|_| stopped())?;
         self.taken += 1;
         sink.typed(self.source, typed)
+    }
+}
+
+/// Threads to type or infer with.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
+}
+
+/// Records of any width, split from a file, for inference.
+#[derive(Default)]
+pub struct Fields {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    /// Fields per record.
+    widths: Vec<usize>,
+}
+
+impl Fields {
+    pub fn record<'a>(&mut self, fields: impl Iterator<Item = &'a [u8]>) {
+        let before = self.ends.len();
+        for f in fields {
+            self.data.extend_from_slice(f);
+            self.ends.push(self.data.len());
+        }
+        self.widths.push(self.ends.len() - before);
+    }
+
+    fn full(&self) -> bool {
+        self.widths.len() >= CHUNK_ROWS || self.data.len() >= CHUNK_BYTES
+    }
+
+    /// Adds each value to the inference of its column: field `k` of a
+    /// record is column `columns[k]` (or `k`, without `columns`); nulls are
+    /// left out.
+    fn infer(&self, infer: &mut Vec<Infer>, columns: Option<&[usize]>, enc: Encoding, nulls: &[String]) {
+        let mut f = 0;
+        for &w in &self.widths {
+            for k in 0..w {
+                let from = if f == 0 { 0 } else { self.ends[f - 1] };
+                let bytes = &self.data[from..self.ends[f]];
+                f += 1;
+                let i = columns.map_or(k, |c| c[k]);
+                if let Some(s) = enc.decode(bytes)
+                    && !nulls.iter().any(|n| n == &*s)
+                {
+                    if infer.len() <= i {
+                        infer.resize(i + 1, Infer::default());
+                    }
+                    infer[i].add(&s);
+                }
+            }
+        }
+    }
+}
+
+/// Infers column types over the records `split` hands over (it is given a
+/// function that takes each full chunk, and ends by handing over the
+/// rest), on several threads; returns what `split` returned and one
+/// inference per column seen (by column index).
+pub fn infer_in_parallel<R>(
+    columns: Option<&[usize]>,
+    enc: Encoding,
+    nulls: &[String],
+    split: impl FnOnce(&mut dyn FnMut(Fields) -> Result<(), FormatError>) -> Result<R, FormatError>,
+) -> Result<(R, Vec<Infer>), FormatError> {
+    let (tx, rx) = mpsc::sync_channel::<Fields>(threads() * IN_FLIGHT);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let mut workers = Vec::new();
+        for _ in 0..threads() {
+            let rx = &rx;
+            let worker = std::thread::Builder::new().name("csv-infer".into()).spawn_scoped(scope, move || {
+                let mut infer = Vec::new();
+                // The lock is held only to take a chunk.
+                while let Ok(chunk) = { rx.lock().unwrap_or_else(|e| e.into_inner()).recv() } {
+                    chunk.infer(&mut infer, columns, enc, nulls);
+                }
+                infer
+            });
+            workers.push(worker.map_err(|e| FormatError::Invalid(format!("cannot start a thread to infer the types: {e}")))?);
+        }
+        let mut hand_over = |chunk: Fields| tx.send(chunk).map_err(|_| stopped());
+        let split = split(&mut hand_over);
+        drop(tx);
+        let mut infer: Vec<Infer> = Vec::new();
+        for w in workers {
+            let part = w.join().map_err(|_| stopped())?;
+            if infer.len() < part.len() {
+                infer.resize(part.len(), Infer::default());
+            }
+            for (a, b) in infer.iter_mut().zip(&part) {
+                a.merge(b);
+            }
+        }
+        Ok((split?, infer))
+    })
+}
+
+/// Hands `chunk` over when it is full.
+pub fn hand_over_if_full(chunk: &mut Fields, hand_over: &mut dyn FnMut(Fields) -> Result<(), FormatError>) -> Result<(), FormatError> {
+    match chunk.full() {
+        true => hand_over(std::mem::take(chunk)),
+        false => Ok(()),
     }
 }
 
