@@ -6,11 +6,11 @@
 //! into a [`Chunk`], with the rows it already found bad (wrong field count,
 //! a quote never closed) in their place, and hands full chunks round-robin
 //! to typing threads, which also build the chunk's columns. Their [`Typed`]
-//! results are taken back in the order
-//! the chunks were read and given to the [`Sink`] one by one, so the rows,
-//! their lineage, the bad-row policy (`fail` names the first bad line,
-//! `max_bad_rows` counts in file order) and the dataset come out exactly as
-//! if one thread had typed every row in turn.
+//! results are taken back in the order the chunks were read and given to
+//! the [`Sink`] one by one, so the rows, their lineage, the bad-row policy
+//! (`fail` names the first bad line, `max_bad_rows` counts in file order)
+//! and the dataset come out exactly as if one thread had typed every row
+//! in turn.
 //!
 //! A file that fits in one chunk is typed on the reading thread. A typing
 //! thread that dies (a bug) fails the read: its rows are never skipped.
@@ -244,7 +244,12 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
                 .name("csv-typing".into())
                 .spawn_scoped(self.scope, move || {
                     for chunk in in_rx {
-                        if out_tx.send(typist.type_chunk(chunk)).is_err() {
+                        // A panic (a bug) ends the thread, and with it its
+                        // queues: the reading thread then fails the read.
+                        let Ok(typed) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| typist.type_chunk(chunk))) else {
+                            break;
+                        };
+                        if out_tx.send(typed).is_err() {
                             break;
                         }
                     }
@@ -334,11 +339,18 @@ pub fn infer_in_parallel<R>(
             let rx = &rx;
             let worker = std::thread::Builder::new().name("csv-infer".into()).spawn_scoped(scope, move || {
                 let mut infer = Vec::new();
-                // The lock is held only to take a chunk.
+                let mut failed = false;
+                // The lock is held only to take a chunk. A panic (a bug)
+                // fails the inference, but the thread takes chunks to the
+                // end, so that the reading thread never waits on a queue
+                // no thread empties.
                 while let Ok(chunk) = { rx.lock().unwrap_or_else(|e| e.into_inner()).recv() } {
-                    chunk.infer(&mut infer, columns, enc, nulls);
+                    if !failed {
+                        let fold = std::panic::AssertUnwindSafe(|| chunk.infer(&mut infer, columns, enc, nulls));
+                        failed = std::panic::catch_unwind(fold).is_err();
+                    }
                 }
-                infer
+                (!failed).then_some(infer)
             });
             workers.push(worker.map_err(|e| FormatError::Invalid(format!("cannot start a thread to infer the types: {e}")))?);
         }
@@ -347,7 +359,9 @@ pub fn infer_in_parallel<R>(
         drop(tx);
         let mut infer: Vec<Infer> = Vec::new();
         for w in workers {
-            let part = w.join().map_err(|_| stopped())?;
+            let part = w.join().ok().flatten().ok_or_else(|| {
+                FormatError::Invalid("a thread inferring the column types failed (a bug in sluice); nothing was read".into())
+            })?;
             if infer.len() < part.len() {
                 infer.resize(part.len(), Infer::default());
             }
@@ -369,4 +383,57 @@ pub fn hand_over_if_full(chunk: &mut Fields, hand_over: &mut dyn FnMut(Fields) -
 
 fn stopped() -> FormatError {
     FormatError::Invalid("a thread typing the records stopped before returning them (a bug in sluice); nothing was loaded".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::OnBadRows;
+    use crate::formats::columns::{ColumnType, Schema};
+
+    // Each test makes a thread panic on purpose, as a bug in sluice would:
+    // the read fails with an error, it does not hang or lose the rows.
+
+    #[test]
+    fn a_typing_thread_that_panics_fails_the_read() {
+        let schema = Schema(vec![("id".into(), ColumnType::Int)]);
+        let mut w = |_df: DataFrame| Ok(());
+        let mut sink = Sink::new(&schema, OnBadRows::Fail, None, None, &mut w);
+        // A column read from a field the records do not have.
+        let typist = Typist {
+            types: FieldTypes::of(&schema),
+            index: vec![5],
+            width: 1,
+            enc: Encoding::Utf8,
+            nulls: Vec::new(),
+            delim: ",".into(),
+            rows: sink.rows.like(0),
+            source: None,
+        };
+        let read = std::thread::scope(|scope| {
+            let mut typing = Pipeline::new(scope, &typist, "x.csv", 1);
+            for line in 1..=20 {
+                typing.chunk.record(line, std::iter::once(&b"1"[..]));
+                typing.hand_over_if_full(&mut sink)?;
+            }
+            typing.finish(&mut sink)
+        });
+        let e = read.unwrap_err().to_string();
+        assert!(e.contains("a thread typing the records stopped"), "{e}");
+    }
+
+    #[test]
+    fn an_inferring_thread_that_panics_fails_the_inference() {
+        // Fields of records mapped to columns through an empty list.
+        let read = infer_in_parallel(Some(&[]), Encoding::Utf8, &[], |hand_over| {
+            for _ in 0..20 {
+                let mut chunk = Fields::default();
+                chunk.record(std::iter::once(&b"1"[..]));
+                hand_over(chunk)?;
+            }
+            Ok(())
+        });
+        let e = read.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("a thread inferring the column types failed"), "{e}");
+    }
 }
