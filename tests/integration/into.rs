@@ -196,3 +196,37 @@ tasks:
     assert_eq!(p.state_sql("SELECT error_kind FROM task_tries WHERE task_id = 'big' AND try_number = 1"), ["worker_lost"]);
     assert_eq!(p.scalar("SELECT count(*) || ' ' || min(id) || ' ' || max(id) FROM big"), "2000000 1 2000000");
 });
+
+// The same rows through a dataset: the load reads it a few row groups at a
+// time while COPY sends them. Every row arrives, and a COPY error in a
+// later frame still names the source line of its row.
+sluice_test!(a_load_streams_its_dataset_frame_by_frame, |p| {
+    p.sql("CREATE TABLE orders (id bigint PRIMARY KEY, amount int NOT NULL CHECK (id <> 150000)); INSERT INTO orders VALUES (-1, 1)");
+    orders_csv(&p, 200_000, "");
+    p.write(
+        "dags/two.yaml",
+        r#"
+tasks:
+  - id: orders
+    type: extract
+    source: data/orders.csv
+    schema: { id: int, amount: int }
+  - { id: load, type: load, input: orders, conn: warehouse, table: orders, mode: replace }
+"#,
+    );
+    p.sluice(&["run", "two", "--date", "2024-01-05"]).code(1);
+    let run = p.last_run("two");
+    let e = p.task_json(run, "load")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("data/orders.csv, line 150001"), "{e}");
+    assert_eq!(p.sql("SELECT id FROM orders"), ["-1"]);
+
+    p.sql("ALTER TABLE orders DROP CONSTRAINT orders_id_check");
+    p.sluice(&["run", "two", "--date", "2024-01-05", "--rerun"]).ok();
+    // 200 times 0 + 1 + ... + 999.
+    assert_eq!(
+        p.scalar("SELECT count(*) || ' ' || sum(amount) || ' ' || min(id) || ' ' || max(id) FROM orders"),
+        "200000 99900000 1 200000"
+    );
+    let t = p.task_json(p.last_run("two"), "load");
+    assert_eq!(t["output"]["metrics"]["rows_deleted"].as_u64(), Some(1), "{t}");
+});
