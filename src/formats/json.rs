@@ -7,6 +7,7 @@
 use std::io::Read;
 
 use super::columns::{InferJson, Schema, Val};
+use super::typing::{CHUNK_ROWS, JsonTypist, Pipeline};
 use super::{FormatError, Reader, Reason, Sink, SourceFile, lines, open_text};
 
 /// Reads NDJSON (`array: false`) or a JSON array of objects.
@@ -14,7 +15,7 @@ pub struct JsonReader {
     pub array: bool,
 }
 
-fn json_row(obj: &serde_json::Map<String, serde_json::Value>, schema: &Schema) -> Result<Vec<Val>, (Reason, String)> {
+pub(super) fn json_row(obj: &serde_json::Map<String, serde_json::Value>, schema: &Schema) -> Result<Vec<Val>, (Reason, String)> {
     schema
         .0
         .iter()
@@ -127,28 +128,39 @@ impl Reader for JsonReader {
                 other => sink.reject(name, i, Reason::InvalidJson, format!("element {i} is not an object"), &other.to_string()),
             });
         }
-        for l in lines(f, name) {
-            let (n, line) = l?;
-            let text = match std::str::from_utf8(&line) {
-                Ok(t) => t,
-                Err(_) => {
-                    sink.reject(name, n, Reason::InvalidEncoding, "the line is not valid UTF-8".into(), &String::from_utf8_lossy(&line))?;
-                    continue;
-                }
-            };
-            if text.trim().is_empty() {
-                continue;
+        self.read_lines(f, name, schema, sink, CHUNK_ROWS)
+    }
+}
+
+impl JsonReader {
+    /// Reads NDJSON lines, parsed and typed on every core in chunks of
+    /// `chunk_rows` lines ([`super::typing`]).
+    fn read_lines(
+        &self,
+        f: std::io::BufReader<std::fs::File>,
+        name: &str,
+        schema: &Schema,
+        sink: &mut Sink<'_>,
+        chunk_rows: usize,
+    ) -> Result<(), FormatError> {
+        let typist =
+            JsonTypist { schema: schema.clone(), rows: sink.rows.like(0), source: sink.has_source_column().then(|| name.to_string()) };
+        std::thread::scope(|scope| {
+            let mut typing = Pipeline::new(scope, &typist, name, chunk_rows);
+            for l in lines(f, name) {
+                let (n, line) = match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // The lines before it first (as the CSV reader does).
+                        typing.finish(sink)?;
+                        return Err(e);
+                    }
+                };
+                typing.chunk.push(n, &line);
+                typing.hand_over_if_full(sink)?;
             }
-            match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(o)) => match json_row(&o, schema) {
-                    Ok(vals) => sink.row(vals, name, n)?,
-                    Err((reason, d)) => sink.reject(name, n, reason, d, text)?,
-                },
-                Ok(_) => sink.reject(name, n, Reason::InvalidJson, "the line is not a JSON object".into(), text)?,
-                Err(e) => sink.reject(name, n, Reason::InvalidJson, e.to_string(), text)?,
-            }
-        }
-        Ok(())
+            typing.finish(sink)
+        })
     }
 }
 
@@ -176,6 +188,60 @@ mod tests {
         let (df, r, _) = collect(&typed, OnBadRows::Quarantine, |s| arr.read(&src(&a, "a.json"), &typed, s));
         assert_eq!(df.height(), 2);
         assert_eq!(r.unwrap().height(), 1);
+    }
+
+    #[test]
+    fn ndjson_typed_in_chunks_on_threads_changes_nothing() {
+        // 2,000 lines with a bad line of every kind and blank lines.
+        let mut b: Vec<u8> = Vec::new();
+        for i in 1..=2000u32 {
+            match i {
+                _ if i % 97 == 0 => b.extend_from_slice(b"\xff\xfe not utf-8\n"),
+                _ if i % 89 == 0 => b.extend_from_slice(format!("{{\"id\": \"x{i}\"}}\n").as_bytes()),
+                _ if i % 83 == 0 => b.extend_from_slice(b"[1, 2]\n"),
+                _ if i % 79 == 0 => b.extend_from_slice(b"{\"id\": \n"),
+                _ if i % 73 == 0 => b.extend_from_slice(format!("{{\"id\": {i}, \"name\": \"a\\u0000b\"}}\n").as_bytes()),
+                _ if i % 71 == 0 => b.extend_from_slice(b"   \n"),
+                _ => b.extend_from_slice(format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n").as_bytes()),
+            }
+        }
+        let f = file(&b);
+        let typed: Schema = serde_yaml::from_str("{id: int, name: text}").unwrap();
+        let read = |chunk_rows: usize| {
+            let mut frames = Vec::new();
+            let mut w = |df: polars::prelude::DataFrame| {
+                frames.push(df);
+                Ok(())
+            };
+            let mut sink = Sink::new(&typed, OnBadRows::Quarantine, Some("source"), None, &mut w);
+            let reader = JsonReader { array: false };
+            let fh = open_text(f.path(), "e.ndjson").unwrap();
+            reader.read_lines(fh, "e.ndjson", &typed, &mut sink, chunk_rows).unwrap();
+            let bad: Vec<(String, u64)> = sink.bad.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let (rejects, lineage) = sink.finish().unwrap();
+            let df = frames.into_iter().reduce(|mut a, b| {
+                a.vstack_mut(&b).unwrap();
+                a
+            });
+            (df.unwrap(), rejects.unwrap(), bad, lineage)
+        };
+        let (df, rejects, bad, lineage) = read(usize::MAX);
+        let ids: Vec<i64> = df.column("id").unwrap().i64().unwrap().into_no_null_iter().collect();
+        let expected: Vec<i64> = (1..=2000).filter(|i| [97, 89, 83, 79, 73, 71].iter().all(|m| i % m != 0)).collect();
+        assert!(ids == expected, "{} ids, {} expected", ids.len(), expected.len());
+        let names = df.column("name").unwrap().str().unwrap();
+        assert!(ids.iter().enumerate().all(|(row, id)| names.get(row) == Some(format!("n{id}").as_str())));
+        assert_eq!(df.column("source").unwrap().str().unwrap().get(0), Some("e.ndjson"));
+        let reasons: Vec<&str> = bad.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(reasons, ["NUL byte", "invalid JSON", "invalid encoding", "unparsable value"]);
+        assert_eq!(rejects.height() as u64 + ids.len() as u64, 2000 - 2000 / 71);
+        assert_eq!(lineage.locate(0), Some(("e.ndjson", 1)));
+        for chunk_rows in [1, 2, 3, 64, 1000] {
+            let (d, r, b, l) = read(chunk_rows);
+            assert!(d.equals_missing(&df), "rows, chunks of {chunk_rows}");
+            assert!(r.equals_missing(&rejects), "rejects, chunks of {chunk_rows}");
+            assert_eq!((b, l), (bad.clone(), lineage.clone()), "chunks of {chunk_rows}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Typing delimited records on several threads.
+//! Typing a CSV's records, or an NDJSON file's lines, on several threads.
 //!
 //! Parsing and typing each field (integers, decimals, timestamps, text
-//! columns) costs several times what splitting a CSV into records does. The
+//! columns; for NDJSON, parsing each line's JSON) costs several times what
+//! splitting a file into records does. The
 //! reading thread therefore only splits: it copies each record's fields
 //! into a [`Chunk`], with the rows it already found bad (wrong field count,
 //! a quote never closed) in their place, and hands full chunks round-robin
@@ -12,7 +13,9 @@
 //! and the dataset come out exactly as if one thread had typed every row
 //! in turn.
 //!
-//! A file that fits in one chunk is typed on the reading thread. A typing
+//! Each format says how its chunks are typed ([`Typer`]: [`Typist`] for
+//! CSV, [`JsonTypist`] for NDJSON). A file that fits in one chunk is typed
+//! on the reading thread. A typing
 //! thread that dies (a bug) fails the read: its rows are never skipped.
 //!
 //! Inferring a CSV's column types (a full pass when no schema is declared)
@@ -75,10 +78,6 @@ impl Chunk {
     pub fn bad(&mut self, line: u64, reason: Reason, detail: String, raw: String) {
         self.entries.push(Entry::Bad(Bad { line, reason, detail, raw }));
     }
-
-    fn full(&self, rows: usize) -> bool {
-        self.entries.len() >= rows || self.data.len() >= CHUNK_BYTES
-    }
 }
 
 /// A chunk typed: its good rows, and the fate of each of its rows in order.
@@ -94,7 +93,17 @@ pub enum Outcome {
     Bad(Bad),
 }
 
-/// How the records of one file are typed.
+/// What typing threads do with the chunks of one format.
+pub trait Typer: Sync {
+    /// Records split by the reading thread, in file order.
+    type Chunk: Default + Send;
+    /// Whether a chunk should be handed over (`rows` records, or its bytes).
+    fn full(chunk: &Self::Chunk, rows: usize) -> bool;
+    /// Parses and types a chunk's records, in order.
+    fn type_chunk(&self, chunk: Self::Chunk) -> Typed;
+}
+
+/// How the records of one CSV file are typed.
 pub struct Typist {
     /// The columns read, with their types.
     pub types: FieldTypes,
@@ -112,7 +121,13 @@ pub struct Typist {
     pub source: Option<String>,
 }
 
-impl Typist {
+impl Typer for Typist {
+    type Chunk = Chunk;
+
+    fn full(chunk: &Chunk, rows: usize) -> bool {
+        chunk.entries.len() >= rows || chunk.data.len() >= CHUNK_BYTES
+    }
+
     /// Decodes and types a chunk's records, as [`Sink::fields`] does one row.
     fn type_chunk(&self, chunk: Chunk) -> Typed {
         let Chunk { data, ends, entries } = chunk;
@@ -171,29 +186,29 @@ impl Typist {
 
 /// The chunks of one file on their way through the typing threads. Lives
 /// in a [`std::thread::scope`]; dropping it (on an error) stops the threads.
-pub struct Pipeline<'scope, 'env> {
+pub struct Pipeline<'scope, 'env, T: Typer> {
     scope: &'scope Scope<'scope, 'env>,
-    typist: &'env Typist,
+    typist: &'env T,
     source: &'env str,
     chunk_rows: usize,
     /// The chunk being filled.
-    pub chunk: Chunk,
+    pub chunk: T::Chunk,
     /// Each typing thread's queue and results (none until the first chunk is full).
-    inputs: Vec<mpsc::SyncSender<Chunk>>,
+    inputs: Vec<mpsc::SyncSender<T::Chunk>>,
     outputs: Vec<mpsc::Receiver<Typed>>,
     handed: usize,
     taken: usize,
 }
 
-impl<'scope, 'env> Pipeline<'scope, 'env> {
+impl<'scope, 'env, T: Typer> Pipeline<'scope, 'env, T> {
     /// `source` names the file in the sink's lineage and rejects.
-    pub fn new(scope: &'scope Scope<'scope, 'env>, typist: &'env Typist, source: &'env str, chunk_rows: usize) -> Self {
+    pub fn new(scope: &'scope Scope<'scope, 'env>, typist: &'env T, source: &'env str, chunk_rows: usize) -> Self {
         Pipeline {
             scope,
             typist,
             source,
             chunk_rows: chunk_rows.max(1),
-            chunk: Chunk::default(),
+            chunk: T::Chunk::default(),
             inputs: Vec::new(),
             outputs: Vec::new(),
             handed: 0,
@@ -204,7 +219,7 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
     /// Hands the chunk over when it is full, taking back typed chunks
     /// into the sink as the queues require.
     pub fn hand_over_if_full(&mut self, sink: &mut Sink<'_>) -> Result<(), FormatError> {
-        if !self.chunk.full(self.chunk_rows) {
+        if !T::full(&self.chunk, self.chunk_rows) {
             return Ok(());
         }
         if self.inputs.is_empty() {
@@ -237,7 +252,7 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
 
     fn start(&mut self) -> Result<(), FormatError> {
         for _ in 0..threads() {
-            let (in_tx, in_rx) = mpsc::sync_channel::<Chunk>(IN_FLIGHT);
+            let (in_tx, in_rx) = mpsc::sync_channel::<T::Chunk>(IN_FLIGHT);
             let (out_tx, out_rx) = mpsc::channel::<Typed>();
             let typist = self.typist;
             std::thread::Builder::new()
@@ -266,6 +281,74 @@ impl<'scope, 'env> Pipeline<'scope, 'env> {
         let typed = self.outputs[self.taken % self.outputs.len()].recv().map_err(|_| stopped())?;
         self.taken += 1;
         sink.typed(self.source, typed)
+    }
+}
+
+/// Lines of an NDJSON file, split by the reading thread, in file order.
+#[derive(Default)]
+pub struct Lines {
+    data: Vec<u8>,
+    /// Where each line ends in `data`, and its number.
+    ends: Vec<(usize, u64)>,
+}
+
+impl Lines {
+    pub fn push(&mut self, number: u64, line: &[u8]) {
+        self.data.extend_from_slice(line);
+        self.ends.push((self.data.len(), number));
+    }
+}
+
+/// How the lines of one NDJSON file are typed.
+pub struct JsonTypist {
+    /// The columns read, with their types.
+    pub schema: super::columns::Schema,
+    /// Empty rows of the sink's columns, to build each chunk's in.
+    pub rows: Rows,
+    /// The value of the sink's source column, when it has one.
+    pub source: Option<String>,
+}
+
+impl Typer for JsonTypist {
+    type Chunk = Lines;
+
+    fn full(chunk: &Lines, rows: usize) -> bool {
+        chunk.ends.len() >= rows || chunk.data.len() >= CHUNK_BYTES
+    }
+
+    /// Parses each line and types its object, as the NDJSON reader did one line at a time.
+    fn type_chunk(&self, chunk: Lines) -> Typed {
+        let mut rows = self.rows.like(chunk.ends.len());
+        let mut outcomes = Vec::with_capacity(chunk.ends.len());
+        let mut from = 0;
+        for &(end, line) in &chunk.ends {
+            let bytes = &chunk.data[from..end];
+            from = end;
+            let bad = |reason, detail, raw: &str| Outcome::Bad(Bad { line, reason, detail, raw: raw.to_string() });
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                outcomes.push(bad(Reason::InvalidEncoding, "the line is not valid UTF-8".into(), &String::from_utf8_lossy(bytes)));
+                continue;
+            };
+            // A blank line is not a row.
+            if text.trim().is_empty() {
+                continue;
+            }
+            outcomes.push(match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(o)) => match super::json::json_row(&o, &self.schema) {
+                    Ok(mut vals) => {
+                        if let Some(s) = &self.source {
+                            vals.push(super::columns::Val::Text(s.clone()));
+                        }
+                        rows.push(vals);
+                        Outcome::Good(line)
+                    }
+                    Err((reason, detail)) => bad(reason, detail, text),
+                },
+                Ok(_) => bad(Reason::InvalidJson, "the line is not a JSON object".into(), text),
+                Err(e) => bad(Reason::InvalidJson, e.to_string(), text),
+            });
+        }
+        Typed { frame: rows.take().map_err(|e| e.to_string()), outcomes }
     }
 }
 
