@@ -11,7 +11,8 @@
 #             by a sluice DAG (an extract then a load, and one extract
 #             streaming `into` the table), against `psql \copy` of the same
 #             file, same server; and the extract alone without a schema
-#             (its types inferred in a first pass).
+#             (its types inferred in a first pass), and of the same rows as
+#             NDJSON.
 # grade:      the shipped grade_update DAG over 1,000,000 users and
 #             10,000,000 orders (first grading, a rerun of the same interval,
 #             the next ten-minute tick, and a tick after a day's orders were
@@ -127,6 +128,15 @@ YAML
         "$proj/dags/w3_load.yaml" > "$proj/dags/w3_stream.yaml"
     # The extract alone, without a schema: its types inferred in a first pass.
     printf 'tasks:\n  - { id: orders, type: extract, source: data/orders_1m.csv }\n' > "$proj/dags/w3_infer.yaml"
+    # The extract alone of the same rows as NDJSON (one object per line).
+    python3 -c '
+import csv, json, sys
+ints = ("order_id", "user_id", "product_id", "quantity")
+with open(sys.argv[1], encoding="utf-8") as f, open(sys.argv[2], "w", encoding="utf-8") as o:
+    for row in csv.DictReader(f):
+        o.write(json.dumps({k: int(v) if k in ints else v for k, v in row.items()}, ensure_ascii=False) + "\n")
+' "$csv" "$proj/data/orders_1m.ndjson"
+    sed -e 's#data/orders_1m.csv#data/orders_1m.ndjson\n    format: ndjson#' -e '/^  - { id: load/d' "$proj/dags/w3_load.yaml" > "$proj/dags/w3_ndjson.yaml"
     for _ in $(seq "$REPEAT"); do
         # Both load into an empty table (replace mode would otherwise pay a
         # DELETE of the previous iteration's million rows).
@@ -141,6 +151,7 @@ YAML
         psql "$PG_URL" -q -c "CHECKPOINT"
         measure w3_stream -- "$BIN" run w3_stream
         measure w3_extract_inferred -- "$BIN" run w3_infer
+        measure w3_extract_ndjson -- "$BIN" run w3_ndjson
     done | tee "$work/w3.json"
     # The same rows, value for value, whichever loaded them.
     for t in w3_sluice w3_stream; do
@@ -150,7 +161,8 @@ YAML
     done
     p="$(grep w3_psql "$work/w3.json" | median wall_s)"; s="$(grep '"w3_sluice"' "$work/w3.json" | median wall_s)"
     st="$(grep '"w3_stream"' "$work/w3.json" | median wall_s)"; inf="$(grep '"w3_extract_inferred"' "$work/w3.json" | median wall_s)"
-    echo "{\"label\": \"w3_ratio\", \"psql_s\": $p, \"sluice_s\": $s, \"ratio\": $(python3 -c "print(round($s/$p, 2))"), \"stream_s\": $st, \"stream_ratio\": $(python3 -c "print(round($st/$p, 2))"), \"extract_inferred_s\": $inf}"
+    nd="$(grep '"w3_extract_ndjson"' "$work/w3.json" | median wall_s)"
+    echo "{\"label\": \"w3_ratio\", \"psql_s\": $p, \"sluice_s\": $s, \"ratio\": $(python3 -c "print(round($s/$p, 2))"), \"stream_s\": $st, \"stream_ratio\": $(python3 -c "print(round($st/$p, 2))"), \"extract_inferred_s\": $inf, \"extract_ndjson_s\": $nd}"
 fi
 
 # A database of its own per workload, holding the shop warehouse (schema
