@@ -754,7 +754,7 @@ pub fn friendly_serde_message(msg: &str) -> String {
         let what = m.rsplit(' ').next().unwrap_or_default();
         m = match what {
             "Inputs" => "expected a list of task ids, or a mapping of table names to task ids".into(),
-            "Command" => "expected a string (run with `sh -c`) or a list of arguments".into(),
+            "Command" => "expected a string (run with `/bin/sh -c`) or a list of arguments".into(),
             _ => "the value has none of the accepted shapes; see the task reference in the README".into(),
         };
     }

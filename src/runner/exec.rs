@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
@@ -52,6 +53,10 @@ pub struct TryJob {
     pub prev_success: Option<crate::template::PrevSuccess>,
     /// What a success leads to, when the driver could work it out ahead.
     pub next: Option<Ahead>,
+    /// The tries of the run running in this driver, this one included:
+    /// each try takes itself off when it ends, and one that leaves others
+    /// running does not ask the store for the run's states with its end.
+    pub running: Arc<AtomicUsize>,
 }
 
 impl TryJob {
@@ -59,7 +64,7 @@ impl TryJob {
     /// error, a panic in the task or in blocking work it spawned), the try
     /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
-        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, .. } = self;
+        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, running } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
         if claimed.poking_since.is_some() {
             // A rescheduled sensor's try goes on with its log so far.
@@ -143,9 +148,11 @@ impl TryJob {
             Err(panic) => Err(TaskError::Panic(crate::tasks::error::panic_message(panic.as_ref()))),
         };
         let elapsed = started.elapsed();
+        let alone = running.fetch_sub(1, Ordering::AcqRel) <= 1;
         // Instrumented, not entered: a guard held across an await would
         // leave the span entered on whatever thread runs other tasks meanwhile.
-        let recorded = AssertUnwindSafe(record(&runner, &dag, &run, &claimed, result, elapsed, &log, &interrupt, next)).catch_unwind();
+        let recorded =
+            AssertUnwindSafe(record(&runner, &dag, &run, &claimed, result, elapsed, &log, &interrupt, next, alone)).catch_unwind();
         let report = match recorded.instrument(span).await {
             Ok(r) => r,
             Err(panic) => {
@@ -165,7 +172,7 @@ impl TryJob {
                     log: log.text(),
                     assets: Vec::new(),
                 };
-                store_end(&runner, &run, &claimed, &end, &interrupt).await;
+                store_end(&runner, &run, &claimed, &end, &interrupt, alone).await;
                 TryReport::new(&claimed, TiState::Failed, elapsed).with_error(msg)
             }
         };
@@ -236,12 +243,20 @@ enum Recorded {
 /// and the try keeps its heartbeat meanwhile. Gives up only when `give_up`
 /// is cancelled (shutdown); the try is then found by its stale heartbeat.
 /// Returns the run's task states after the end, when it was applied and
-/// nothing else of the run was running.
-async fn store_end(runner: &Runner, run: &RunRow, claimed: &Claimed, end: &TryEnd, give_up: &CancellationToken) -> Option<Vec<TiRow>> {
+/// nothing else of the run was running (looked for only when `alone`: no
+/// other try of the run runs in this driver).
+async fn store_end(
+    runner: &Runner,
+    run: &RunRow,
+    claimed: &Claimed,
+    end: &TryEnd,
+    give_up: &CancellationToken,
+    alone: bool,
+) -> Option<Vec<TiRow>> {
     let mut wait = Duration::from_millis(250);
     let mut logged = false;
     loop {
-        match runner.store.finish_try(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end).await {
+        match runner.store.finish_try(run.run_id, &claimed.task_id, claimed.try_number, &runner.worker.id, end, alone).await {
             Ok(Some(states)) => {
                 if logged {
                     tracing::info!("the end of the try is recorded now");
@@ -280,6 +295,7 @@ async fn record(
     log: &TryLog,
     give_up: &CancellationToken,
     next: Option<Ahead>,
+    alone: bool,
 ) -> TryReport {
     let mut report = TryReport::new(claimed, TiState::Success, elapsed);
     let task = dag.resolve(&claimed.task_id).map(|(t, _)| t);
@@ -306,7 +322,7 @@ async fn record(
     match chained {
         Some(Recorded::Chained(c)) => report.chained = Some(Box::new(c)),
         Some(Recorded::States(s)) => report.states = s,
-        None => report.states = store_end(runner, run, claimed, &end, give_up).await,
+        None => report.states = store_end(runner, run, claimed, &end, give_up, alone).await,
     }
     let Some(task) = task else { return report };
     let notifiers = match end.state {
@@ -523,7 +539,7 @@ pub fn task_ctx(
         deadline: task.execution_timeout.map(|t| tokio::time::Instant::now() + t),
         log,
         test_mode,
-        scratch: Arc::new(scratch_dir()?),
+        scratch: Arc::new(crate::tasks::scratch::Scratch::new()),
         poking_since: None,
     })
 }
@@ -625,22 +641,6 @@ fn render_mapping(
     Ok((rendered, templated))
 }
 
-/// A private temporary folder for one try: in the system's (`TMPDIR`), or
-/// else in the working directory.
-fn scratch_dir() -> Result<tempfile::TempDir, TaskError> {
-    let prefix = format!("{SCRATCH_PREFIX}{}-", std::process::id());
-    tempfile::Builder::new().prefix(&prefix).tempdir().or_else(|_| tempfile::Builder::new().prefix(&prefix).tempdir_in(".")).map_err(|e| {
-        TaskError::Failed(format!(
-            "cannot create a temporary folder in {} or in the working directory: {e}; set TMPDIR to a writable folder",
-            std::env::temp_dir().display()
-        ))
-    })
-}
-
-/// Scratch folders are `sluice-try-PID-...`, so that those of a killed
-/// worker can be found and removed.
-const SCRATCH_PREFIX: &str = "sluice-try-";
-
 /// Removes what killed workers on this machine left behind: their tries'
 /// scratch folders and half-written staging files (`.NAME.tmp-PID-...`).
 /// Returns the number of entries removed.
@@ -654,7 +654,10 @@ pub fn clean_leftovers(staging: &crate::datasets::Staging) -> usize {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(SCRATCH_PREFIX) && dead(&name, SCRATCH_PREFIX) && std::fs::remove_dir_all(e.path()).is_ok() {
+            if name.starts_with(crate::tasks::scratch::PREFIX)
+                && dead(&name, crate::tasks::scratch::PREFIX)
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
                 removed += 1;
             }
         }

@@ -693,9 +693,11 @@ impl Store {
     /// Records the end of a try. Returns None when the claim was lost
     /// meanwhile (the try was declared a zombie, or cleared): the instance
     /// is then left as the other party set it, and only the try row is
-    /// written. Else, when no other try of the run was running, the run's
-    /// task states with this end applied (what the driver's next step
-    /// starts from: in a chain, one read fewer per task).
+    /// written. Else, when `states_wanted` and no other try of the run was
+    /// running, the run's task states with this end applied (what the
+    /// driver's next step starts from: in a chain, one read fewer per task).
+    /// A caller that knows other tries of the run are running says so with
+    /// `states_wanted` false: the statement then does not look for them.
     pub async fn finish_try(
         &self,
         run_id: i64,
@@ -703,12 +705,15 @@ impl Store {
         try_number: i32,
         worker: &str,
         end: &TryEnd,
+        states_wanted: bool,
     ) -> Result<Option<Option<Vec<TiRow>>>, StateError> {
         // One statement, so atomic without a transaction of its own. Its
         // final SELECT reads the snapshot from before the updates, so this
         // instance's new values are put in by hand; it returns only this
         // instance while others are running (a fan-out would read the whole
-        // run at each end).
+        // run at each end). Looking for the others reads the run's
+        // instances: a fan-out's end that knows they run ($14 false) skips
+        // it ($14 is tested first, and the lookups run only when needed).
         let query = sqlx::query(
             "WITH ti AS (
                  UPDATE task_instances SET state = $5, ended_at = now(), error = $6, output = $7, next_try_at = $8, heartbeat_at = NULL,
@@ -729,17 +734,17 @@ impl Store {
              -- This instance, as the update leaves it.
              SELECT i.task_id, $5 AS state, i.try_number, i.max_tries, i.worker_id, $8 AS next_try_at, i.started_at, now() AS ended_at,
                     NULL::text AS error, NULL::text AS error_kind, NULL::jsonb AS output, NULL::text AS notice, i.priority,
-                    NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2) AS full
+                    $14 AND NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2) AS full
              FROM task_instances i WHERE i.run_id = $1 AND i.task_id = $2 AND EXISTS (SELECT 1 FROM ti)
              UNION ALL
              -- The others, only when none is running (a one-time filter).
              SELECT i.task_id, i.state, i.try_number, i.max_tries, i.worker_id, i.next_try_at, i.started_at, i.ended_at,
                     NULL, NULL, NULL, NULL, i.priority, true
-             FROM task_instances i WHERE i.run_id = $1 AND i.task_id <> $2 AND EXISTS (SELECT 1 FROM ti)
+             FROM task_instances i WHERE $14 AND i.run_id = $1 AND i.task_id <> $2 AND EXISTS (SELECT 1 FROM ti)
                  AND NOT EXISTS (SELECT 1 FROM task_instances o WHERE o.run_id = $1 AND o.state = 'running' AND o.task_id <> $2)
              ORDER BY priority, task_id",
         );
-        let rows = bind_end(query, run_id, task_id, try_number, worker, end).fetch_all(&self.pool).await?;
+        let rows = bind_end(query, run_id, task_id, try_number, worker, end).bind(states_wanted).fetch_all(&self.pool).await?;
         let rows: Vec<FinishRow> = rows.iter().map(sqlx::FromRow::from_row).collect::<Result<_, _>>()?;
         Ok(match rows.first() {
             None => None,

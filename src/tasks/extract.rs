@@ -399,7 +399,7 @@ impl Extract {
     /// Reads the files into the task's dataset.
     async fn read_to_dataset(self: &std::sync::Arc<Self>, ctx: &TaskCtx, files: Vec<SourceFile>) -> Result<Outcome, TaskError> {
         let n_files = files.len();
-        let tmp = ctx.dataset_tmp(&ctx.task_id);
+        let tmp = ctx.dataset_tmp(&ctx.task_id)?;
         // Removes the temporary file if anything below fails or the try is cancelled.
         let guard = TmpGuard(Some(tmp.clone()));
         let r = match self.read(files, Output::Dataset(tmp)).await {
@@ -574,7 +574,7 @@ fn format_error(e: FormatError) -> TaskError {
 /// Writes where each dataset row came from next to the dataset, so that a
 /// load failing on a row can name its source file and line.
 async fn write_lineage(ctx: &TaskCtx, l: &Lineage) -> Result<String, TaskError> {
-    let tmp = ctx.scratch.path().join(format!("{}.lineage.json", ctx.task_id));
+    let tmp = ctx.scratch.path()?.join(format!("{}.lineage.json", ctx.task_id));
     let text = serde_json::to_vec(l).map_err(|e| TaskError::Failed(e.to_string()))?;
     std::fs::write(&tmp, text).map_err(|e| TaskError::Failed(format!("cannot write {}: {e}", tmp.display())))?;
     ctx.commit_file(&tmp, &format!("{}.lineage.json", ctx.task_id)).await

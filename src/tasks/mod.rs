@@ -34,6 +34,7 @@ use crate::template::Templates;
 pub mod error;
 pub mod log;
 pub mod polars_warnings;
+pub mod scratch;
 pub mod sqlcheck;
 pub use error::{ErrorKind, TaskError};
 pub use log::TryLog;
@@ -358,8 +359,9 @@ pub struct TaskCtx {
     pub log: TryLog,
     /// True under `sluice tasks test`: nothing is recorded in the state store.
     pub test_mode: bool,
-    /// A private folder for this try's temporary files, removed afterwards.
-    pub scratch: Arc<tempfile::TempDir>,
+    /// A private folder for this try's temporary files, made on first use
+    /// and removed afterwards.
+    pub scratch: Arc<scratch::Scratch>,
     /// When a rescheduled sensor's try first poked (None on a try's first
     /// turn): its timeout counts from there.
     pub poking_since: Option<DateTime<Utc>>,
@@ -416,13 +418,15 @@ impl TaskCtx {
     /// A temporary path for a dataset being written: next to its final
     /// place for local staging (so that the rename is atomic), in the
     /// scratch folder for S3 staging.
-    pub fn dataset_tmp(&self, name: &str) -> PathBuf {
+    pub fn dataset_tmp(&self, name: &str) -> Result<PathBuf, TaskError> {
         let unique = uuid::Uuid::new_v4().simple().to_string();
         match &self.res.staging {
-            crate::datasets::Staging::Local(root) => {
-                root.join(&self.dag_id).join(self.run_key()).join(format!(".{name}.parquet.tmp-{}-{}", std::process::id(), &unique[..12]))
-            }
-            crate::datasets::Staging::S3 { .. } => self.scratch.path().join(format!("{name}-{}.parquet", &unique[..12])),
+            crate::datasets::Staging::Local(root) => Ok(root.join(&self.dag_id).join(self.run_key()).join(format!(
+                ".{name}.parquet.tmp-{}-{}",
+                std::process::id(),
+                &unique[..12]
+            ))),
+            crate::datasets::Staging::S3 { .. } => Ok(self.scratch.path()?.join(format!("{name}-{}.parquet", &unique[..12]))),
         }
     }
 
@@ -486,7 +490,7 @@ impl TaskCtx {
 
     /// Writes a whole DataFrame as dataset `name`.
     pub async fn write_dataset(&self, name: &str, df: &mut polars::prelude::DataFrame) -> Result<DatasetSummary, TaskError> {
-        let tmp = self.dataset_tmp(name);
+        let tmp = self.dataset_tmp(name)?;
         let mut frame = std::mem::take(df);
         let tmp2 = tmp.clone();
         let (frame, res) = tokio::task::spawn_blocking(move || {
@@ -512,7 +516,7 @@ impl TaskCtx {
             }
             let (client, conn) = self.res.staging_client()?;
             let from = crate::s3::S3Uri::parse(&ds.uri).map_err(TaskError::Failed)?;
-            let to = self.scratch.path().join(format!("in-{}.parquet", uuid::Uuid::new_v4().simple()));
+            let to = self.scratch.path()?.join(format!("in-{}.parquet", uuid::Uuid::new_v4().simple()));
             crate::s3::download(&client, &from, &to).await.map_err(|e| {
                 TaskError::with_kind(
                     e.kind(),

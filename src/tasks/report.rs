@@ -481,7 +481,7 @@ impl Run for Report {
         .map_err(|e| TaskError::Failed(format!("rendering {}: {e}", self.definition)))?;
 
         // The staging copy, for downstream tasks; then the local copy.
-        let tmp = ctx.scratch.path().join(format!("{}.pdf", ctx.task_id));
+        let tmp = ctx.scratch.path()?.join(format!("{}.pdf", ctx.task_id));
         std::fs::write(&tmp, &pdf).map_err(|e| TaskError::Failed(format!("{}: {e}", tmp.display())))?;
         let uri = ctx.commit_file(&tmp, &format!("{}.pdf", ctx.task_id)).await?;
         write_atomic(&self.output, &pdf)?;

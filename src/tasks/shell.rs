@@ -20,13 +20,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
 
-/// Runs a command: a string run by `sh -c`, or a list of arguments run
+/// Runs a command: a string run by `/bin/sh -c`, or a list of arguments run
 /// directly. Its stdout and stderr go to the task log; a non-zero exit
 /// status fails the try.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShellConfig {
-    /// The command: a string, run with `sh -c`, or a list of arguments
+    /// The command: a string, run with `/bin/sh -c`, or a list of arguments
     /// (`[python3, script.py, "{{ ds }}"]`), run without a shell.
     pub command: Command,
     /// Environment variables added to sluice's own. The try's context is
@@ -71,7 +71,7 @@ impl<'de> Deserialize<'de> for Command {
             Value::Mapping(_) => Err(D::Error::custom(
                 "the command is a mapping, so YAML read a `: ` in it as a key; quote the whole command (`command: \"echo a: b\"`) or use a list of arguments",
             )),
-            v => scalar(&v).map(Command::Shell).ok_or_else(|| D::Error::custom("the command must be a string (run with `sh -c`) or a list of arguments")),
+            v => scalar(&v).map(Command::Shell).ok_or_else(|| D::Error::custom("the command must be a string (run with `/bin/sh -c`) or a list of arguments")),
         }
     }
 }
@@ -97,7 +97,9 @@ impl TaskType for ShellConfig {
 
     async fn build(self, ctx: &TaskCtx) -> Result<Shell, TaskError> {
         let argv = match self.command {
-            Command::Shell(s) => vec!["sh".into(), "-c".into(), s],
+            // The system's shell by its path, as system(3) and Python's
+            // subprocess do: no search of PATH for every command.
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
             Command::Argv(a) => a,
         };
         let cwd = match &self.cwd {

@@ -48,7 +48,7 @@ impl Extract {
         let pool = ctx.res.pg_pool(conn).await?;
         let mut db = pool.acquire().await.map_err(|e| TaskError::sql(format!("connection `{}`", conn.id), &e))?;
         let q = query.trim().trim_end_matches(';');
-        let local = ctx.scratch.path().join("query.csv");
+        let local = ctx.scratch.path()?.join("query.csv");
         let copy = async {
             let mut stream = db.copy_out_raw(&format!("COPY ({q}) TO STDOUT WITH (FORMAT csv, HEADER true)")).await?;
             let mut file =
@@ -98,7 +98,7 @@ impl Extract {
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let obj = S3Uri { bucket: uri.bucket.clone(), key: key.clone() };
-            let local = ctx.scratch.path().join(format!("src-{i}-{}", key.rsplit('/').next().unwrap_or("object")));
+            let local = ctx.scratch.path()?.join(format!("src-{i}-{}", key.rsplit('/').next().unwrap_or("object")));
             let n = tokio::time::timeout(self.timeout(), crate::s3::download(client, &obj, &local))
                 .await
                 .map_err(|_| TaskError::transient(format!("downloading {obj} timed out after {}", crate::dag::duration::format(self.timeout()))))?
@@ -139,7 +139,7 @@ impl Extract {
             let msg = format!("GET {shown}: HTTP {status}: {}", crate::secrets::mask(&body));
             return Err(TaskError::with_kind(crate::tasks::error::http_status_kind(status.as_u16()), msg));
         }
-        let local = ctx.scratch.path().join("download");
+        let local = ctx.scratch.path()?.join("download");
         let mut file = tokio::fs::File::create(&local).await.map_err(|e| TaskError::Failed(format!("{}: {e}", local.display())))?;
         let mut resp = resp;
         let mut n = 0usize;
