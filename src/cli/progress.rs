@@ -29,7 +29,12 @@ impl Progress {
         if self.tty {
             let _ = self.multi.println(s);
         } else {
-            eprintln!("{s}");
+            // One write per line (eprintln! makes one for the text and one
+            // for the newline).
+            use std::io::Write;
+            let mut s = s;
+            s.push('\n');
+            let _ = std::io::stderr().lock().write_all(s.as_bytes());
         }
     }
 }
