@@ -57,7 +57,11 @@ impl Store {
         end: &TryEnd,
         next: &ForeseenClaim,
     ) -> Result<ChainEnd, StateError> {
-        let (expect_ids, expect_states) = split_decisions(&next.expect);
+        // In the order the statement sorts the run's instances in (by task
+        // id, byte by byte: COLLATE "C"), so that it compares two arrays.
+        let mut expect: Vec<(&str, &str)> = next.expect.iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
+        expect.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let (expect_ids, expect_states): (Vec<&str>, Vec<&str>) = expect.into_iter().unzip();
         let (decided, states) = split_decisions(&next.decisions);
         let ClaimArrays { ids, maxes, pool_names, pool_slots } = ClaimArrays::of(&next.tasks);
         let query = sqlx::query(

@@ -1,0 +1,58 @@
+-- The check that a chain's run is as its driver foresaw, in one pass: the
+-- run's instances, sorted by task id in byte order, compared as two arrays
+-- with the expected ones, which the driver sends sorted the same way
+-- (Store::finish_and_claim). The count and the anti-join it replaces read
+-- the run's instances twice and took about 0.5 ms of the step's 1.1 ms with
+-- 100 instances (W2), the arrays about 0.07 ms. Expected ids sent in
+-- another order only make the check fail, which is safe: the end is then
+-- recorded alone and the driver reads the states.
+CREATE OR REPLACE FUNCTION finish_and_claim(
+    p_run bigint, p_task text, p_try int, p_worker text,
+    p_state text, p_error text, p_output jsonb, p_next_try_at timestamptz, p_try_state text,
+    p_exit_code int, p_log text, p_error_kind text, p_assets text[],
+    p_expect_ids text[], p_expect_states text[],
+    p_limit bigint, p_max_active bigint, p_ids text[], p_maxes int[], p_pools text[], p_slots int[],
+    p_decided text[], p_states text[], p_upstreams text[], p_mapped text[], p_finish text)
+RETURNS TABLE (outcome text, task_id text, try_number int, max_tries int, poking_since timestamptz, outputs jsonb)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_applied boolean;
+BEGIN
+    PERFORM 1 FROM dag_runs WHERE run_id = p_run FOR UPDATE;
+    UPDATE task_instances SET state = p_state, ended_at = now(), error = p_error, output = p_output,
+        next_try_at = p_next_try_at, heartbeat_at = NULL, error_kind = p_error_kind
+    WHERE run_id = p_run AND task_id = p_task AND try_number = p_try AND worker_id = p_worker AND state = 'running';
+    v_applied := FOUND;
+    UPDATE task_tries SET state = p_try_state, ended_at = now(), error = p_error, output = p_output,
+        exit_code = p_exit_code, log = p_log, error_kind = p_error_kind
+    WHERE run_id = p_run AND task_id = p_task AND try_number = p_try AND worker_id = p_worker AND state = 'running';
+    IF NOT v_applied THEN
+        RETURN QUERY SELECT 'lost'::text, NULL::text, NULL::int, NULL::int, NULL::timestamptz, NULL::jsonb;
+        RETURN;
+    END IF;
+    INSERT INTO asset_events (asset, dag_id, run_id, task_id)
+    SELECT a.asset, r.dag_id, p_run, p_task FROM UNNEST(p_assets) AS a(asset), dag_runs r WHERE r.run_id = p_run;
+    IF (SELECT array_agg(i.task_id ORDER BY i.task_id COLLATE "C") = p_expect_ids
+               AND array_agg(i.state ORDER BY i.task_id COLLATE "C") = p_expect_states
+        FROM task_instances i WHERE i.run_id = p_run) THEN
+        IF p_finish IS NOT NULL THEN
+            PERFORM apply_decisions(p_run, p_decided, p_states);
+            UPDATE dag_runs SET state = p_finish, ended_at = now() WHERE run_id = p_run AND state IN ('running', 'queued');
+            RETURN QUERY SELECT CASE WHEN FOUND THEN 'finished' ELSE 'decided' END, NULL::text, NULL::int, NULL::int,
+                                NULL::timestamptz, NULL::jsonb;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT 'claimed'::text, c.task_id, c.try_number, c.max_tries, c.poking_since, c.outputs
+            FROM claim_tries(p_run, p_limit, p_worker, p_max_active, p_ids, p_maxes, p_pools, p_slots, NULL,
+                             p_decided, p_states, p_upstreams, p_mapped) c;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'decided'::text, NULL::text, NULL::int, NULL::int, NULL::timestamptz, NULL::jsonb;
+        END IF;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT 'ended'::text, NULL::text, NULL::int, NULL::int, NULL::timestamptz, NULL::jsonb;
+END
+$$;
