@@ -36,7 +36,7 @@ const FILES: &[(&str, &str)] = migrations![
     "0010_finish_and_claim.sql",
     "0011_open_run.sql",
     "0012_finish_run_with_last_end.sql",
-    "0013_finish_and_claim_one_pass_check.sql",
+    "0013_chain_step_by_key.sql",
 ];
 
 /// The migrator of the state store's schema.
