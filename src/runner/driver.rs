@@ -19,6 +19,11 @@ use crate::state::chain::ForeseenClaim;
 use crate::state::open::OpenStart;
 use crate::state::{ClaimSpec, Claimed, RunRow, RunState, StateError, TiRow, TiState};
 
+/// How long a driver waits after a try's end for more ends before its next
+/// step, when at least [`GATHER_FROM`] other tries are running here.
+const GATHER: Duration = Duration::from_millis(1);
+const GATHER_FROM: usize = 2;
+
 /// What a driver step decided.
 pub(super) enum Step {
     Done(RunOutcome),
@@ -151,8 +156,17 @@ impl<'r> Driver<'r> {
     }
 
     /// Takes in the ends of tries: `first`, and any others already over.
-    pub(super) fn ended(&mut self, first: Option<Result<TryReport, tokio::task::JoinError>>, observer: &mut dyn Observer) {
+    /// In a fan-out (other tries still running here), also those that end
+    /// within [`GATHER`] of it: each step after ends reads the run's states
+    /// and claims, so one step for several ends costs the state store less.
+    pub(super) async fn ended(&mut self, first: Option<Result<TryReport, tokio::task::JoinError>>, observer: &mut dyn Observer) {
         let mut results = vec![first];
+        if self.tries.len() >= GATHER_FROM {
+            let until = tokio::time::Instant::now() + GATHER;
+            while let Ok(Some(more)) = tokio::time::timeout_at(until, self.tries.join_next()).await {
+                results.push(Some(more));
+            }
+        }
         while let Some(more) = self.tries.try_join_next() {
             results.push(Some(more));
         }

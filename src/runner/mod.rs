@@ -329,7 +329,7 @@ impl Runner {
                 }
             };
             tokio::select! {
-                r = d.next_end(), if !d.idle() => d.ended(r, observer),
+                r = d.next_end(), if !d.idle() => d.ended(r, observer).await,
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.drain.cancelled(), if !stopping => stopping = true,
                 _ = stop.interrupt.cancelled(), if !interrupted => {}
