@@ -25,14 +25,13 @@ impl Progress {
         Progress { multi: MultiProgress::with_draw_target(target), bars: HashMap::new(), tty, width: width.max(4) }
     }
 
-    fn line(&self, s: String) {
+    fn line(&self, mut s: String) {
         if self.tty {
             let _ = self.multi.println(s);
         } else {
             // One write per line (eprintln! makes one for the text and one
             // for the newline).
             use std::io::Write;
-            let mut s = s;
             s.push('\n');
             let _ = std::io::stderr().lock().write_all(s.as_bytes());
         }

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -40,8 +39,6 @@ pub(super) struct Driver<'r> {
     tries: JoinSet<TryReport>,
     /// Tasks with a try running in this driver.
     local: HashSet<String>,
-    /// How many of those tries have not ended yet ([`exec::TryJob::running`]).
-    running: Arc<AtomicUsize>,
     last_reap: tokio::time::Instant,
     /// Whether the wait for a previous run was logged.
     blocked_said: bool,
@@ -103,7 +100,6 @@ impl<'r> Driver<'r> {
             interrupt: CancellationToken::new(),
             tries: JoinSet::new(),
             local: HashSet::new(),
-            running: Arc::new(AtomicUsize::new(0)),
             last_reap: tokio::time::Instant::now() - runner.heartbeat_every,
             blocked_said: false,
             prev_success: None,
@@ -377,7 +373,6 @@ impl<'r> Driver<'r> {
         for c in claimed {
             observer.event(&RunEvent::Started { task: c.task_id.clone(), try_number: c.try_number, max_tries: c.max_tries });
             self.local.insert(c.task_id.clone());
-            self.running.fetch_add(1, Ordering::AcqRel);
             let next = match (&tis, single) {
                 (Some(tis), true) => self.foresee(tis, &c.task_id),
                 _ => None,
@@ -390,7 +385,6 @@ impl<'r> Driver<'r> {
                 interrupt: self.interrupt.clone(),
                 prev_success: self.prev_success,
                 next,
-                running: self.running.clone(),
             };
             self.tries.spawn(job.run());
         }

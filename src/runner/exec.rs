@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use std::panic::AssertUnwindSafe;
@@ -53,10 +52,6 @@ pub struct TryJob {
     pub prev_success: Option<crate::template::PrevSuccess>,
     /// What a success leads to, when the driver could work it out ahead.
     pub next: Option<Ahead>,
-    /// The tries of the run running in this driver, this one included:
-    /// each try takes itself off when it ends, and one that leaves others
-    /// running does not ask the store for the run's states with its end.
-    pub running: Arc<AtomicUsize>,
 }
 
 impl TryJob {
@@ -64,7 +59,7 @@ impl TryJob {
     /// error, a panic in the task or in blocking work it spawned), the try
     /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
-        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, running } = self;
+        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, .. } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
         if claimed.poking_since.is_some() {
             // A rescheduled sensor's try goes on with its log so far.
@@ -148,7 +143,9 @@ impl TryJob {
             Err(panic) => Err(TaskError::Panic(crate::tasks::error::panic_message(panic.as_ref()))),
         };
         let elapsed = started.elapsed();
-        let alone = running.fetch_sub(1, Ordering::AcqRel) <= 1;
+        // Whether another try of the run is running here (registered and
+        // not recorded yet): if so, the end does not ask for the run's states.
+        let alone = !runner.live_logs.lock().unwrap_or_else(|e| e.into_inner()).keys().any(|k| k.0 == key.0 && *k != key);
         // Instrumented, not entered: a guard held across an await would
         // leave the span entered on whatever thread runs other tasks meanwhile.
         let recorded =
@@ -244,7 +241,7 @@ enum Recorded {
 /// is cancelled (shutdown); the try is then found by its stale heartbeat.
 /// Returns the run's task states after the end, when it was applied and
 /// nothing else of the run was running (looked for only when `alone`: no
-/// other try of the run runs in this driver).
+/// other try of the run runs in this process).
 async fn store_end(
     runner: &Runner,
     run: &RunRow,

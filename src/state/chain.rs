@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::{ClaimArrays, ClaimSpec, Claimed, RunState, StateError, Store, TiState, TryEnd, bind_end, claimed_of, split_decisions};
+use super::{
+    ClaimArrays, ClaimSpec, Claimed, RunState, StateError, Store, TiState, TryEnd, bind_end, claimed_of, sorted_expectation,
+    split_decisions,
+};
 
 /// A claim worked out when a try started, for its success.
 #[derive(Debug, Clone)]
@@ -57,11 +60,7 @@ impl Store {
         end: &TryEnd,
         next: &ForeseenClaim,
     ) -> Result<ChainEnd, StateError> {
-        // In the order the statement sorts the run's instances in (by task
-        // id, byte by byte: COLLATE "C"), so that it compares two arrays.
-        let mut expect: Vec<(&str, &str)> = next.expect.iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
-        expect.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let (expect_ids, expect_states): (Vec<&str>, Vec<&str>) = expect.into_iter().unzip();
+        let (expect_ids, expect_states) = sorted_expectation(&next.expect);
         let (decided, states) = split_decisions(&next.decisions);
         let ClaimArrays { ids, maxes, pool_names, pool_slots } = ClaimArrays::of(&next.tasks);
         let query = sqlx::query(

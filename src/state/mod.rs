@@ -1206,6 +1206,14 @@ fn split_decisions(decisions: &[(String, TiState)]) -> (Vec<&str>, Vec<&str>) {
     decisions.iter().map(|(t, s)| (t.as_str(), s.as_str())).unzip()
 }
 
+/// A foreseen run's states as `run_as_foreseen` (migration 0013) compares
+/// them: sorted by task id, byte by byte (`COLLATE "C"`).
+fn sorted_expectation(expect: &[(String, TiState)]) -> (Vec<&str>, Vec<&str>) {
+    let mut pairs: Vec<(&str, &str)> = expect.iter().map(|(t, s)| (t.as_str(), s.as_str())).collect();
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    pairs.into_iter().unzip()
+}
+
 /// The tries of a claim's rows; they carry the same outputs, parsed once.
 fn claimed_of(rows: Vec<sqlx::postgres::PgRow>) -> Vec<Claimed> {
     let outputs: Option<Arc<HashMap<String, Value>>> = match rows.first().and_then(|r| r.get::<Option<Value>, _>("outputs")) {

@@ -5,7 +5,7 @@
 use sqlx::Row;
 
 use super::chain::ForeseenClaim;
-use super::{ClaimArrays, Claimed, InstanceArrays, StateError, Store, TiRow, claimed_of, split_decisions};
+use super::{ClaimArrays, Claimed, InstanceArrays, StateError, Store, TiRow, claimed_of, sorted_expectation, split_decisions};
 use crate::dag::Dag;
 use crate::template::PrevSuccess;
 
@@ -46,7 +46,7 @@ impl Store {
     ) -> Result<Opened, StateError> {
         let mut a = InstanceArrays::default();
         a.push(dag);
-        let (expect_ids, expect_states) = first.map(|f| split_decisions(&f.expect)).unzip();
+        let (expect_ids, expect_states) = first.map(|f| sorted_expectation(&f.expect)).unzip();
         let (decided, states) = first.map(|f| split_decisions(&f.decisions)).unzip();
         let claim = first.map(|f| ClaimArrays::of(&f.tasks));
         let rows = sqlx::query(

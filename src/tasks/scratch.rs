@@ -32,11 +32,6 @@ impl Scratch {
             Err(e) => Err(TaskError::Failed(e.clone())),
         }
     }
-
-    /// Whether the folder was made.
-    pub fn made(&self) -> bool {
-        self.dir.get().is_some_and(|d| d.is_ok())
-    }
 }
 
 fn make() -> Result<tempfile::TempDir, String> {
@@ -56,9 +51,9 @@ mod tests {
     #[test]
     fn the_folder_is_made_on_first_use_and_removed_with_the_scratch() {
         let s = Scratch::new();
-        assert!(!s.made());
+        assert!(s.dir.get().is_none(), "made before its first use");
         let p = s.path().unwrap().to_path_buf();
-        assert!(s.made() && p.is_dir());
+        assert!(p.is_dir());
         assert!(p.file_name().unwrap().to_string_lossy().starts_with(&format!("{PREFIX}{}-", std::process::id())));
         assert_eq!(s.path().unwrap(), p, "the same folder on every call");
         std::fs::write(p.join("f"), b"x").unwrap();
