@@ -48,13 +48,16 @@ fn daemon_http(p: &Project, name: &str, extra: &[&str]) -> (Child, String) {
 /// loop (load, plan, start), so that "nothing happened" means the daemon
 /// looked, not that a sleep was too short.
 fn wait_for_loops(addr: &str, n: u64) {
-    let loops = || {
-        let (_, m) = http_get(addr, "/metrics")?;
-        m.lines().find_map(|l| l.strip_prefix("sluice_scheduler_loops_total ")).and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let loops = || scheduler_loops(addr);
     wait_until("the daemon's metrics", Duration::from_secs(30), || loops().is_some());
     let start = loops().unwrap_or(0);
     wait_until(&format!("{n} scheduler loops"), Duration::from_secs(60), || loops().is_some_and(|l| l >= start + n));
+}
+
+/// The passes of the daemon's scheduler loop so far, from its /metrics.
+fn scheduler_loops(addr: &str) -> Option<u64> {
+    let (_, m) = http_get(addr, "/metrics")?;
+    m.lines().find_map(|l| l.strip_prefix("sluice_scheduler_loops_total ")).and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 fn minutes_ago(n: i64) -> String {
@@ -103,6 +106,34 @@ sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
     assert!(term(&mut d2).success());
     let log = std::fs::read_to_string(p.path().join("daemon-a.log")).unwrap();
     assert!(log.contains("scheduled run created") && log.contains("daemon stopped"), "{log}");
+});
+
+// DAGs on one schedule wake the daemon together (a wake-up job each): one
+// pass of the scheduler answers them all, not a pass per DAG.
+sluice_test!(dags_due_together_take_one_scheduler_pass, |p| {
+    let start = minutes_ago(2);
+    for i in 0..30 {
+        p.write(
+            &format!("dags/m{i:02}.yaml"),
+            &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+        );
+    }
+    // Polled once a minute: the passes counted are the wake-ups' own.
+    let (mut d, addr) = daemon_http(&p, "a", &["--poll", "60s"]);
+    wait_until("the daemon's first pass", Duration::from_secs(30), || scheduler_loops(&addr).is_some_and(|l| l >= 1));
+    let before = scheduler_loops(&addr).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let boundary = chrono::DateTime::from_timestamp(now - now % 60 + 60, 0).unwrap();
+    wait_until("the next minute's 30 runs to succeed", Duration::from_secs(120), || {
+        count(&p, &format!("SELECT count(*) FROM dag_runs WHERE state = 'success' AND data_interval_end = '{}'", boundary.to_rfc3339()))
+            == 30
+    });
+    // tokio-cron-scheduler delivers its wake-ups within a second of the minute.
+    wait_until("three seconds past the minute", Duration::from_secs(30), || chrono::Utc::now() >= boundary + chrono::Duration::seconds(3));
+    let passes = scheduler_loops(&addr).unwrap() - before;
+    // The interval end's own pass, the wake-ups' pass, and the poll.
+    assert!(passes <= 6, "{passes} scheduler passes for 30 DAGs due at one minute");
+    assert!(term(&mut d).success());
 });
 
 sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {

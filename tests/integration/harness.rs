@@ -283,7 +283,10 @@ impl Project {
         // The daemon migrates too, but the test's own queries may come first.
         self.sluice(&["db", "migrate"]).ok();
         let log = std::fs::File::create(self.path().join(format!("daemon-{name}.log"))).unwrap();
-        let mut args = vec!["daemon", "--poll", "200ms", "-v"];
+        let mut args = vec!["daemon", "-v"];
+        if !extra.contains(&"--poll") {
+            args.extend_from_slice(&["--poll", "200ms"]);
+        }
         if !extra.contains(&"--health-addr") {
             args.extend_from_slice(&["--health-addr", "off"]);
         }
