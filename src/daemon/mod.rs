@@ -337,7 +337,9 @@ impl Waiting {
     }
 }
 
-/// Keeps one wake-up job per scheduled DAG.
+/// Keeps one wake-up job per schedule (expression and time zone) of the
+/// scheduled DAGs: DAGs on the same schedule share it, since one pass
+/// serves them all.
 async fn sync_cron(
     cron: &mut tokio_cron_scheduler::JobScheduler,
     jobs: &mut HashMap<String, uuid::Uuid>,
@@ -347,7 +349,7 @@ async fn sync_cron(
     let want: HashMap<String, String> = set
         .dags
         .values()
-        .filter_map(|d| d.schedule.as_ref().map(|s| (format!("{}|{}|{}", d.dag_id, s.expr, d.timezone), plan::wake_cron(&s.expr))))
+        .filter_map(|d| d.schedule.as_ref().map(|s| (format!("{}|{}", s.expr, d.timezone), plan::wake_cron(&s.expr))))
         .collect();
     let stale: Vec<String> = jobs.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
     for k in stale {

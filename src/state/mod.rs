@@ -35,6 +35,7 @@ mod migrate;
 pub mod open;
 pub mod pools;
 pub mod types;
+mod warm;
 pub mod web;
 pub mod worker;
 pub use worker::Worker;
@@ -250,8 +251,16 @@ impl Store {
     /// does not first wait for new backends to be opened, which sqlx's
     /// pool would otherwise do at each boundary after ten idle minutes
     /// (every hour for hourly DAGs).
+    ///
+    /// Its connections are also warmed (`state/warm.rs`): each has run the
+    /// claim's functions once before the first boundary needs them.
     pub async fn connect_warm(url: &str, schema: &str) -> Result<Store, StateError> {
-        Store::connect_keeping(url, schema, POOL_SIZE).await
+        let store = Store::connect_keeping(url, schema, POOL_SIZE).await?;
+        // Only a cost if it fails: the claims compile what they need.
+        if let Err(e) = store.warm().await {
+            tracing::warn!(error = %e, "could not warm the state connections; the first claims will be slower");
+        }
+        Ok(store)
     }
 
     /// Connects with a pool that keeps `idle` connections open.
@@ -288,6 +297,19 @@ impl Store {
             // error, and its callers retry); one idle for longer (the
             // database may have restarted meanwhile) is still tried first.
             .test_before_acquire(false)
+            // The daemon's connections each run the claim's functions once
+            // when opened (before the store is migrated they may not exist:
+            // `connect_warm` warms them again after).
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if idle == POOL_SIZE
+                        && let Err(e) = warm::warm_up(conn).await
+                    {
+                        tracing::debug!(error = %describe_sqlx(&e), "a state connection was not warmed");
+                    }
+                    Ok(())
+                })
+            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for > IDLE_BEFORE_PING {

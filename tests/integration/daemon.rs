@@ -136,6 +136,26 @@ sluice_test!(dags_due_together_take_one_scheduler_pass, |p| {
     assert!(term(&mut d).success());
 });
 
+// The daemon's state connections have each run the claim's functions
+// before its first boundary (a backend compiles them at its first call),
+// and warming writes nothing.
+sluice_test!(the_daemon_warms_its_state_connections, |p| {
+    let url = p.own_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    psql(&crate::harness::db_url(), &format!("ALTER DATABASE {db} SET track_functions = 'pl'"));
+    let mut d = daemon(&p, "a", &[]);
+    let calls = |f: &str| count(&p, &format!("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = '{f}'"));
+    wait_until("the claim's functions called on each of the ten connections", Duration::from_secs(60), || {
+        ["open_run", "claim_tries", "apply_decisions", "finish_and_claim"].iter().all(|f| calls(f) >= 10)
+    });
+    for table in ["dag_runs", "task_instances", "task_tries", "asset_events"] {
+        assert_eq!(count(&p, &format!("SELECT count(*) FROM {table}")), 0, "warming wrote to {table}");
+    }
+    assert!(term(&mut d).success());
+    let log = std::fs::read_to_string(p.path().join("daemon-a.log")).unwrap();
+    assert!(!log.contains("could not warm"), "{log}");
+});
+
 sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {
     let mut dag = String::from("max_active_tasks: 12\ntasks:\n");
     for i in 0..200 {
