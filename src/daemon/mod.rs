@@ -402,7 +402,8 @@ async fn tick(
     }
 
     // 1. Scheduled runs that are due, created together.
-    let last = store.last_scheduled().await?;
+    let scheduled: Vec<&str> = set.dags.values().filter(|d| d.schedule.is_some()).map(|d| d.dag_id.as_str()).collect();
+    let last = store.last_scheduled(&scheduled).await?;
     let mut due = Vec::new();
     for dag in set.dags.values() {
         if dag.schedule.is_none() || is_paused(&dag.dag_id) {

@@ -51,11 +51,21 @@ pub struct QueuedRun<'a> {
 }
 
 impl Store {
-    /// The logical date of each DAG's latest scheduled run.
-    pub async fn last_scheduled(&self) -> Result<HashMap<String, DateTime<Utc>>, StateError> {
-        let rows = sqlx::query("SELECT dag_id, max(logical_date) AS last FROM dag_runs WHERE run_type = 'scheduled' GROUP BY dag_id")
-            .fetch_all(self.pool())
-            .await?;
+    /// The logical date of the latest scheduled run of each of `dags` that
+    /// has one. Each is read from the end of its DAG's runs by key: a
+    /// grouping of every scheduled run, as this was, reads the whole run
+    /// history at every pass (180 ms a pass after ten days of 100 DAGs
+    /// every minute, against 1 ms).
+    pub async fn last_scheduled(&self, dags: &[&str]) -> Result<HashMap<String, DateTime<Utc>>, StateError> {
+        let rows = sqlx::query(
+            "SELECT d.dag_id, r.last FROM UNNEST($1::text[]) AS d(dag_id)
+             CROSS JOIN LATERAL (SELECT max(logical_date) AS last FROM dag_runs
+                                 WHERE dag_id = d.dag_id AND run_type = 'scheduled') AS r
+             WHERE r.last IS NOT NULL",
+        )
+        .bind(dags)
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows.into_iter().map(|r| (r.get("dag_id"), r.get("last"))).collect())
     }
 

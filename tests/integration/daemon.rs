@@ -156,6 +156,42 @@ sluice_test!(the_daemon_warms_its_state_connections, |p| {
     assert!(!log.contains("could not warm"), "{log}");
 });
 
+// A pass reads each scheduled DAG's latest scheduled run from the end of
+// its runs, by key, not the whole run history (144,000 runs a day with 100
+// DAGs every minute): each of the hundred DAGs here is one scan of the
+// runs' (dag_id, logical_date) index. Grouping every run, as the pass did,
+// used that index once at most, whatever the number of DAGs (the daemon's
+// warm-up scans it 20 times: once per connection, twice).
+sluice_test!(a_pass_reads_the_latest_scheduled_runs_by_key, |p| {
+    p.sluice(&["db", "migrate"]).ok();
+    // A long history, of a DAG no longer in the folder.
+    p.state_sql(
+        "INSERT INTO dag_runs (dag_id, run_type, logical_date, data_interval_start, data_interval_end, state)
+         SELECT 'old', 'scheduled', t, t, t + interval '1 minute', 'success'
+         FROM generate_series(timestamptz '2026-01-01', timestamptz '2026-01-01' + interval '49999 minutes', interval '1 minute') t;
+         ANALYZE dag_runs",
+    );
+    // A hundred DAGs never due: a pass only looks their latest runs up.
+    for i in 0..100 {
+        p.write(
+            &format!("dags/later{i}.yaml"),
+            "schedule: '@daily'\nstart_date: 2099-01-01\ntasks:\n  - { id: a, type: shell, command: 'true' }\n",
+        );
+    }
+    let scans = || {
+        count(
+            &p,
+            "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes
+             WHERE schemaname = current_schema() AND indexrelname = 'dag_runs_dag_id_logical_date_key'",
+        )
+    };
+    let before = scans();
+    // Polled once a minute: the first pass is the one counted.
+    let mut d = daemon(&p, "a", &["--poll", "60s"]);
+    wait_until("a hundred lookups of the DAGs' latest scheduled runs", Duration::from_secs(60), || scans() >= before + 100);
+    assert!(term(&mut d).success());
+});
+
 sluice_test!(two_daemons_share_200_tasks_and_run_each_exactly_once, |p| {
     let mut dag = String::from("max_active_tasks: 12\ntasks:\n");
     for i in 0..200 {
