@@ -243,7 +243,7 @@ impl Store {
     /// Connects, creates the schema and applies migrations (safe to call from
     /// several processes at once: migrations hold an advisory lock).
     pub async fn connect(url: &str, schema: &str) -> Result<Store, StateError> {
-        Store::connect_keeping(url, schema, 1).await
+        Store::connect_keeping(url, schema, 1, false).await
     }
 
     /// [`Store::connect`] for the daemon: its pool keeps every connection
@@ -252,19 +252,15 @@ impl Store {
     /// pool would otherwise do at each boundary after ten idle minutes
     /// (every hour for hourly DAGs).
     ///
-    /// Its connections are also warmed (`state/warm.rs`): each has run the
-    /// claim's functions once before the first boundary needs them.
+    /// Its connections are also warmed (`state/warm.rs`): each runs the
+    /// claim's functions once when opened, before a boundary needs them.
     pub async fn connect_warm(url: &str, schema: &str) -> Result<Store, StateError> {
-        let store = Store::connect_keeping(url, schema, POOL_SIZE).await?;
-        // Only a cost if it fails: the claims compile what they need.
-        if let Err(e) = store.warm().await {
-            tracing::warn!(error = %e, "could not warm the state connections; the first claims will be slower");
-        }
-        Ok(store)
+        Store::connect_keeping(url, schema, POOL_SIZE, true).await
     }
 
-    /// Connects with a pool that keeps `idle` connections open.
-    async fn connect_keeping(url: &str, schema: &str, idle: u32) -> Result<Store, StateError> {
+    /// Connects with a pool that keeps `idle` connections open, and warms
+    /// each as it opens it when `warm`.
+    async fn connect_keeping(url: &str, schema: &str, idle: u32, warm: bool) -> Result<Store, StateError> {
         crate::secrets::register_uri(url);
         if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
             return Err(StateError::Invalid(format!("invalid state schema name `{schema}`: use letters, digits and `_`")));
@@ -272,19 +268,22 @@ impl Store {
         let target = describe_target(url);
         let connect_err = |e: sqlx::Error| StateError::Connect { target: target.clone(), reason: describe_sqlx(&e) };
         let base = PgConnectOptions::from_str(url).map_err(connect_err)?;
-        // Create the schema first: the migrations table is created in it.
-        {
-            let mut conn = sqlx::PgConnection::connect_with(&base).await.map_err(connect_err)?;
-            let mut tx = conn.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-schema'))").execute(&mut *tx).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))).execute(&mut *tx).await?;
-            tx.commit().await?;
-            conn.close().await.ok();
-        }
         // Generic plans: the state store's statements look rows up by key,
         // and planning them for each call's values costs more than running
         // them (W2's end-of-try statement: 0.4 ms to plan, 0.25 to run).
         let opts = base.options([("search_path", schema), ("plan_cache_mode", "force_generic_plan")]);
+        // Create the schema (the migrations table is created in it) and
+        // migrate it first, on a connection of its own: the pool's
+        // connections then all open on the migrated schema.
+        {
+            let mut conn = sqlx::PgConnection::connect_with(&opts).await.map_err(connect_err)?;
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sluice-schema'))").execute(&mut *tx).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))).execute(&mut *tx).await?;
+            tx.commit().await?;
+            migrate::MIGRATOR.run(&mut conn).await.map_err(|e| StateError::Migrate(e.to_string()))?;
+            conn.close().await.ok();
+        }
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .min_connections(idle)
@@ -298,14 +297,12 @@ impl Store {
             // database may have restarted meanwhile) is still tried first.
             .test_before_acquire(false)
             // The daemon's connections each run the claim's functions once
-            // when opened (before the store is migrated they may not exist:
-            // `connect_warm` warms them again after).
+            // when opened. Only a cost if it fails: the claims compile what
+            // they need.
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if idle == POOL_SIZE
-                        && let Err(e) = warm::warm_up(conn).await
-                    {
-                        tracing::debug!(error = %describe_sqlx(&e), "a state connection was not warmed");
+                    if warm && let Err(e) = warm::warm_up(conn).await {
+                        tracing::warn!(error = %describe_sqlx(&e), "could not warm a state connection; its first claim will be slower");
                     }
                     Ok(())
                 })
@@ -321,7 +318,6 @@ impl Store {
             .connect_with(opts)
             .await
             .map_err(connect_err)?;
-        migrate::MIGRATOR.run(&pool).await.map_err(|e| StateError::Migrate(e.to_string()))?;
         Ok(Store { pool, schema: schema.to_string(), paused_at_creation: false })
     }
 

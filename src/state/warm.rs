@@ -8,19 +8,17 @@
 //! connection, every 30 minutes) paid that ten times while the runs
 //! waited: the first minute of the daemon benchmark claimed its last run
 //! about twice as late as the next ones. The daemon's pool warms each
-//! connection when it opens it, and the store warms them all once migrated
-//! (before it is, the functions may not exist yet).
+//! connection when it opens it (the store is migrated before the pool
+//! opens any).
 
 use sqlx::PgConnection;
-
-use super::{StateError, Store};
 
 /// Each function on a claim's path, called on a run that does not exist
 /// (-1): nothing is read or written, but every statement they run is
 /// compiled and planned. `finish_and_claim` stops at its first check
 /// (no such try), after its updates; what it calls after that is warmed
 /// by the other calls. A migration that changes one of these signatures
-/// must change them here: `the_warm_up_matches_the_claim_functions` fails
+/// must change them here: `the_daemon_warms_its_state_connections` fails
 /// otherwise.
 const WARM_UP: &str = "
 SELECT FROM open_run(-1, '', now(), '', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', 1, 1,
@@ -34,19 +32,4 @@ SELECT FROM finish_and_claim(-1, '', 1, '', 'success', NULL, NULL, NULL, 'succes
 /// Warms one connection.
 pub(super) async fn warm_up(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(WARM_UP).execute(conn).await.map(|_| ())
-}
-
-impl Store {
-    /// Warms every connection the pool may open: all of them are taken at
-    /// once, so that each is a different backend.
-    pub async fn warm(&self) -> Result<(), StateError> {
-        let mut held = Vec::new();
-        for _ in 0..self.pool.options().get_max_connections() {
-            held.push(self.pool.acquire().await?);
-        }
-        for conn in &mut held {
-            warm_up(conn).await?;
-        }
-        Ok(())
-    }
 }
