@@ -253,10 +253,11 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake_rx.recv() => {
-                // Let the tick's interval end pass before looking. Every DAG
-                // has its own wake-up job, so DAGs on one schedule wake the
-                // loop together: one pass answers them all (a pass each
-                // would take the cores from the runs they started).
+                // Let the tick's interval end pass before looking. Each
+                // schedule and time zone has its own wake-up job, and jobs
+                // due at one moment wake the loop together: one pass answers
+                // them all (a pass each would take the cores from the runs
+                // they started).
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while wake_rx.try_recv().is_ok() {}
                 pass_now = true;

@@ -59,7 +59,7 @@ impl TryJob {
     /// error, a panic in the task or in blocking work it spawned), the try
     /// ends in a recorded state: success, failed, up_for_retry or requeued.
     pub async fn run(self) -> TryReport {
-        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next, .. } = self;
+        let TryJob { runner, dag, run, claimed, interrupt, prev_success, next } = self;
         let log = if runner.echo_logs { TryLog::echoing() } else { TryLog::new() };
         if claimed.poking_since.is_some() {
             // A rescheduled sensor's try goes on with its log so far.

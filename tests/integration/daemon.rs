@@ -108,14 +108,50 @@ sluice_test!(catchup_creates_one_run_per_missed_interval_and_no_more, |p| {
     assert!(log.contains("scheduled run created") && log.contains("daemon stopped"), "{log}");
 });
 
-// DAGs on one schedule wake the daemon together (a wake-up job each): one
-// pass of the scheduler answers them all, not a pass per DAG.
+// DAGs due at the same moment wake the daemon together: one pass of the
+// scheduler answers them all, not a pass per wake-up. The thirty DAGs are
+// every minute in thirty time zones, so each has a wake-up job of its own
+// (DAGs on one schedule and zone share one).
 sluice_test!(dags_due_together_take_one_scheduler_pass, |p| {
     let start = minutes_ago(2);
-    for i in 0..30 {
+    let zones = [
+        "UTC",
+        "Europe/London",
+        "Europe/Paris",
+        "Europe/Berlin",
+        "Europe/Madrid",
+        "Europe/Rome",
+        "Europe/Warsaw",
+        "Europe/Athens",
+        "Europe/Helsinki",
+        "Europe/Moscow",
+        "Asia/Dubai",
+        "Asia/Karachi",
+        "Asia/Kolkata",
+        "Asia/Kathmandu",
+        "Asia/Dhaka",
+        "Asia/Bangkok",
+        "Asia/Shanghai",
+        "Asia/Seoul",
+        "Asia/Tokyo",
+        "Australia/Sydney",
+        "Pacific/Auckland",
+        "America/Sao_Paulo",
+        "America/New_York",
+        "America/Chicago",
+        "America/Denver",
+        "America/Los_Angeles",
+        "America/Anchorage",
+        "Pacific/Honolulu",
+        "Africa/Cairo",
+        "Africa/Lagos",
+    ];
+    for (i, zone) in zones.iter().enumerate() {
         p.write(
             &format!("dags/m{i:02}.yaml"),
-            &format!("schedule: '* * * * *'\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"),
+            &format!(
+                "schedule: '* * * * *'\ntimezone: {zone}\nstart_date: '{start}'\ntasks:\n  - {{ id: a, type: shell, command: 'true' }}\n"
+            ),
         );
     }
     // Polled once a minute: the passes counted are the wake-ups' own.
