@@ -95,7 +95,9 @@ ON CONFLICT (only_row) DO UPDATE
 SET as_of = excluded.as_of, thresholds = excluded.thresholds, everyone = excluded.everyone, candidates = excluded.candidates;
 
 -- Decide: each graded customer's spend and orders in the window, the grade
--- they earn, and their grade after this grading.
+-- they earn, and their grade after this grading. Kept: the customers whose
+-- grade changes or is not yet the one they earn (the rest need nothing
+-- written; in a first grading, more than half of them).
 CREATE TEMP TABLE grade_decided ON COMMIT DROP AS
 WITH params AS (
     SELECT $1::timestamp AS as_of,
@@ -151,7 +153,8 @@ FROM (
                    WHEN earned_rank < old_rank THEN old_rank - 1
                    ELSE old_rank END AS new_rank
     FROM earned
-) e;
+) e
+WHERE new_rank <> old_rank OR new_rank <> earned_rank;
 -- So that applying a tick's few changes reads users by key, not all of them.
 ANALYZE grade_decided;
 

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::time::Duration;
 
-use crate::harness::Project;
+use crate::harness::{Project, wait_until};
 
 fn sha_tree(dir: &Path) -> BTreeMap<String, String> {
     use sha2::Digest;
@@ -543,7 +544,6 @@ sluice_test!(grading_only_the_changed_customers_decides_what_grading_everyone_do
 sluice_test!(a_load_open_during_a_tick_neither_waits_for_it_nor_is_lost, |p| {
     use std::io::{BufRead, Write};
     use std::process::Stdio;
-    use std::time::Duration;
     let url = p.own_database();
     p.copy_shipped();
     p.sql(&std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap());
@@ -597,4 +597,52 @@ sluice_test!(grading_a_warehouse_older_than_its_tables_says_what_to_do, |p| {
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains("predates incremental grading"), "{text}");
     assert!(text.contains("any run of ecommerce_etl does"), "{text}");
+});
+
+sluice_test!(grades_change_in_place_and_an_older_warehouse_is_brought_to_that, |p| {
+    p.own_database();
+    p.copy_shipped();
+    let schema = std::fs::read_to_string(p.path().join("sql/schema/warehouse.sql")).unwrap();
+    p.sql(&schema);
+    // As a warehouse made by an older sluice: customers' pages filled to the
+    // brim, and a key from the grade history to the customers.
+    p.sql(
+        "ALTER TABLE shop.users RESET (fillfactor);
+         ALTER TABLE shop.grade_history ADD FOREIGN KEY (user_id) REFERENCES shop.users (id)",
+    );
+    p.sql(&schema);
+    let users_options =
+        || p.scalar("SELECT coalesce(reloptions::text, '') || ' ' || xmin FROM pg_class WHERE oid = 'shop.users'::regclass");
+    let keys = || p.scalar("SELECT count(*) FROM pg_constraint WHERE conrelid = 'shop.grade_history'::regclass AND contype = 'f'");
+    let done = users_options();
+    assert!(done.starts_with("{fillfactor=70} "), "{done}");
+    assert_eq!(keys(), "0");
+    // Once done, applying the schema again alters nothing (no lock taken).
+    p.sql(&schema);
+    assert_eq!(users_options(), done);
+
+    // A first grading of 2,000 customers, a quarter of whom move up (every
+    // fourth): each new version of a customer's row stays on its page (a
+    // HOT update), so that no index entry is written for it.
+    p.sql(
+        "SELECT setseed(0.5);
+         INSERT INTO shop.users (id, name, signup_at) SELECT g, 'u' || g, '2024-01-01' FROM generate_series(1, 2000) g;
+         INSERT INTO shop.orders (id, user_id, ordered_at, status, total_amount, item_count)
+         SELECT g, 1 + 4 * (g % 500), timestamp '2024-06-01' + random() * interval '180 days', 'paid',
+                10000 + floor(random() * 390000), 1
+         FROM generate_series(1, 20000) g",
+    );
+    p.sluice(&["run", "grade_update", "--conf", "as_of=2024-12-01 00:00:00"]).ok();
+    let changed: i64 = p.scalar("SELECT count(*) FROM shop.grade_history").parse().unwrap();
+    assert_eq!(changed, 500);
+    // The server's statistics arrive after the run's connection ends.
+    let counts = || -> (i64, i64) {
+        let row = p.scalar("SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'shop.users'::regclass");
+        let (u, h) = row.split_once(' ').unwrap();
+        (u.parse().unwrap(), h.parse().unwrap())
+    };
+    wait_until("the grading's updates in the statistics", Duration::from_secs(60), || counts().0 >= changed);
+    let (updated, in_place) = counts();
+    assert_eq!(updated, changed);
+    assert!(in_place * 100 >= updated * 95, "{in_place} of {updated} grade changes in place");
 });
