@@ -29,15 +29,19 @@ c AS (
     FROM occasions
     GROUP BY user_id
 ),
-scored AS (
-    SELECT c.*,
-           shop.rfm_score(rank() OVER (PARTITION BY recent ORDER BY recency_days DESC), count(*) OVER (PARTITION BY recent)) AS r,
-           shop.rfm_score(rank() OVER (PARTITION BY recent ORDER BY orders_12m), count(*) OVER (PARTITION BY recent)) AS f,
-           shop.rfm_score(rank() OVER (PARTITION BY recent ORDER BY revenue_12m), count(*) OVER (PARTITION BY recent)) AS m
-    FROM c
+-- The scores of the customers with a paid order in the 12 months, ranked
+-- on these four columns only (so that the three sorts stay small), then
+-- joined back.
+ranked AS (
+    SELECT user_id,
+           shop.rfm_score(rank() OVER (ORDER BY recency_days DESC), count(*) OVER ()) AS r,
+           shop.rfm_score(rank() OVER (ORDER BY orders_12m), count(*) OVER ()) AS f,
+           shop.rfm_score(rank() OVER (ORDER BY revenue_12m), count(*) OVER ()) AS m
+    FROM (SELECT user_id, recency_days, orders_12m, revenue_12m FROM c WHERE recent) x
 )
 SELECT s.frequency, s.recency, s.age, s.monetary, s.historical,
-       CASE WHEN s.recent THEN shop.rfm_segment(s.r, s.f, s.m) ELSE 'No purchase in 12 months' END AS segment,
+       CASE WHEN s.recent THEN shop.rfm_segment(k.r, k.f, k.m) ELSE 'No purchase in 12 months' END AS segment,
        coalesce(g.grade, 'BRONZE') AS grade
-FROM scored s
+FROM c s
+LEFT JOIN ranked k ON k.user_id = s.user_id
 LEFT JOIN shop.grades_at($2::timestamp) g ON g.user_id = s.user_id
