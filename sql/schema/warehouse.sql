@@ -75,17 +75,19 @@ CREATE TABLE IF NOT EXISTS shop.grade_history (
 );
 
 -- Warehouses made before the two choices above. Checked first, so that
--- applying this file takes no lock on the tables once they are done.
+-- applying this file takes no lock on the tables once they are done; a
+-- fill factor set by hand is kept, and so is a key added by hand under
+-- another name.
 DO $$
-DECLARE
-    fk name;
 BEGIN
-    IF NOT coalesce((SELECT 'fillfactor=70' = ANY (reloptions) FROM pg_class WHERE oid = 'shop.users'::regclass), false) THEN
+    IF NOT EXISTS (SELECT FROM pg_class, unnest(reloptions) o
+                   WHERE oid = 'shop.users'::regclass AND o LIKE 'fillfactor=%') THEN
         ALTER TABLE shop.users SET (fillfactor = 70);
     END IF;
-    FOR fk IN SELECT conname FROM pg_constraint WHERE conrelid = 'shop.grade_history'::regclass AND contype = 'f' LOOP
-        EXECUTE format('ALTER TABLE shop.grade_history DROP CONSTRAINT %I', fk);
-    END LOOP;
+    IF EXISTS (SELECT FROM pg_constraint
+               WHERE conrelid = 'shop.grade_history'::regclass AND conname = 'grade_history_user_id_fkey') THEN
+        ALTER TABLE shop.grade_history DROP CONSTRAINT grade_history_user_id_fkey;
+    END IF;
 END
 $$;
 
