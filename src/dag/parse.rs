@@ -733,6 +733,7 @@ pub fn friendly_serde_message(msg: &str) -> String {
         m = format!("missing required key `{rest}");
     }
     for (from, to) in [
+        ("expected a nonzero usize", "expected a whole number (1 or more)"),
         ("expected u32", "expected a whole number (0 or more)"),
         ("expected u64", "expected a whole number (0 or more)"),
         ("expected u16", "expected a whole number (0 or more)"),

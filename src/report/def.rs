@@ -82,6 +82,12 @@ pub struct ReportDef {
     /// lose to JIT compilation.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// How many of the report's queries run at once (at least 1; default:
+    /// the number of CPU cores where sluice runs, at most 8). The queries of
+    /// the lifetime value models start first, since their customers are
+    /// then fitted: the longest query gets a core of its own while the
+    /// others share the rest, instead of every query slowing every other.
+    pub parallel_queries: Option<std::num::NonZeroUsize>,
     /// A query giving one row per day of the period with `day` (text) and
     /// `loaded` (whether the day has data). When a day has none, the first
     /// page says the period is incomplete and the cards show no change

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use schemars::JsonSchema;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
@@ -297,6 +298,13 @@ async fn fetch_customers(
     Ok(c)
 }
 
+/// How many of a report's queries run at once when its definition does not
+/// say: the cores here (a warehouse is often on this machine, or one like
+/// it), at most the connection pool's eight.
+fn default_parallel_queries() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
+}
+
 fn parse_rows(rows: &[String]) -> Result<Vec<Row>, String> {
     rows.iter().map(|r| serde_json::from_str::<Row>(r).map_err(|e| e.to_string())).collect()
 }
@@ -354,12 +362,24 @@ impl Report {
             which.push(Some(i));
         }
         let settings = Some(&self.def.settings);
-        let fetches = distinct.iter().map(|q| async move {
-            match &q.by {
+        // The models' queries first (their customers are fitted after
+        // them), then the others in section order, a few at a time: on a
+        // server with few cores, the longest query then keeps a core while
+        // the others take turns on the rest.
+        let mut order: Vec<usize> = (0..distinct.len()).collect();
+        order.sort_by_key(|&i| distinct[i].by.is_none());
+        let at_once = self.def.parallel_queries.map_or_else(default_parallel_queries, std::num::NonZeroUsize::get);
+        let distinct = &distinct;
+        let fetches = futures::stream::iter(order.into_iter().map(|i| async move {
+            let q = &distinct[i];
+            let fetched = match &q.by {
                 None => fetch(&self.pool, q.sql, &period, q.what, settings).await.map(|r| Fetched::Rows(Arc::new(r))),
                 Some(by) => fetch_customers(&self.pool, q.sql, &period, q.what, settings, by).await.map(|c| Fetched::Customers(Arc::new(c))),
-            }
-        });
+            };
+            fetched.map(|f| (i, f))
+        }))
+        .buffer_unordered(at_once)
+        .try_collect::<Vec<_>>();
         let coverage = async {
             match &self.coverage {
                 Some(sql) => fetch(&self.pool, sql, &period, "coverage", settings).await.map(Some),
@@ -373,8 +393,9 @@ impl Report {
                 false => Ok(Vec::new()),
             }
         };
-        let ((results, coverage), pipeline) =
-            futures::future::try_join(futures::future::try_join(futures::future::try_join_all(fetches), coverage), pipeline).await?;
+        let ((mut results, coverage), pipeline) = futures::future::try_join(futures::future::try_join(fetches, coverage), pipeline).await?;
+        results.sort_unstable_by_key(|(i, _)| *i);
+        let results: Vec<Fetched> = results.into_iter().map(|(_, f)| f).collect();
         // Each query's models, fitted once however many sections group them.
         let mut fits: HashMap<usize, Arc<clv::Fitted>> = HashMap::new();
         let mut data: Vec<Vec<Row>> = Vec::with_capacity(which.len());
