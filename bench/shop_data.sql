@@ -78,6 +78,6 @@ SELECT ((:end_ts)::timestamp - make_interval(days => 1 + g % 7))::date, 'orders.
 FROM generate_series(1, 50) g;
 
 VACUUM ANALYZE shop.users, shop.products, shop.orders, shop.order_items, shop.events, shop.funnel_daily, shop.events_daily,
-    shop.sales_hourly, shop.product_sales_daily, shop.customer_daily, shop.grade_history, shop.quarantine;
+    shop.sales_hourly, shop.product_sales_daily, shop.customer_daily, shop.customer_weekly, shop.grade_history, shop.quarantine;
 SELECT 'users' AS t, count(*) FROM shop.users UNION ALL SELECT 'orders', count(*) FROM shop.orders
 UNION ALL SELECT 'order_items', count(*) FROM shop.order_items UNION ALL SELECT 'events', count(*) FROM shop.events;

@@ -4,29 +4,32 @@
 -- and the customer's RFM segment and grade at the period's end.
 --
 -- The segment is shop.rfm_at's (sql/schema/warehouse.sql), computed in this
--- pass over the daily aggregates rather than in a second one: the same 12
--- months, scores (shop.rfm_score) and grid (shop.rfm_segment), ranked among
--- the customers with a paid order in those months.
-WITH occasions AS (
-    SELECT user_id, day, paid_revenue AS amount, paid_orders, last_paid_at,
-           row_number() OVER (PARTITION BY user_id ORDER BY day) = 1 AS first,
-           day >= ($2::timestamp - interval '365 days')::date AS recent
-    FROM shop.customer_daily
-    WHERE day < $2::date
+-- pass over the customers' weeks and days rather than in a second one: the
+-- same 12 months, scores (shop.rfm_score) and grid (shop.rfm_segment),
+-- ranked among the customers with a paid order in those months.
+WITH spans AS (
+    -- Whole weeks and single days (shop.customer_spans), none across the
+    -- 12 months' start.
+    SELECT *, first_day >= ($2::timestamp - interval '365 days')::date AS recent
+    FROM shop.customer_spans('-infinity', $2::date, ARRAY[($2::timestamp - interval '365 days')::date])
 ),
 c AS (
     SELECT user_id,
-           count(*) - 1 AS frequency,
-           (max(day) - min(day)) / 7.0 AS recency,
-           extract(epoch FROM $2::timestamp - min(day)::timestamp) / 604800 AS age,
-           CASE WHEN count(*) > 1 THEN sum(amount) FILTER (WHERE NOT first) / (count(*) - 1) ELSE 0 END AS monetary,
-           sum(amount) AS historical,
+           sum(days) - 1 AS frequency,
+           (max(last_day) - min(first_day)) / 7.0 AS recency,
+           extract(epoch FROM $2::timestamp - min(first_day)::timestamp) / 604800 AS age,
+           -- The mean of the repeat purchases: without the first purchase's
+           -- revenue (the first_revenue of the earliest span).
+           CASE WHEN sum(days) > 1
+                THEN (sum(paid_revenue) - (min(ARRAY[first_day - date '2000-01-01', first_revenue]))[2]) / (sum(days) - 1)
+                ELSE 0 END AS monetary,
+           sum(paid_revenue) AS historical,
            -- shop.rfm_at's recency, frequency and monetary value.
            bool_or(recent) AS recent,
            floor(extract(epoch FROM $2::timestamp - max(last_paid_at) FILTER (WHERE recent)) / 86400)::int AS recency_days,
            sum(paid_orders) FILTER (WHERE recent)::bigint AS orders_12m,
-           sum(amount) FILTER (WHERE recent) AS revenue_12m
-    FROM occasions
+           sum(paid_revenue) FILTER (WHERE recent) AS revenue_12m
+    FROM spans
     GROUP BY user_id
 ),
 -- The scores of the customers with a paid order in the 12 months, ranked

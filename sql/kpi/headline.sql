@@ -23,17 +23,18 @@ newc AS (
 ),
 -- Repeat customers: of the customers with a paid order in the 12 months
 -- up to each period's end, the share with at least two (what a manager
--- means by the repeat purchase rate). One pass over the customers' days
--- counts both windows: the 12 months to $2, and to $1 for the week before;
--- and each period's paying customers (a day of shop.customer_daily is a
--- day with a paid order), which the 12 months contain.
+-- means by the repeat purchase rate). One pass over the customers' weeks
+-- and days (shop.customer_spans: each row has a paid order, and none spans
+-- the 12 months' start, $1 or the week before it) counts both windows: the
+-- 12 months to $2, and to $1 for the week before; and each period's paying
+-- customers, which the 12 months contain.
 per_user AS (
-    SELECT sum(paid_orders) FILTER (WHERE day >= ($2::timestamp - interval '365 days')::date) AS n_now,
-           sum(paid_orders) FILTER (WHERE day < $1::date) AS n_prev,
-           bool_or(day >= $1::date) AS bought_now,
-           bool_or(day >= $1::date - 7 AND day < $1::date) AS bought_prev
-    FROM shop.customer_daily
-    WHERE day >= ($1::timestamp - interval '365 days')::date AND day < $2::date
+    SELECT sum(paid_orders) FILTER (WHERE first_day >= ($2::timestamp - interval '365 days')::date) AS n_now,
+           sum(paid_orders) FILTER (WHERE first_day < $1::date) AS n_prev,
+           bool_or(first_day >= $1::date) AS bought_now,
+           bool_or(first_day >= $1::date - 7 AND first_day < $1::date) AS bought_prev
+    FROM shop.customer_spans(($1::timestamp - interval '365 days')::date, $2::date,
+                             ARRAY[($2::timestamp - interval '365 days')::date, $1::date, $1::date - 7])
     GROUP BY user_id
 ),
 repeat AS (

@@ -160,6 +160,22 @@ CREATE TABLE IF NOT EXISTS shop.customer_daily (
     PRIMARY KEY (day, user_id)
 );
 
+-- The same by week (Monday to Sunday), kept from shop.customer_daily: what
+-- a report over months reads instead of every day, through
+-- shop.customer_spans (below). `days` counts the week's days with a paid
+-- order, `first_day` is the first of them and `first_revenue` its revenue.
+CREATE TABLE IF NOT EXISTS shop.customer_weekly (
+    week          date NOT NULL CHECK (extract(isodow FROM week) = 1),
+    user_id       bigint NOT NULL,
+    days          integer NOT NULL,
+    paid_orders   integer NOT NULL,
+    paid_revenue  bigint NOT NULL,
+    first_day     date NOT NULL,
+    first_revenue bigint NOT NULL,
+    last_paid_at  timestamp NOT NULL,
+    PRIMARY KEY (week, user_id)
+);
+
 -- Rows the ETL refused, with why: nothing is dropped silently.
 CREATE TABLE IF NOT EXISTS shop.quarantine (
     ds       date NOT NULL,
@@ -187,6 +203,25 @@ CREATE INDEX IF NOT EXISTS quarantine_ds ON shop.quarantine (ds);
 CREATE INDEX IF NOT EXISTS products_created_at ON shop.products (created_at);
 -- A customer's days in order, with what the report sums (no heap access).
 CREATE INDEX IF NOT EXISTS customer_daily_user ON shop.customer_daily (user_id, day) INCLUDE (paid_orders, paid_revenue, last_paid_at);
+
+-- The Monday starting the week of `d` (ISO weeks, as the weekly report's).
+CREATE OR REPLACE FUNCTION shop.week_of(d date) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT d - (extract(isodow FROM d)::int - 1)
+$$;
+
+-- Recomputes shop.customer_weekly for the weeks starting first_week..last_week
+-- (Mondays) from shop.customer_daily.
+CREATE OR REPLACE FUNCTION shop.refresh_weekly(first_week date, last_week date)
+RETURNS void LANGUAGE sql AS $$
+    DELETE FROM shop.customer_weekly WHERE week BETWEEN first_week AND last_week;
+    INSERT INTO shop.customer_weekly (week, user_id, days, paid_orders, paid_revenue, first_day, first_revenue, last_paid_at)
+    SELECT shop.week_of(day), user_id, count(*), sum(paid_orders), sum(paid_revenue),
+           min(day), (min(ARRAY[day - date '2000-01-01', paid_revenue]))[2], max(last_paid_at)
+    FROM shop.customer_daily
+    WHERE day >= first_week AND day < last_week + 7
+    GROUP BY 1, 2;
+$$;
 
 -- Recomputes the daily aggregates of the days first_day..last_day from the orders
 -- and order lines: what the ETL calls after loading a day, in the load's
@@ -227,6 +262,9 @@ RETURNS void LANGUAGE sql AS $$
     FROM shop.orders
     WHERE status = 'paid' AND ordered_at >= first_day AND ordered_at < last_day + 1
     GROUP BY 1, 2;
+
+    -- The weeks of those days, whole, from the days just written.
+    SELECT shop.refresh_weekly(shop.week_of(first_day), shop.week_of(last_day));
 $$;
 
 -- A warehouse loaded before the daily aggregates existed gets them for
@@ -236,6 +274,10 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM shop.sales_hourly) AND EXISTS (SELECT 1 FROM shop.orders) THEN
         PERFORM shop.refresh_daily(min(ordered_at)::date, max(ordered_at)::date) FROM shop.orders;
+    END IF;
+    -- The customers' weeks, added after the days: built from the days.
+    IF NOT EXISTS (SELECT 1 FROM shop.customer_weekly) AND EXISTS (SELECT 1 FROM shop.customer_daily) THEN
+        PERFORM shop.refresh_weekly(shop.week_of(min(day)), shop.week_of(max(day))) FROM shop.customer_daily;
     END IF;
     -- The same for the events' daily counts (a day the ETL writes meanwhile
     -- keeps its own count).
@@ -345,6 +387,33 @@ RETURNS TABLE (user_id bigint, grade text) LANGUAGE sql STABLE AS $$
     WHERE u.signup_at < at
 $$;
 
+-- Each customer's paid days in [lo, hi) in as few rows as the days allow:
+-- a whole week (Monday to Sunday) as one row of shop.customer_weekly, and
+-- each day of a week that a bound or one of the `cuts` splits as a row of
+-- shop.customer_daily. No row spans a cut, so a query can tell each row's
+-- side of a cut from its first_day; summing the rows gives what summing
+-- the days gives. A report over months reads a week of a busy customer as
+-- one row instead of up to seven.
+CREATE OR REPLACE FUNCTION shop.customer_spans(lo date, hi date, cuts date[] DEFAULT '{}')
+RETURNS TABLE (user_id bigint, first_day date, last_day date, days integer, paid_orders integer,
+               paid_revenue bigint, first_revenue bigint, last_paid_at timestamp)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT w.user_id, w.first_day, w.last_paid_at::date, w.days, w.paid_orders, w.paid_revenue, w.first_revenue, w.last_paid_at
+    FROM shop.customer_weekly w
+    WHERE w.week >= lo AND w.week <= hi - 7
+      AND w.week <> ALL (ARRAY(SELECT shop.week_of(c) FROM unnest(cuts) c WHERE shop.week_of(c) <> c))
+    UNION ALL
+    -- The other days in [lo, hi): those of lo's week after lo, of hi's week
+    -- before hi, and of a cut's week (none when the bound or cut is a Monday).
+    SELECT d.user_id, d.day, d.day, 1, d.paid_orders, d.paid_revenue, d.paid_revenue, d.last_paid_at
+    FROM shop.customer_daily d
+    WHERE d.day >= lo AND d.day < hi
+      AND (d.day < CASE WHEN shop.week_of(lo) = lo THEN lo ELSE shop.week_of(lo) + 7 END
+           OR d.day >= shop.week_of(hi)
+           OR d.day = ANY (ARRAY(SELECT shop.week_of(c) + i FROM unnest(cuts) c, generate_series(0, 6) i
+                                 WHERE shop.week_of(c) <> c)))
+$$;
+
 -- RFM scores and segments at `at`, of the customers with a paid order in
 -- the 12 months before it.
 --
@@ -391,7 +460,7 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     -- It reads the daily aggregates, so `at` must start a day.
     IF at <> date_trunc('day', at) THEN
-        RAISE EXCEPTION 'shop.rfm_at(%): the time must be the start of a day (it reads shop.customer_daily)', at;
+        RAISE EXCEPTION 'shop.rfm_at(%): the time must be the start of a day (it reads the daily aggregates)', at;
     END IF;
     RETURN QUERY
     WITH c AS (
@@ -399,8 +468,7 @@ BEGIN
                floor(extract(epoch FROM at - max(d.last_paid_at)) / 86400)::int AS recency_days,
                sum(d.paid_orders)::bigint AS frequency,
                sum(d.paid_revenue) AS monetary
-        FROM shop.customer_daily d
-        WHERE d.day >= (at - interval '365 days')::date AND d.day < at::date
+        FROM shop.customer_spans((at - interval '365 days')::date, at::date) d
         GROUP BY d.user_id
     ),
     s AS (

@@ -256,8 +256,52 @@ fn same_sections(aggregates: &[Value], orders: &[Value]) {
     }
 }
 
+/// shop.customer_weekly is the customers' days by week, and
+/// shop.customer_spans, whatever its bounds and cuts, gives each customer
+/// what their days in the bounds give: the same days, orders, revenue,
+/// first and last days, first day's revenue, and the same on each side of
+/// every cut. The data has the weeks of 2024-11-11 and 2024-11-18.
+fn spans_agree_with_the_days(p: &Project) {
+    let differ = |a: &str, b: &str| {
+        p.scalar(&format!("SELECT (SELECT count(*) FROM ({a} EXCEPT ALL {b}) x) + (SELECT count(*) FROM ({b} EXCEPT ALL {a}) y)"))
+    };
+    let weeks = "SELECT shop.week_of(day), user_id, count(*)::int, sum(paid_orders)::int, sum(paid_revenue)::bigint, min(day), \
+                 (array_agg(paid_revenue ORDER BY day))[1], max(last_paid_at) FROM shop.customer_daily GROUP BY 1, 2";
+    assert_eq!(differ("SELECT * FROM shop.customer_weekly", weeks), "0", "shop.customer_weekly against the days");
+    for (lo, hi, cuts) in [
+        ("-infinity", "2024-11-25", vec!["2023-11-25"]),
+        ("2024-11-13", "2024-11-21", vec![]),
+        ("2024-11-11", "2024-11-25", vec!["2024-11-15", "2024-11-18", "2024-11-19"]),
+        ("2024-11-12", "2024-11-14", vec!["2024-11-13"]),
+        ("2024-11-11", "2024-11-23", vec!["2024-11-18", "2024-11-04"]),
+    ] {
+        let sides = |day: &str| cuts.iter().map(|c| format!(", sum(paid_revenue) FILTER (WHERE {day} >= '{c}')")).collect::<String>();
+        let spans = format!(
+            "SELECT user_id, sum(days), sum(paid_orders), sum(paid_revenue), min(first_day), max(last_day), max(last_paid_at), \
+                    (array_agg(first_revenue ORDER BY first_day))[1]{} \
+             FROM shop.customer_spans('{lo}', '{hi}', '{{{}}}') GROUP BY user_id",
+            sides("first_day"),
+            cuts.join(",")
+        );
+        let days = format!(
+            "SELECT user_id, count(*), sum(paid_orders), sum(paid_revenue), min(day), max(day), max(last_paid_at), \
+                    (array_agg(paid_revenue ORDER BY day))[1]{} \
+             FROM shop.customer_daily WHERE day >= '{lo}' AND day < '{hi}' GROUP BY user_id",
+            sides("day")
+        );
+        assert!(p.scalar(&format!("SELECT count(*) FROM ({days}) d")).parse::<u64>().unwrap() > 10);
+        assert_eq!(differ(&spans, &days), "0", "shop.customer_spans('{lo}', '{hi}', {cuts:?}) against the days");
+    }
+    // Whole weeks are read as weeks.
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM shop.customer_spans('2024-11-11', '2024-11-25')"),
+        p.scalar("SELECT count(*) FROM shop.customer_weekly")
+    );
+}
+
 sluice_test!(the_daily_aggregates_give_the_numbers_the_orders_give_even_after_a_day_is_reloaded, |p| {
     shop_with_two_weeks(&mut p);
+    spans_agree_with_the_days(&p);
     let from_aggregates = numbers(&report_with(&p, "aggregates"));
     let from_orders = numbers(&report_with(&p, "orders"));
     assert!(from_aggregates.len() >= 12, "{from_aggregates:?}");
@@ -289,6 +333,7 @@ sluice_test!(the_daily_aggregates_give_the_numbers_the_orders_give_even_after_a_
     let out = p.sluice(&["run", "ecommerce_etl", "--date", "2024-11-20", "--rerun"]).ok();
     assert!(out.stderr.contains("of ecommerce_etl succeeded"), "{}", out.all());
 
+    spans_agree_with_the_days(&p);
     let reloaded = numbers(&report_with(&p, "aggregates"));
     assert_ne!(reloaded, from_aggregates, "the reload changed the week's numbers");
     same_sections(&reloaded, &numbers(&report_with(&p, "orders")));
