@@ -14,7 +14,7 @@
 //! PDF goes to the run's staging area (`artifacts.pdf`, for `email` to
 //! attach) and to a local copy (`artifacts.local`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -312,8 +312,8 @@ fn parse_rows(rows: &[String]) -> Result<Vec<Row>, String> {
 /// One execution of a report's query.
 enum Fetched {
     Rows(Arc<Vec<Row>>),
-    /// A lifetime value model's customers.
-    Customers(Arc<clv::Customers>),
+    /// A lifetime value model's customers, and the models fitted on them.
+    Customers(Arc<clv::Customers>, Arc<clv::Fitted>),
 }
 
 /// What a report's queries returned for a period.
@@ -374,7 +374,23 @@ impl Report {
             let q = &distinct[i];
             let fetched = match &q.by {
                 None => fetch(&self.pool, q.sql, &period, q.what, settings).await.map(|r| Fetched::Rows(Arc::new(r))),
-                Some(by) => fetch_customers(&self.pool, q.sql, &period, q.what, settings, by).await.map(|c| Fetched::Customers(Arc::new(c))),
+                Some(by) => match fetch_customers(&self.pool, q.sql, &period, q.what, settings, by).await {
+                    // Fitted as soon as the customers are in, while the
+                    // other queries run: the fit takes CPU for a while, off
+                    // the async threads.
+                    Ok(customers) => {
+                        let started = Instant::now();
+                        let customers = Arc::new(customers);
+                        let c = customers.clone();
+                        let fitted = tokio::task::spawn_blocking(move || clv::fit(&c))
+                            .await
+                            .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
+                            .map_err(|e| TaskError::Failed(format!("{}: the lifetime value model: {e}", q.what)))?;
+                        tracing::debug!(query = q.what, elapsed = ?started.elapsed(), "lifetime value model fitted");
+                        Ok(Fetched::Customers(customers, Arc::new(fitted)))
+                    }
+                    Err(e) => Err(e),
+                },
             };
             fetched.map(|f| (i, f))
         }))
@@ -396,33 +412,24 @@ impl Report {
         let ((mut results, coverage), pipeline) = futures::future::try_join(futures::future::try_join(fetches, coverage), pipeline).await?;
         results.sort_unstable_by_key(|(i, _)| *i);
         let results: Vec<Fetched> = results.into_iter().map(|(_, f)| f).collect();
-        // Each query's models, fitted once however many sections group them.
-        let mut fits: HashMap<usize, Arc<clv::Fitted>> = HashMap::new();
+        // Each query's models were fitted once (above), however many
+        // sections group them.
         let mut data: Vec<Vec<Row>> = Vec::with_capacity(which.len());
         for (s, w) in self.def.sections.iter().zip(&which) {
             let failed = |e: String| TaskError::Failed(format!("{}: the lifetime value model: {e}", s.query.as_deref().unwrap_or("a section")));
-            let rows = match (w.map(|i| (i, &results[i])), &s.model) {
-                (Some((i, Fetched::Customers(customers))), Some(m)) => {
-                    let (customers, cached, m) = (customers.clone(), fits.get(&i).cloned(), m.clone());
+            let rows = match (w.map(|i| &results[i]), &s.model) {
+                (Some(Fetched::Customers(customers, fitted)), Some(m)) => {
+                    let (customers, fitted, m) = (customers.clone(), fitted.clone(), m.clone());
                     let started = Instant::now();
-                    // The fit and the predictions take CPU for a while: off
-                    // the async threads.
-                    let (fitted, grouped) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-                        let fitted = match cached {
-                            Some(f) => f,
-                            None => Arc::new(clv::fit(&customers)?),
-                        };
-                        let grouped = clv::summarize(&customers, &fitted, &m)?;
-                        Ok((fitted, grouped))
-                    })
-                    .await
-                    .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
-                    .map_err(failed)?;
+                    // The predictions: off the async threads too.
+                    let grouped = tokio::task::spawn_blocking(move || clv::summarize(&customers, &fitted, &m))
+                        .await
+                        .map_err(|e| TaskError::from_join("predicting customer lifetime values", e))?
+                        .map_err(failed)?;
                     tracing::debug!(query = s.query.as_deref().unwrap_or(""), elapsed = ?started.elapsed(), "lifetime value model");
-                    fits.insert(i, fitted);
                     grouped
                 }
-                (Some((_, Fetched::Rows(rows))), None) => rows.as_ref().clone(),
+                (Some(Fetched::Rows(rows)), None) => rows.as_ref().clone(),
                 // (Sections are matched with their kind of query above.)
                 (Some(_), _) => return Err(TaskError::Failed(format!("{}: read as the wrong kind of query", s.query.as_deref().unwrap_or("a section")))),
                 // (A model on the pipeline's runs is refused at validation.)
