@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use schemars::JsonSchema;
 use futures::{StreamExt, TryStreamExt};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{Outcome, Run, TaskCtx, TaskError, TaskType, ValidateCx};
@@ -317,6 +317,14 @@ enum Fetched {
     Customers(Arc<clv::Customers>, Arc<clv::Fitted>),
 }
 
+/// One distinct query of a report, however many sections draw it.
+struct Query<'a> {
+    sql: &'a str,
+    what: &'a str,
+    /// For models: the columns their sections group by.
+    by: Option<Vec<String>>,
+}
+
 /// What a report's queries returned for a period.
 struct Computed {
     period: Period,
@@ -327,18 +335,31 @@ struct Computed {
 }
 
 impl Report {
+    /// Runs one query; a lifetime value query's models are fitted as soon
+    /// as its customers are in, while the other queries run (the fit takes
+    /// CPU for a while: off the async threads).
+    async fn run_query(&self, q: &Query<'_>, period: &Period) -> Result<Fetched, TaskError> {
+        let settings = Some(&self.def.settings);
+        let Some(by) = &q.by else {
+            return fetch(&self.pool, q.sql, period, q.what, settings).await.map(|r| Fetched::Rows(Arc::new(r)));
+        };
+        let customers = Arc::new(fetch_customers(&self.pool, q.sql, period, q.what, settings, by).await?);
+        let started = Instant::now();
+        let c = customers.clone();
+        let fitted = tokio::task::spawn_blocking(move || clv::fit(&c))
+            .await
+            .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
+            .map_err(|e| TaskError::Failed(format!("{}: the lifetime value model: {e}", q.what)))?;
+        tracing::debug!(query = q.what, elapsed = ?started.elapsed(), "lifetime value model fitted");
+        Ok(Fetched::Customers(customers, Arc::new(fitted)))
+    }
+
     /// Runs the queries (read-only) and the models.
     async fn compute(&self, ctx: &TaskCtx) -> Result<Computed, TaskError> {
         let period = period_of(ctx);
         // Sections drawing the same query (a bars and a lines chart of one
         // day-by-day query) share one execution; so do the lifetime value
         // models of one query, which read its customers as typed columns.
-        struct Query<'a> {
-            sql: &'a str,
-            what: &'a str,
-            /// For models: the columns their sections group by.
-            by: Option<Vec<String>>,
-        }
         let mut distinct: Vec<Query> = Vec::new();
         let mut which: Vec<Option<usize>> = Vec::with_capacity(self.queries.len());
         for (s, sql) in self.def.sections.iter().zip(&self.queries) {
@@ -371,32 +392,8 @@ impl Report {
         order.sort_by_key(|&i| distinct[i].by.is_none());
         let at_once = self.def.parallel_queries.map_or_else(default_parallel_queries, std::num::NonZeroUsize::get);
         let distinct = &distinct;
-        let fetches = futures::stream::iter(order.into_iter().map(|i| async move {
-            let q = &distinct[i];
-            let fetched = match &q.by {
-                None => fetch(&self.pool, q.sql, &period, q.what, settings).await.map(|r| Fetched::Rows(Arc::new(r))),
-                Some(by) => match fetch_customers(&self.pool, q.sql, &period, q.what, settings, by).await {
-                    // Fitted as soon as the customers are in, while the
-                    // other queries run: the fit takes CPU for a while, off
-                    // the async threads.
-                    Ok(customers) => {
-                        let started = Instant::now();
-                        let customers = Arc::new(customers);
-                        let c = customers.clone();
-                        let fitted = tokio::task::spawn_blocking(move || clv::fit(&c))
-                            .await
-                            .map_err(|e| TaskError::from_join("fitting the lifetime value model", e))?
-                            .map_err(|e| TaskError::Failed(format!("{}: the lifetime value model: {e}", q.what)))?;
-                        tracing::debug!(query = q.what, elapsed = ?started.elapsed(), "lifetime value model fitted");
-                        Ok(Fetched::Customers(customers, Arc::new(fitted)))
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            fetched.map(|f| (i, f))
-        }))
-        .buffer_unordered(at_once)
-        .try_collect::<Vec<_>>();
+        let queries = order.into_iter().map(|i| async move { self.run_query(&distinct[i], &period).await.map(|f| (i, f)) });
+        let fetches = futures::stream::iter(queries).buffer_unordered(at_once).try_collect::<Vec<_>>();
         let coverage = async {
             match &self.coverage {
                 Some(sql) => fetch(&self.pool, sql, &period, "coverage", settings).await.map(Some),
