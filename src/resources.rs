@@ -16,6 +16,10 @@ use crate::datasets::Staging;
 use crate::tasks::TaskError;
 use crate::template::Templates;
 
+/// Connections each Postgres connection's pool opens at most: what the
+/// tasks of one process share, and the most queries a report runs at once.
+pub const PG_POOL_SIZE: u32 = 8;
+
 /// How long connecting to a task's database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -103,7 +107,7 @@ impl Resources {
             .map_err(|_| fail(sqlx::Error::PoolTimedOut))?
             .map_err(fail)?;
         let _ = first.close().await;
-        let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(CONNECT_TIMEOUT).connect_lazy_with(opts);
+        let pool = PgPoolOptions::new().max_connections(PG_POOL_SIZE).acquire_timeout(CONNECT_TIMEOUT).connect_lazy_with(opts);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         Ok(pools.entry(c.id.clone()).or_insert(pool).clone())
     }

@@ -82,8 +82,9 @@ pub struct ReportDef {
     /// lose to JIT compilation.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
-    /// How many of the report's queries run at once (at least 1; default:
-    /// the number of CPU cores where sluice runs, from 2 to 8). The queries of
+    /// How many of the report's queries run at once (at least 1, and no more
+    /// than the connection pool's 8 however high; default: the number of
+    /// CPU cores where sluice runs, from 2 to 8). The queries of
     /// the lifetime value models start first, since their customers are
     /// then fitted: the longest query gets a core of its own while the
     /// others share the rest, instead of every query slowing every other.

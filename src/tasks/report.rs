@@ -301,9 +301,9 @@ async fn fetch_customers(
 /// How many of a report's queries run at once when its definition does not
 /// say: the cores here (a warehouse is often on this machine, or one like
 /// it), at least two (the longest query, and the others in turn) and at
-/// most the connection pool's eight.
+/// most the connection pool's size.
 fn default_parallel_queries() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, crate::resources::PG_POOL_SIZE as usize)
 }
 
 fn parse_rows(rows: &[String]) -> Result<Vec<Row>, String> {
