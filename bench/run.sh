@@ -236,6 +236,31 @@ if [[ " ${workloads[*]} " == *" report "* ]]; then
             for _ in $(seq "$REPEAT"); do measure "report_$name" -- "$BIN" tasks test weekly_report weekly_report --date 2026-11-09; done
         ) | tee -a "$work/report.json"
         pdfinfo "$work/report/reports/out/weekly_kpi_2026-W46.pdf" | grep -E "Pages|File size" >&2
+        # The numbers (not timed): the same report from the reference
+        # queries over the orders (tests/data/kpi_from_orders, as
+        # tests/integration/kpi.rs) must show the same sections.
+        (
+            cd "$work/report"
+            export SLUICE_DAGS_DIR="$work/report/dags" SLUICE_DATABASE_URL="$SHOP_URL" SLUICE_CONN_WAREHOUSE="$SHOP_URL"
+            out=reports/out/weekly_kpi_2026-W46.json
+            cp "$out" "$work/report_aggregates.json"
+            psql "$SHOP_URL" -q -f "$ROOT/tests/data/rfm_at_from_orders.sql"
+            cp -r sql/kpi "$work/kpi_shipped"
+            cp "$ROOT"/tests/data/kpi_from_orders/* sql/kpi/
+            "$BIN" tasks test weekly_report weekly_report --date 2026-11-09 > /dev/null 2>&1
+            rm -rf sql/kpi && cp -r "$work/kpi_shipped" sql/kpi && rm -rf "$work/kpi_shipped"
+            python3 - "$work/report_aggregates.json" "$out" <<'PY'
+import json, sys
+def sections(path):
+    # The pipeline's section counts the report's own runs.
+    return [s for s in json.load(open(path))["sections"] if not str(s.get("title", "")).startswith("파이프라인")]
+a, o = sections(sys.argv[1]), sections(sys.argv[2])
+bad = [x.get("title") for x, y in zip(a, o) if x != y]
+if len(a) != len(o) or bad:
+    sys.exit(f"the report's numbers differ from the reference queries' over the orders: {bad or 'section count'}")
+print(f"report numbers: {len(a)} sections the same as from the orders", file=sys.stderr)
+PY
+        )
     done
 fi
 
