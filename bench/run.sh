@@ -18,7 +18,9 @@
 #             the next ten-minute tick, and a tick after a day's orders were
 #             reloaded).
 # report:     the shipped weekly report (queries + PDF) with 1,000,000 orders
-#             in the reported week, and with 1,000,000 orders over 13 weeks.
+#             in the reported week, and with 1,000,000 orders over 13 weeks;
+#             then, untimed, its numbers against the reference queries over
+#             the orders (tests/data/kpi_from_orders).
 # web:        the web UI's grid of 100 runs x 50 tasks, against its DAGs page
 #             and a 404 page on the same server; the report dashboard for a
 #             week of the demo's warehouse (runs `sluice demo` first).
