@@ -91,6 +91,9 @@ fn csv_reader<R: Read>(r: R, o: &CsvOptions) -> csv::Reader<R> {
         .terminator(csv::Terminator::Any(b'\n'))
         .has_headers(false)
         .flexible(true)
+        // As large as `open_at`'s buffer, which reads then go around: one
+        // copy of the file's bytes fewer.
+        .buffer_capacity(1 << 20)
         .from_reader(r)
 }
 
@@ -172,10 +175,10 @@ impl<'a> Records<'a> {
             Some(p) => (self.base_line + p.line(), self.base_byte + p.byte()),
             None => (self.base_line, self.base_byte),
         };
-        let newlines = self.rec.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
-        if newlines == 0 {
+        if !self.rec.as_slice().contains(&b'\n') {
             return Ok(Some(Item::Row(line)));
         }
+        let newlines = self.rec.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
         // A record over several lines: a quoted field holds line breaks.
         let end = self.base_byte + self.r.position().byte();
         let q = scan_quotes(&self.file.path, name, start, end, self.opts.quote as u8, self.opts.delimiter as u8)?;
@@ -631,6 +634,37 @@ mod tests {
         assert_eq!(df.height(), 2);
         assert_eq!(df.column("note").unwrap().str().unwrap().get(0), Some("two\nlines"));
         assert_eq!(rejects.unwrap().height(), 0);
+    }
+
+    #[test]
+    fn a_character_split_between_fields_is_invalid_utf8() {
+        // `가` is EA B0 80. Cut by a comma, both its fields are invalid
+        // UTF-8, though the chunk's fields end to end (without the comma)
+        // are valid text: it is checked as a whole and at each field's ends.
+        let mut bytes = "id,a,b\n1,가나,다\n".as_bytes().to_vec();
+        bytes.extend_from_slice(b"2,\xEA\xB0,\x80x\n3,ok,\xEA\xB0\x80\n");
+        let f = file(&bytes);
+        let schema: Schema = serde_yaml::from_str("{id: int, a: text, b: text}").unwrap();
+        for chunk_rows in [1, 2, 100] {
+            let mut frames = Vec::new();
+            let mut w = |df: DataFrame| {
+                frames.push(df);
+                Ok(())
+            };
+            let mut sink = Sink::new(&schema, OnBadRows::Skip, None, None, &mut w);
+            reader().read_in_chunks(&src(&f, "u.csv"), &schema, &mut sink, chunk_rows).unwrap();
+            assert_eq!(sink.bad.get("invalid encoding"), Some(&1), "chunks of {chunk_rows}");
+            sink.finish().unwrap();
+            let df = frames.into_iter().reduce(|mut a, b| {
+                a.vstack_mut(&b).unwrap();
+                a
+            });
+            let df = df.unwrap();
+            let ids: Vec<i64> = df.column("id").unwrap().i64().unwrap().into_no_null_iter().collect();
+            assert_eq!(ids, [1, 3], "chunks of {chunk_rows}");
+            let b: Vec<&str> = df.column("b").unwrap().str().unwrap().iter().flatten().collect();
+            assert_eq!(b, ["다", "가"], "chunks of {chunk_rows}");
+        }
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub trait Typer: Sync {
     type Chunk: Default + Send;
     /// Whether a chunk should be handed over (`rows` records, or its bytes).
     fn full(chunk: &Self::Chunk, rows: usize) -> bool;
+    /// An empty chunk with room for as much as `full` held (so that filling
+    /// it does not grow it step by step, copying).
+    fn sized_like(full: &Self::Chunk) -> Self::Chunk;
     /// Parses and types a chunk's records, in order.
     fn type_chunk(&self, chunk: Self::Chunk) -> Typed;
 }
@@ -128,6 +131,10 @@ impl Typer for Typist {
         chunk.entries.len() >= rows || chunk.data.len() >= CHUNK_BYTES
     }
 
+    fn sized_like(full: &Chunk) -> Chunk {
+        Chunk { data: with_room(full.data.len()), ends: with_room(full.ends.len()), entries: with_room(full.entries.len()) }
+    }
+
     /// Decodes and types a chunk's records, as [`Sink::fields`] does one row.
     fn type_chunk(&self, chunk: Chunk) -> Typed {
         let Chunk { data, ends, entries } = chunk;
@@ -135,6 +142,13 @@ impl Typer for Typist {
         let mut rows = self.rows.like(entries.len());
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut decoded: Vec<Cow<'_, str>> = Vec::with_capacity(self.index.len());
+        // UTF-8 checked once for the whole chunk: a field cut from valid text
+        // at character boundaries is valid (and one that is not is decoded,
+        // and rejected, on its own below).
+        let text = match enc {
+            Encoding::Utf8 | Encoding::Auto => std::str::from_utf8(&data).ok(),
+            Encoding::Cp949 => None,
+        };
         let mut k = 0;
         for e in entries {
             let line = match e {
@@ -146,15 +160,17 @@ impl Typer for Typist {
             };
             let first = k * w;
             k += 1;
+            let bounds = |i: usize| (if first + i == 0 { 0 } else { ends[first + i - 1] }, ends[first + i]);
             let field = |i: usize| {
-                let from = if first + i == 0 { 0 } else { ends[first + i - 1] };
-                &data[from..ends[first + i]]
+                let (from, to) = bounds(i);
+                &data[from..to]
             };
             let raw = || (0..w).map(|i| enc.lossy(field(i))).collect::<Vec<_>>().join(&self.delim);
             decoded.clear();
             let mut bad_enc = None;
             for (c, &i) in self.index.iter().enumerate() {
-                match enc.decode(field(i)) {
+                let (from, to) = bounds(i);
+                match text.and_then(|t| t.get(from..to)).map(Cow::Borrowed).or_else(|| enc.decode(&data[from..to])) {
                     Some(s) => decoded.push(s),
                     None => {
                         bad_enc = Some(c);
@@ -229,7 +245,8 @@ impl<'scope, 'env, T: Typer> Pipeline<'scope, 'env, T> {
         while self.handed - self.taken >= threads * IN_FLIGHT {
             self.take_back(sink)?;
         }
-        let chunk = std::mem::take(&mut self.chunk);
+        let next = T::sized_like(&self.chunk);
+        let chunk = std::mem::replace(&mut self.chunk, next);
         // A queue holds at most IN_FLIGHT - 1 chunks here, so this never
         // blocks; it fails only if the thread is gone.
         self.inputs[self.handed % threads].send(chunk).map_err(|_| stopped())?;
@@ -316,6 +333,10 @@ impl Typer for JsonTypist {
         chunk.ends.len() >= rows || chunk.data.len() >= CHUNK_BYTES
     }
 
+    fn sized_like(full: &Lines) -> Lines {
+        Lines { data: with_room(full.data.len()), ends: with_room(full.ends.len()) }
+    }
+
     /// Parses each line and types its object, as the NDJSON reader did one line at a time.
     fn type_chunk(&self, chunk: Lines) -> Typed {
         let mut rows = self.rows.like(chunk.ends.len());
@@ -353,6 +374,11 @@ impl Typer for JsonTypist {
 }
 
 /// Threads to type or infer with.
+/// A vector with room for `n` items and an eighth more.
+fn with_room<X>(n: usize) -> Vec<X> {
+    Vec::with_capacity(n + n / 8)
+}
+
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
 }
