@@ -44,8 +44,20 @@ pub const DEFAULT_SCHEMA: &str = "sluice";
 /// A state-store connection idle for longer than this is pinged before use.
 const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
-/// The state store's connections per process.
-const POOL_SIZE: u32 = 10;
+/// The daemon's state connections, all kept open and warm.
+const DAEMON_POOL_SIZE: u32 = 10;
+
+/// The state connections of the other commands (`sluice run`, `tasks
+/// test`, the web UI): two per core of this machine, from 4 to 10. Their
+/// statements are short (a try's end, a claim: under a millisecond), and
+/// each connection a command opens is a backend that starts up (about 8 ms
+/// of the server's CPU: catalogs, the claim's functions): on two cores,
+/// W1's 502 tasks took 0.59 s with 4 connections and 0.66 s with 10. The
+/// daemon keeps its connections for its life, so it pays that once.
+fn pool_size() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (2 * cores).clamp(4, DAEMON_POOL_SIZE)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -243,7 +255,7 @@ impl Store {
     /// Connects, creates the schema and applies migrations (safe to call from
     /// several processes at once: migrations hold an advisory lock).
     pub async fn connect(url: &str, schema: &str) -> Result<Store, StateError> {
-        Store::connect_keeping(url, schema, 1, false).await
+        Store::connect_keeping(url, schema, pool_size(), 1, false).await
     }
 
     /// [`Store::connect`] for the daemon: its pool keeps every connection
@@ -255,12 +267,12 @@ impl Store {
     /// Its connections are also warmed (`state/warm.rs`): each runs the
     /// claim's functions once when opened, before a boundary needs them.
     pub async fn connect_warm(url: &str, schema: &str) -> Result<Store, StateError> {
-        Store::connect_keeping(url, schema, POOL_SIZE, true).await
+        Store::connect_keeping(url, schema, DAEMON_POOL_SIZE, DAEMON_POOL_SIZE, true).await
     }
 
-    /// Connects with a pool that keeps `idle` connections open, and warms
-    /// each as it opens it when `warm`.
-    async fn connect_keeping(url: &str, schema: &str, idle: u32, warm: bool) -> Result<Store, StateError> {
+    /// Connects with a pool of `size` connections that keeps `idle` of them
+    /// open, and warms each as it opens it when `warm`.
+    async fn connect_keeping(url: &str, schema: &str, size: u32, idle: u32, warm: bool) -> Result<Store, StateError> {
         crate::secrets::register_uri(url);
         if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
             return Err(StateError::Invalid(format!("invalid state schema name `{schema}`: use letters, digits and `_`")));
@@ -285,7 +297,7 @@ impl Store {
             conn.close().await.ok();
         }
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(size)
             .min_connections(idle)
             // Short: while the database is down, callers retry and say so
             // rather than wait silently in the pool.
