@@ -132,7 +132,12 @@ impl Typer for Typist {
     }
 
     fn sized_like(full: &Chunk) -> Chunk {
-        Chunk { data: with_room(full.data.len()), ends: with_room(full.ends.len()), entries: with_room(full.entries.len()) }
+        // A chunk past CHUNK_BYTES holds one long record: the next is not sized on it.
+        Chunk {
+            data: with_room(full.data.len().min(CHUNK_BYTES)),
+            ends: with_room(full.ends.len()),
+            entries: with_room(full.entries.len()),
+        }
     }
 
     /// Decodes and types a chunk's records, as [`Sink::fields`] does one row.
@@ -334,7 +339,7 @@ impl Typer for JsonTypist {
     }
 
     fn sized_like(full: &Lines) -> Lines {
-        Lines { data: with_room(full.data.len()), ends: with_room(full.ends.len()) }
+        Lines { data: with_room(full.data.len().min(CHUNK_BYTES)), ends: with_room(full.ends.len()) }
     }
 
     /// Parses each line and types its object, as the NDJSON reader did one line at a time.
