@@ -124,6 +124,29 @@ pub struct Typist {
     pub source: Option<String>,
 }
 
+impl Typist {
+    /// Decodes the fields the columns read (`bounds` gives a field's bytes
+    /// in `data`) into `out`; `Err` names the first column whose field is
+    /// not valid in the encoding. `text` is `data` when it is valid UTF-8 as
+    /// a whole: a field is then sliced from it, if it starts and ends on
+    /// character boundaries.
+    fn decode<'d>(
+        &self,
+        text: Option<&'d str>,
+        data: &'d [u8],
+        bounds: impl Fn(usize) -> (usize, usize),
+        out: &mut Vec<Cow<'d, str>>,
+    ) -> Result<(), usize> {
+        out.clear();
+        for (c, &i) in self.index.iter().enumerate() {
+            let (from, to) = bounds(i);
+            let field = text.and_then(|t| t.get(from..to)).map(Cow::Borrowed).or_else(|| self.enc.decode(&data[from..to]));
+            out.push(field.ok_or(c)?);
+        }
+        Ok(())
+    }
+}
+
 impl Typer for Typist {
     type Chunk = Chunk;
 
@@ -171,19 +194,7 @@ impl Typer for Typist {
                 &data[from..to]
             };
             let raw = || (0..w).map(|i| enc.lossy(field(i))).collect::<Vec<_>>().join(&self.delim);
-            decoded.clear();
-            let mut bad_enc = None;
-            for (c, &i) in self.index.iter().enumerate() {
-                let (from, to) = bounds(i);
-                match text.and_then(|t| t.get(from..to)).map(Cow::Borrowed).or_else(|| enc.decode(&data[from..to])) {
-                    Some(s) => decoded.push(s),
-                    None => {
-                        bad_enc = Some(c);
-                        break;
-                    }
-                }
-            }
-            if let Some(c) = bad_enc {
+            if let Err(c) = self.decode(text, &data, bounds, &mut decoded) {
                 let detail = format!("column `{}` is not valid {}", self.types.names[c], enc.name());
                 outcomes.push(Outcome::Bad(Bad { line, reason: Reason::InvalidEncoding, detail, raw: raw() }));
                 continue;
