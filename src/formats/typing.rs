@@ -389,12 +389,12 @@ impl Typer for JsonTypist {
     }
 }
 
-/// Threads to type or infer with.
 /// A vector with room for `n` items and an eighth more.
 fn with_room<X>(n: usize) -> Vec<X> {
     Vec::with_capacity(n + n / 8)
 }
 
+/// Threads to type or infer with.
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8)
 }
