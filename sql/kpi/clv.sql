@@ -32,15 +32,31 @@ c AS (
     FROM spans
     GROUP BY user_id
 ),
--- The scores of the customers with a paid order in the 12 months, ranked
--- on these four columns only (so that the three sorts stay small), then
--- joined back.
+-- The scores of the customers with a paid order in the 12 months, as
+-- shop.rfm_at ranks them: by recency and orders counted per value, by
+-- revenue sorted.
+recent AS (
+    SELECT user_id, recency_days, orders_12m, revenue_12m FROM c WHERE recent
+),
+by_recency AS (
+    SELECT recency_days,
+           1 + coalesce(sum(count(*)) OVER (ORDER BY recency_days DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+    FROM recent GROUP BY recency_days
+),
+by_orders AS (
+    SELECT orders_12m,
+           1 + coalesce(sum(count(*)) OVER (ORDER BY orders_12m ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+    FROM recent GROUP BY orders_12m
+),
 ranked AS (
-    SELECT user_id,
-           shop.rfm_score(rank() OVER (ORDER BY recency_days DESC), count(*) OVER ()) AS r,
-           shop.rfm_score(rank() OVER (ORDER BY orders_12m), count(*) OVER ()) AS f,
-           shop.rfm_score(rank() OVER (ORDER BY revenue_12m), count(*) OVER ()) AS m
-    FROM (SELECT user_id, recency_days, orders_12m, revenue_12m FROM c WHERE recent) x
+    SELECT x.user_id,
+           shop.rfm_score(r.worse_plus_one::bigint, n) AS r,
+           shop.rfm_score(f.worse_plus_one::bigint, n) AS f,
+           shop.rfm_score(rank() OVER (ORDER BY x.revenue_12m), n) AS m
+    FROM recent x
+    JOIN by_recency r USING (recency_days)
+    JOIN by_orders f USING (orders_12m)
+    CROSS JOIN (SELECT count(*) AS n FROM recent) k
 )
 SELECT s.frequency, s.recency, s.age, s.monetary, s.historical,
        CASE WHEN s.recent THEN shop.rfm_segment(k.r, k.f, k.m) ELSE 'No purchase in 12 months' END AS segment,

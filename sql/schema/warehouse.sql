@@ -471,12 +471,29 @@ BEGIN
         FROM shop.customer_spans((at - interval '365 days')::date, at::date) d
         GROUP BY d.user_id
     ),
+    -- rank() by recency or by frequency is 1 + the customers before the
+    -- value: counted per value (a few hundred of them) rather than by
+    -- sorting every customer (the columns are never NULL). Revenue has
+    -- nearly as many values as customers, so it is ranked by sorting.
+    by_recency AS (
+        SELECT c.recency_days,
+               1 + coalesce(sum(count(*)) OVER (ORDER BY c.recency_days DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+        FROM c GROUP BY c.recency_days
+    ),
+    by_frequency AS (
+        SELECT c.frequency,
+               1 + coalesce(sum(count(*)) OVER (ORDER BY c.frequency ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+        FROM c GROUP BY c.frequency
+    ),
     s AS (
         SELECT c.*,
-               shop.rfm_score(rank() OVER (ORDER BY c.recency_days DESC), count(*) OVER ()) AS r,
-               shop.rfm_score(rank() OVER (ORDER BY c.frequency), count(*) OVER ()) AS f,
-               shop.rfm_score(rank() OVER (ORDER BY c.monetary), count(*) OVER ()) AS m
+               shop.rfm_score(br.worse_plus_one::bigint, k.n) AS r,
+               shop.rfm_score(bf.worse_plus_one::bigint, k.n) AS f,
+               shop.rfm_score(rank() OVER (ORDER BY c.monetary), k.n) AS m
         FROM c
+        JOIN by_recency br ON br.recency_days = c.recency_days
+        JOIN by_frequency bf ON bf.frequency = c.frequency
+        CROSS JOIN (SELECT count(*) AS n FROM c) k
     )
     SELECT s.user_id, s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m, shop.rfm_segment(s.r, s.f, s.m)
     FROM s;
