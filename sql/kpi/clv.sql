@@ -33,8 +33,9 @@ c AS (
     GROUP BY user_id
 ),
 -- The scores of the customers with a paid order in the 12 months, as
--- shop.rfm_at ranks them: by recency and orders counted per value, by
--- revenue sorted.
+-- shop.rfm_at ranks them: by recency and orders counted per value (never
+-- NULL for these customers, so the joins keep every one), by revenue
+-- sorted.
 recent AS (
     SELECT user_id, recency_days, orders_12m, revenue_12m FROM c WHERE recent
 ),
