@@ -387,21 +387,6 @@ RETURNS TABLE (user_id bigint, grade text) LANGUAGE sql STABLE AS $$
     WHERE u.signup_at < at
 $$;
 
--- The Mondays of the weeks that `cuts` split (a cut on a Monday splits
--- none), and those weeks' days. Immutable, so that a query's planner folds
--- them into constants and reads the split days by key (an expression it
--- cannot fold counts as half of the days of a short history, and the
--- customer-days are then scanned to find a handful).
-CREATE OR REPLACE FUNCTION shop.split_weeks(cuts date[]) RETURNS date[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(array_agg(shop.week_of(c)), '{}') FROM unnest(cuts) c WHERE shop.week_of(c) <> c
-$$;
-
-CREATE OR REPLACE FUNCTION shop.split_days(cuts date[]) RETURNS date[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(array_agg(w + i), '{}') FROM unnest(shop.split_weeks(cuts)) w, generate_series(0, 6) i
-$$;
-
 -- Each customer's paid days in [lo, hi) in as few rows as the days allow:
 -- a whole week (Monday to Sunday) as one row of shop.customer_weekly, and
 -- each day of a week that a bound or one of the `cuts` splits as a row of
@@ -416,7 +401,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT w.user_id, w.first_day, w.last_paid_at::date, w.days, w.paid_orders, w.paid_revenue, w.first_revenue, w.last_paid_at
     FROM shop.customer_weekly w
     WHERE w.week >= lo AND w.week <= hi - 7
-      AND w.week <> ALL (shop.split_weeks(cuts))
+      AND w.week <> ALL (ARRAY(SELECT shop.week_of(c) FROM unnest(cuts) c WHERE shop.week_of(c) <> c))
     UNION ALL
     -- The other days in [lo, hi): those of lo's week after lo, of hi's week
     -- before hi, and of a cut's week (none when the bound or cut is a Monday).
@@ -425,7 +410,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WHERE d.day >= lo AND d.day < hi
       AND (d.day < CASE WHEN shop.week_of(lo) = lo THEN lo ELSE shop.week_of(lo) + 7 END
            OR d.day >= shop.week_of(hi)
-           OR d.day = ANY (shop.split_days(cuts)))
+           OR d.day = ANY (ARRAY(SELECT shop.week_of(c) + i FROM unnest(cuts) c, generate_series(0, 6) i
+                                 WHERE shop.week_of(c) <> c)))
 $$;
 
 -- RFM scores and segments at `at`, of the customers with a paid order in
