@@ -50,10 +50,11 @@ const DAEMON_POOL_SIZE: u32 = 10;
 /// The state connections of the other commands (`sluice run`, `tasks
 /// test`, the web UI): two per core of this machine, from 4 to 10. Their
 /// statements are short (a try's end, a claim: under a millisecond), and
-/// each connection a command opens is a backend that starts up (about 8 ms
+/// each connection a command opens is a backend that starts up (7 to 10 ms
 /// of the server's CPU: catalogs, the claim's functions): on two cores,
-/// W1's 502 tasks took 0.59 s with 4 connections and 0.66 s with 10. The
-/// daemon keeps its connections for its life, so it pays that once.
+/// W1's 502 tasks took 0.66 and 0.71 s with 4 connections against 0.72
+/// and 0.76 s with 10 (BENCHMARKS.md, W1 and W2). The daemon keeps its
+/// connections for its life, so it pays that once.
 fn pool_size() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     (2 * cores).clamp(4, DAEMON_POOL_SIZE)
