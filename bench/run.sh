@@ -28,6 +28,8 @@
 #             to first task start, the claim; and to its recorded end, which
 #             bounds the command's start) over DAEMON_MINUTES minutes, then idle RSS
 #             and CPU of a daemon holding 100 DAGs with nothing due.
+# w1, daemon: also the floor under them: their commands alone, started by a
+#             loop that does nothing else (bench/spawn_floor.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/services.sh
@@ -73,6 +75,8 @@ if [[ " ${workloads[*]} " == *" w1 "* ]]; then
         echo "] }"
     } > "$proj/dags/w1_fanout.yaml"
     for _ in $(seq "$REPEAT"); do measure w1_fanout -- "$BIN" run w1_fanout --parallelism 32; done | tee "$work/w1.json"
+    # The floor: W1's 502 commands alone, 32 at a time, nothing recorded.
+    python3 bench/spawn_floor.py w1_commands_alone 502 32
 fi
 
 if [[ " ${workloads[*]} " == *" w2 "* ]]; then
@@ -293,6 +297,8 @@ FROM (SELECT extract(epoch FROM min(t.started_at) - r.data_interval_end) AS d,
       FROM bench_daemon.dag_runs r JOIN bench_daemon.task_instances t USING (run_id)
       WHERE r.run_type = 'scheduled' GROUP BY r.run_id, r.data_interval_end) x;
 SQL
+    # The floor: a minute's 100 commands alone, started at once.
+    python3 bench/spawn_floor.py daemon_commands_alone 100 100
     # Idle: the same 100 DAGs on a yearly schedule, nothing due.
     sed -i "s/'\* \* \* \* \*'/'0 0 1 1 *'/" "$dd"/*.yaml
     SLUICE_DAGS_DIR="$dd" "$BIN" daemon --health-addr off 2>> "$work/daemon.log" &
