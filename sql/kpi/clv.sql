@@ -41,12 +41,12 @@ recent AS (
 ),
 by_recency AS (
     SELECT recency_days,
-           1 + coalesce(sum(count(*)) OVER (ORDER BY recency_days DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+           sum(count(*)) OVER (ORDER BY recency_days DESC) - count(*) + 1 AS worse_plus_one
     FROM recent GROUP BY recency_days
 ),
 by_orders AS (
     SELECT orders_12m,
-           1 + coalesce(sum(count(*)) OVER (ORDER BY orders_12m ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+           sum(count(*)) OVER (ORDER BY orders_12m) - count(*) + 1 AS worse_plus_one
     FROM recent GROUP BY orders_12m
 ),
 ranked AS (

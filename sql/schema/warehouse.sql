@@ -477,12 +477,12 @@ BEGIN
     -- nearly as many values as customers, so it is ranked by sorting.
     by_recency AS (
         SELECT c.recency_days,
-               1 + coalesce(sum(count(*)) OVER (ORDER BY c.recency_days DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+               sum(count(*)) OVER (ORDER BY c.recency_days DESC) - count(*) + 1 AS worse_plus_one
         FROM c GROUP BY c.recency_days
     ),
     by_frequency AS (
         SELECT c.frequency,
-               1 + coalesce(sum(count(*)) OVER (ORDER BY c.frequency ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS worse_plus_one
+               sum(count(*)) OVER (ORDER BY c.frequency) - count(*) + 1 AS worse_plus_one
         FROM c GROUP BY c.frequency
     ),
     s AS (
